@@ -1,0 +1,35 @@
+"""stepwise: durable execution for Python. Import everything from here."""
+
+from .app import App, Function, on_event
+from .clock import Clock, ManualClock
+from .context import Context
+from .errors import (
+    NonDeterminismError,
+    NonRetriableError,
+    RetryAfterError,
+    StepError,
+    StepOutputError,
+)
+from .events import Event
+from .payloads import Limits
+from .storage import Storage, open_storage
+from .worker import Worker
+
+__all__ = [
+    "App",
+    "Clock",
+    "Context",
+    "Event",
+    "Function",
+    "Limits",
+    "ManualClock",
+    "NonDeterminismError",
+    "NonRetriableError",
+    "RetryAfterError",
+    "StepError",
+    "StepOutputError",
+    "Storage",
+    "Worker",
+    "on_event",
+    "open_storage",
+]

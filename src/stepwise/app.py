@@ -1,0 +1,132 @@
+"""Apps and function definitions: what user code declares, validated when it is declared."""
+
+from __future__ import annotations
+
+import inspect
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .errors import DefinitionError
+
+if TYPE_CHECKING:
+    from .context import Context
+
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+DEFAULT_RETRIES = 3
+MAX_RETRIES = 100
+
+
+def _check_id(kind: str, value: object) -> str:
+    if not isinstance(value, str) or not _ID.match(value):
+        raise DefinitionError(
+            f"{kind} id {value!r} is invalid: use 1-128 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit")
+    return value
+
+
+@dataclass(frozen=True)
+class EventTrigger:
+    """Start a run for every event named `event`."""
+
+    event: str
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.event, str) or not self.event.strip():
+            raise DefinitionError("on_event() needs a non-empty event name")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"event": self.event}
+
+
+def on_event(name: str) -> EventTrigger:
+    """A trigger: run the function for each event called `name`."""
+    return EventTrigger(name)
+
+
+Trigger = EventTrigger
+
+
+@dataclass
+class Function:
+    """A function declared with `@app.function`; call it directly to run its body (for tests)."""
+
+    app: App
+    id: str
+    fn: Callable[..., Any]
+    triggers: tuple[Trigger, ...]
+    retries: int = DEFAULT_RETRIES
+    on_failure: Function | None = None
+    handles_failure_of: str | None = None
+    is_async: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.is_async = inspect.iscoroutinefunction(self.fn)
+
+    def __call__(self, ctx: Context) -> Any:
+        return self.fn(ctx)
+
+    def definition(self) -> dict[str, Any]:
+        """What is stored so a server that never imports user code can route events."""
+        return {
+            "id": self.id,
+            "app_id": self.app.id,
+            "triggers": [t.to_json() for t in self.triggers],
+            "retries": self.retries,
+            "on_failure": self.on_failure.id if self.on_failure else None,
+            "handles_failure_of": self.handles_failure_of,
+        }
+
+
+class App:
+    """A set of functions; its id namespaces them in storage."""
+
+    def __init__(self, id: str) -> None:
+        self.id = _check_id("app", id)
+        self.functions: dict[str, Function] = {}
+
+    def function(
+        self,
+        *,
+        id: str,
+        trigger: Trigger | list[Trigger] | tuple[Trigger, ...] | None = None,
+        retries: int = DEFAULT_RETRIES,
+        on_failure: Callable[..., Any] | None = None,
+    ) -> Callable[[Callable[..., Any]], Function]:
+        """Declare a function; see the README for every option."""
+        _check_id("function", id)
+        if id in self.functions:
+            raise DefinitionError(f"function id {id!r} is already used in app {self.id!r}")
+        triggers = tuple(trigger) if isinstance(trigger, list | tuple) else (
+            (trigger,) if trigger is not None else ())
+        for t in triggers:
+            if not isinstance(t, EventTrigger):
+                raise DefinitionError(
+                    f"function {id!r}: trigger must come from stepwise.on_event(), got {t!r}")
+        if isinstance(retries, bool) or not isinstance(retries, int) or not (
+                0 <= retries <= MAX_RETRIES):
+            raise DefinitionError(
+                f"function {id!r}: retries must be an integer from 0 to {MAX_RETRIES}, "
+                f"got {retries!r}")
+        if on_failure is not None and not callable(on_failure):
+            raise DefinitionError(f"function {id!r}: on_failure must be a function(ctx)")
+
+        def decorate(fn: Callable[..., Any]) -> Function:
+            if not callable(fn):
+                raise DefinitionError(f"function {id!r}: @app.function must decorate a function")
+            handler = None
+            if on_failure is not None:
+                handler_fn = on_failure.fn if isinstance(on_failure, Function) else on_failure
+                handler = Function(self, f"{id}-failure", handler_fn, (), retries=retries,
+                                   handles_failure_of=id)
+            func = Function(self, id, fn, triggers, retries=retries, on_failure=handler)
+            self.functions[id] = func
+            if handler is not None:
+                self.functions[handler.id] = handler
+            return func
+
+        return decorate
+
+    def get(self, function_id: str) -> Function | None:
+        return self.functions.get(function_id)

@@ -1,0 +1,82 @@
+"""Events: what triggers runs, as users build them and as the HTTP API validates them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+MAX_NAME = 256
+MAX_ID = 256
+
+
+@dataclass(frozen=True)
+class Event:
+    """An event: `name`, a JSON object `data`, an optional idempotency `id` and a `ts` in ms."""
+
+    name: str
+    data: dict[str, Any] = field(default_factory=dict)
+    id: str | None = None
+    ts: int | None = None
+
+
+class EventIn(BaseModel):
+    """An event as accepted from outside; unknown fields are refused so typos do not pass."""
+
+    model_config = ConfigDict(extra="forbid", strict=False)
+
+    name: str = Field(min_length=1, max_length=MAX_NAME, description="Event name, e.g. user.signup")
+    data: dict[str, Any] = Field(default_factory=dict, description="A JSON object")
+    id: str | None = Field(
+        default=None, min_length=1, max_length=MAX_ID,
+        description="Idempotency id: an id already stored is not stored again")
+    ts: int | None = Field(
+        default=None, ge=0, description="Milliseconds since the epoch; a future ts delays delivery")
+
+    @field_validator("name")
+    @classmethod
+    def _name_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("event name must not be blank")
+        return value
+
+    @field_validator("ts", mode="before")
+    @classmethod
+    def _ts_from_datetime(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError("ts must be an integer of milliseconds since the epoch")
+        if isinstance(value, datetime):
+            return int(value.timestamp() * 1000)
+        return value
+
+
+def describe_validation_error(exc: ValidationError, prefix: str = "") -> str:
+    """One readable line per problem, naming the field, e.g. `events[2].name: Field required`."""
+    parts = []
+    for err in exc.errors():
+        loc = prefix
+        for item in err["loc"]:
+            loc += f"[{item}]" if isinstance(item, int) else (f".{item}" if loc else str(item))
+        parts.append(f"{loc or 'body'}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def coerce_events(events: Any) -> list[EventIn]:
+    """Accept an Event, a dict of the same shape, or a list of them (as `send_event` does)."""
+    items = events if isinstance(events, list | tuple) else [events]
+    out = []
+    for index, item in enumerate(items):
+        raw = (
+            {"name": item.name, "data": item.data, "id": item.id, "ts": item.ts}
+            if isinstance(item, Event) else item
+        )
+        if not isinstance(raw, dict):
+            raise TypeError(f"events[{index}] must be a stepwise.Event or a dict, got "
+                            f"{type(item).__name__}")
+        try:
+            out.append(EventIn.model_validate(raw))
+        except ValidationError as exc:
+            raise ValueError(describe_validation_error(exc, f"events[{index}]")) from None
+    return out

@@ -1,0 +1,35 @@
+"""Loads the named SQL of `sql/queries.sql`, picking each block's dialect variant."""
+
+from __future__ import annotations
+
+import re
+from functools import cache
+from importlib import resources
+
+_NAME = re.compile(r"^-- name: (\w+)(?: @(\w+))?\s*$", re.M)
+_PARAM = re.compile(r"(?<![:\w]):(\w+)")
+
+
+@cache
+def load(dialect: str) -> dict[str, str]:
+    text = resources.files("stepwise.storage").joinpath("sql/queries.sql").read_text()
+    marks = list(_NAME.finditer(text))
+    base: dict[str, str] = {}
+    overrides: dict[str, str] = {}
+    for i, mark in enumerate(marks):
+        end = marks[i + 1].start() if i + 1 < len(marks) else len(text)
+        body = text[mark.end():end].strip().rstrip(";")
+        name, variant = mark.group(1), mark.group(2)
+        if variant is None:
+            base[name] = body
+        elif variant == dialect:
+            overrides[name] = body
+    base.update(overrides)
+    if dialect == "postgres":
+        return {k: to_pyformat(v) for k, v in base.items()}
+    return base
+
+
+def to_pyformat(sql: str) -> str:
+    """`:name` parameters to psycopg's `%(name)s`, leaving `::casts` alone."""
+    return _PARAM.sub(r"%(\1)s", sql.replace("%", "%%"))

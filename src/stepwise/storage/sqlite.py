@@ -1,0 +1,239 @@
+"""SQLite backend: WAL, one writer thread that commits concurrent writes together.
+
+Every write goes through a single thread and connection. The thread takes every operation
+waiting in its queue, runs each in a savepoint of one transaction and commits once, so
+concurrent event requests and steps share one fsync (group commit). Reads use per-thread
+connections and never wait for the writer (WAL snapshots).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+from typing import Any, TypeVar
+
+from . import queries
+from .base import Storage
+
+T = TypeVar("T")
+DEFAULT_PATH = ".stepwise/stepwise.db"
+BATCH_MAX = 512
+
+
+def path_from_url(url: str | None) -> str:
+    if not url:
+        return DEFAULT_PATH
+    if url.startswith("sqlite:///"):
+        return url[len("sqlite:///") - 1:] if url.startswith("sqlite:////") else url[10:]
+    if url.startswith("sqlite://"):
+        return url[9:] or DEFAULT_PATH
+    if "://" in url:
+        raise ValueError(f"unsupported database URL {url!r}: use a path, sqlite:///path or "
+                         "postgresql://...")
+    return url
+
+
+def _connect(path: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA busy_timeout=30000")
+    conn.execute("PRAGMA foreign_keys=OFF")
+    return conn
+
+
+class _Tx:
+    def __init__(self, conn: sqlite3.Connection, sql: dict[str, str]) -> None:
+        self.conn = conn
+        self.sql = sql
+
+    def one(self, query: str, /, **params: Any) -> dict[str, Any] | None:
+        row = self.conn.execute(self.sql[query], params).fetchone()
+        return None if row is None else dict(row)
+
+    def all(self, query: str, /, **params: Any) -> list[dict[str, Any]]:
+        return [dict(r) for r in self.conn.execute(self.sql[query], params).fetchall()]
+
+    def exec(self, query: str, /, **params: Any) -> int:
+        return self.conn.execute(self.sql[query], params).rowcount
+
+    def raw_all(self, sql: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+        return [dict(r) for r in self.conn.execute(sql, params).fetchall()]
+
+
+_Item = tuple[Callable[..., Any], tuple[Any, ...], bool, asyncio.AbstractEventLoop,
+              "asyncio.Future[Any]"]
+
+
+class SQLiteStorage(Storage):
+    dialect = "sqlite"
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.path = path
+        self.sql = queries.load("sqlite")
+        self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+        self.commits = 0  # how many transactions the writer committed (group commit shows here)
+
+    async def open(self) -> None:
+        if self._thread is not None:
+            return
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        conn = _connect(self.path)
+        migrate(conn)
+        self._thread = threading.Thread(target=self._write_loop, args=(conn,),
+                                        name="stepwise-sqlite-writer", daemon=True)
+        self._thread.start()
+
+    async def close(self) -> None:
+        if self._thread is None:
+            return
+        self._queue.put(None)
+        await asyncio.to_thread(self._thread.join)
+        self._thread = None
+        with self._readers_lock:
+            for conn in self._readers:
+                conn.close()
+            self._readers.clear()
+        self._local = threading.local()
+
+    async def write(self, op: Callable[..., T], *args: Any, durable: bool = True) -> T:
+        if self._thread is None:
+            raise RuntimeError("storage is not open")
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[T] = loop.create_future()
+        self._queue.put((op, args, durable, loop, fut))
+        return await fut
+
+    async def read(self, op: Callable[..., T], *args: Any) -> T:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = _connect(self.path)
+            self._local.conn = conn
+            with self._readers_lock:
+                self._readers.append(conn)
+        return op(_Tx(conn, self.sql), *args)
+
+    # --- the writer thread ---------------------------------------------------------------
+
+    def _write_loop(self, conn: sqlite3.Connection) -> None:
+        tx = _Tx(conn, self.sql)
+        synchronous_full = True
+        try:
+            while True:
+                first = self._queue.get()
+                if first is None:
+                    return
+                batch = [first]
+                stop = False
+                while len(batch) < BATCH_MAX:
+                    try:
+                        item = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if item is None:
+                        stop = True
+                        break
+                    batch.append(item)
+                durable = any(item[2] for item in batch)
+                if durable != synchronous_full:
+                    conn.execute("PRAGMA synchronous=" + ("FULL" if durable else "NORMAL"))
+                    synchronous_full = durable
+                self._commit(conn, tx, batch)
+                if stop:
+                    return
+        finally:
+            conn.close()
+
+    def _commit(self, conn: sqlite3.Connection, tx: _Tx, batch: list[_Item]) -> None:
+        results: list[tuple[bool, Any]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            single = len(batch) == 1
+            for op, args, _durable, _loop, _fut in batch:
+                if not single:
+                    conn.execute("SAVEPOINT op")
+                try:
+                    results.append((True, op(tx, *args)))
+                    if not single:
+                        conn.execute("RELEASE op")
+                except BaseException as exc:
+                    if single:
+                        conn.execute("ROLLBACK")
+                    else:
+                        conn.execute("ROLLBACK TO op")
+                        conn.execute("RELEASE op")
+                    results.append((False, exc))
+            if conn.in_transaction:
+                conn.execute("COMMIT")
+            self.commits += 1
+        except BaseException as exc:  # the transaction itself failed: every operation fails
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            results = [(False, exc)] * len(batch)
+        for (ok, value), (_op, _args, _d, loop, fut) in zip(results, batch, strict=True):
+            loop.call_soon_threadsafe(_resolve, fut, ok, value)
+
+
+def _resolve(fut: asyncio.Future[Any], ok: bool, value: Any) -> None:
+    if fut.done():
+        return
+    if ok:
+        fut.set_result(value)
+    else:
+        fut.set_exception(value)
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Apply pending versioned migrations in one immediate transaction; return the version."""
+    return apply_migrations(
+        "sqlite",
+        begin=lambda: conn.execute("BEGIN IMMEDIATE"),
+        execute=lambda sql: conn.execute(sql),
+        applied=lambda: {r[0] for r in conn.execute("SELECT version FROM schema_migrations")},
+        record=lambda v: conn.execute(
+            "INSERT INTO schema_migrations (version, applied_at) VALUES (?, strftime('%s','now'))",
+            (v,)),
+        commit=lambda: conn.execute("COMMIT"),
+    )
+
+
+def migration_files(dialect: str) -> list[tuple[int, str]]:
+    folder = resources.files("stepwise.storage").joinpath(f"migrations/{dialect}")
+    out = []
+    for entry in folder.iterdir():
+        if entry.name.endswith(".sql"):
+            out.append((int(entry.name.split("_", 1)[0]), entry.read_text()))
+    return sorted(out)
+
+
+def apply_migrations(dialect: str, *, begin: Callable[[], Any], execute: Callable[[str], Any],
+                     applied: Callable[[], set[int]], record: Callable[[int], Any],
+                     commit: Callable[[], Any]) -> int:
+    execute("CREATE TABLE IF NOT EXISTS schema_migrations "
+            "(version INTEGER PRIMARY KEY, applied_at BIGINT NOT NULL)")
+    begin()
+    done = applied()
+    version = max(done, default=0)
+    for number, text in migration_files(dialect):
+        if number in done:
+            continue
+        code = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("--"))
+        for statement in (s.strip() for s in code.split(";")):
+            if statement:
+                execute(statement)
+        record(number)
+        version = number
+    commit()
+    return version

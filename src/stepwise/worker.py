@@ -1,0 +1,186 @@
+"""The worker: leases runs from storage, executes them, renews its leases while it lives.
+
+A killed worker simply stops renewing: its leases expire and any worker takes the runs over,
+replaying their stored steps (at-least-once for a step's code, exactly-once for its result).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from .app import App, Function
+from .clock import Clock
+from .context import Context
+from .errors import ExecutionStopped
+from .execution import Execution, default_backoff
+from .metrics import Metrics
+from .payloads import Limits, new_id
+from .storage import ops
+from .storage.base import Storage
+
+log = logging.getLogger("stepwise.worker")
+
+
+class Worker:
+    def __init__(
+        self,
+        app: App,
+        storage: Storage,
+        *,
+        clock: Clock | None = None,
+        concurrency: int = 10,
+        lease_seconds: float = 30.0,
+        poll_interval: float = 1.0,
+        limits: Limits | None = None,
+        backoff: Callable[[int], float] = default_backoff,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError("worker concurrency must be at least 1")
+        if lease_seconds <= 0 or poll_interval <= 0:
+            raise ValueError("lease_seconds and poll_interval must be positive")
+        self.app = app
+        self.storage = storage
+        self.clock = clock or Clock()
+        self.concurrency = concurrency
+        self.lease_seconds = lease_seconds
+        self.poll_interval = poll_interval
+        self.limits = limits or Limits()
+        self.backoff = backoff
+        self.metrics = Metrics()
+        self.id = f"{socket.gethostname()}:{os.getpid()}:{new_id()[-8:]}"
+        self._active: dict[str, asyncio.Task[None]] = {}
+        self._leasing = False
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self._executor = ThreadPoolExecutor(max_workers=concurrency,
+                                            thread_name_prefix="stepwise-fn")
+        storage.on_new_work(self.notify)
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await register_app(self.storage, self.app, self.clock)
+        self._tasks = [asyncio.create_task(self._lease_loop(), name="stepwise-lease"),
+                       asyncio.create_task(self._heartbeat_loop(), name="stepwise-heartbeat")]
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Stop leasing; wait up to `grace` seconds for executions, then abandon them (their
+        leases expire and another worker resumes them)."""
+        self._stopping = True
+        self.notify()
+        if self._active:
+            await asyncio.wait(list(self._active.values()), timeout=grace)
+        for task in [*self._tasks, *self._active.values()]:
+            task.cancel()
+        for task in [*self._tasks, *self._active.values()]:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def run_forever(self) -> None:
+        await self.start()
+        try:
+            await asyncio.gather(*self._tasks)
+        finally:
+            await self.stop()
+
+    def notify(self) -> None:
+        self._wake.set()
+
+    @property
+    def busy(self) -> bool:
+        """True while the worker holds or is taking work (tests wait for it to be idle)."""
+        return self._leasing or bool(self._active)
+
+    # --- loops -----------------------------------------------------------------------------
+
+    async def _lease_loop(self) -> None:
+        while not self._stopping:
+            self._wake.clear()
+            free = self.concurrency - len(self._active)
+            leased: list[str] = []
+            due: int | None = None
+            try:
+                if free > 0:
+                    self._leasing = True
+                    now = self.clock.now_ms()
+                    leased = await self.storage.write(
+                        ops.lease, self.app.id, self.id, now,
+                        now + int(self.lease_seconds * 1000), free, durable=False)
+                    for run_id in leased:
+                        self._active[run_id] = asyncio.create_task(self._execute(run_id))
+                    self._leasing = False
+                if free > 0 and len(leased) == free:
+                    continue  # there may be more waiting
+                due = await self.storage.read(ops.next_due, self.app.id)
+            except Exception:
+                log.exception("worker %s: leasing failed; retrying", self.id)
+            finally:
+                self._leasing = False
+            await self.clock.wait(self._wake, None if due is None else due / 1000,
+                                  self.poll_interval)
+
+    async def _heartbeat_loop(self) -> None:
+        while not self._stopping:
+            await asyncio.sleep(self.lease_seconds / 3)
+            if self._active:
+                try:
+                    await self.storage.write(
+                        ops.renew_leases, self.id, list(self._active),
+                        self.clock.now_ms() + int(self.lease_seconds * 1000), durable=False)
+                except Exception:
+                    log.exception("worker %s: lease renewal failed", self.id)
+
+    async def _execute(self, run_id: str) -> None:
+        try:
+            state = await self.storage.read(ops.load_run, run_id)
+            if state is None:
+                return
+            function = self.app.get(state.run["function_id"])
+            if function is None:
+                log.error("run %s: function %r is not in app %r; releasing it for a minute",
+                          run_id, state.run["function_id"], self.app.id)
+                await self.storage.write(ops.release, run_id, self.id,
+                                         self.clock.now_ms() + 60_000)
+                return
+            execution = Execution(self, function, state)
+            await execution.run(self._invoker(function))
+        except ops.LeaseLost as exc:
+            log.warning("run %s: %s; this execution stops", run_id, exc)
+        except ops.RunCancelled:
+            log.info("run %s was cancelled; stopped at a step boundary", run_id)
+        except ExecutionStopped:
+            pass  # suspended on purpose (a retry timer); the queue item says when it resumes
+        except Exception:
+            log.exception("run %s: execution failed; its lease will expire and it will be "
+                          "retried", run_id)
+        finally:
+            self._active.pop(run_id, None)
+            self.notify()
+
+    def _invoker(self, function: Function) -> Callable[[Context], Any]:
+        if function.is_async:
+            return function.fn  # type: ignore[no-any-return]
+
+        async def call_in_thread(ctx: Context) -> Any:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._executor, function.fn, ctx)
+
+        return call_in_thread
+
+
+async def register_app(storage: Storage, app: App, clock: Clock) -> None:
+    """Store the app's function definitions so any server can route events to them."""
+    from .payloads import dumps
+
+    definitions = [f.definition() for f in app.functions.values()]
+    await storage.write(ops.register_functions, app.id, definitions,
+                        [dumps(d, "function definition") for d in definitions], clock.now_ms())
