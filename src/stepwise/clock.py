@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import weakref
 
@@ -17,12 +18,10 @@ class Clock:
         return int(self.now() * 1000)
 
     async def wait(self, wake: asyncio.Event, deadline: float | None, max_wait: float) -> None:
-        """Return when `wake` is set, `deadline` (clock seconds) passes, or `max_wait` real seconds."""
+        """Return when `wake` is set, `deadline` (clock seconds) passes or `max_wait` (real s)."""
         timeout = max_wait if deadline is None else max(0.0, min(max_wait, deadline - self.now()))
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(wake.wait(), timeout)
-        except TimeoutError:
-            pass
 
 
 SystemClock = Clock
@@ -52,7 +51,5 @@ class ManualClock(Clock):
         self._waiters.add(wake)
         if deadline is not None and deadline <= self._now:
             return
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(wake.wait(), max_wait)
-        except TimeoutError:
-            pass

@@ -44,7 +44,7 @@ class _ReplayQuietLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
             super().log(level, msg, *args, **kwargs)
 
     def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
-        return f"[{self.extra['run_id'] if self.extra else ''}] {msg}", kwargs  # type: ignore[index]
+        return f"[{self.extra['run_id'] if self.extra else ''}] {msg}", kwargs
 
 
 class AsyncStep:

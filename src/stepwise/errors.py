@@ -29,7 +29,7 @@ class RetryAfterError(StepwiseError):
 
 
 class StepError(StepwiseError):
-    """A step failed for good (retries exhausted or non-retriable); raised where the step was awaited.
+    """A step failed for good (retries exhausted, or non-retriable); raised at the step call.
 
     Catch it to run compensation code; left uncaught it fails the run.
     """
@@ -52,7 +52,7 @@ class DefinitionError(StepwiseError, ValueError):
     """A function definition or option is invalid; raised at decoration time."""
 
 
-class ExecutionStopped(BaseException):  # noqa: N818 - a signal, not an error users handle
+class ExecutionStopped(BaseException):
     """Stops one execution of a run: the run was suspended (retry, sleep), cancelled, or lost.
 
     A BaseException so that `except Exception` in user code does not swallow it.

@@ -39,8 +39,8 @@ MAX_STEP_ID = 512
 def default_backoff(attempt: int) -> float:
     """Seconds before retry number `attempt + 1`: exponential from 2 s, capped at 10 min, with
     jitter so that runs failing together do not retry together."""
-    ceiling = min(600.0, 2.0 * (2 ** min(attempt, 20)))
-    return ceiling / 2 + random.uniform(0, ceiling / 2)
+    ceiling: float = min(600.0, 2.0 * (2 ** min(attempt, 20)))
+    return ceiling / 2 + float(random.uniform(0, ceiling / 2))
 
 
 class Execution:
@@ -127,10 +127,11 @@ class Execution:
         error = describe_exception(exc, sid)
         attempts = attempt + 1
         final = isinstance(exc, NonRetriableError) or attempts > self.function.retries
-        row = {"id": sid, "seq": seq, "status": "failed" if final else "retrying",
+        status = "failed" if final else "retrying"
+        row = {"id": sid, "seq": seq, "status": status,
                "attempts": attempts, "output": None, "error": dumps(error, "step error"),
                "started_at": started, "ended_at": self.now_ms()}
-        self.worker.metrics.step_finished(self.function.id, row["status"], row)
+        self.worker.metrics.step_finished(self.function.id, status, row)
         if final:
             await self.storage.write(ops.save_step, self.run_id, self.worker.id, row, self.retry)
             self.retry = 0

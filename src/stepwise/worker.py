@@ -168,7 +168,7 @@ class Worker:
 
     def _invoker(self, function: Function) -> Callable[[Context], Any]:
         if function.is_async:
-            return function.fn  # type: ignore[no-any-return]
+            return function.fn
 
         async def call_in_thread(ctx: Context) -> Any:
             loop = asyncio.get_running_loop()

@@ -249,3 +249,7 @@ def list_runs(tx: Tx, filters: dict[str, Any], limit: int) -> list[dict[str, Any
 
 def run_counts(tx: Tx) -> dict[str, int]:
     return {r["status"]: int(r["n"]) for r in tx.all("count_runs_by_status")}
+
+
+#: Operations after which workers may find new runnable work (PostgreSQL sends a NOTIFY).
+WAKES_WORKERS: frozenset[object] = frozenset({ingest_events, replay_run, fail_run, release})

@@ -13,12 +13,12 @@ import queue
 import sqlite3
 import threading
 from collections.abc import Callable
-from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
 from . import queries
 from .base import Storage
+from .schema import apply_migrations
 
 T = TypeVar("T")
 DEFAULT_PATH = ".stepwise/stepwise.db"
@@ -207,33 +207,3 @@ def migrate(conn: sqlite3.Connection) -> int:
             (v,)),
         commit=lambda: conn.execute("COMMIT"),
     )
-
-
-def migration_files(dialect: str) -> list[tuple[int, str]]:
-    folder = resources.files("stepwise.storage").joinpath(f"migrations/{dialect}")
-    out = []
-    for entry in folder.iterdir():
-        if entry.name.endswith(".sql"):
-            out.append((int(entry.name.split("_", 1)[0]), entry.read_text()))
-    return sorted(out)
-
-
-def apply_migrations(dialect: str, *, begin: Callable[[], Any], execute: Callable[[str], Any],
-                     applied: Callable[[], set[int]], record: Callable[[int], Any],
-                     commit: Callable[[], Any]) -> int:
-    execute("CREATE TABLE IF NOT EXISTS schema_migrations "
-            "(version INTEGER PRIMARY KEY, applied_at BIGINT NOT NULL)")
-    begin()
-    done = applied()
-    version = max(done, default=0)
-    for number, text in migration_files(dialect):
-        if number in done:
-            continue
-        code = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("--"))
-        for statement in (s.strip() for s in code.split(";")):
-            if statement:
-                execute(statement)
-        record(number)
-        version = number
-    commit()
-    return version

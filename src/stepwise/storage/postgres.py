@@ -1,0 +1,173 @@
+"""PostgreSQL backend: a psycopg 3 pool, SKIP LOCKED leases, LISTEN/NOTIFY wake-ups.
+
+The engine's operations are plain functions over a transaction (see `ops`); here each runs in
+a pooled connection on a small thread pool, so one operation is one PostgreSQL transaction.
+Operations that create runnable work send a NOTIFY in the same transaction, delivered on
+commit; every process LISTENs and wakes its worker at once. Polling remains as a fallback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool
+
+from . import ops, queries
+from .base import Storage
+from .schema import apply_migrations
+
+T = TypeVar("T")
+log = logging.getLogger("stepwise.storage")
+MIGRATION_LOCK = "stepwise.migrations"
+
+
+class _Tx:
+    def __init__(self, conn: psycopg.Connection[dict[str, Any]], sql: dict[str, str]) -> None:
+        self.conn = conn
+        self.sql = sql
+
+    def one(self, query: str, /, **params: Any) -> dict[str, Any] | None:
+        return self.conn.execute(self.sql[query], params).fetchone()
+
+    def all(self, query: str, /, **params: Any) -> list[dict[str, Any]]:
+        return self.conn.execute(self.sql[query], params).fetchall()
+
+    def exec(self, query: str, /, **params: Any) -> int:
+        return self.conn.execute(self.sql[query], params).rowcount
+
+    def raw_all(self, sql: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+        return self.conn.execute(queries.to_pyformat(sql), params).fetchall()
+
+
+class PostgresStorage(Storage):
+    dialect = "postgres"
+
+    def __init__(self, url: str, *, max_connections: int = 10) -> None:
+        super().__init__()
+        self.url = url
+        self.sql = queries.load("postgres")
+        self.max_connections = max_connections
+        self.pool: ConnectionPool[psycopg.Connection[dict[str, Any]]] | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._channel = "stepwise_work"
+        self._listener: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def open(self) -> None:
+        if self.pool is not None:
+            return
+        self._loop = asyncio.get_running_loop()
+        self._executor = ThreadPoolExecutor(max_workers=self.max_connections,
+                                            thread_name_prefix="stepwise-pg")
+        pool: ConnectionPool[psycopg.Connection[dict[str, Any]]] = ConnectionPool(
+            self.url, min_size=1, max_size=self.max_connections, open=False,
+            kwargs={"row_factory": dict_row, "autocommit": True},
+            name="stepwise")
+        try:
+            await self._loop.run_in_executor(self._executor, lambda: pool.open(wait=True,
+                                                                               timeout=10))
+        except Exception as exc:
+            self._executor.shutdown(wait=False)
+            raise ConnectionError(f"cannot connect to PostgreSQL at {_redact(self.url)}: "
+                                  f"{exc}") from None
+        self.pool = pool
+        schema = await self._loop.run_in_executor(self._executor, self._migrate)
+        self._channel = f"stepwise_work_{schema}"[:63]
+        self._stop.clear()
+        self._listener = threading.Thread(target=self._listen, name="stepwise-pg-listen",
+                                          daemon=True)
+        self._listener.start()
+
+    async def close(self) -> None:
+        if self.pool is None:
+            return
+        self._stop.set()
+        if self._listener is not None:
+            await asyncio.to_thread(self._listener.join, 5)
+        await asyncio.to_thread(self.pool.close)
+        self.pool = None
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)
+
+    async def write(self, op: Callable[..., T], *args: Any, durable: bool = True) -> T:
+        return await self._run(op, args, durable, True)
+
+    async def read(self, op: Callable[..., T], *args: Any) -> T:
+        return await self._run(op, args, True, False)
+
+    async def _run(self, op: Callable[..., T], args: tuple[Any, ...], durable: bool,
+                   write: bool) -> T:
+        if self.pool is None or self._executor is None:
+            raise RuntimeError("storage is not open")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._transaction, op, args, durable,
+                                          write)
+
+    def _transaction(self, op: Callable[..., T], args: tuple[Any, ...], durable: bool,
+                     write: bool) -> T:
+        assert self.pool is not None
+        with self.pool.connection() as conn, conn.transaction():
+            if not durable:
+                conn.execute("SET LOCAL synchronous_commit = off")
+            result = op(_Tx(conn, self.sql), *args)
+            if write and op in ops.WAKES_WORKERS:
+                conn.execute(f"NOTIFY {self._channel}")
+            return result
+
+    def _migrate(self) -> str:
+        assert self.pool is not None
+        with self.pool.connection() as conn:
+            schema = conn.execute("SELECT current_schema() AS s").fetchone()
+            if schema is None or schema["s"] is None:
+                raise RuntimeError("PostgreSQL has no current schema (check search_path)")
+            name = str(schema["s"])
+            apply_migrations(
+                "postgres",
+                begin=lambda: (conn.execute("BEGIN"), conn.execute(
+                    "SELECT pg_advisory_xact_lock(hashtext(%s))", (f"{name}.{MIGRATION_LOCK}",))),
+                execute=lambda sql: conn.execute(sql),
+                applied=lambda: {r["version"] for r in conn.execute(
+                    "SELECT version FROM schema_migrations").fetchall()},
+                record=lambda v: conn.execute(
+                    "INSERT INTO schema_migrations (version, applied_at) "
+                    "VALUES (%s, (extract(epoch from now()) * 1000)::bigint)", (v,)),
+                commit=lambda: conn.execute("COMMIT"),
+            )
+        return name
+
+    def _listen(self) -> None:
+        """Forward NOTIFYs to the workers of this process; reconnect when the link drops."""
+        while not self._stop.is_set():
+            try:
+                with psycopg.connect(self.url, autocommit=True) as conn:
+                    conn.execute(f"LISTEN {self._channel}")
+                    while not self._stop.is_set():
+                        for _ in conn.notifies(timeout=0.5, stop_after=1):
+                            self._wake()
+            except Exception as exc:
+                if self._stop.is_set():
+                    return
+                log.warning("LISTEN connection lost (%s); polling until it is back", exc)
+                self._stop.wait(1.0)
+
+    def _wake(self) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self.notify_new_work)
+
+
+def _redact(url: str) -> str:
+    """The URL without its password, for error messages."""
+    if "@" not in url or "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    credentials, host = rest.rsplit("@", 1)
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}" if ":" in credentials else f"{scheme}://{user}@{host}"
