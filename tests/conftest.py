@@ -25,7 +25,7 @@ def _postgres_reachable() -> str | None:
         return str(exc)
 
 
-_pg_problem: str | None | bool = False
+_pg_problem: str | bool | None = False
 
 
 def postgres_or_skip() -> None:

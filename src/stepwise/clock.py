@@ -50,6 +50,7 @@ class ManualClock(Clock):
     async def wait(self, wake: asyncio.Event, deadline: float | None, max_wait: float) -> None:
         self._waiters.add(wake)
         if deadline is not None and deadline <= self._now:
+            await asyncio.sleep(0)  # always yield, so a caller's loop cannot starve others
             return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(wake.wait(), max_wait)

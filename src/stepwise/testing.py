@@ -71,9 +71,11 @@ class Harness:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while loop.time() < deadline:
+            seen = self.worker.activity
             due = await self.storage.read(ops.next_due, self.app.id)
             now = self.clock.now_ms()
-            if self.worker.busy or (due is not None and due <= now):
+            changed = seen != self.worker.activity  # `due` may be stale
+            if changed or self.worker.busy or (due is not None and due <= now):
                 self.worker.notify()
                 await asyncio.sleep(0.002)
                 continue

@@ -57,6 +57,9 @@ class Worker:
         self.id = f"{socket.gethostname()}:{os.getpid()}:{new_id()[-8:]}"
         self._active: dict[str, asyncio.Task[None]] = {}
         self._leasing = False
+        #: Bumped whenever the worker leases or finishes work, so observers can tell that
+        #: something changed while they looked away (see testing.Harness.settle).
+        self.activity = 0
         self._wake = asyncio.Event()
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
@@ -117,10 +120,12 @@ class Worker:
                         now + int(self.lease_seconds * 1000), free, durable=False)
                     for run_id in leased:
                         self._active[run_id] = asyncio.create_task(self._execute(run_id))
+                    self.activity += 1
                     self._leasing = False
                 if free > 0 and len(leased) == free:
                     continue  # there may be more waiting
-                due = await self.storage.read(ops.next_due, self.app.id)
+                if free > 0:  # when full, only a finished execution (a wake) frees a slot
+                    due = await self.storage.read(ops.next_due, self.app.id)
             except Exception:
                 log.exception("worker %s: leasing failed; retrying", self.id)
             finally:
@@ -164,6 +169,7 @@ class Worker:
                           "retried", run_id)
         finally:
             self._active.pop(run_id, None)
+            self.activity += 1
             self.notify()
 
     def _invoker(self, function: Function) -> Callable[[Context], Any]:

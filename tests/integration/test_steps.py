@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from datetime import timedelta
 from typing import Any
@@ -192,7 +193,7 @@ async def test_backoff_grows_between_attempts(db: str) -> None:
     async with Harness(app, db, clock=clock) as h:
         await h.send("go")
         await h.settle()
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     assert len(times) == 5
     # Exponential with jitter: retry n waits between 2^n and 2^(n+1) seconds.
     for n, gap in enumerate(gaps):

@@ -1,0 +1,164 @@
+"""The HTTP API: validation of every input, idempotent sends, limits, auth, OpenAPI."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+import stepwise
+from stepwise.storage.ops import Tx
+from stepwise.testing import Harness
+
+
+def _count(tx: Tx, table: str) -> int:
+    return int(tx.raw_all(f"SELECT COUNT(*) AS n FROM {table}", {})[0]["n"])
+
+
+def make_app() -> stepwise.App:
+    app = stepwise.App("t")
+
+    @app.function(id="echo", trigger=stepwise.on_event("ping"))
+    async def echo(ctx: stepwise.Context) -> dict[str, Any]:
+        return ctx.event.data
+
+    return app
+
+
+BAD_BODIES: list[tuple[str, bytes, int, str]] = [
+    ("malformed JSON", b'{"name": "ping",', 400, "not valid JSON"),
+    ("NaN is not JSON", b'{"name": "ping", "data": {"x": NaN}}', 400, "NaN"),
+    ("missing name", b'{"data": {}}', 400, "event.name: Field required"),
+    ("empty name", b'{"name": ""}', 400, "event.name"),
+    ("blank name", b'{"name": "   "}', 400, "blank"),
+    ("name not a string", b'{"name": 5}', 400, "event.name"),
+    ("data not an object", b'{"name": "ping", "data": [1]}', 400, "event.data"),
+    ("data a string", b'{"name": "ping", "data": "x"}', 400, "event.data"),
+    ("unknown field", b'{"name": "ping", "nmae": 1}', 400, "event.nmae"),
+    ("id empty", b'{"name": "ping", "id": ""}', 400, "event.id"),
+    ("id not a string", b'{"name": "ping", "id": 3}', 400, "event.id"),
+    ("ts negative", b'{"name": "ping", "ts": -1}', 400, "event.ts"),
+    ("ts a bool", b'{"name": "ping", "ts": true}', 400, "event.ts"),
+    ("body a number", b"42", 400, "got int"),
+    ("empty list", b"[]", 400, "empty"),
+    ("list item not an object", b'[{"name": "ping"}, 7]', 400, "events[1] must be an object"),
+    ("one bad event rejects the batch", b'[{"name": "ping"}, {"data": {}}]', 400,
+     "events[1].name"),
+    ("empty body", b"", 400, "not valid JSON"),
+]
+
+
+@pytest.mark.parametrize(("case", "body", "status", "message"), BAD_BODIES,
+                         ids=[c[0] for c in BAD_BODIES])
+async def test_bad_event_bodies_are_refused_and_store_nothing(
+        db: str, case: str, body: bytes, status: int, message: str) -> None:
+    async with Harness(make_app(), db) as h:
+        response = await h.http.post("/api/v1/events", content=body,
+                                     headers={"content-type": "application/json"})
+        assert response.status_code == status, response.text
+        assert message in response.json()["error"]
+        assert await h.storage.read(_count, "events") == 0
+        assert await h.storage.read(_count, "runs") == 0
+
+
+async def test_duplicate_event_id_is_stored_once(db: str) -> None:
+    async with Harness(make_app(), db) as h:
+        first = await h.http.post("/api/v1/events",
+                                  json={"name": "ping", "id": "order-1", "data": {"n": 1}})
+        again = await h.http.post("/api/v1/events",
+                                  json=[{"name": "ping", "id": "order-1", "data": {"n": 2}},
+                                        {"name": "ping", "id": "order-1", "data": {"n": 3}}])
+        assert first.json() == {"ids": ["order-1"]}
+        assert again.json() == {"ids": ["order-1", "order-1"]}
+        await h.settle()
+        assert await h.storage.read(_count, "events") == 1
+        runs = await h.runs(event_id="order-1")
+        assert len(runs) == 1 and runs[0]["output"] == {"n": 1}
+
+
+async def test_batch_of_events_each_start_runs(db: str) -> None:
+    async with Harness(make_app(), db) as h:
+        response = await h.http.post("/api/v1/events", json=[
+            {"name": "ping", "data": {"i": i}} for i in range(25)])
+        ids = response.json()["ids"]
+        assert len(set(ids)) == 25
+        await h.settle()
+        runs = await h.runs(function="echo", status="completed", limit=100)
+        assert sorted(r["output"]["i"] for r in runs) == list(range(25))
+
+
+async def test_oversized_event_and_body_are_413(db: str) -> None:
+    limits = stepwise.Limits(event_bytes=1000, request_bytes=5000)
+    async with Harness(make_app(), db, limits=limits) as h:
+        big_event = {"name": "ping", "data": {"blob": "x" * 1200}}
+        response = await h.http.post("/api/v1/events", json=big_event)
+        assert response.status_code == 413
+        assert "over the limit of 1000 bytes" in response.json()["error"]
+
+        many = [{"name": "ping", "data": {"blob": "x" * 900}} for _ in range(8)]
+        response = await h.http.post("/api/v1/events", json=many)
+        assert response.status_code == 413
+        assert "limit of 5000" in response.json()["error"]
+
+        async def chunks() -> Any:  # no Content-Length: the limit applies while streaming
+            for _ in range(10):
+                yield b" " * 1000
+
+        response = await h.http.post("/api/v1/events", content=chunks())
+        assert response.status_code == 413
+        assert await h.storage.read(_count, "events") == 0
+
+
+async def test_event_key_is_required_when_set(db: str) -> None:
+    async with Harness(make_app(), db, event_key="s3cret") as h:
+        body = {"name": "ping"}
+        assert (await h.http.post("/api/v1/events", json=body)).status_code == 401
+        wrong = await h.http.post("/api/v1/events", json=body,
+                                  headers={"authorization": "Bearer nope"})
+        assert wrong.status_code == 401 and "event key" in wrong.json()["error"]
+        ok = await h.http.post("/api/v1/events", json=body,
+                               headers={"authorization": "Bearer s3cret"})
+        assert ok.status_code == 200
+        assert await h.storage.read(_count, "events") == 1
+
+
+async def test_run_queries_validate_their_parameters(db: str) -> None:
+    async with Harness(make_app(), db) as h:
+        bad_status = await h.http.get("/api/v1/runs", params={"status": "done"})
+        assert bad_status.status_code == 400 and "status" in bad_status.json()["error"]
+        bad_limit = await h.http.get("/api/v1/runs", params={"limit": 0})
+        assert bad_limit.status_code == 400 and "limit" in bad_limit.json()["error"]
+        missing = await h.http.get("/api/v1/runs/does-not-exist")
+        assert missing.status_code == 404 and "not found" in missing.json()["error"]
+        assert (await h.http.post("/api/v1/runs/nope/replay")).status_code == 404
+
+
+async def test_run_shape_matches_the_contract(db: str) -> None:
+    async with Harness(make_app(), db) as h:
+        event_id = await h.send("ping", {"a": 1})
+        await h.settle()
+        run = await h.run_for(event_id, "echo")
+    assert set(run) >= {"id", "function_id", "event_id", "status", "output", "error",
+                        "started_at", "ended_at", "attempts", "steps"}
+    assert run["status"] == "completed" and run["attempts"] == 1
+    assert run["started_at"] and run["ended_at"]
+
+
+async def test_health_metrics_openapi_and_dashboard(db: str) -> None:
+    async with Harness(make_app(), db) as h:
+        await h.send("ping")
+        await h.settle()
+        health = await h.http.get("/healthz")
+        assert health.status_code == 200 and health.json()["runs"] == {"completed": 1}
+        metrics = (await h.http.get("/metrics")).text
+        assert "stepwise_events_received_total" in metrics
+        assert 'stepwise_runs_finished_total{function="echo",status="completed"}' in metrics
+        spec = (await h.http.get("/openapi.json")).json()
+        body = spec["paths"]["/api/v1/events"]["post"]["requestBody"]
+        assert "oneOf" in json.dumps(body)
+        assert "/api/v1/runs/{run_id}/replay" in spec["paths"]
+        page = await h.http.get("/")
+        assert page.status_code == 200 and "stepwise runs" in page.text
+        functions = (await h.http.get("/api/v1/functions")).json()["functions"]
+        assert [f["id"] for f in functions] == ["echo"]
