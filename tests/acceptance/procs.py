@@ -1,0 +1,73 @@
+"""Start real stepwise processes for acceptance tests, and wait on them."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+STEPWISE = [sys.executable, "-m", "stepwise.cli"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    with open(cwd / f"proc-{time.time_ns()}.log", "w") as log:  # the child keeps its own copy
+        return subprocess.Popen([*STEPWISE, *args], cwd=cwd, stdout=log,
+                                stderr=subprocess.STDOUT, text=True,
+                                env={**os.environ, **(env or {})}, start_new_session=True)
+
+
+def kill9(proc: subprocess.Popen[str]) -> None:
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(10)
+
+
+def stop(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            kill9(proc)
+
+
+def http(method: str, url: str, body: Any = None) -> Any:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method,
+                                     headers={"content-type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def wait_until(check: Any, timeout: float = 30.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            value = check()
+        except OSError:
+            value = None
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def wait_healthy(base: str, proc: subprocess.Popen[str], timeout: float = 30.0) -> None:
+    def healthy() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"process exited with {proc.returncode}")
+        return bool(http("GET", base + "/healthz")["ok"])
+
+    wait_until(healthy, timeout, "server health")

@@ -1,0 +1,77 @@
+"""The CLI against a real `stepwise dev`: send, runs, replay, and clear errors."""
+
+from __future__ import annotations
+
+import subprocess
+import textwrap
+from pathlib import Path
+
+from procs import STEPWISE, free_port, http, start, stop, wait_healthy, wait_until
+
+APP = textwrap.dedent('''
+    import os
+    from pathlib import Path
+    import stepwise
+
+    app = stepwise.App("cli")
+
+    def deliver(to):
+        if not (Path(os.environ["CLI_DIR"]) / "fixed").exists():
+            raise RuntimeError("SMTP relay refused " + to)
+        return "delivered to " + to
+
+    @app.function(id="mail", trigger=stepwise.on_event("mail.send"), retries=0)
+    async def mail(ctx):
+        return await ctx.step.run("deliver", deliver, ctx.event.data["to"])
+''')
+
+
+def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*STEPWISE, *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=30)
+
+
+def test_send_runs_replay(tmp_path: Path) -> None:
+    (tmp_path / "cli_app.py").write_text(APP)
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    proc = start(["dev", "cli_app:app", "--port", str(port)], tmp_path,
+                 {"CLI_DIR": str(tmp_path)})
+    try:
+        wait_healthy(base, proc)
+        assert (tmp_path / ".stepwise" / "stepwise.db").exists()
+        sent = cli("send", "mail.send", '{"to": "ada@example.com"}', "--url", base, cwd=tmp_path)
+        assert sent.returncode == 0, sent.stderr
+        event_id = sent.stdout.strip()
+
+        def failed_run() -> str | None:
+            runs = http("GET", f"{base}/api/v1/runs?event_id={event_id}&status=failed")["runs"]
+            return runs[0]["id"] if runs else None
+
+        run_id = wait_until(failed_run, what="the run to fail")
+        listing = cli("runs", "--status", "failed", "--url", base, cwd=tmp_path)
+        assert run_id in listing.stdout and "SMTP relay refused" in listing.stdout
+
+        (tmp_path / "fixed").touch()
+        replayed = cli("replay", run_id, "--url", base, cwd=tmp_path)
+        assert replayed.returncode == 0, replayed.stderr
+        assert "attempt 2" in replayed.stdout
+        run = wait_until(lambda: (r := http("GET", f"{base}/api/v1/runs/{run_id}"))["status"]
+                         == "completed" and r, what="the replay to complete")
+        assert run["output"] == "delivered to ada@example.com"
+
+        bad = cli("send", "mail.send", "[1, 2]", "--url", base, cwd=tmp_path)
+        assert bad.returncode != 0 and "DATA must be a JSON object" in bad.stderr
+        missing = cli("replay", "no-such-run", "--url", base, cwd=tmp_path)
+        assert missing.returncode != 0 and "not found" in missing.stderr
+    finally:
+        stop(proc)
+
+
+def test_cli_reports_unreachable_server_and_bad_app(tmp_path: Path) -> None:
+    down = cli("runs", "--url", f"http://127.0.0.1:{free_port()}", cwd=tmp_path)
+    assert down.returncode != 0 and "cannot reach stepwise" in down.stderr
+    bad_app = cli("dev", "nonexistent_module:app", cwd=tmp_path)
+    assert bad_app.returncode != 0 and "cannot import 'nonexistent_module'" in bad_app.stderr
+    no_key = cli("server", "--db", str(tmp_path / "x.db"), cwd=tmp_path)
+    assert no_key.returncode != 0 and "event key" in no_key.stderr

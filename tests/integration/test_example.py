@@ -1,0 +1,24 @@
+"""The example app in examples/signup.py behaves as its docstring says."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parents[2]))
+
+from examples import signup  # noqa: E402
+from stepwise.testing import Harness  # noqa: E402
+
+
+async def test_signup_fans_out_and_flaky_list_succeeds_on_third_attempt(db: str) -> None:
+    signup._list_attempts.clear()
+    async with Harness(signup.app, db) as h:
+        event_id = await h.send("user.signup", {"user_id": 42, "email": "ada@example.com"})
+        await h.settle()
+        welcome = await h.run_for(event_id, "send-welcome-email")
+        listing = await h.run_for(event_id, "add-to-mailing-list")
+    assert welcome["status"] == "completed" and welcome["output"] == {"email": "sent"}
+    assert listing["status"] == "completed" and listing["output"] == {"subscribed": "newsletter"}
+    assert [(s["id"], s["attempts"]) for s in listing["steps"]] == [("subscribe", 3)]
+    assert signup._list_attempts == {"ada@example.com": 3}
