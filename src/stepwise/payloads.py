@@ -44,8 +44,8 @@ def dumps(value: Any, what: str, limit: int | None = None) -> str:
         raise PayloadError(f"{what} is not JSON-serializable: {exc}") from None
     except RecursionError:
         raise PayloadError(f"{what} is nested too deeply to serialize") from None
-    if limit is not None and len(text) > limit:
-        # len() counts characters; only bytes can be larger, so check them when it matters.
+    if limit is not None and len(text) * 4 > limit:
+        # A character is at most 4 bytes in UTF-8: encode only when the limit may be crossed.
         size = len(text.encode())
         if size > limit:
             raise PayloadTooLarge(f"{what} is {size} bytes, over the limit of {limit} bytes")

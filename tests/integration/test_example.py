@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+from examples import signup
 
-sys.path.insert(0, str(Path(__file__).parents[2]))
-
-from examples import signup  # noqa: E402
-from stepwise.testing import Harness  # noqa: E402
+from stepwise.testing import Harness
 
 
 async def test_signup_fans_out_and_flaky_list_succeeds_on_third_attempt(db: str) -> None:

@@ -43,7 +43,7 @@ def test_send_event_shapes_are_coerced_and_validated() -> None:
     assert [(e.name, e.data) for e in events] == [("a", {"x": 1}), ("b", {})]
     with pytest.raises(ValueError, match=r"events\[0\]\.name"):
         coerce_events({"data": {}})
-    with pytest.raises(TypeError, match="stepwise.Event or a dict"):
+    with pytest.raises(TypeError, match=r"stepwise\.Event or a dict"):
         coerce_events(["nope"])
 
 
