@@ -115,7 +115,7 @@ class Execution:
         row = {"id": sid, "seq": seq, "status": "completed", "attempts": attempt + 1,
                "output": output, "error": None, "started_at": started, "ended_at": self.now_ms()}
         stored = await self.storage.write(ops.save_step, self.run_id, self.worker.id, row,
-                                          self.retry)
+                                          self.retry, inline=self.worker.quiet)
         self.retry = 0
         self.ctx.attempt = 0
         self.worker.metrics.step_finished(self.function.id, "completed", row)
@@ -133,7 +133,8 @@ class Execution:
                "started_at": started, "ended_at": self.now_ms()}
         self.worker.metrics.step_finished(self.function.id, status, row)
         if final:
-            await self.storage.write(ops.save_step, self.run_id, self.worker.id, row, self.retry)
+            await self.storage.write(ops.save_step, self.run_id, self.worker.id, row, self.retry,
+                                     inline=self.worker.quiet)
             self.retry = 0
             raise StepError(sid, error) from exc
         await self._retry_later(row, attempts, exc)
@@ -144,7 +145,7 @@ class Execution:
             attempts - 1)
         available_at = self.now_ms() + int(delay * 1000)
         await self.storage.write(ops.retry_later, self.run_id, self.worker.id, row, attempts,
-                                 available_at)
+                                 available_at, inline=self.worker.quiet)
         self.worker.notify()
         raise ExecutionStopped(f"retry at {available_at}")
 
@@ -179,13 +180,14 @@ class Execution:
             await self._fail(describe_exception(StepOutputError(str(exc))))
             return
         await self.storage.write(ops.complete_run, self.run_id, self.worker.id, output,
-                                 self.now_ms())
+                                 self.now_ms(), inline=self.worker.quiet)
         self.worker.metrics.run_finished(self.function.id, "completed")
 
     async def _fail(self, error: dict[str, Any]) -> None:
         handler = self.function.on_failure.id if self.function.on_failure else None
         await self.storage.write(ops.fail_run, self.run_id, self.worker.id,
-                                 dumps(error, "run error"), self.now_ms(), handler)
+                                 dumps(error, "run error"), self.now_ms(), handler,
+                                 inline=self.worker.quiet)
         self.worker.metrics.run_finished(self.function.id, "failed")
         if handler:
             self.worker.notify()

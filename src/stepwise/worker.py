@@ -99,6 +99,11 @@ class Worker:
         self._wake.set()
 
     @property
+    def quiet(self) -> bool:
+        """One execution at most: commit inline for latency rather than batch for throughput."""
+        return len(self._active) <= 1
+
+    @property
     def busy(self) -> bool:
         """True while the worker holds or is taking work (tests wait for it to be idle)."""
         return self._leasing or bool(self._active)

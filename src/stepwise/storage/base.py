@@ -32,8 +32,13 @@ class Storage(ABC):
     async def close(self) -> None: ...
 
     @abstractmethod
-    async def write(self, op: Callable[..., T], *args: Any, durable: bool = True) -> T:
-        """Run `op(tx, *args)` in a write transaction; when `durable`, return only once synced."""
+    async def write(self, op: Callable[..., T], *args: Any, durable: bool = True,
+                    inline: bool = False) -> T:
+        """Run `op(tx, *args)` in a write transaction; when `durable`, return only once synced.
+
+        `inline` is a hint from a caller that is alone on its event loop (one run executing):
+        it would rather block briefly than pay a thread hop. Backends may ignore it.
+        """
 
     @abstractmethod
     async def read(self, op: Callable[..., T], *args: Any) -> T:

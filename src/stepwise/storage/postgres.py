@@ -97,7 +97,8 @@ class PostgresStorage(Storage):
         if self._executor is not None:
             self._executor.shutdown(wait=False)
 
-    async def write(self, op: Callable[..., T], *args: Any, durable: bool = True) -> T:
+    async def write(self, op: Callable[..., T], *args: Any, durable: bool = True,
+                    inline: bool = False) -> T:
         return await self._run(op, args, durable, True)
 
     async def read(self, op: Callable[..., T], *args: Any) -> T:

@@ -83,6 +83,10 @@ class SQLiteStorage(Storage):
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
+        self._lock = threading.Lock()  # held by whoever uses the write connection
+        self._conn: sqlite3.Connection | None = None
+        self._tx: _Tx | None = None
+        self._synchronous_full = True
         self.commits = 0  # how many transactions the writer committed (group commit shows here)
 
     async def open(self) -> None:
@@ -92,7 +96,9 @@ class SQLiteStorage(Storage):
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         conn = _connect(self.path)
         migrate(conn)
-        self._thread = threading.Thread(target=self._write_loop, args=(conn,),
+        self._conn, self._tx = conn, _Tx(conn, self.sql)
+        self._synchronous_full = True
+        self._thread = threading.Thread(target=self._write_loop,
                                         name="stepwise-sqlite-writer", daemon=True)
         self._thread.start()
 
@@ -102,15 +108,29 @@ class SQLiteStorage(Storage):
         self._queue.put(None)
         await asyncio.to_thread(self._thread.join)
         self._thread = None
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+            self._conn = self._tx = None
         with self._readers_lock:
             for conn in self._readers:
                 conn.close()
             self._readers.clear()
         self._local = threading.local()
 
-    async def write(self, op: Callable[..., T], *args: Any, durable: bool = True) -> T:
+    async def write(self, op: Callable[..., T], *args: Any, durable: bool = True,
+                    inline: bool = False) -> T:
         if self._thread is None:
             raise RuntimeError("storage is not open")
+        if inline and self._queue.empty() and self._lock.acquire(blocking=False):
+            # Nobody else is writing: commit on this thread and skip two thread hops.
+            try:
+                ok, value = self._run_batch([(op, args, durable)])[0]
+            finally:
+                self._lock.release()
+            if ok:
+                return value  # type: ignore[no-any-return]
+            raise value
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[T] = loop.create_future()
         self._queue.put((op, args, durable, loop, fut))
@@ -127,48 +147,51 @@ class SQLiteStorage(Storage):
 
     # --- the writer thread ---------------------------------------------------------------
 
-    def _write_loop(self, conn: sqlite3.Connection) -> None:
-        tx = _Tx(conn, self.sql)
-        synchronous_full = True
-        try:
-            while True:
-                first = self._queue.get()
-                if first is None:
-                    return
-                batch = [first]
-                stop = False
-                while len(batch) < BATCH_MAX:
-                    try:
-                        item = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    if item is None:
-                        stop = True
-                        break
-                    batch.append(item)
-                durable = any(item[2] for item in batch)
-                if durable != synchronous_full:
-                    conn.execute("PRAGMA synchronous=" + ("FULL" if durable else "NORMAL"))
-                    synchronous_full = durable
-                self._commit(conn, tx, batch)
-                if stop:
-                    return
-        finally:
-            conn.close()
+    def _write_loop(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            stop = False
+            while len(batch) < BATCH_MAX:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stop = True
+                    break
+                batch.append(item)
+            with self._lock:
+                results = self._run_batch([(op, args, durable)
+                                           for op, args, durable, _, _ in batch])
+            for (ok, value), (_op, _args, _d, loop, fut) in zip(results, batch, strict=True):
+                loop.call_soon_threadsafe(_resolve, fut, ok, value)
+            if stop:
+                return
 
-    def _commit(self, conn: sqlite3.Connection, tx: _Tx, batch: list[_Item]) -> None:
+    def _run_batch(self, calls: list[tuple[Callable[..., Any], tuple[Any, ...], bool]]
+                   ) -> list[tuple[bool, Any]]:
+        """Run the calls in one transaction (a savepoint each) and commit once. Hold `_lock`."""
+        conn, tx = self._conn, self._tx
+        assert conn is not None and tx is not None
+        durable = any(call[2] for call in calls)
+        if durable != self._synchronous_full:
+            conn.execute("PRAGMA synchronous=" + ("FULL" if durable else "NORMAL"))
+            self._synchronous_full = durable
         results: list[tuple[bool, Any]] = []
+        single = len(calls) == 1
         try:
             conn.execute("BEGIN IMMEDIATE")
-            single = len(batch) == 1
-            for op, args, _durable, _loop, _fut in batch:
+            for op, args, _durable in calls:
                 if not single:
                     conn.execute("SAVEPOINT op")
                 try:
                     results.append((True, op(tx, *args)))
                     if not single:
                         conn.execute("RELEASE op")
-                except BaseException as exc:
+                except BaseException as exc:  # ExecutionStopped signals roll back too
                     if single:
                         conn.execute("ROLLBACK")
                     else:
@@ -181,9 +204,8 @@ class SQLiteStorage(Storage):
         except BaseException as exc:  # the transaction itself failed: every operation fails
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            results = [(False, exc)] * len(batch)
-        for (ok, value), (_op, _args, _d, loop, fut) in zip(results, batch, strict=True):
-            loop.call_soon_threadsafe(_resolve, fut, ok, value)
+            results = [(False, exc)] * len(calls)
+        return results
 
 
 def _resolve(fut: asyncio.Future[Any], ok: bool, value: Any) -> None:
