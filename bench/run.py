@@ -50,6 +50,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=30, help="100-step runs per engine")
     parser.add_argument("--requests", type=int, default=300, help="batches of 100 events")
+    parser.add_argument("--postgres", action="store_true",
+                        help="also run bench/postgres_scale.py (1, 2, 4 workers; wake-up latency)")
     options = parser.parse_args()
 
     floor = synced_commit_ms()
@@ -74,6 +76,9 @@ def main() -> None:
     if events:
         print(f"  stepwise server (SQLite): {events['events_per_s']:.0f} events/s, each "
               "starting one run")
+    if options.postgres:
+        print()
+        subprocess.run([sys.executable, str(HERE / "postgres_scale.py")], check=False)
 
 
 if __name__ == "__main__":
