@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from . import schedules
 from .errors import DefinitionError
 
 if TYPE_CHECKING:
@@ -45,7 +46,32 @@ def on_event(name: str) -> EventTrigger:
     return EventTrigger(name)
 
 
-Trigger = EventTrigger
+@dataclass(frozen=True)
+class CronTrigger:
+    """Start a run at every tick of a cron expression, in time zone `tz`."""
+
+    cron: str
+    tz: str = "UTC"
+
+    def __post_init__(self) -> None:
+        try:
+            schedules.validate(self.cron, self.tz)
+        except ValueError as exc:
+            raise DefinitionError(f"on_cron(): {exc}") from None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"cron": self.cron, "tz": self.tz}
+
+
+def on_cron(cron: str, tz: str = "UTC") -> CronTrigger:
+    """A trigger: run the function on a schedule, e.g. on_cron("0 9 * * 1-5", tz="Europe/Paris").
+
+    See `stepwise.schedules` for the missed-ticks policy.
+    """
+    return CronTrigger(cron, tz)
+
+
+Trigger = EventTrigger | CronTrigger
 
 
 @dataclass
@@ -101,9 +127,9 @@ class App:
         triggers = tuple(trigger) if isinstance(trigger, list | tuple) else (
             (trigger,) if trigger is not None else ())
         for t in triggers:
-            if not isinstance(t, EventTrigger):
-                raise DefinitionError(
-                    f"function {id!r}: trigger must come from stepwise.on_event(), got {t!r}")
+            if not isinstance(t, EventTrigger | CronTrigger):
+                raise DefinitionError(f"function {id!r}: trigger must come from "
+                                      f"stepwise.on_event() or stepwise.on_cron(), got {t!r}")
         if isinstance(retries, bool) or not isinstance(retries, int) or not (
                 0 <= retries <= MAX_RETRIES):
             raise DefinitionError(
@@ -116,6 +142,9 @@ class App:
             if not callable(fn):
                 raise DefinitionError(f"function {id!r}: @app.function must decorate a function")
             handler = None
+            if on_failure is not None and f"{id}-failure" in self.functions:
+                raise DefinitionError(f"function id {id}-failure (the on_failure handler of "
+                                      f"{id!r}) is already used in app {self.id!r}")
             if on_failure is not None:
                 handler_fn = on_failure.fn if isinstance(on_failure, Function) else on_failure
                 handler = Function(self, f"{id}-failure", handler_fn, (), retries=retries,
@@ -130,3 +159,15 @@ class App:
 
     def get(self, function_id: str) -> Function | None:
         return self.functions.get(function_id)
+
+    def resolve(self, function: Function | str) -> Function:
+        """A function of this app, given as the decorated function or its id."""
+        if isinstance(function, Function):
+            if function.app is not self:
+                raise DefinitionError(f"function {function.id!r} belongs to app "
+                                      f"{function.app.id!r}, not {self.id!r}")
+            return function
+        found = self.functions.get(function) if isinstance(function, str) else None
+        if found is None:
+            raise DefinitionError(f"no function {function!r} in app {self.id!r}")
+        return found

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from .events import Event
 
 if TYPE_CHECKING:
+    from .app import Function
     from .execution import Execution
 
 logger = logging.getLogger("stepwise.run")
@@ -47,6 +49,11 @@ class _ReplayQuietLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
         return f"[{self.extra['run_id'] if self.extra else ''}] {msg}", kwargs
 
 
+def _check_fn(step_id: str, fn: object) -> None:
+    if not callable(fn):
+        raise TypeError(f"step.run({step_id!r}, fn): fn must be callable, got {fn!r}")
+
+
 class AsyncStep:
     """Step tools for `async def` functions."""
 
@@ -60,20 +67,63 @@ class AsyncStep:
         A sync `fn` runs on the worker's event loop: keep it short or make it async.
         """
         ex = self._ex
-        if not callable(fn):
-            raise TypeError(f"step.run({step_id!r}, fn): fn must be callable, got {fn!r}")
+        _check_fn(step_id, fn)
         sid, seq, stored = ex.claim(step_id)
         if stored is not None and stored["status"] != "retrying":
             return ex.memoized(sid, stored)
         attempt, started = ex.begin_step(stored)
+        ex.enter()
         try:
-            result = fn(*args, **kwargs)
-            if inspect.isawaitable(result):
-                result = await result
-        except Exception as exc:
-            await ex.step_failed(sid, seq, attempt, started, exc)
-            raise AssertionError("unreachable") from exc  # step_failed always raises
-        return await ex.step_completed(sid, seq, attempt, started, result)
+            try:
+                result = fn(*args, **kwargs)
+                if inspect.isawaitable(result):
+                    result = await result
+            except Exception as exc:
+                await ex.step_failed(sid, seq, attempt, started, exc)
+            return await ex.step_completed(sid, seq, attempt, started, result)
+        finally:
+            ex.leave()
+
+    async def sleep(self, step_id: str, duration: timedelta) -> None:
+        """Park the run for `duration`; no worker is held meanwhile."""
+        if not isinstance(duration, timedelta):
+            raise TypeError(f"sleep({step_id!r}): duration must be a timedelta")
+        await self._ex.sleep_until(step_id, duration)
+
+    async def sleep_until(self, step_id: str, when: datetime) -> None:
+        """Park the run until `when` (a timezone-aware datetime)."""
+        if not isinstance(when, datetime):
+            raise TypeError(f"sleep_until({step_id!r}): when must be a datetime")
+        await self._ex.sleep_until(step_id, when)
+
+    async def wait_for_event(self, step_id: str, *, event: str,
+                             timeout: timedelta | datetime, match: str | None = None,
+                             if_: str | None = None) -> Event | None:
+        """The first `event` arriving after the wait starts that matches, or None at timeout.
+
+        `match="data.user_id"`: the field must be equal in this run's event and the awaited
+        one. `if_`: a CEL expression over `event` (this run's) and `async` (the awaited one).
+        """
+        return await self._ex.wait_for_event(step_id, event, timeout, match, if_)
+
+    async def send_event(self, step_id: str, events: Any) -> dict[str, list[str]]:
+        """Send events (an Event, a dict, or a list) exactly once for this run."""
+        return await self._ex.send_event(step_id, events)
+
+    async def invoke(self, step_id: str, *, function: Function | str,
+                     data: dict[str, Any] | None = None,
+                     timeout: timedelta | datetime | None = None) -> Any:
+        """Run another function of the app with `data` as its event data; return its output.
+
+        Its failure (or the timeout) raises StepError here.
+        """
+        return await self._ex.invoke(step_id, function, data, timeout)
+
+    async def parallel(self, *branches: Awaitable[Any] | Callable[[], Awaitable[Any]]
+                       ) -> list[Any]:
+        """Run branches (step calls or coroutines of several steps) at once; return results
+        in order. Each step is memoized on its own; a branch that fails is retried alone."""
+        return await self._ex.parallel([b() if callable(b) else b for b in branches])
 
 
 class SyncStep:
@@ -85,8 +135,7 @@ class SyncStep:
     def run(self, step_id: str, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """Run `fn(*args, **kwargs)` once for this run; later executions get its stored result."""
         ex = self._ex
-        if not callable(fn):
-            raise TypeError(f"step.run({step_id!r}, fn): fn must be callable, got {fn!r}")
+        _check_fn(step_id, fn)
         sid, seq, stored = ex.claim(step_id)
         if stored is not None and stored["status"] != "retrying":
             return ex.memoized(sid, stored)
@@ -97,5 +146,30 @@ class SyncStep:
                 result = ex.call(result)
         except Exception as exc:
             ex.call(ex.step_failed(sid, seq, attempt, started, exc))
-            raise AssertionError("unreachable") from exc
         return ex.call(ex.step_completed(sid, seq, attempt, started, result))
+
+    def sleep(self, step_id: str, duration: timedelta) -> None:
+        if not isinstance(duration, timedelta):
+            raise TypeError(f"sleep({step_id!r}): duration must be a timedelta")
+        self._ex.call(self._ex.sleep_until(step_id, duration))
+
+    def sleep_until(self, step_id: str, when: datetime) -> None:
+        if not isinstance(when, datetime):
+            raise TypeError(f"sleep_until({step_id!r}): when must be a datetime")
+        self._ex.call(self._ex.sleep_until(step_id, when))
+
+    def wait_for_event(self, step_id: str, *, event: str, timeout: timedelta | datetime,
+                       match: str | None = None, if_: str | None = None) -> Event | None:
+        return self._ex.call(self._ex.wait_for_event(step_id, event, timeout, match, if_))
+
+    def send_event(self, step_id: str, events: Any) -> dict[str, list[str]]:
+        return self._ex.call(self._ex.send_event(step_id, events))
+
+    def invoke(self, step_id: str, *, function: Function | str,
+               data: dict[str, Any] | None = None,
+               timeout: timedelta | datetime | None = None) -> Any:
+        return self._ex.call(self._ex.invoke(step_id, function, data, timeout))
+
+    def parallel(self, *branches: Callable[[], Any]) -> list[Any]:
+        """Call each branch (a function that calls steps) in its own thread; results in order."""
+        return self._ex.parallel_sync(list(branches))

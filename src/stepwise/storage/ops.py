@@ -8,11 +8,16 @@ overwritten.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from .. import expressions, schedules
 from ..errors import ExecutionStopped
-from ..payloads import loads, new_id
+from ..payloads import dumps, loads, new_id
+
+log = logging.getLogger("stepwise.storage")
+FOREVER = 253_402_300_799_000  # 9999-12-31: "no timeout" as a time
 
 TERMINAL = ("completed", "failed", "cancelled")
 
@@ -62,14 +67,24 @@ class RunState:
 
 def register_functions(tx: Tx, app_id: str, definitions: list[dict[str, Any]], definition_json:
                        list[str], now: int) -> None:
+    """Replace the app's definitions; keep the next tick of schedules that did not change."""
     tx.exec("delete_app_triggers", app_id=app_id)
     tx.exec("delete_app_functions", app_id=app_id)
+    wanted = set()
     for d, text in zip(definitions, definition_json, strict=True):
         tx.exec("insert_function", app_id=app_id, id=d["id"], definition=text, now=now)
         for trigger in d["triggers"]:
             if "event" in trigger:
                 tx.exec("insert_trigger", event_name=trigger["event"], app_id=app_id,
                         function_id=d["id"])
+            elif "cron" in trigger:
+                wanted.add((d["id"], trigger["cron"], trigger["tz"]))
+                tx.exec("insert_schedule", app_id=app_id, function_id=d["id"],
+                        cron=trigger["cron"], tz=trigger["tz"],
+                        next_at=schedules.next_tick(trigger["cron"], trigger["tz"], now))
+    for row in tx.all("app_schedules", app_id=app_id):
+        if (row["function_id"], row["cron"], row["tz"]) not in wanted:
+            tx.exec("delete_schedule", app_id=app_id, **row)
 
 
 def list_functions(tx: Tx) -> list[dict[str, Any]]:
@@ -89,14 +104,66 @@ def ingest_events(tx: Tx, events: list[StoredEvent], now: int) -> list[str]:
             routes[ev.name] = tx.all("functions_for_event", name=ev.name)
         for target in routes[ev.name]:
             create_run(tx, target["app_id"], target["function_id"], ev.id, max(now, ev.ts), now)
+        _deliver_to_waits(tx, ev, now)
     return [ev.id for ev in events]
 
 
+def event_json(ev: StoredEvent) -> dict[str, Any]:
+    return {"name": ev.name, "data": loads(ev.data), "id": ev.id, "ts": ev.ts}
+
+
+def _deliver_to_waits(tx: Tx, ev: StoredEvent, now: int) -> None:
+    """Give the event to every run waiting for it whose match holds, once each."""
+    paths = tx.all("wait_paths", name=ev.name)
+    if not paths:
+        return
+    incoming = event_json(ev)
+    for row in paths:
+        path = row["match_path"]
+        if path is None:
+            candidates = tx.all("waits_without_match", name=ev.name)
+        else:
+            value = expressions.lookup(incoming, expressions.field_path(path))
+            if value is expressions.MISSING:
+                continue
+            candidates = tx.all("waits_by_key", name=ev.name, path=path,
+                                key=match_key(value))
+        for wait in candidates:
+            if wait["if_expr"]:
+                try:
+                    ok = expressions.evaluate(wait["if_expr"], {
+                        "event": loads(wait["trigger_event"]), "async": incoming})
+                except expressions.ExpressionError as exc:
+                    log.warning("run %s: %s; the event does not match", wait["run_id"], exc)
+                    continue
+                if ok is not True:
+                    continue
+            if tx.exec("delete_wait", run_id=wait["run_id"], step_id=wait["step_id"]) == 0:
+                continue
+            if tx.exec("resolve_step", run_id=wait["run_id"], id=wait["step_id"],
+                       status="completed", output=dumps(incoming, "event"), error=None, now=now,
+                       expected="waiting"):
+                wake(tx, wait["run_id"], now)
+
+
+def match_key(value: Any) -> str:
+    """How a matched value is compared: its canonical JSON."""
+    return dumps(value, "match value")
+
+
+def wake(tx: Tx, run_id: str, now: int) -> None:
+    """Make a parked run available now; if it is executing, it comes back at once after."""
+    tx.exec("nudge", run_id=run_id, now=now)
+    tx.exec("wake_run_status", run_id=run_id)
+
+
 def create_run(tx: Tx, app_id: str, function_id: str, event_id: str | None, available_at: int,
-               now: int, origin_run_id: str | None = None) -> str:
+               now: int, origin_run_id: str | None = None, parent_run_id: str | None = None,
+               parent_step_id: str | None = None) -> str:
     run_id = new_id()
     tx.exec("insert_run", id=run_id, app_id=app_id, function_id=function_id, event_id=event_id,
-            origin_run_id=origin_run_id, now=now)
+            origin_run_id=origin_run_id, parent_run_id=parent_run_id,
+            parent_step_id=parent_step_id, now=now)
     tx.exec("enqueue", run_id=run_id, app_id=app_id, function_id=function_id,
             available_at=available_at)
     return run_id
@@ -105,6 +172,7 @@ def create_run(tx: Tx, app_id: str, function_id: str, event_id: str | None, avai
 # --- leasing -----------------------------------------------------------------------------
 
 def lease(tx: Tx, app_id: str, owner: str, now: int, until: int, limit: int) -> list[str]:
+    fire_schedules(tx, app_id, now)
     ids = [r["run_id"] for r in tx.all("lease", app_id=app_id, owner=owner, now=now, until=until,
                                        limit=limit)]
     for run_id in ids:
@@ -113,8 +181,29 @@ def lease(tx: Tx, app_id: str, owner: str, now: int, until: int, limit: int) -> 
 
 
 def next_due(tx: Tx, app_id: str) -> int | None:
-    row = tx.one("next_due", app_id=app_id)
-    return None if row is None or row["due"] is None else int(row["due"])
+    """When this app next has something to do: a queued run, an expiring lease, a cron tick."""
+    times = [row["due"] for row in (tx.one("next_due", app_id=app_id),
+                                    tx.one("next_schedule", app_id=app_id))
+             if row is not None and row["due"] is not None]
+    return int(min(times)) if times else None
+
+
+def fire_schedules(tx: Tx, app_id: str, now: int) -> int:
+    """Start one run per due cron tick (the most recent one when several were missed)."""
+    fired = 0
+    for row in tx.all("due_schedules", app_id=app_id, now=now):
+        cron, tz = row["cron"], row["tz"]
+        tick = max(int(row["next_at"]), schedules.latest_tick(cron, tz, now))
+        event = StoredEvent(id=f"cron:{app_id}:{row['function_id']}:{tick}", name="stepwise/cron",
+                            data=dumps({"cron": cron, "tz": tz, "tick": tick}, "cron event"),
+                            ts=tick)
+        if tx.exec("insert_event", id=event.id, name=event.name, data=event.data, ts=event.ts,
+                   now=now):
+            create_run(tx, app_id, row["function_id"], event.id, now, now)
+            fired += 1
+        tx.exec("set_schedule_next", app_id=app_id, function_id=row["function_id"], cron=cron,
+                tz=tz, next_at=schedules.next_tick(cron, tz, now))
+    return fired
 
 
 def renew_leases(tx: Tx, owner: str, run_ids: list[str], until: int) -> None:
@@ -159,15 +248,61 @@ def save_step(tx: Tx, run_id: str, owner: str, step: dict[str, Any], retry_was: 
     return step["output"]  # type: ignore[no-any-return]
 
 
-def retry_later(tx: Tx, run_id: str, owner: str, step: dict[str, Any] | None, retry: int,
-                available_at: int) -> None:
-    """Record a failed attempt and hand the run back to the queue until `available_at`."""
+@dataclass
+class Parking:
+    """What an execution leaves behind when the run must wait: step rows (retrying, sleeping,
+    waiting, invoking), waits for events, child runs to invoke, and when to come back."""
+
+    available_at: int
+    status: str
+    retry: int
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    waits: list[dict[str, Any]] = field(default_factory=list)
+    invokes: list[dict[str, Any]] = field(default_factory=list)
+
+
+def suspend(tx: Tx, run_id: str, owner: str, parking: Parking, now: int) -> None:
+    """Park the run in one transaction and give up its lease."""
     _guard(tx, run_id, owner)
-    if step is not None:
+    for step in parking.steps:
         tx.exec("save_step", run_id=run_id, **step)
-    tx.exec("set_retry", run_id=run_id, retry=retry)
-    tx.exec("requeue", run_id=run_id, available_at=available_at)
-    tx.exec("set_run_status", run_id=run_id, status="queued")
+    for wait in parking.waits:
+        tx.exec("insert_wait", run_id=run_id, now=now, **wait)
+    run = tx.one("get_run", run_id=run_id) if parking.invokes else None
+    for invoke in parking.invokes:
+        assert run is not None
+        event = StoredEvent(id=f"invoke:{run_id}:{invoke['step_id']}",
+                            name="stepwise/function.invoked", data=invoke["data"], ts=now)
+        if tx.exec("insert_event", id=event.id, name=event.name, data=event.data, ts=event.ts,
+                   now=now):
+            create_run(tx, run["app_id"], invoke["function_id"], event.id, now, now,
+                       parent_run_id=run_id, parent_step_id=invoke["step_id"])
+    tx.exec("set_retry", run_id=run_id, retry=parking.retry)
+    tx.exec("park", run_id=run_id, available_at=parking.available_at, now=now)
+    tx.exec("set_run_status", run_id=run_id, status=parking.status)
+
+
+def save_step_and_send(tx: Tx, run_id: str, owner: str, step: dict[str, Any], retry_was: int,
+                       events: list[StoredEvent], now: int) -> str | None:
+    """A `send_event` step: its result and its events commit together, or neither does."""
+    stored = save_step(tx, run_id, owner, step, retry_was)
+    if stored == step["output"]:
+        ingest_events(tx, events, now)
+    return stored
+
+
+def expire_step(tx: Tx, run_id: str, owner: str, step_id: str, expected: str,
+                status: str, output: str | None, error: str | None, now: int) -> dict[str, Any]:
+    """A wait or invoke reached its timeout: settle the step unless an event or the invoked
+    run settled it first; return the step as stored."""
+    _guard(tx, run_id, owner)
+    if expected == "waiting":
+        tx.exec("delete_wait", run_id=run_id, step_id=step_id)
+    tx.exec("resolve_step", run_id=run_id, id=step_id, status=status, output=output, error=error,
+            now=now, expected=expected)
+    row = tx.one("get_step", run_id=run_id, id=step_id)
+    assert row is not None
+    return row
 
 
 def release(tx: Tx, run_id: str, owner: str, available_at: int) -> None:
@@ -181,6 +316,7 @@ def complete_run(tx: Tx, run_id: str, owner: str, output: str, now: int) -> None
     _guard(tx, run_id, owner)
     tx.exec("finish_run", run_id=run_id, status="completed", output=output, error=None, now=now)
     tx.exec("dequeue", run_id=run_id)
+    _settle_parent(tx, run_id, "completed", output, None, now)
 
 
 def fail_run(tx: Tx, run_id: str, owner: str, error: str, now: int,
@@ -189,12 +325,24 @@ def fail_run(tx: Tx, run_id: str, owner: str, error: str, now: int,
     _guard(tx, run_id, owner)
     tx.exec("finish_run", run_id=run_id, status="failed", output=None, error=error, now=now)
     tx.exec("dequeue", run_id=run_id)
+    _settle_parent(tx, run_id, "failed", None, error, now)
     if failure_handler is None:
         return None
     run = tx.one("get_run", run_id=run_id)
     assert run is not None
     return create_run(tx, run["app_id"], failure_handler, run["event_id"], now, now,
                       origin_run_id=run_id)
+
+
+def _settle_parent(tx: Tx, run_id: str, status: str, output: str | None, error: str | None,
+                   now: int) -> None:
+    """An invoked run finished: its result becomes the invoking step's, and the parent wakes."""
+    run = tx.one("get_run", run_id=run_id)
+    if run is None or not run["parent_run_id"]:
+        return
+    if tx.exec("resolve_step", run_id=run["parent_run_id"], id=run["parent_step_id"],
+               status=status, output=output, error=error, now=now, expected="invoking"):
+        wake(tx, run["parent_run_id"], now)
 
 
 # --- management --------------------------------------------------------------------------
@@ -207,6 +355,9 @@ def cancel_run(tx: Tx, run_id: str, now: int) -> dict[str, Any]:
         raise Conflict(f"run {run_id} is already {run['status']}")
     tx.exec("finish_run", run_id=run_id, status="cancelled", output=None, error=None, now=now)
     tx.exec("dequeue", run_id=run_id)
+    tx.exec("delete_run_waits", run_id=run_id)
+    _settle_parent(tx, run_id, "failed", None, dumps(
+        {"name": "RunCancelled", "message": f"invoked run {run_id} was cancelled"}, "error"), now)
     return get_run(tx, run_id)
 
 
@@ -252,4 +403,6 @@ def run_counts(tx: Tx) -> dict[str, int]:
 
 
 #: Operations after which workers may find new runnable work (PostgreSQL sends a NOTIFY).
-WAKES_WORKERS: frozenset[object] = frozenset({ingest_events, replay_run, fail_run, release})
+WAKES_WORKERS: frozenset[object] = frozenset({
+    ingest_events, replay_run, fail_run, release, complete_run, cancel_run, suspend,
+    save_step_and_send})

@@ -29,15 +29,17 @@ ON CONFLICT (id) DO NOTHING;
 SELECT app_id, function_id FROM function_triggers WHERE event_name = :name;
 
 -- name: insert_run
-INSERT INTO runs (id, app_id, function_id, event_id, status, origin_run_id, created_at)
-VALUES (:id, :app_id, :function_id, :event_id, 'queued', :origin_run_id, :now);
+INSERT INTO runs (id, app_id, function_id, event_id, status, origin_run_id, parent_run_id,
+                  parent_step_id, created_at)
+VALUES (:id, :app_id, :function_id, :event_id, 'queued', :origin_run_id, :parent_run_id,
+        :parent_step_id, :now);
 
 -- name: enqueue
 INSERT INTO queue (run_id, app_id, function_id, available_at, priority)
 VALUES (:run_id, :app_id, :function_id, :available_at, 0);
 
 -- name: lease
-UPDATE queue SET lease_owner = :owner, lease_expires_at = :until
+UPDATE queue SET lease_owner = :owner, lease_expires_at = :until, nudged = 0
 WHERE run_id IN (
     SELECT run_id FROM queue
     WHERE app_id = :app_id AND available_at <= :now
@@ -54,13 +56,13 @@ WITH picked AS (
     ORDER BY priority DESC, available_at
     LIMIT :limit
     FOR UPDATE SKIP LOCKED)
-UPDATE queue SET lease_owner = :owner, lease_expires_at = :until
+UPDATE queue SET lease_owner = :owner, lease_expires_at = :until, nudged = 0
 FROM picked WHERE queue.run_id = picked.run_id
 RETURNING queue.run_id;
 
 -- name: mark_running
 UPDATE runs SET status = 'running', started_at = COALESCE(started_at, :now)
-WHERE id = :run_id AND status IN ('queued', 'running');
+WHERE id = :run_id AND status IN ('queued', 'running', 'sleeping', 'waiting');
 
 -- name: next_due
 SELECT MIN(CASE WHEN lease_expires_at IS NOT NULL AND lease_expires_at > available_at
@@ -76,7 +78,7 @@ WHERE r.id = :run_id;
 
 -- name: get_run
 SELECT id, app_id, function_id, event_id, status, output, error, attempts, retry,
-       origin_run_id, created_at, started_at, ended_at
+       origin_run_id, parent_run_id, parent_step_id, created_at, started_at, ended_at
 FROM runs WHERE id = :run_id;
 
 -- name: get_event
@@ -92,7 +94,7 @@ VALUES (:run_id, :id, :seq, :status, :attempts, :output, :error, :started_at, :e
 ON CONFLICT (run_id, id) DO UPDATE SET
     status = excluded.status, attempts = excluded.attempts, output = excluded.output,
     error = excluded.error, ended_at = excluded.ended_at
-WHERE steps.status = 'retrying';
+WHERE steps.status NOT IN ('completed', 'failed');
 
 -- name: get_step
 SELECT status, output, error FROM steps WHERE run_id = :run_id AND id = :id;
@@ -101,8 +103,26 @@ SELECT status, output, error FROM steps WHERE run_id = :run_id AND id = :id;
 UPDATE runs SET retry = :retry WHERE id = :run_id;
 
 -- name: requeue
-UPDATE queue SET available_at = :available_at, lease_owner = NULL, lease_expires_at = NULL
+UPDATE queue SET available_at = :available_at, lease_owner = NULL, lease_expires_at = NULL,
+                 nudged = 0
 WHERE run_id = :run_id;
+
+-- name: park
+-- Hand a run back until :available_at, unless something woke it while it executed.
+UPDATE queue SET available_at = CASE WHEN nudged = 1 THEN :now ELSE :available_at END,
+                 lease_owner = NULL, lease_expires_at = NULL, nudged = 0
+WHERE run_id = :run_id;
+
+-- name: is_nudged
+SELECT nudged FROM queue WHERE run_id = :run_id;
+
+-- name: nudge
+UPDATE queue SET available_at = CASE WHEN available_at > :now THEN :now ELSE available_at END,
+                 nudged = 1
+WHERE run_id = :run_id;
+
+-- name: wake_run_status
+UPDATE runs SET status = 'queued' WHERE id = :run_id AND status IN ('sleeping', 'waiting');
 
 -- name: set_run_status
 UPDATE runs SET status = :status WHERE id = :run_id;
@@ -124,3 +144,59 @@ DELETE FROM steps WHERE run_id = :run_id AND status <> 'completed';
 
 -- name: count_runs_by_status
 SELECT status, COUNT(*) AS n FROM runs GROUP BY status;
+
+-- name: insert_wait
+INSERT INTO waits (run_id, step_id, event_name, match_path, match_key, if_expr, trigger_event,
+                   expires_at, created_at)
+VALUES (:run_id, :step_id, :event_name, :match_path, :match_key, :if_expr, :trigger_event,
+        :expires_at, :now)
+ON CONFLICT (run_id, step_id) DO NOTHING;
+
+-- name: wait_paths
+SELECT DISTINCT match_path FROM waits WHERE event_name = :name;
+
+-- name: waits_by_key
+SELECT run_id, step_id, if_expr, trigger_event FROM waits
+WHERE event_name = :name AND match_path = :path AND match_key = :key;
+
+-- name: waits_without_match
+SELECT run_id, step_id, if_expr, trigger_event FROM waits
+WHERE event_name = :name AND match_path IS NULL;
+
+-- name: delete_wait
+DELETE FROM waits WHERE run_id = :run_id AND step_id = :step_id;
+
+-- name: delete_run_waits
+DELETE FROM waits WHERE run_id = :run_id;
+
+-- name: resolve_step
+UPDATE steps SET status = :status, output = :output, error = :error, ended_at = :now
+WHERE run_id = :run_id AND id = :id AND status = :expected;
+
+-- name: insert_schedule
+INSERT INTO schedules (app_id, function_id, cron, tz, next_at)
+VALUES (:app_id, :function_id, :cron, :tz, :next_at)
+ON CONFLICT (app_id, function_id, cron, tz) DO NOTHING;
+
+-- name: app_schedules
+SELECT function_id, cron, tz FROM schedules WHERE app_id = :app_id;
+
+-- name: delete_schedule
+DELETE FROM schedules
+WHERE app_id = :app_id AND function_id = :function_id AND cron = :cron AND tz = :tz;
+
+-- name: due_schedules
+SELECT function_id, cron, tz, next_at FROM schedules
+WHERE app_id = :app_id AND next_at <= :now;
+
+-- name: due_schedules @postgres
+SELECT function_id, cron, tz, next_at FROM schedules
+WHERE app_id = :app_id AND next_at <= :now
+FOR UPDATE SKIP LOCKED;
+
+-- name: set_schedule_next
+UPDATE schedules SET next_at = :next_at
+WHERE app_id = :app_id AND function_id = :function_id AND cron = :cron AND tz = :tz;
+
+-- name: next_schedule
+SELECT MIN(next_at) AS due FROM schedules WHERE app_id = :app_id;
