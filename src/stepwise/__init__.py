@@ -1,6 +1,6 @@
 """stepwise: durable execution for Python. Import everything from here."""
 
-from .app import App, Function, on_event
+from .app import App, Function, on_cron, on_event
 from .clock import Clock, ManualClock
 from .context import Context
 from .errors import (
@@ -30,6 +30,7 @@ __all__ = [
     "StepOutputError",
     "Storage",
     "Worker",
+    "on_cron",
     "on_event",
     "open_storage",
 ]
