@@ -11,24 +11,33 @@ from .errors import (
     StepOutputError,
 )
 from .events import Event
+from .flow import Batch, CancelOn, Concurrency, Debounce, Priority, RateLimit, Throttle, Timeouts
 from .payloads import Limits
 from .storage import Storage, open_storage
 from .worker import Worker
 
 __all__ = [
     "App",
+    "Batch",
+    "CancelOn",
     "Clock",
+    "Concurrency",
     "Context",
+    "Debounce",
     "Event",
     "Function",
     "Limits",
     "ManualClock",
     "NonDeterminismError",
     "NonRetriableError",
+    "Priority",
+    "RateLimit",
     "RetryAfterError",
     "StepError",
     "StepOutputError",
     "Storage",
+    "Throttle",
+    "Timeouts",
     "Worker",
     "on_cron",
     "on_event",

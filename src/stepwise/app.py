@@ -10,6 +10,17 @@ from typing import TYPE_CHECKING, Any
 
 from . import schedules
 from .errors import DefinitionError
+from .flow import (
+    Batch,
+    CancelOn,
+    Concurrency,
+    Debounce,
+    Priority,
+    RateLimit,
+    Throttle,
+    Timeouts,
+    flow_definition,
+)
 
 if TYPE_CHECKING:
     from .context import Context
@@ -85,6 +96,7 @@ class Function:
     retries: int = DEFAULT_RETRIES
     on_failure: Function | None = None
     handles_failure_of: str | None = None
+    flow: dict[str, Any] = field(default_factory=lambda: flow_definition("-"))
     is_async: bool = field(init=False)
 
     def __post_init__(self) -> None:
@@ -102,6 +114,7 @@ class Function:
             "retries": self.retries,
             "on_failure": self.on_failure.id if self.on_failure else None,
             "handles_failure_of": self.handles_failure_of,
+            "flow": self.flow,
         }
 
 
@@ -119,9 +132,22 @@ class App:
         trigger: Trigger | list[Trigger] | tuple[Trigger, ...] | None = None,
         retries: int = DEFAULT_RETRIES,
         on_failure: Callable[..., Any] | None = None,
+        concurrency: int | Concurrency | list[Concurrency | int] | None = None,
+        throttle: Throttle | None = None,
+        rate_limit: RateLimit | None = None,
+        debounce: Debounce | None = None,
+        priority: Priority | None = None,
+        batch: Batch | None = None,
+        idempotency: str | None = None,
+        cancel_on: CancelOn | list[CancelOn] | None = None,
+        timeouts: Timeouts | None = None,
     ) -> Callable[[Callable[..., Any]], Function]:
         """Declare a function; see the README for every option."""
         _check_id("function", id)
+        flow = flow_definition(id, concurrency=concurrency, throttle=throttle,
+                               rate_limit=rate_limit, debounce=debounce, priority=priority,
+                               batch=batch, idempotency=idempotency, cancel_on=cancel_on,
+                               timeouts=timeouts)
         if id in self.functions:
             raise DefinitionError(f"function id {id!r} is already used in app {self.id!r}")
         triggers = tuple(trigger) if isinstance(trigger, list | tuple) else (
@@ -149,7 +175,8 @@ class App:
                 handler_fn = on_failure.fn if isinstance(on_failure, Function) else on_failure
                 handler = Function(self, f"{id}-failure", handler_fn, (), retries=retries,
                                    handles_failure_of=id)
-            func = Function(self, id, fn, triggers, retries=retries, on_failure=handler)
+            func = Function(self, id, fn, triggers, retries=retries, on_failure=handler,
+                            flow=flow)
             self.functions[id] = func
             if handler is not None:
                 self.functions[handler.id] = handler

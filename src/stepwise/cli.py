@@ -203,7 +203,7 @@ def send(name: str, data: str, event_id: str | None, url: str, event_key: str | 
 
 @main.command()
 @click.option("--status", type=click.Choice(["queued", "running", "sleeping", "waiting",
-                                             "completed", "failed", "cancelled"]))
+                                             "completed", "failed", "cancelled", "skipped"]))
 @click.option("--function", "function_id", default=None)
 @click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the API's JSON")

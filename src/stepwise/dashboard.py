@@ -16,7 +16,8 @@ PAGE = """<!doctype html>
 <form id="f">
  <select id="status"><option value="">any status</option>
   <option>queued</option><option>running</option><option>sleeping</option><option>waiting</option>
-  <option>completed</option><option>failed</option><option>cancelled</option></select>
+  <option>completed</option><option>failed</option><option>cancelled</option>
+  <option>skipped</option></select>
  <input id="function" placeholder="function id"> <button>Search</button>
 </form>
 <table><thead><tr><th>run</th><th>function</th><th>status</th><th>attempts</th>

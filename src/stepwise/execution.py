@@ -98,6 +98,9 @@ class Execution:
             event = Event(**self.event_json)
         self.ctx = Context(self, event, self.run_id, function.id, self.retry, state.origin_error,
                            function.is_async)
+        if state.batch:
+            self.ctx.events = [Event(name=e["name"], data=loads(e["data"]), id=e["id"],
+                                     ts=e["ts"]) for e in state.batch]
 
     @property
     def replaying(self) -> bool:

@@ -9,7 +9,7 @@ from typing import Any, Literal
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from pydantic import BaseModel, ValidationError
+from pydantic import AwareDatetime, BaseModel, ConfigDict, ValidationError
 from starlette.exceptions import HTTPException
 
 from . import dashboard, metrics
@@ -20,7 +20,7 @@ from .storage import ops
 from .storage.base import Storage
 
 RunStatus = Literal["queued", "running", "sleeping", "waiting", "completed", "failed",
-                    "cancelled"]
+                    "cancelled", "skipped"]
 
 
 class ApiError(Exception):
@@ -64,6 +64,20 @@ class RunList(BaseModel):
 
 class EventIds(BaseModel):
     ids: list[str]
+
+
+class BulkCancel(BaseModel):
+    """Which runs to cancel: created in [started_after, started_before), all when omitted."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    started_after: AwareDatetime | None = None
+    started_before: AwareDatetime | None = None
+    app_id: str | None = None
+
+
+class CancelledCount(BaseModel):
+    cancelled: int
 
 
 def iso(ms: int | None) -> str | None:
@@ -172,6 +186,26 @@ def create_server(storage: Storage, *, event_key: str | None = None,
             raise ApiError(404, str(exc)) from None
         except ops.Conflict as exc:
             raise ApiError(409, str(exc)) from None
+
+    @api.post("/api/v1/functions/{function_id}/cancel", response_model=CancelledCount,
+              summary="Cancel every unfinished run of a function created in a time range")
+    async def cancel_function(function_id: str, body: BulkCancel) -> dict[str, Any]:
+        functions = await storage.read(ops.list_functions)
+        apps = [f["app_id"] for f in functions if f["id"] == function_id]
+        if body.app_id is not None:
+            apps = [a for a in apps if a == body.app_id]
+        if not apps:
+            raise ApiError(404, f"function {function_id} is not registered")
+        if len(apps) > 1:
+            raise ApiError(400, f"function {function_id} exists in apps {apps}: give app_id")
+        after = int(body.started_after.timestamp() * 1000) if body.started_after else 0
+        before = (int(body.started_before.timestamp() * 1000) if body.started_before
+                  else ops.FOREVER)
+        if after >= before:
+            raise ApiError(400, "started_after must be before started_before")
+        count = await storage.write(ops.cancel_function_runs, apps[0], function_id, after,
+                                    before, clock.now_ms())
+        return {"cancelled": count}
 
     @api.get("/api/v1/functions", summary="Functions registered by workers")
     async def list_functions() -> dict[str, Any]:

@@ -131,6 +131,8 @@ class Worker:
                     continue  # there may be more waiting
                 if free > 0:  # when full, only a finished execution (a wake) frees a slot
                     due = await self.storage.read(ops.next_due, self.app.id)
+                    if due is not None and due <= self.clock.now_ms():
+                        due = None  # due but held back by a concurrency limit: wait for a wake
             except Exception:
                 log.exception("worker %s: leasing failed; retrying", self.id)
             finally:

@@ -83,6 +83,7 @@ def test_manual_clock_only_moves_forward() -> None:
 
 def test_postgres_queries_use_pyformat_and_keep_casts() -> None:
     pg = queries.load("postgres")
-    assert "%(owner)s" in pg["lease"] and "SKIP LOCKED" in pg["lease"]
-    assert "SKIP LOCKED" not in queries.load("sqlite")["lease"]
+    assert "%(app_id)s" in pg["lease_candidates"] and "SKIP LOCKED" in pg["lease_candidates"]
+    assert "SKIP LOCKED" not in queries.load("sqlite")["lease_candidates"]
+    assert "pg_advisory_xact_lock" in pg["lock_key"]
     assert queries.to_pyformat("SELECT x::text, :y") == "SELECT x::text, %(y)s"

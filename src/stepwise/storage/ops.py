@@ -19,7 +19,7 @@ from ..payloads import dumps, loads, new_id
 log = logging.getLogger("stepwise.storage")
 FOREVER = 253_402_300_799_000  # 9999-12-31: "no timeout" as a time
 
-TERMINAL = ("completed", "failed", "cancelled")
+TERMINAL = ("completed", "failed", "cancelled", "skipped")
 
 
 class Tx(Protocol):
@@ -61,6 +61,7 @@ class RunState:
     event: dict[str, Any] | None
     steps: dict[str, dict[str, Any]] = field(default_factory=dict)
     origin_error: Any = None
+    batch: list[dict[str, Any]] = field(default_factory=list)
 
 
 # --- definitions -------------------------------------------------------------------------
@@ -140,6 +141,9 @@ def _deliver_to_waits(tx: Tx, ev: StoredEvent, now: int) -> None:
                     continue
             if tx.exec("delete_wait", run_id=wait["run_id"], step_id=wait["step_id"]) == 0:
                 continue
+            if wait["kind"] == "cancel":
+                _cancel(tx, wait["run_id"], now)
+                continue
             if tx.exec("resolve_step", run_id=wait["run_id"], id=wait["step_id"],
                        status="completed", output=dumps(incoming, "event"), error=None, now=now,
                        expected="waiting"):
@@ -160,30 +164,247 @@ def wake(tx: Tx, run_id: str, now: int) -> None:
 def create_run(tx: Tx, app_id: str, function_id: str, event_id: str | None, available_at: int,
                now: int, origin_run_id: str | None = None, parent_run_id: str | None = None,
                parent_step_id: str | None = None) -> str:
+    """Start a run, applying the function's flow control; return its id (an existing run's
+    when the event joined a debounce, a batch or an idempotent run)."""
+    flow = _flow(tx, app_id, function_id)
+    if flow is None:
+        return _insert_run(tx, app_id, function_id, event_id, available_at, now,
+                           origin_run_id=origin_run_id, parent_run_id=parent_run_id,
+                           parent_step_id=parent_step_id)
+    event = _event_for(tx, event_id)
+    scope = f"{app_id}:{function_id}"
+    if flow["idempotency"]:
+        value = _key_value(flow["idempotency"], event, missing=None)
+        if value is not None:
+            key = f"idem:{scope}:{value}"
+            seen = tx.one("get_idempotency", key=key)
+            if seen is not None and int(seen["expires_at"]) > now:
+                return str(seen["run_id"])
+    if flow["rate_limit"]:
+        limit = flow["rate_limit"]
+        key = f"rate:{scope}:{_key_value(limit['key'], event)}"
+        if not _rate_window(tx, key, limit["limit"], limit["period_ms"], now):
+            run_id = new_id()
+            tx.exec("insert_skipped_run", id=run_id, app_id=app_id, function_id=function_id,
+                    event_id=event_id, now=now, error=dumps({
+                        "name": "RateLimited", "message": f"skipped: over the rate limit of "
+                        f"{limit['limit']} runs per {limit['period_ms'] / 1000:g} s "
+                        f"for key {_key_value(limit['key'], event)}"}, "error"))
+            return run_id
+    group_key = None
+    if flow["debounce"]:
+        debounce = flow["debounce"]
+        group_key = f"debounce:{scope}:{_key_value(debounce['key'], event)}"
+        group = tx.one("get_group", key=group_key)
+        if group is not None:
+            due = now + debounce["period_ms"]
+            if debounce["timeout_ms"] is not None:
+                due = min(due, int(group["first_at"]) + debounce["timeout_ms"])
+            if tx.exec("postpone_unleased", run_id=group["run_id"], available_at=due):
+                tx.exec("set_run_event", run_id=group["run_id"], event_id=event_id)
+                return str(group["run_id"])
+            tx.exec("delete_group", key=group_key)  # it started meanwhile: begin a new one
+        available_at = max(available_at, now + debounce["period_ms"])
+    if flow["batch"]:
+        batch = flow["batch"]
+        group_key = f"batch:{scope}:{_key_value(batch['key'], event)}"
+        group = tx.one("get_group", key=group_key)
+        if group is not None:
+            tx.exec("insert_run_event", run_id=group["run_id"], position=group["size"],
+                    event_id=event_id)
+            if int(group["size"]) + 1 >= batch["max_size"]:
+                tx.exec("delete_group", key=group_key)
+                tx.exec("release_now", run_id=group["run_id"], now=now)
+            else:
+                tx.exec("grow_group", key=group_key)
+            return str(group["run_id"])
+        if batch["max_size"] > 1:
+            available_at = max(available_at, now + batch["timeout_ms"])
+        else:
+            group_key = None
+    if flow["throttle"]:
+        throttle = flow["throttle"]
+        key = f"throttle:{scope}:{_key_value(throttle['key'], event)}"
+        available_at = max(available_at, _throttle_slot(tx, key, throttle["limit"],
+                                                        throttle["period_ms"], now))
+    priority = 0
+    if flow["priority"]:
+        value = _key_value(flow["priority"]["run"], event, missing=None, raw=True)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            priority = max(-MAX_PRIORITY, min(MAX_PRIORITY, int(value)))
+    run_id = _insert_run(tx, app_id, function_id, event_id, available_at, now,
+                         origin_run_id=origin_run_id, parent_run_id=parent_run_id,
+                         parent_step_id=parent_step_id, priority=priority)
+    if group_key is not None:
+        tx.exec("insert_group", key=group_key, run_id=run_id, now=now)
+    if flow["batch"]:
+        tx.exec("insert_run_event", run_id=run_id, position=0, event_id=event_id)
+    if flow["idempotency"]:
+        value = _key_value(flow["idempotency"], event, missing=None)
+        if value is not None:
+            tx.exec("upsert_idempotency", key=f"idem:{scope}:{value}", run_id=run_id,
+                    expires_at=now + IDEMPOTENCY_MS)
+    _add_keys_and_cancels(tx, run_id, app_id, function_id, flow, event, now)
+    if flow["timeouts"]:
+        for kind in ("start", "finish"):
+            ms = flow["timeouts"][f"{kind}_ms"]
+            if ms is not None:
+                tx.exec("insert_deadline", run_id=run_id, kind=kind, app_id=app_id,
+                        at=now + ms)
+    return run_id
+
+
+def _add_keys_and_cancels(tx: Tx, run_id: str, app_id: str, function_id: str,
+                          flow: dict[str, Any], event: dict[str, Any], now: int) -> None:
+    """Concurrency keys and cancel_on waits: kept while the run is unfinished."""
+    scope = f"{app_id}:{function_id}"
+    for index, limit in enumerate(flow["concurrency"]):
+        if limit["scope"] == "app":
+            key = f"app:{app_id}:{_key_value(limit['key'], event)}"
+        elif limit["key"] is None:
+            key = f"fn:{scope}"
+        else:
+            key = f"fn:{scope}:{index}:{_key_value(limit['key'], event)}"
+        tx.exec("insert_queue_key", run_id=run_id, key=key, lim=limit["limit"])
+    if flow["concurrency"]:
+        tx.exec("mark_keyed", run_id=run_id)
+    for index, cancel in enumerate(flow["cancel_on"]):
+        _add_cancel_wait(tx, run_id, index, cancel, event, now)
+
+
+IDEMPOTENCY_MS = 24 * 3600 * 1000
+MAX_PRIORITY = 600
+
+
+def _insert_run(tx: Tx, app_id: str, function_id: str, event_id: str | None, available_at: int,
+                now: int, *, origin_run_id: str | None = None, parent_run_id: str | None = None,
+                parent_step_id: str | None = None, priority: int = 0) -> str:
     run_id = new_id()
     tx.exec("insert_run", id=run_id, app_id=app_id, function_id=function_id, event_id=event_id,
             origin_run_id=origin_run_id, parent_run_id=parent_run_id,
             parent_step_id=parent_step_id, now=now)
     tx.exec("enqueue", run_id=run_id, app_id=app_id, function_id=function_id,
-            available_at=available_at)
+            available_at=available_at, priority=priority)
     return run_id
+
+
+def _flow(tx: Tx, app_id: str, function_id: str) -> dict[str, Any] | None:
+    """The function's flow options, or None when it has none (the fast path)."""
+    row = tx.one("get_function", app_id=app_id, id=function_id)
+    if row is None:
+        return None
+    flow = loads(row["definition"]).get("flow")
+    if not flow or not any(flow.values()):
+        return None
+    return flow  # type: ignore[no-any-return]
+
+
+def _event_for(tx: Tx, event_id: str | None) -> dict[str, Any]:
+    row = tx.one("get_event", id=event_id) if event_id else None
+    if row is None:
+        return {"name": "", "data": {}, "id": None, "ts": 0}
+    return {"name": row["name"], "data": loads(row["data"]), "id": row["id"], "ts": row["ts"]}
+
+
+def _key_value(expression: str | None, event: dict[str, Any], *, missing: Any = "null",
+               raw: bool = False) -> Any:
+    """A key expression's value for this event, as canonical JSON (or `missing`)."""
+    if expression is None:
+        return "" if not raw else missing
+    try:
+        value = expressions.evaluate(expression, {"event": event})
+    except expressions.ExpressionError as exc:
+        log.warning("%s; using %r", exc, missing)
+        return missing
+    return value if raw else dumps(value, "key")
+
+
+def _window(tx: Tx, key: str) -> list[int]:
+    tx.exec("init_flow_state", key=key)
+    row = tx.one("get_flow_state", key=key)
+    return [int(t) for t in loads(row["state"])] if row else []
+
+
+def _rate_window(tx: Tx, key: str, limit: int, period_ms: int, now: int) -> bool:
+    """Accept one more run if fewer than `limit` were accepted in the last period."""
+    recent = [t for t in _window(tx, key) if t > now - period_ms]
+    if len(recent) >= limit:
+        return False
+    recent.append(now)
+    tx.exec("set_flow_state", key=key, state=dumps(recent[-limit:], "state"))
+    return True
+
+
+def _throttle_slot(tx: Tx, key: str, limit: int, period_ms: int, now: int) -> int:
+    """The earliest start keeping at most `limit` starts in any window of `period_ms`."""
+    slots = [t for t in _window(tx, key) if t > now - period_ms]
+    slot = now if len(slots) < limit else max(now, slots[-limit] + period_ms)
+    if slots:
+        slot = max(slot, slots[-1])  # first come, first served
+    slots.append(slot)
+    tx.exec("set_flow_state", key=key, state=dumps(slots[-limit:], "state"))
+    return slot
+
+
+def _add_cancel_wait(tx: Tx, run_id: str, index: int, cancel: dict[str, Any],
+                     event: dict[str, Any], now: int) -> None:
+    path = key = None
+    if cancel["match"]:
+        parts = expressions.field_path(cancel["match"])
+        value = expressions.lookup(event, parts)
+        if value is expressions.MISSING:
+            return  # nothing to match on: this cancel_on can never fire for this run
+        path, key = ".".join(parts), match_key(value)
+    tx.exec("insert_cancel_wait", run_id=run_id, step_id=f"$cancel:{index}",
+            event_name=cancel["event"], match_path=path, match_key=key, if_expr=cancel["if_"],
+            trigger_event=dumps(event, "event"), expires_at=FOREVER, now=now)
 
 
 # --- leasing -----------------------------------------------------------------------------
 
 def lease(tx: Tx, app_id: str, owner: str, now: int, until: int, limit: int) -> list[str]:
+    """Take up to `limit` due runs, highest priority first, within their concurrency limits."""
     fire_schedules(tx, app_id, now)
-    ids = [r["run_id"] for r in tx.all("lease", app_id=app_id, owner=owner, now=now, until=until,
-                                       limit=limit)]
-    for run_id in ids:
+    expire_deadlines(tx, app_id, now)
+    candidates = tx.all("lease_candidates", app_id=app_id, now=now, window=limit * 4 + 32)
+    keys = {c["run_id"]: tx.all("run_keys", run_id=c["run_id"]) for c in candidates if c["keyed"]}
+    inflight: dict[str, int] = {}
+    for key in sorted({k["key"] for rows in keys.values() for k in rows}):
+        tx.one("lock_key", key=key)  # PostgreSQL: one leaser per key at a time
+        row = tx.one("inflight", key=key, now=now)
+        inflight[key] = int(row["n"]) if row else 0
+    picked = []
+    for candidate in candidates:
+        run_keys = keys.get(candidate["run_id"], [])
+        if any(inflight[k["key"]] >= k["lim"] for k in run_keys):
+            continue  # at its limit: stays queued, and a finishing run wakes the workers
+        for k in run_keys:
+            inflight[k["key"]] += 1
+        picked.append(candidate["run_id"])
+        if len(picked) == limit:
+            break
+    for run_id in picked:
+        tx.exec("take", run_id=run_id, owner=owner, until=until)
         tx.exec("mark_running", run_id=run_id, now=now)
-    return ids
+        tx.exec("close_groups_of_run", run_id=run_id)  # a debounce or batch closes as it starts
+    return picked
+
+
+def expire_deadlines(tx: Tx, app_id: str, now: int) -> None:
+    """Cancel runs past their start or finish timeout."""
+    for row in tx.all("due_deadlines", app_id=app_id, now=now):
+        late = row["status"] not in TERMINAL and (
+            row["kind"] == "finish" or row["started_at"] is None)
+        tx.exec("delete_deadline", run_id=row["run_id"], kind=row["kind"])
+        if late:
+            _cancel(tx, row["run_id"], now, reason=f"{row['kind']} timeout")
 
 
 def next_due(tx: Tx, app_id: str) -> int | None:
     """When this app next has something to do: a queued run, an expiring lease, a cron tick."""
     times = [row["due"] for row in (tx.one("next_due", app_id=app_id),
-                                    tx.one("next_schedule", app_id=app_id))
+                                    tx.one("next_schedule", app_id=app_id),
+                                    tx.one("next_deadline", app_id=app_id))
              if row is not None and row["due"] is not None]
     return int(min(times)) if times else None
 
@@ -233,7 +454,8 @@ def load_run(tx: Tx, run_id: str) -> RunState | None:
     if run["origin_run_id"]:
         origin = tx.one("get_run", run_id=run["origin_run_id"])
         origin_error = loads(origin["error"]) if origin and origin["error"] else None
-    return RunState(run, event, steps, origin_error)
+    batch = tx.all("get_run_events", run_id=run_id)
+    return RunState(run, event if not batch else batch[0], steps, origin_error, batch)
 
 
 def save_step(tx: Tx, run_id: str, owner: str, step: dict[str, Any], retry_was: int) -> str | None:
@@ -312,20 +534,31 @@ def release(tx: Tx, run_id: str, owner: str, available_at: int) -> None:
     tx.exec("set_run_status", run_id=run_id, status="queued")
 
 
+def _finish(tx: Tx, run_id: str, status: str, output: str | None, error: str | None,
+            now: int) -> None:
+    """A run reached a final status: drop everything that could still schedule it."""
+    tx.exec("finish_run", run_id=run_id, status=status, output=output, error=error, now=now)
+    tx.exec("dequeue", run_id=run_id)
+    tx.exec("delete_queue_keys", run_id=run_id)
+    tx.exec("delete_run_waits", run_id=run_id)
+    tx.exec("delete_run_deadlines", run_id=run_id)
+    tx.exec("delete_run_groups", run_id=run_id)
+    _settle_parent(tx, run_id, status if status != "cancelled" else "failed", output,
+                   error if status != "cancelled" else dumps(
+                       {"name": "RunCancelled", "message": f"invoked run {run_id} was cancelled"},
+                       "error"), now)
+
+
 def complete_run(tx: Tx, run_id: str, owner: str, output: str, now: int) -> None:
     _guard(tx, run_id, owner)
-    tx.exec("finish_run", run_id=run_id, status="completed", output=output, error=None, now=now)
-    tx.exec("dequeue", run_id=run_id)
-    _settle_parent(tx, run_id, "completed", output, None, now)
+    _finish(tx, run_id, "completed", output, None, now)
 
 
 def fail_run(tx: Tx, run_id: str, owner: str, error: str, now: int,
              failure_handler: str | None) -> str | None:
     """Fail the run for good; start its `on_failure` handler in the same transaction."""
     _guard(tx, run_id, owner)
-    tx.exec("finish_run", run_id=run_id, status="failed", output=None, error=error, now=now)
-    tx.exec("dequeue", run_id=run_id)
-    _settle_parent(tx, run_id, "failed", None, error, now)
+    _finish(tx, run_id, "failed", None, error, now)
     if failure_handler is None:
         return None
     run = tx.one("get_run", run_id=run_id)
@@ -353,12 +586,26 @@ def cancel_run(tx: Tx, run_id: str, now: int) -> dict[str, Any]:
         raise NotFound(f"run {run_id} not found")
     if run["status"] in TERMINAL:
         raise Conflict(f"run {run_id} is already {run['status']}")
-    tx.exec("finish_run", run_id=run_id, status="cancelled", output=None, error=None, now=now)
-    tx.exec("dequeue", run_id=run_id)
-    tx.exec("delete_run_waits", run_id=run_id)
-    _settle_parent(tx, run_id, "failed", None, dumps(
-        {"name": "RunCancelled", "message": f"invoked run {run_id} was cancelled"}, "error"), now)
+    _cancel(tx, run_id, now)
     return get_run(tx, run_id)
+
+
+def _cancel(tx: Tx, run_id: str, now: int, reason: str | None = None) -> bool:
+    run = tx.one("get_run", run_id=run_id)
+    if run is None or run["status"] in TERMINAL:
+        return False
+    error = None if reason is None else dumps(
+        {"name": "RunCancelled", "message": f"cancelled: {reason}"}, "error")
+    _finish(tx, run_id, "cancelled", None, error, now)
+    return True
+
+
+def cancel_function_runs(tx: Tx, app_id: str, function_id: str, after: int, before: int,
+                         now: int) -> int:
+    """Cancel every unfinished run of a function created in [after, before)."""
+    rows = tx.all("cancellable_runs", app_id=app_id, function_id=function_id, after=after,
+                  before=before)
+    return sum(_cancel(tx, row["id"], now, reason="bulk cancel") for row in rows)
 
 
 def replay_run(tx: Tx, run_id: str, now: int) -> dict[str, Any]:
@@ -366,12 +613,17 @@ def replay_run(tx: Tx, run_id: str, now: int) -> dict[str, Any]:
     run = tx.one("get_run", run_id=run_id)
     if run is None:
         raise NotFound(f"run {run_id} not found")
-    if run["status"] not in ("failed", "cancelled"):
-        raise Conflict(f"run {run_id} is {run['status']}; only failed or cancelled runs replay")
+    if run["status"] not in ("failed", "cancelled", "skipped"):
+        raise Conflict(f"run {run_id} is {run['status']}; only failed, cancelled or skipped "
+                       "runs replay")
     tx.exec("replay_run", run_id=run_id)
     tx.exec("delete_failed_steps", run_id=run_id)
     tx.exec("enqueue", run_id=run_id, app_id=run["app_id"], function_id=run["function_id"],
-            available_at=now)
+            available_at=now, priority=0)
+    flow = _flow(tx, run["app_id"], run["function_id"])
+    if flow is not None:
+        _add_keys_and_cancels(tx, run_id, run["app_id"], run["function_id"], flow,
+                              _event_for(tx, run["event_id"]), now)
     return get_run(tx, run_id)
 
 
@@ -405,4 +657,4 @@ def run_counts(tx: Tx) -> dict[str, int]:
 #: Operations after which workers may find new runnable work (PostgreSQL sends a NOTIFY).
 WAKES_WORKERS: frozenset[object] = frozenset({
     ingest_events, replay_run, fail_run, release, complete_run, cancel_run, suspend,
-    save_step_and_send})
+    save_step_and_send, cancel_function_runs})

@@ -36,29 +36,50 @@ VALUES (:id, :app_id, :function_id, :event_id, 'queued', :origin_run_id, :parent
 
 -- name: enqueue
 INSERT INTO queue (run_id, app_id, function_id, available_at, priority)
-VALUES (:run_id, :app_id, :function_id, :available_at, 0);
+VALUES (:run_id, :app_id, :function_id, :available_at, :priority);
 
--- name: lease
-UPDATE queue SET lease_owner = :owner, lease_expires_at = :until, nudged = 0
-WHERE run_id IN (
-    SELECT run_id FROM queue
-    WHERE app_id = :app_id AND available_at <= :now
-      AND (lease_expires_at IS NULL OR lease_expires_at <= :now)
-    ORDER BY priority DESC, available_at
-    LIMIT :limit)
-RETURNING run_id;
+-- name: lease_candidates
+-- Priority P (seconds) ranks a run as if it had been queued P seconds earlier.
+SELECT run_id, keyed FROM queue
+WHERE app_id = :app_id AND available_at <= :now
+  AND (lease_expires_at IS NULL OR lease_expires_at <= :now)
+ORDER BY available_at - priority * 1000, run_id
+LIMIT :window;
 
--- name: lease @postgres
-WITH picked AS (
-    SELECT run_id FROM queue
-    WHERE app_id = :app_id AND available_at <= :now
-      AND (lease_expires_at IS NULL OR lease_expires_at <= :now)
-    ORDER BY priority DESC, available_at
-    LIMIT :limit
-    FOR UPDATE SKIP LOCKED)
+-- name: lease_candidates @postgres
+SELECT run_id, keyed FROM queue
+WHERE app_id = :app_id AND available_at <= :now
+  AND (lease_expires_at IS NULL OR lease_expires_at <= :now)
+ORDER BY available_at - priority * 1000, run_id
+LIMIT :window
+FOR UPDATE SKIP LOCKED;
+
+-- name: take
 UPDATE queue SET lease_owner = :owner, lease_expires_at = :until, nudged = 0
-FROM picked WHERE queue.run_id = picked.run_id
-RETURNING queue.run_id;
+WHERE run_id = :run_id;
+
+-- name: run_keys
+SELECT key, lim FROM queue_keys WHERE run_id = :run_id;
+
+-- name: lock_key
+SELECT 1 AS locked;
+
+-- name: lock_key @postgres
+SELECT pg_advisory_xact_lock(hashtext(:key)) IS NULL AS locked;
+
+-- name: inflight
+SELECT COUNT(*) AS n FROM queue_keys k JOIN queue q ON q.run_id = k.run_id
+WHERE k.key = :key AND q.lease_owner IS NOT NULL AND q.lease_expires_at > :now;
+
+-- name: insert_queue_key
+INSERT INTO queue_keys (run_id, key, lim) VALUES (:run_id, :key, :lim)
+ON CONFLICT (run_id, key) DO NOTHING;
+
+-- name: mark_keyed
+UPDATE queue SET keyed = 1 WHERE run_id = :run_id;
+
+-- name: delete_queue_keys
+DELETE FROM queue_keys WHERE run_id = :run_id;
 
 -- name: mark_running
 UPDATE runs SET status = 'running', started_at = COALESCE(started_at, :now)
@@ -134,6 +155,9 @@ WHERE id = :run_id;
 -- name: dequeue
 DELETE FROM queue WHERE run_id = :run_id;
 
+-- name: delete_run_groups
+DELETE FROM pending_groups WHERE run_id = :run_id;
+
 -- name: replay_run
 UPDATE runs SET status = 'queued', output = NULL, error = NULL, ended_at = NULL, retry = 0,
                 attempts = attempts + 1
@@ -156,11 +180,11 @@ ON CONFLICT (run_id, step_id) DO NOTHING;
 SELECT DISTINCT match_path FROM waits WHERE event_name = :name;
 
 -- name: waits_by_key
-SELECT run_id, step_id, if_expr, trigger_event FROM waits
+SELECT run_id, step_id, if_expr, trigger_event, kind FROM waits
 WHERE event_name = :name AND match_path = :path AND match_key = :key;
 
 -- name: waits_without_match
-SELECT run_id, step_id, if_expr, trigger_event FROM waits
+SELECT run_id, step_id, if_expr, trigger_event, kind FROM waits
 WHERE event_name = :name AND match_path IS NULL;
 
 -- name: delete_wait
@@ -200,3 +224,92 @@ WHERE app_id = :app_id AND function_id = :function_id AND cron = :cron AND tz = 
 
 -- name: next_schedule
 SELECT MIN(next_at) AS due FROM schedules WHERE app_id = :app_id;
+
+-- name: get_function
+SELECT definition FROM functions WHERE app_id = :app_id AND id = :id;
+
+-- name: insert_skipped_run
+INSERT INTO runs (id, app_id, function_id, event_id, status, error, created_at, ended_at)
+VALUES (:id, :app_id, :function_id, :event_id, 'skipped', :error, :now, :now);
+
+-- name: init_flow_state
+INSERT INTO flow_state (key, state) VALUES (:key, '[]') ON CONFLICT (key) DO NOTHING;
+
+-- name: get_flow_state
+SELECT state FROM flow_state WHERE key = :key;
+
+-- name: get_flow_state @postgres
+SELECT state FROM flow_state WHERE key = :key FOR UPDATE;
+
+-- name: set_flow_state
+UPDATE flow_state SET state = :state WHERE key = :key;
+
+-- name: get_group
+SELECT run_id, size, first_at FROM pending_groups WHERE key = :key;
+
+-- name: get_group @postgres
+SELECT run_id, size, first_at FROM pending_groups WHERE key = :key FOR UPDATE;
+
+-- name: insert_group
+INSERT INTO pending_groups (key, run_id, size, first_at) VALUES (:key, :run_id, 1, :now);
+
+-- name: grow_group
+UPDATE pending_groups SET size = size + 1 WHERE key = :key;
+
+-- name: delete_group
+DELETE FROM pending_groups WHERE key = :key;
+
+-- name: close_groups_of_run
+DELETE FROM pending_groups WHERE run_id = :run_id;
+
+-- name: postpone_unleased
+UPDATE queue SET available_at = :available_at
+WHERE run_id = :run_id AND lease_owner IS NULL;
+
+-- name: release_now
+UPDATE queue SET available_at = :now WHERE run_id = :run_id AND lease_owner IS NULL;
+
+-- name: set_run_event
+UPDATE runs SET event_id = :event_id WHERE id = :run_id;
+
+-- name: insert_run_event
+INSERT INTO run_events (run_id, position, event_id) VALUES (:run_id, :position, :event_id);
+
+-- name: get_run_events
+SELECT e.id, e.name, e.data, e.ts FROM run_events r JOIN events e ON e.id = r.event_id
+WHERE r.run_id = :run_id ORDER BY r.position;
+
+-- name: get_idempotency
+SELECT run_id, expires_at FROM idempotency WHERE key = :key;
+
+-- name: upsert_idempotency
+INSERT INTO idempotency (key, run_id, expires_at) VALUES (:key, :run_id, :expires_at)
+ON CONFLICT (key) DO UPDATE SET run_id = excluded.run_id, expires_at = excluded.expires_at;
+
+-- name: insert_deadline
+INSERT INTO deadlines (run_id, kind, app_id, at) VALUES (:run_id, :kind, :app_id, :at);
+
+-- name: due_deadlines
+SELECT d.run_id, d.kind, r.status, r.started_at FROM deadlines d JOIN runs r ON r.id = d.run_id
+WHERE d.app_id = :app_id AND d.at <= :now;
+
+-- name: next_deadline
+SELECT MIN(at) AS due FROM deadlines WHERE app_id = :app_id;
+
+-- name: delete_deadline
+DELETE FROM deadlines WHERE run_id = :run_id AND kind = :kind;
+
+-- name: delete_run_deadlines
+DELETE FROM deadlines WHERE run_id = :run_id;
+
+-- name: insert_cancel_wait
+INSERT INTO waits (run_id, step_id, event_name, match_path, match_key, if_expr, trigger_event,
+                   expires_at, created_at, kind)
+VALUES (:run_id, :step_id, :event_name, :match_path, :match_key, :if_expr, :trigger_event,
+        :expires_at, :now, 'cancel')
+ON CONFLICT (run_id, step_id) DO NOTHING;
+
+-- name: cancellable_runs
+SELECT id FROM runs
+WHERE app_id = :app_id AND function_id = :function_id AND created_at >= :after
+  AND created_at < :before AND status IN ('queued', 'running', 'sleeping', 'waiting');
