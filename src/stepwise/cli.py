@@ -56,6 +56,10 @@ url_option = click.option("--url", envvar="STEPWISE_URL", default=DEFAULT_URL, s
 lease_option = click.option("--lease-seconds", type=float, default=30.0, show_default=True,
                             callback=_positive,
                             help="How long a run stays with a worker that stops renewing it")
+poll_option = click.option("--poll-seconds", type=float, default=1.0, show_default=True,
+                           callback=_positive,
+                           help="How often an idle worker looks for work it was not woken for "
+                                "(SQLite shared by several processes has no wake-ups)")
 concurrency_option = click.option("--concurrency", type=int, default=10, show_default=True,
                                   callback=_positive, help="Runs executed at once per process")
 
@@ -75,12 +79,14 @@ def main(verbose: bool) -> None:
 @db_option
 @concurrency_option
 @lease_option
+@poll_option
 def dev(app_spec: str, port: int, host: str, db: str | None, concurrency: int,
-        lease_seconds: float) -> None:
+        lease_seconds: float, poll_seconds: float) -> None:
     """Server, worker and dashboard in one process, on embedded SQLite by default."""
     app = load_app(app_spec)
     asyncio.run(_serve(app=app, db=db, host=host, port=port, event_key=None,
-                       concurrency=concurrency, lease_seconds=lease_seconds, with_http=True))
+                       concurrency=concurrency, lease_seconds=lease_seconds,
+                       poll_seconds=poll_seconds, with_http=True))
 
 
 @main.command()
@@ -95,7 +101,7 @@ def server(db: str | None, port: int, host: str, event_key: str | None) -> None:
         raise click.UsageError("stepwise server needs an event key: pass --event-key or set "
                                "STEPWISE_EVENT_KEY (only `stepwise dev` runs without one)")
     asyncio.run(_serve(app=None, db=db, host=host, port=port, event_key=event_key,
-                       concurrency=1, lease_seconds=30.0, with_http=True))
+                       concurrency=1, lease_seconds=30.0, poll_seconds=1.0, with_http=True))
 
 
 @main.command()
@@ -103,16 +109,19 @@ def server(db: str | None, port: int, host: str, event_key: str | None) -> None:
 @db_option
 @concurrency_option
 @lease_option
-def worker(app_spec: str, db: str | None, concurrency: int, lease_seconds: float) -> None:
+@poll_option
+def worker(app_spec: str, db: str | None, concurrency: int, lease_seconds: float,
+           poll_seconds: float) -> None:
     """A worker alone: executes the app's runs from the database."""
     app = load_app(app_spec)
     asyncio.run(_serve(app=app, db=db, host="", port=0, event_key=None, concurrency=concurrency,
-                       lease_seconds=lease_seconds, with_http=False))
+                       lease_seconds=lease_seconds, poll_seconds=poll_seconds,
+                       with_http=False))
 
 
 async def _serve(*, app: App | None, db: str | None, host: str, port: int,
                  event_key: str | None, concurrency: int, lease_seconds: float,
-                 with_http: bool) -> None:
+                 poll_seconds: float, with_http: bool) -> None:
     import uvicorn
 
     from .server import create_server
@@ -126,7 +135,7 @@ async def _serve(*, app: App | None, db: str | None, host: str, port: int,
     try:
         if app is not None:
             worker_ = Worker(app, storage, concurrency=concurrency, lease_seconds=lease_seconds,
-                             limits=limits)
+                             poll_interval=poll_seconds, limits=limits)
             await worker_.start()
             click.echo(f"stepwise worker {worker_.id}: app {app.id!r} with "
                        f"{len(app.functions)} functions, concurrency {concurrency}")

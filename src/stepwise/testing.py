@@ -29,6 +29,10 @@ class Harness:
         self.clock = clock or ManualClock()
         self.limits = limits or Limits()
         worker_options.setdefault("poll_interval", 0.05)
+        # Leases expire on the engine's clock; a test that jumps the clock by hours while a
+        # step runs must not see its own run taken away. Crash recovery is tested with real
+        # processes and real leases instead.
+        worker_options.setdefault("lease_seconds", 10 * 365 * 86400.0)
         self.worker = Worker(app, self.storage, clock=self.clock, limits=self.limits,
                              **worker_options)
         self.api = create_server(self.storage, event_key=event_key, limits=self.limits,
@@ -83,6 +87,21 @@ class Harness:
                 return
             self.clock.set(due / 1000)
         raise TimeoutError("runs did not settle in time")
+
+    async def wait_for_status(self, run_id: str, status: str, timeout: float = 10.0
+                              ) -> dict[str, Any]:
+        """Poll a run until it has `status` (for runs that settle() cannot wait out, such as
+        one held inside a step by the test)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            run = await self.run(run_id)
+            if run["status"] == status:
+                return run
+            if loop.time() > deadline:
+                raise AssertionError(f"run {run_id} is {run['status']}, not {status}")
+            self.worker.notify()
+            await asyncio.sleep(0.01)
 
     async def run(self, run_id: str) -> dict[str, Any]:
         response = await self._client.get(f"/api/v1/runs/{run_id}")
