@@ -323,3 +323,29 @@ def test_flow_value_classes_refuse_bad_values() -> None:
         stepwise.Concurrency(limit=1, key="event.data.x", scope="world")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="unexpected keyword"):
         stepwise.Debounce(period=timedelta(seconds=1), bogus=1)  # type: ignore[call-arg]
+
+
+async def test_invoking_a_rate_limited_function_fails_the_step_at_once(db: str) -> None:
+    app = stepwise.App("t")
+
+    @app.function(id="target", rate_limit=stepwise.RateLimit(limit=1, period=timedelta(hours=1)))
+    async def target(ctx: stepwise.Context) -> str:
+        return "done"
+
+    @app.function(id="caller", trigger=stepwise.on_event("go"))
+    async def caller(ctx: stepwise.Context) -> list[str]:
+        results = []
+        for n in range(2):
+            try:
+                results.append(await ctx.step.invoke(f"call-{n}", function=target))
+            except stepwise.StepError as exc:
+                results.append(exc.error["message"])
+        return results
+
+    async with Harness(app, db) as h:
+        event_id = await h.send("go")
+        await h.settle(advance=False)  # no timeout given: nothing to wait for but the results
+        run = await h.run_for(event_id, "caller")
+    assert run["status"] == "completed"
+    assert run["output"][0] == "done"
+    assert "over the rate limit" in run["output"][1]

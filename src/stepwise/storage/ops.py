@@ -97,14 +97,16 @@ def list_functions(tx: Tx) -> list[dict[str, Any]]:
 
 def ingest_events(tx: Tx, events: list[StoredEvent], now: int) -> list[str]:
     """Store events not stored yet and start a run of every function listening to each."""
-    routes: dict[str, list[dict[str, Any]]] = {}
+    routes: dict[str, list[tuple[str, str, dict[str, Any] | None]]] = {}
     for ev in events:
         if tx.exec("insert_event", id=ev.id, name=ev.name, data=ev.data, ts=ev.ts, now=now) == 0:
             continue  # already stored: idempotent send
         if ev.name not in routes:
-            routes[ev.name] = tx.all("functions_for_event", name=ev.name)
-        for target in routes[ev.name]:
-            create_run(tx, target["app_id"], target["function_id"], ev.id, max(now, ev.ts), now)
+            routes[ev.name] = [(r["app_id"], r["function_id"], _flow_of(r["definition"]))
+                               for r in tx.all("functions_for_event", name=ev.name)]
+        for app_id, function_id, flow in routes[ev.name]:
+            create_run(tx, app_id, function_id, ev.id, max(now, ev.ts), now, flow=flow,
+                       flow_known=True)
         _deliver_to_waits(tx, ev, now)
     return [ev.id for ev in events]
 
@@ -163,10 +165,13 @@ def wake(tx: Tx, run_id: str, now: int) -> None:
 
 def create_run(tx: Tx, app_id: str, function_id: str, event_id: str | None, available_at: int,
                now: int, origin_run_id: str | None = None, parent_run_id: str | None = None,
-               parent_step_id: str | None = None) -> str:
+               parent_step_id: str | None = None,
+               flow: dict[str, Any] | None = None, flow_known: bool = False) -> str:
     """Start a run, applying the function's flow control; return its id (an existing run's
-    when the event joined a debounce, a batch or an idempotent run)."""
-    flow = _flow(tx, app_id, function_id)
+    when the event joined a debounce, a batch or an idempotent run). `flow` is the function's
+    flow options when the caller already has them (`flow_known`)."""
+    if not flow_known:
+        flow = _flow(tx, app_id, function_id)
     if flow is None:
         return _insert_run(tx, app_id, function_id, event_id, available_at, now,
                            origin_run_id=origin_run_id, parent_run_id=parent_run_id,
@@ -291,9 +296,11 @@ def _insert_run(tx: Tx, app_id: str, function_id: str, event_id: str | None, ava
 def _flow(tx: Tx, app_id: str, function_id: str) -> dict[str, Any] | None:
     """The function's flow options, or None when it has none (the fast path)."""
     row = tx.one("get_function", app_id=app_id, id=function_id)
-    if row is None:
-        return None
-    flow = loads(row["definition"]).get("flow")
+    return None if row is None else _flow_of(row["definition"])
+
+
+def _flow_of(definition: str) -> dict[str, Any] | None:
+    flow = loads(definition).get("flow")
     if not flow or not any(flow.values()):
         return None
     return flow  # type: ignore[no-any-return]
@@ -486,10 +493,6 @@ class Parking:
 def suspend(tx: Tx, run_id: str, owner: str, parking: Parking, now: int) -> None:
     """Park the run in one transaction and give up its lease."""
     _guard(tx, run_id, owner)
-    for step in parking.steps:
-        tx.exec("save_step", run_id=run_id, **step)
-    for wait in parking.waits:
-        tx.exec("insert_wait", run_id=run_id, now=now, **wait)
     run = tx.one("get_run", run_id=run_id) if parking.invokes else None
     for invoke in parking.invokes:
         assert run is not None
@@ -497,8 +500,22 @@ def suspend(tx: Tx, run_id: str, owner: str, parking: Parking, now: int) -> None
                             name="stepwise/function.invoked", data=invoke["data"], ts=now)
         if tx.exec("insert_event", id=event.id, name=event.name, data=event.data, ts=event.ts,
                    now=now):
-            create_run(tx, run["app_id"], invoke["function_id"], event.id, now, now,
-                       parent_run_id=run_id, parent_step_id=invoke["step_id"])
+            child = get_run(tx, create_run(tx, run["app_id"], invoke["function_id"], event.id,
+                                           now, now, parent_run_id=run_id,
+                                           parent_step_id=invoke["step_id"]))
+            if child["status"] in TERMINAL:  # skipped, or an idempotent run already done
+                status = "completed" if child["status"] == "completed" else "failed"
+                error = child["error"] or dumps({"name": "InvokeFailed", "message": (
+                    f"invoked run {child['id']} is {child['status']}")}, "error")
+                parking.steps = [
+                    {**s, "status": status, "output": child["output"],
+                     "error": None if status == "completed" else error}
+                    if s["id"] == invoke["step_id"] else s for s in parking.steps]
+                parking.available_at = now
+    for step in parking.steps:  # after the invokes, which may have settled a step already
+        tx.exec("save_step", run_id=run_id, **step)
+    for wait in parking.waits:
+        tx.exec("insert_wait", run_id=run_id, now=now, **wait)
     tx.exec("set_retry", run_id=run_id, retry=parking.retry)
     tx.exec("park", run_id=run_id, available_at=parking.available_at, now=now)
     tx.exec("set_run_status", run_id=run_id, status=parking.status)

@@ -26,7 +26,9 @@ VALUES (:id, :name, :data, :ts, :now)
 ON CONFLICT (id) DO NOTHING;
 
 -- name: functions_for_event
-SELECT app_id, function_id FROM function_triggers WHERE event_name = :name;
+SELECT t.app_id, t.function_id, f.definition FROM function_triggers t
+JOIN functions f ON f.app_id = t.app_id AND f.id = t.function_id
+WHERE t.event_name = :name;
 
 -- name: insert_run
 INSERT INTO runs (id, app_id, function_id, event_id, status, origin_run_id, parent_run_id,
