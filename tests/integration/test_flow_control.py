@@ -349,3 +349,23 @@ async def test_invoking_a_rate_limited_function_fails_the_step_at_once(db: str) 
     assert run["status"] == "completed"
     assert run["output"][0] == "done"
     assert "over the rate limit" in run["output"][1]
+
+
+async def test_cancel_on_event_later_in_the_same_batch(db: str) -> None:
+    app = stepwise.App("t")
+
+    @app.function(id="drip", trigger=stepwise.on_event("user.signup"),
+                  cancel_on=stepwise.CancelOn(event="user.deleted", match="data.user_id"))
+    async def drip(ctx: stepwise.Context) -> None:
+        await ctx.step.sleep("wait", timedelta(days=1))
+
+    async with Harness(app, db) as h:
+        response = await h.http.post("/api/v1/events", json=[
+            {"name": "user.deleted", "data": {"user_id": 1}},  # before the run: no effect
+            {"name": "user.signup", "data": {"user_id": 1}, "id": "signup-1"},
+            {"name": "user.deleted", "data": {"user_id": 1}},  # after it: cancels it
+        ])
+        assert response.status_code == 200
+        await h.settle(advance=False)
+        run = await h.run_for("signup-1", "drip")
+    assert run["status"] == "cancelled"

@@ -98,6 +98,7 @@ def list_functions(tx: Tx) -> list[dict[str, Any]]:
 def ingest_events(tx: Tx, events: list[StoredEvent], now: int) -> list[str]:
     """Store events not stored yet and start a run of every function listening to each."""
     routes: dict[str, list[tuple[str, str, dict[str, Any] | None]]] = {}
+    waited: dict[str, bool] = {}
     for ev in events:
         if tx.exec("insert_event", id=ev.id, name=ev.name, data=ev.data, ts=ev.ts, now=now) == 0:
             continue  # already stored: idempotent send
@@ -107,7 +108,12 @@ def ingest_events(tx: Tx, events: list[StoredEvent], now: int) -> list[str]:
         for app_id, function_id, flow in routes[ev.name]:
             create_run(tx, app_id, function_id, ev.id, max(now, ev.ts), now, flow=flow,
                        flow_known=True)
-        _deliver_to_waits(tx, ev, now)
+            for cancel in flow["cancel_on"] if flow else ():
+                waited.pop(cancel["event"], None)  # the run may now wait for that name
+        if ev.name not in waited:  # once per name: sends of one request do not add waits
+            waited[ev.name] = tx.one("any_wait", name=ev.name) is not None
+        if waited[ev.name]:
+            _deliver_to_waits(tx, ev, now)
     return [ev.id for ev in events]
 
 
@@ -390,10 +396,11 @@ def lease(tx: Tx, app_id: str, owner: str, now: int, until: int, limit: int) -> 
         picked.append(candidate["run_id"])
         if len(picked) == limit:
             break
-    for run_id in picked:
-        tx.exec("take", run_id=run_id, owner=owner, until=until)
-        tx.exec("mark_running", run_id=run_id, now=now)
-        tx.exec("close_groups_of_run", run_id=run_id)  # a debounce or batch closes as it starts
+    if picked:
+        ids = dumps(picked, "run ids")
+        tx.exec("take", ids=ids, owner=owner, until=until)
+        tx.exec("mark_running_many", ids=ids, now=now)
+        tx.exec("close_groups_of_runs", ids=ids)  # a debounce or batch closes as it starts
     return picked
 
 

@@ -57,8 +57,29 @@ LIMIT :window
 FOR UPDATE SKIP LOCKED;
 
 -- name: take
+-- :ids is a JSON array of run ids.
 UPDATE queue SET lease_owner = :owner, lease_expires_at = :until, nudged = 0
-WHERE run_id = :run_id;
+WHERE run_id IN (SELECT value FROM json_each(:ids));
+
+-- name: take @postgres
+UPDATE queue SET lease_owner = :owner, lease_expires_at = :until, nudged = 0
+WHERE run_id IN (SELECT jsonb_array_elements_text(CAST(:ids AS jsonb)));
+
+-- name: mark_running_many
+UPDATE runs SET status = 'running', started_at = COALESCE(started_at, :now)
+WHERE id IN (SELECT value FROM json_each(:ids))
+  AND status IN ('queued', 'running', 'sleeping', 'waiting');
+
+-- name: mark_running_many @postgres
+UPDATE runs SET status = 'running', started_at = COALESCE(started_at, :now)
+WHERE id IN (SELECT jsonb_array_elements_text(CAST(:ids AS jsonb)))
+  AND status IN ('queued', 'running', 'sleeping', 'waiting');
+
+-- name: close_groups_of_runs
+DELETE FROM pending_groups WHERE run_id IN (SELECT value FROM json_each(:ids));
+
+-- name: close_groups_of_runs @postgres
+DELETE FROM pending_groups WHERE run_id IN (SELECT jsonb_array_elements_text(CAST(:ids AS jsonb)));
 
 -- name: run_keys
 SELECT key, lim FROM queue_keys WHERE run_id = :run_id;
@@ -82,10 +103,6 @@ UPDATE queue SET keyed = 1 WHERE run_id = :run_id;
 
 -- name: delete_queue_keys
 DELETE FROM queue_keys WHERE run_id = :run_id;
-
--- name: mark_running
-UPDATE runs SET status = 'running', started_at = COALESCE(started_at, :now)
-WHERE id = :run_id AND status IN ('queued', 'running', 'sleeping', 'waiting');
 
 -- name: next_due
 SELECT MIN(CASE WHEN lease_expires_at IS NOT NULL AND lease_expires_at > available_at
@@ -178,6 +195,9 @@ VALUES (:run_id, :step_id, :event_name, :match_path, :match_key, :if_expr, :trig
         :expires_at, :now)
 ON CONFLICT (run_id, step_id) DO NOTHING;
 
+-- name: any_wait
+SELECT 1 AS found FROM waits WHERE event_name = :name LIMIT 1;
+
 -- name: wait_paths
 SELECT DISTINCT match_path FROM waits WHERE event_name = :name;
 
@@ -260,9 +280,6 @@ UPDATE pending_groups SET size = size + 1 WHERE key = :key;
 
 -- name: delete_group
 DELETE FROM pending_groups WHERE key = :key;
-
--- name: close_groups_of_run
-DELETE FROM pending_groups WHERE run_id = :run_id;
 
 -- name: postpone_unleased
 UPDATE queue SET available_at = :available_at
