@@ -23,13 +23,17 @@ async def test_concurrent_event_requests_share_commits(tmp_path: Path) -> None:
         before = storage.commits
         # Hold the write connection, as a slow fsync would, while 100 requests arrive.
         storage._lock.acquire()
-        requests = asyncio.gather(*(
-            h.http.post("/api/v1/events", json={"name": "e", "id": f"ev-{i}"})
-            for i in range(100)))
-        task = asyncio.ensure_future(requests)
-        while storage._queue.qsize() < 99:  # the writer holds one, waiting for the lock
-            await asyncio.sleep(0.001)
-        storage._lock.release()
+        try:
+            requests = asyncio.gather(*(
+                h.http.post("/api/v1/events", json={"name": "e", "id": f"ev-{i}"})
+                for i in range(100)))
+            task = asyncio.ensure_future(requests)
+            deadline = asyncio.get_running_loop().time() + 10
+            while storage._queue.qsize() < 99:  # the writer holds one, waiting for the lock
+                assert asyncio.get_running_loop().time() < deadline, storage._queue.qsize()
+                await asyncio.sleep(0.001)
+        finally:
+            storage._lock.release()
         responses = await task
         commits = storage.commits - before
     assert all(r.status_code == 200 for r in responses)

@@ -152,18 +152,18 @@ class SQLiteStorage(Storage):
             first = self._queue.get()
             if first is None:
                 return
-            batch = [first]
             stop = False
-            while len(batch) < BATCH_MAX:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    stop = True
-                    break
-                batch.append(item)
-            with self._lock:
+            with self._lock:  # drain once the connection is ours: all that queued meanwhile
+                batch = [first]
+                while len(batch) < BATCH_MAX:
+                    try:
+                        item = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if item is None:
+                        stop = True
+                        break
+                    batch.append(item)
                 results = self._run_batch([(op, args, durable)
                                            for op, args, durable, _, _ in batch])
             for (ok, value), (_op, _args, _d, loop, fut) in zip(results, batch, strict=True):
