@@ -65,17 +65,18 @@ class Concurrency:
 
 
 @dataclass(frozen=True)
-class Throttle:
-    """Start at most `limit` runs per `period` (per key); the others wait their turn."""
+class _WindowLimit:
+    """`limit` runs per `period`, per value of `key`."""
 
     limit: int
     period: timedelta
     key: str | None = None
 
     def __post_init__(self) -> None:
-        _positive_int("Throttle", "limit", self.limit)
-        _duration_ms("Throttle", "period", self.period)
-        _expression("Throttle", "key", self.key)
+        name = type(self).__name__
+        _positive_int(name, "limit", self.limit)
+        _duration_ms(name, "period", self.period)
+        _expression(name, "key", self.key)
 
     def to_json(self) -> dict[str, Any]:
         return {"limit": self.limit, "period_ms": _duration_ms("", "", self.period),
@@ -83,22 +84,14 @@ class Throttle:
 
 
 @dataclass(frozen=True)
-class RateLimit:
+class Throttle(_WindowLimit):
+    """Start at most `limit` runs per `period` (per key); the others wait their turn."""
+
+
+@dataclass(frozen=True)
+class RateLimit(_WindowLimit):
     """Accept at most `limit` runs per `period` (per key); runs over it are recorded as
     `skipped`, with the reason, and never execute."""
-
-    limit: int
-    period: timedelta
-    key: str | None = None
-
-    def __post_init__(self) -> None:
-        _positive_int("RateLimit", "limit", self.limit)
-        _duration_ms("RateLimit", "period", self.period)
-        _expression("RateLimit", "key", self.key)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"limit": self.limit, "period_ms": _duration_ms("", "", self.period),
-                "key": self.key}
 
 
 @dataclass(frozen=True)

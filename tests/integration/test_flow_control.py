@@ -15,6 +15,18 @@ from stepwise.testing import Harness
 MIN = 60.0
 
 
+class Gate:
+    """A step body that holds its run inside a step until the test opens the gate."""
+
+    def __init__(self) -> None:
+        self.entered = asyncio.Event()
+        self.opened = asyncio.Event()
+
+    async def hold(self) -> None:
+        self.entered.set()
+        await self.opened.wait()
+
+
 async def test_throttle_queues_runs_over_the_limit(db: str) -> None:
     app = stepwise.App("t")
     clock = stepwise.ManualClock()
@@ -133,23 +145,18 @@ async def test_priority_orders_leases_without_starving(db: str) -> None:
     app = stepwise.App("t")
     clock = stepwise.ManualClock()
     order: list[str] = []
-    release = asyncio.Event()
-    entered = asyncio.Event()
-
-    async def hold() -> None:
-        entered.set()
-        await release.wait()
+    gate = Gate()
 
     @app.function(id="f", trigger=stepwise.on_event("job"), concurrency=1,
                   priority=stepwise.Priority(run="event.data.plan == 'pro' ? 60 : 0"))
     async def f(ctx: stepwise.Context) -> None:
         if ctx.event.data["name"] == "blocker":
-            await ctx.step.run("hold", hold)
+            await ctx.step.run("hold", gate.hold)
         order.append(ctx.event.data["name"])
 
     async with Harness(app, db, clock=clock) as h:
         await h.send("job", {"name": "blocker", "plan": "free"})
-        await asyncio.wait_for(entered.wait(), 10)
+        await asyncio.wait_for(gate.entered.wait(), 10)
         await h.send("job", {"name": "free-0s", "plan": "free"})
         clock.advance(30)
         await h.send("job", {"name": "pro-30s", "plan": "pro"})
@@ -157,7 +164,7 @@ async def test_priority_orders_leases_without_starving(db: str) -> None:
         await h.send("job", {"name": "free-40s", "plan": "free"})
         clock.advance(80)
         await h.send("job", {"name": "pro-120s", "plan": "pro"})
-        release.set()
+        gate.opened.set()
         await h.settle()
     # pro-30s ranks at -30 s, free-0s at 0, free-40s at 40, pro-120s at 60.
     assert order == ["blocker", "pro-30s", "free-0s", "free-40s", "pro-120s"]
@@ -188,13 +195,8 @@ async def test_idempotency_key_gives_one_run_per_day(db: str) -> None:
 
 async def test_cancel_on_event_and_api_cancel_of_sleeping_and_running_runs(db: str) -> None:
     app = stepwise.App("t")
-    release = asyncio.Event()
-    entered = asyncio.Event()
+    gate = Gate()
     after: list[str] = []
-
-    async def hold() -> None:
-        entered.set()
-        await release.wait()
 
     @app.function(id="drip", trigger=stepwise.on_event("user.signup"),
                   cancel_on=[stepwise.CancelOn(event="user.deleted", match="data.user_id")])
@@ -204,7 +206,7 @@ async def test_cancel_on_event_and_api_cancel_of_sleeping_and_running_runs(db: s
 
     @app.function(id="worker", trigger=stepwise.on_event("work"))
     async def work(ctx: stepwise.Context) -> None:
-        await ctx.step.run("hold", hold)
+        await ctx.step.run("hold", gate.hold)
         await ctx.step.run("next", lambda: after.append("next"))
 
     async with Harness(app, db) as h:
@@ -222,11 +224,11 @@ async def test_cancel_on_event_and_api_cancel_of_sleeping_and_running_runs(db: s
         assert (await h.http.post(f"/api/v1/runs/{sleeping['id']}/cancel")).status_code == 200
 
         running_event = await h.send("work")
-        await asyncio.wait_for(entered.wait(), 10)
+        await asyncio.wait_for(gate.entered.wait(), 10)
         running = await h.run_for(running_event, "worker")
         assert running["status"] == "running"
         assert (await h.http.post(f"/api/v1/runs/{running['id']}/cancel")).status_code == 200
-        release.set()
+        gate.opened.set()
         await h.settle()
         assert (await h.run(running["id"]))["status"] == "cancelled"
         assert (await h.run_for(third, "drip"))["status"] == "cancelled"
@@ -237,18 +239,13 @@ async def test_cancel_on_event_and_api_cancel_of_sleeping_and_running_runs(db: s
 async def test_start_and_finish_timeouts_cancel_runs(db: str) -> None:
     app = stepwise.App("t")
     clock = stepwise.ManualClock()
-    release = asyncio.Event()
-    entered = asyncio.Event()
-
-    async def hold() -> None:
-        entered.set()
-        await release.wait()
+    gate = Gate()
 
     @app.function(id="slow-start", trigger=stepwise.on_event("a"), concurrency=1,
                   timeouts=stepwise.Timeouts(start=timedelta(minutes=1)))
     async def slow_start(ctx: stepwise.Context) -> None:
         if ctx.event.data.get("block"):
-            await ctx.step.run("hold", hold)
+            await ctx.step.run("hold", gate.hold)
 
     @app.function(id="long", trigger=stepwise.on_event("b"),
                   timeouts=stepwise.Timeouts(finish=timedelta(hours=1)))
@@ -257,14 +254,14 @@ async def test_start_and_finish_timeouts_cancel_runs(db: str) -> None:
 
     async with Harness(app, db, clock=clock) as h:
         blocker = await h.send("a", {"block": True})
-        await asyncio.wait_for(entered.wait(), 10)
+        await asyncio.wait_for(gate.entered.wait(), 10)
         starved = await h.send("a", {})
         sleeper = await h.send("b", {})
         clock.advance(61)
         late = await h.run_for(starved, "slow-start")
         late = await h.wait_for_status(late["id"], "cancelled")
         assert "start timeout" in late["error"]["message"]
-        release.set()
+        gate.opened.set()
         await h.settle()
         assert (await h.run_for(blocker, "slow-start"))["status"] == "completed"
         long_run = await h.run_for(sleeper, "long")
