@@ -417,6 +417,7 @@ def expire_deadlines(tx: Tx, app_id: str, now: int) -> None:
 def next_due(tx: Tx, app_id: str) -> int | None:
     """When this app next has something to do: a queued run, an expiring lease, a cron tick."""
     times = [row["due"] for row in (tx.one("next_due", app_id=app_id),
+                                    tx.one("next_lease_expiry", app_id=app_id),
                                     tx.one("next_schedule", app_id=app_id),
                                     tx.one("next_deadline", app_id=app_id))
              if row is not None and row["due"] is not None]

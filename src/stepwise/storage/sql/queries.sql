@@ -105,9 +105,15 @@ UPDATE queue SET keyed = 1 WHERE run_id = :run_id;
 DELETE FROM queue_keys WHERE run_id = :run_id;
 
 -- name: next_due
-SELECT MIN(CASE WHEN lease_expires_at IS NOT NULL AND lease_expires_at > available_at
-                THEN lease_expires_at ELSE available_at END) AS due
-FROM queue WHERE app_id = :app_id;
+-- Walks the (app_id, available_at) index to the first unleased run: cheap with millions parked.
+SELECT available_at AS due FROM queue
+WHERE app_id = :app_id AND lease_owner IS NULL
+ORDER BY available_at LIMIT 1;
+
+-- name: next_lease_expiry
+SELECT lease_expires_at AS due FROM queue
+WHERE app_id = :app_id AND lease_expires_at IS NOT NULL
+ORDER BY lease_expires_at LIMIT 1;
 
 -- name: renew_lease
 UPDATE queue SET lease_expires_at = :until WHERE run_id = :run_id AND lease_owner = :owner;
