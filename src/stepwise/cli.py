@@ -60,6 +60,28 @@ poll_option = click.option("--poll-seconds", type=float, default=1.0, show_defau
                            callback=_positive,
                            help="How often an idle worker looks for work it was not woken for "
                                 "(SQLite shared by several processes has no wake-ups)")
+
+
+def limits_options(fn: Any) -> Any:
+    """--max-event-bytes, --max-request-bytes, --max-step-output-bytes (and STEPWISE_ env)."""
+    defaults = Limits()
+    for name, default, what in (
+            ("event", defaults.event_bytes, "one event's data"),
+            ("request", defaults.request_bytes, "one request body"),
+            ("step-output", defaults.step_output_bytes, "one step's (or run's) output")):
+        fn = click.option(f"--max-{name}-bytes", type=click.IntRange(min=1), default=default,
+                          show_default=True,
+                          envvar=f"STEPWISE_MAX_{name.upper().replace('-', '_')}_BYTES",
+                          help=f"Largest {what}, in bytes")(fn)
+    return fn
+
+
+def _limits(options: dict[str, Any]) -> Limits:
+    return Limits(event_bytes=options["max_event_bytes"],
+                  request_bytes=options["max_request_bytes"],
+                  step_output_bytes=options["max_step_output_bytes"])
+
+
 concurrency_option = click.option("--concurrency", type=int, default=10, show_default=True,
                                   callback=_positive, help="Runs executed at once per process")
 
@@ -80,13 +102,14 @@ def main(verbose: bool) -> None:
 @concurrency_option
 @lease_option
 @poll_option
+@limits_options
 def dev(app_spec: str, port: int, host: str, db: str | None, concurrency: int,
-        lease_seconds: float, poll_seconds: float) -> None:
+        lease_seconds: float, poll_seconds: float, **limits: int) -> None:
     """Server, worker and dashboard in one process, on embedded SQLite by default."""
     app = load_app(app_spec)
     asyncio.run(_serve(app=app, db=db, host=host, port=port, event_key=None,
                        concurrency=concurrency, lease_seconds=lease_seconds,
-                       poll_seconds=poll_seconds, with_http=True))
+                       poll_seconds=poll_seconds, with_http=True, limits=_limits(limits)))
 
 
 @main.command()
@@ -95,13 +118,15 @@ def dev(app_spec: str, port: int, host: str, db: str | None, concurrency: int,
 @click.option("--host", default="0.0.0.0", show_default=True)
 @click.option("--event-key", envvar="STEPWISE_EVENT_KEY", default=None,
               help="Bearer token required to send events  [env STEPWISE_EVENT_KEY]")
-def server(db: str | None, port: int, host: str, event_key: str | None) -> None:
+@limits_options
+def server(db: str | None, port: int, host: str, event_key: str | None, **limits: int) -> None:
     """The HTTP API and dashboard alone (run workers separately)."""
     if not event_key:
         raise click.UsageError("stepwise server needs an event key: pass --event-key or set "
                                "STEPWISE_EVENT_KEY (only `stepwise dev` runs without one)")
     asyncio.run(_serve(app=None, db=db, host=host, port=port, event_key=event_key,
-                       concurrency=1, lease_seconds=30.0, poll_seconds=1.0, with_http=True))
+                       concurrency=1, lease_seconds=30.0, poll_seconds=1.0, with_http=True,
+                       limits=_limits(limits)))
 
 
 @main.command()
@@ -110,25 +135,25 @@ def server(db: str | None, port: int, host: str, event_key: str | None) -> None:
 @concurrency_option
 @lease_option
 @poll_option
+@limits_options
 def worker(app_spec: str, db: str | None, concurrency: int, lease_seconds: float,
-           poll_seconds: float) -> None:
+           poll_seconds: float, **limits: int) -> None:
     """A worker alone: executes the app's runs from the database."""
     app = load_app(app_spec)
     asyncio.run(_serve(app=app, db=db, host="", port=0, event_key=None, concurrency=concurrency,
                        lease_seconds=lease_seconds, poll_seconds=poll_seconds,
-                       with_http=False))
+                       with_http=False, limits=_limits(limits)))
 
 
 async def _serve(*, app: App | None, db: str | None, host: str, port: int,
                  event_key: str | None, concurrency: int, lease_seconds: float,
-                 poll_seconds: float, with_http: bool) -> None:
+                 poll_seconds: float, with_http: bool, limits: Limits) -> None:
     import uvicorn
 
     from .server import create_server
     from .storage import open_storage
     from .worker import Worker
 
-    limits = Limits()
     storage = open_storage(db)
     await storage.open()
     worker_ = None

@@ -75,3 +75,24 @@ def test_cli_reports_unreachable_server_and_bad_app(tmp_path: Path) -> None:
     assert bad_app.returncode != 0 and "cannot import 'nonexistent_module'" in bad_app.stderr
     no_key = cli("server", "--db", str(tmp_path / "x.db"), cwd=tmp_path)
     assert no_key.returncode != 0 and "event key" in no_key.stderr
+
+
+def test_limits_are_configurable_from_the_command_line(tmp_path: Path) -> None:
+    import urllib.error
+
+    (tmp_path / "cli_app.py").write_text(APP)
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    proc = start(["dev", "cli_app:app", "--port", str(port), "--max-event-bytes", "100"],
+                 tmp_path, {"CLI_DIR": str(tmp_path)})
+    try:
+        wait_healthy(base, proc)
+        assert http("POST", base + "/api/v1/events", {"name": "x", "data": {"a": 1}})["ids"]
+        try:
+            http("POST", base + "/api/v1/events", {"name": "x", "data": {"a": "y" * 200}})
+            raise AssertionError("an event over --max-event-bytes was accepted")
+        except urllib.error.HTTPError as exc:
+            assert exc.code == 413
+            assert "limit of 100 bytes" in exc.read().decode()
+    finally:
+        stop(proc)
