@@ -24,8 +24,6 @@ class Clock:
             await asyncio.wait_for(wake.wait(), timeout)
 
 
-SystemClock = Clock
-
 
 class ManualClock(Clock):
     """A clock that moves only when told to; advancing it wakes every waiting worker."""

@@ -159,9 +159,6 @@ UPDATE queue SET available_at = CASE WHEN nudged = 1 THEN :now ELSE :available_a
                  lease_owner = NULL, lease_expires_at = NULL, nudged = 0
 WHERE run_id = :run_id;
 
--- name: is_nudged
-SELECT nudged FROM queue WHERE run_id = :run_id;
-
 -- name: nudge
 UPDATE queue SET available_at = CASE WHEN available_at > :now THEN :now ELSE available_at END,
                  nudged = 1
