@@ -52,6 +52,10 @@ async function show(id) {
    ${(run.steps || []).map(s => `<tr><td>${esc(s.id)}</td><td class="${esc(s.status)}">
    ${esc(s.status)}</td><td>${esc(s.attempts)}</td><td><pre>${esc(JSON.stringify(
    s.error ?? s.output, null, 1))}</pre></td></tr>`).join("")}</table>
+   ${(run.failures || []).length ? `<h3>failed attempts</h3><table><tr><th>step</th>
+   <th>attempt</th><th>when</th><th>error</th></tr>${run.failures.map(f => `<tr>
+   <td>${esc(f.step_id ?? "(function)")}</td><td>${esc(f.attempt)}</td><td>${esc(f.ended_at)}</td>
+   <td>${esc(f.error.name)}: ${esc(f.error.message)}</td></tr>`).join("")}</table>` : ""}
    <h3>output / error</h3><pre>${esc(JSON.stringify(run.error ?? run.output, null, 2))}</pre>`;
 }
 document.getElementById("f").onsubmit = e => { e.preventDefault(); load(); };

@@ -166,7 +166,7 @@ class Execution:
 
     def park(self, available_at: int, status: str, *, step: dict[str, Any] | None = None,
              wait: dict[str, Any] | None = None, invoke: dict[str, Any] | None = None,
-             retry: int | None = None) -> NoReturn:
+             retry: int | None = None, failure: dict[str, Any] | None = None) -> NoReturn:
         """Record why the run must wait and stop this branch of the code."""
         with self._claims:
             parking = self.parking or ops.Parking(available_at, status, self.retry)
@@ -181,6 +181,8 @@ class Execution:
                 parking.waits.append(wait)
             if invoke is not None:
                 parking.invokes.append(invoke)
+            if failure is not None:
+                parking.failures.append(failure)
             self.parking = parking
         raise Suspend()
 
@@ -382,15 +384,18 @@ class Execution:
         except Exception as exc:
             attempts = self.retry + 1
             if attempts > self.function.retries:
-                await self._fail(describe_exception(exc))
+                await self._fail(describe_exception(exc), body_attempt=attempts)
                 return
             log.info("run %s: function raised %r; retry %d of %d", self.run_id, exc, attempts,
                      self.function.retries)
             with self._claims:
                 self.parking = None  # the whole body is retried
+            now = self.now_ms()
             try:
-                self.park(self.now_ms() + int(self._delay(exc, attempts) * 1000), "queued",
-                          retry=attempts)
+                self.park(now + int(self._delay(exc, attempts) * 1000), "queued", retry=attempts,
+                          failure={"step_id": None, "attempt": attempts, "started_at": None,
+                                   "ended_at": now,
+                                   "error": dumps(describe_exception(exc), "error")})
             except Suspend:
                 await self._suspend()
             return
@@ -411,10 +416,11 @@ class Execution:
         await self._write(ops.suspend, self.parking, self.now_ms())
         self.worker.notify()
 
-    async def _fail(self, error: dict[str, Any]) -> None:
+    async def _fail(self, error: dict[str, Any], body_attempt: int | None = None) -> None:
         await self._settled.wait()
         handler = self.function.on_failure.id if self.function.on_failure else None
-        await self._write(ops.fail_run, dumps(error, "run error"), self.now_ms(), handler)
+        await self._write(ops.fail_run, dumps(error, "run error"), self.now_ms(), handler,
+                          body_attempt)
         self.worker.metrics.run_finished(self.function.id, "failed")
         self.worker.notify()
 

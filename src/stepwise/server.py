@@ -9,7 +9,7 @@ from typing import Any, Literal
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from pydantic import AwareDatetime, BaseModel, ConfigDict, ValidationError
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException
 
 from . import dashboard, metrics
@@ -54,8 +54,18 @@ class RunOut(BaseModel):
     ended_at: str | None = None
 
 
+class FailureOut(BaseModel):
+    step_id: str | None = Field(description="The step that failed; null for the function body")
+    attempt: int
+    error: Any
+    started_at: str | None = None
+    ended_at: str | None = None
+
+
 class RunDetail(RunOut):
     steps: list[StepOut]
+    failures: list[FailureOut] = Field(
+        default_factory=list, description="Every failed attempt, oldest first")
 
 
 class RunList(BaseModel):
@@ -102,6 +112,10 @@ def run_json(row: dict[str, Any]) -> dict[str, Any]:
             "error": loads(s["error"]) if s["error"] is not None else None,
             "started_at": iso(s["started_at"]), "ended_at": iso(s["ended_at"]),
         } for s in row["steps"]]
+        out["failures"] = [{
+            "step_id": f["step_id"], "attempt": f["attempt"], "error": loads(f["error"]),
+            "started_at": iso(f["started_at"]), "ended_at": iso(f["ended_at"]),
+        } for f in row.get("failures", [])]
     return out
 
 

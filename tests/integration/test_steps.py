@@ -42,6 +42,8 @@ async def test_memoized_steps_run_once_and_failing_step_is_retried(db: str) -> N
     assert [s["id"] for s in run["steps"]] == ["one", "two", "three"]
     assert steps["one"]["attempts"] == 1 and steps["one"]["output"] == 1
     assert steps["three"]["attempts"] == 3 and steps["three"]["status"] == "completed"
+    assert [(f["step_id"], f["attempt"], f["error"]["message"]) for f in run["failures"]] == [
+        ("three", 1, "flaky attempt 1"), ("three", 2, "flaky attempt 2")]
 
 
 async def test_retries_exhausted_fail_the_run_then_replay_completes(db: str) -> None:
@@ -77,6 +79,8 @@ async def test_retries_exhausted_fail_the_run_then_replay_completes(db: str) -> 
         assert run["error"]["name"] == "RuntimeError"
         assert run["error"]["message"] == "warehouse API is down"
         assert run["error"]["step_id"] == "ship"
+        assert [(f["step_id"], f["attempt"]) for f in run["failures"]] == [
+            ("ship", 1), ("ship", 2), ("ship", 3)]
         assert calls == {"charge": 1, "ship": 3}
         assert len(failures) == 1
         assert failures[0]["error"]["message"] == "warehouse API is down"
@@ -272,6 +276,8 @@ async def test_function_error_outside_steps_is_retried_then_fails(db: str) -> No
         run = await h.run_for(event_id, "f")
     assert attempts == [0, 1, 2]
     assert run["status"] == "failed" and run["error"]["name"] == "KeyError"
+    assert [(f["step_id"], f["attempt"], f["error"]["name"]) for f in run["failures"]] == [
+        (None, 1, "KeyError"), (None, 2, "KeyError"), (None, 3, "KeyError")]
 
 
 async def test_step_error_can_be_caught_for_compensation(db: str) -> None:

@@ -482,7 +482,17 @@ def save_step(tx: Tx, run_id: str, owner: str, step: dict[str, Any], retry_was: 
         return None if stored is None else stored["output"]
     if retry_was:
         tx.exec("set_retry", run_id=run_id, retry=0)
+    if step["status"] == "failed":
+        record_failure(tx, run_id, step["id"], step["attempts"], step["error"],
+                       step["started_at"], step["ended_at"])
     return step["output"]  # type: ignore[no-any-return]
+
+
+def record_failure(tx: Tx, run_id: str, step_id: str | None, attempt: int, error: str,
+                   started_at: int | None, ended_at: int) -> None:
+    """Keep a failed attempt (of a step, or of the body when `step_id` is None)."""
+    tx.exec("insert_failure", run_id=run_id, step_id=step_id, attempt=attempt, error=error,
+            started_at=started_at, ended_at=ended_at)
 
 
 @dataclass
@@ -496,6 +506,7 @@ class Parking:
     steps: list[dict[str, Any]] = field(default_factory=list)
     waits: list[dict[str, Any]] = field(default_factory=list)
     invokes: list[dict[str, Any]] = field(default_factory=list)
+    failures: list[dict[str, Any]] = field(default_factory=list)
 
 
 def suspend(tx: Tx, run_id: str, owner: str, parking: Parking, now: int) -> None:
@@ -522,6 +533,11 @@ def suspend(tx: Tx, run_id: str, owner: str, parking: Parking, now: int) -> None
                 parking.available_at = now
     for step in parking.steps:  # after the invokes, which may have settled a step already
         tx.exec("save_step", run_id=run_id, **step)
+        if step["status"] == "retrying":
+            record_failure(tx, run_id, step["id"], step["attempts"], step["error"],
+                           step["started_at"], step["ended_at"])
+    for failure in parking.failures:
+        record_failure(tx, run_id, **failure)
     for wait in parking.waits:
         tx.exec("insert_wait", run_id=run_id, now=now, **wait)
     tx.exec("set_retry", run_id=run_id, retry=parking.retry)
@@ -580,9 +596,12 @@ def complete_run(tx: Tx, run_id: str, owner: str, output: str, now: int) -> None
 
 
 def fail_run(tx: Tx, run_id: str, owner: str, error: str, now: int,
-             failure_handler: str | None) -> str | None:
-    """Fail the run for good; start its `on_failure` handler in the same transaction."""
+             failure_handler: str | None, body_attempt: int | None = None) -> str | None:
+    """Fail the run for good; start its `on_failure` handler in the same transaction.
+    `body_attempt`: the function body itself failed (not a step), on that attempt."""
     _guard(tx, run_id, owner)
+    if body_attempt is not None:
+        record_failure(tx, run_id, None, body_attempt, error, None, now)
     _finish(tx, run_id, "failed", None, error, now)
     if failure_handler is None:
         return None
@@ -657,6 +676,7 @@ def get_run(tx: Tx, run_id: str) -> dict[str, Any]:
     if run is None:
         raise NotFound(f"run {run_id} not found")
     run["steps"] = tx.all("get_steps", run_id=run_id)
+    run["failures"] = tx.all("get_failures", run_id=run_id)
     return run
 
 

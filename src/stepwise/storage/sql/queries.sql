@@ -335,3 +335,11 @@ ON CONFLICT (run_id, step_id) DO NOTHING;
 SELECT id FROM runs
 WHERE app_id = :app_id AND function_id = :function_id AND created_at >= :after
   AND created_at < :before AND status IN ('queued', 'running', 'sleeping', 'waiting');
+
+-- name: insert_failure
+INSERT INTO failures (run_id, step_id, attempt, error, started_at, ended_at)
+VALUES (:run_id, :step_id, :attempt, :error, :started_at, :ended_at);
+
+-- name: get_failures
+SELECT step_id, attempt, error, started_at, ended_at FROM failures
+WHERE run_id = :run_id ORDER BY ended_at, attempt;
