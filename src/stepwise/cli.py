@@ -7,6 +7,7 @@ import importlib
 import json
 import logging
 import os
+import secrets
 import sys
 import urllib.error
 import urllib.request
@@ -120,10 +121,11 @@ def dev(app_spec: str, port: int, host: str, db: str | None, concurrency: int,
               help="Bearer token required to send events  [env STEPWISE_EVENT_KEY]")
 @limits_options
 def server(db: str | None, port: int, host: str, event_key: str | None, **limits: int) -> None:
-    """The HTTP API and dashboard alone (run workers separately)."""
-    if not event_key:
-        raise click.UsageError("stepwise server needs an event key: pass --event-key or set "
-                               "STEPWISE_EVENT_KEY (only `stepwise dev` runs without one)")
+    """The HTTP API and dashboard alone (run workers separately).
+
+    Sending events always needs an event key here: --event-key, STEPWISE_EVENT_KEY, or else the
+    one generated and stored in the database by the first server (printed at start).
+    """
     asyncio.run(_serve(app=None, db=db, host=host, port=port, event_key=event_key,
                        concurrency=1, lease_seconds=30.0, poll_seconds=1.0, with_http=True,
                        limits=_limits(limits)))
@@ -151,7 +153,7 @@ async def _serve(*, app: App | None, db: str | None, host: str, port: int,
     import uvicorn
 
     from .server import create_server
-    from .storage import open_storage
+    from .storage import open_storage, ops
     from .worker import Worker
 
     storage = open_storage(db)
@@ -164,6 +166,10 @@ async def _serve(*, app: App | None, db: str | None, host: str, port: int,
             await worker_.start()
             click.echo(f"stepwise worker {worker_.id}: app {app.id!r} with "
                        f"{len(app.functions)} functions, concurrency {concurrency}")
+        if with_http and app is None and not event_key:
+            event_key = await storage.write(ops.setting, "event_key", secrets.token_urlsafe(24))
+            click.echo(f"event key (stored in the database, shared by every server): {event_key}"
+                       "\nsend events with 'Authorization: Bearer <event key>'")
         if with_http:
             config = uvicorn.Config(create_server(storage, event_key=event_key, limits=limits),
                                     host=host, port=port, log_level="warning", lifespan="off")

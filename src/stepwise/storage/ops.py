@@ -695,6 +695,15 @@ def list_runs(tx: Tx, filters: dict[str, Any], limit: int) -> list[dict[str, Any
     return tx.raw_all(sql, {**params, "limit": limit})
 
 
+def setting(tx: Tx, name: str, default: str) -> str:
+    """A stored setting, created with `default` by the first caller (so every process that
+    shares the database agrees on it)."""
+    tx.exec("insert_setting", name=name, value=default)
+    row = tx.one("get_setting", name=name)
+    assert row is not None
+    return str(row["value"])
+
+
 def run_counts(tx: Tx) -> dict[str, int]:
     return {r["status"]: int(r["n"]) for r in tx.all("count_runs_by_status")}
 

@@ -343,3 +343,9 @@ VALUES (:run_id, :step_id, :attempt, :error, :started_at, :ended_at);
 -- name: get_failures
 SELECT step_id, attempt, error, started_at, ended_at FROM failures
 WHERE run_id = :run_id ORDER BY ended_at, attempt;
+
+-- name: insert_setting
+INSERT INTO settings (name, value) VALUES (:name, :value) ON CONFLICT (name) DO NOTHING;
+
+-- name: get_setting
+SELECT value FROM settings WHERE name = :name;
