@@ -92,15 +92,12 @@ class Execution:
         self.event_json: dict[str, Any] | None = None
         event = None
         if state.event is not None:
-            e = state.event
-            self.event_json = {"name": e["name"], "data": loads(e["data"]), "id": e["id"],
-                               "ts": e["ts"]}
+            self.event_json = ops.event_json(state.event)
             event = Event(**self.event_json)
         self.ctx = Context(self, event, self.run_id, function.id, self.retry, state.origin_error,
                            function.is_async)
         if state.batch:
-            self.ctx.events = [Event(name=e["name"], data=loads(e["data"]), id=e["id"],
-                                     ts=e["ts"]) for e in state.batch]
+            self.ctx.events = [Event(**ops.event_json(e)) for e in state.batch]
 
     @property
     def replaying(self) -> bool:
@@ -168,6 +165,14 @@ class Execution:
              wait: dict[str, Any] | None = None, invoke: dict[str, Any] | None = None,
              retry: int | None = None, failure: dict[str, Any] | None = None) -> NoReturn:
         """Record why the run must wait and stop this branch of the code."""
+        self._add_parking(available_at, status, step=step, wait=wait, invoke=invoke,
+                          retry=retry, failure=failure)
+        raise Suspend()
+
+    def _add_parking(self, available_at: int, status: str, *,
+                     step: dict[str, Any] | None = None, wait: dict[str, Any] | None = None,
+                     invoke: dict[str, Any] | None = None, retry: int | None = None,
+                     failure: dict[str, Any] | None = None) -> None:
         with self._claims:
             parking = self.parking or ops.Parking(available_at, status, self.retry)
             parking.available_at = min(parking.available_at, available_at)
@@ -184,7 +189,6 @@ class Execution:
             if failure is not None:
                 parking.failures.append(failure)
             self.parking = parking
-        raise Suspend()
 
     # --- step kinds ----------------------------------------------------------------------
 
@@ -228,7 +232,17 @@ class Execution:
             return exc.delay
         return self.worker.backoff(attempts - 1)
 
-    async def sleep_until(self, step_id: str, until: datetime | timedelta) -> None:
+    async def sleep(self, step_id: str, duration: timedelta) -> None:
+        if not isinstance(duration, timedelta):
+            raise TypeError(f"sleep({step_id!r}): duration must be a timedelta")
+        await self._sleep(step_id, duration)
+
+    async def sleep_until(self, step_id: str, when: datetime) -> None:
+        if not isinstance(when, datetime):
+            raise TypeError(f"sleep_until({step_id!r}): when must be a datetime")
+        await self._sleep(step_id, when)
+
+    async def _sleep(self, step_id: str, until: datetime | timedelta) -> None:
         now = self.now_ms()
         wake_at = to_ms(until, now, f"sleep {step_id!r}")
         sid, seq, row = self.claim(step_id)
@@ -391,13 +405,12 @@ class Execution:
             with self._claims:
                 self.parking = None  # the whole body is retried
             now = self.now_ms()
-            try:
-                self.park(now + int(self._delay(exc, attempts) * 1000), "queued", retry=attempts,
-                          failure={"step_id": None, "attempt": attempts, "started_at": None,
-                                   "ended_at": now,
-                                   "error": dumps(describe_exception(exc), "error")})
-            except Suspend:
-                await self._suspend()
+            self._add_parking(now + int(self._delay(exc, attempts) * 1000), "queued",
+                              retry=attempts, failure={
+                                  "step_id": None, "attempt": attempts, "started_at": None,
+                                  "ended_at": now,
+                                  "error": dumps(describe_exception(exc), "error")})
+            await self._suspend()
             return
         if self.parking is not None:  # user code swallowed a branch that must wait
             await self._suspend()

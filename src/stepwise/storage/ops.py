@@ -9,7 +9,8 @@ overwritten.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 from .. import expressions, schedules
@@ -117,8 +118,9 @@ def ingest_events(tx: Tx, events: list[StoredEvent], now: int) -> list[str]:
     return [ev.id for ev in events]
 
 
-def event_json(ev: StoredEvent) -> dict[str, Any]:
-    return {"name": ev.name, "data": loads(ev.data), "id": ev.id, "ts": ev.ts}
+def event_json(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A stored event (a row, or a StoredEvent's fields) as functions and expressions see it."""
+    return {"name": row["name"], "data": loads(row["data"]), "id": row["id"], "ts": row["ts"]}
 
 
 def _deliver_to_waits(tx: Tx, ev: StoredEvent, now: int) -> None:
@@ -126,7 +128,7 @@ def _deliver_to_waits(tx: Tx, ev: StoredEvent, now: int) -> None:
     paths = tx.all("wait_paths", name=ev.name)
     if not paths:
         return
-    incoming = event_json(ev)
+    incoming = event_json(asdict(ev))
     for row in paths:
         path = row["match_path"]
         if path is None:
@@ -316,7 +318,7 @@ def _event_for(tx: Tx, event_id: str | None) -> dict[str, Any]:
     row = tx.one("get_event", id=event_id) if event_id else None
     if row is None:
         return {"name": "", "data": {}, "id": None, "ts": 0}
-    return {"name": row["name"], "data": loads(row["data"]), "id": row["id"], "ts": row["ts"]}
+    return event_json(row)
 
 
 def _key_value(expression: str | None, event: dict[str, Any], *, missing: Any = "null",
