@@ -280,14 +280,12 @@ class Execution:
                 "expires_at": expires}
         try:
             if match is not None:
-                parts = expressions.field_path(match)
-                value = expressions.lookup(self.event_json or {}, parts)
-                if value is expressions.MISSING:
+                found = ops.match_of(self.event_json or {}, match)
+                if found is None:
                     raise NonRetriableError(
                         f"wait_for_event({sid!r}, match={match!r}): the run's event has no "
-                        f"{'.'.join(parts)} to match on")
-                wait["match_path"] = ".".join(parts)
-                wait["match_key"] = ops.match_key(value)
+                        f"{'.'.join(expressions.field_path(match))} to match on")
+                wait["match_path"], wait["match_key"] = found
             if if_ is not None:
                 expressions.compile_expression(if_)
                 wait["if_expr"] = if_

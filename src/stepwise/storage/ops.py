@@ -134,11 +134,10 @@ def _deliver_to_waits(tx: Tx, ev: StoredEvent, now: int) -> None:
         if path is None:
             candidates = tx.all("waits_without_match", name=ev.name)
         else:
-            value = expressions.lookup(incoming, expressions.field_path(path))
-            if value is expressions.MISSING:
+            found = match_of(incoming, path)
+            if found is None:
                 continue
-            candidates = tx.all("waits_by_key", name=ev.name, path=path,
-                                key=match_key(value))
+            candidates = tx.all("waits_by_key", name=ev.name, path=path, key=found[1])
         for wait in candidates:
             if wait["if_expr"]:
                 try:
@@ -160,9 +159,14 @@ def _deliver_to_waits(tx: Tx, ev: StoredEvent, now: int) -> None:
                 wake(tx, wait["run_id"], now)
 
 
-def match_key(value: Any) -> str:
-    """How a matched value is compared: its canonical JSON."""
-    return dumps(value, "match value")
+def match_of(event: dict[str, Any], path: str) -> tuple[str, str] | None:
+    """The field at `path` in `event`, as (normalized path, canonical JSON of its value), which
+    is how waits are stored and found; None when the event has no such field."""
+    parts = expressions.field_path(path)
+    value = expressions.lookup(event, parts)
+    if value is expressions.MISSING:
+        return None
+    return ".".join(parts), dumps(value, "match value")
 
 
 def wake(tx: Tx, run_id: str, now: int) -> None:
@@ -365,11 +369,10 @@ def _add_cancel_wait(tx: Tx, run_id: str, index: int, cancel: dict[str, Any],
                      event: dict[str, Any], now: int) -> None:
     path = key = None
     if cancel["match"]:
-        parts = expressions.field_path(cancel["match"])
-        value = expressions.lookup(event, parts)
-        if value is expressions.MISSING:
+        found = match_of(event, cancel["match"])
+        if found is None:
             return  # nothing to match on: this cancel_on can never fire for this run
-        path, key = ".".join(parts), match_key(value)
+        path, key = found
     tx.exec("insert_cancel_wait", run_id=run_id, step_id=f"$cancel:{index}",
             event_name=cancel["event"], match_path=path, match_key=key, if_expr=cancel["if_"],
             trigger_event=dumps(event, "event"), expires_at=FOREVER, now=now)
