@@ -18,8 +18,8 @@ import time
 import httpx
 
 import stepwise
-from stepwise.storage.base import open_storage
-from stepwise.worker import register_app
+from stepwise.engine import Engine
+from stepwise.storage import open_storage
 
 BATCH = 100
 
@@ -40,7 +40,7 @@ async def prepare(db: str) -> None:
 
     storage = open_storage(db)
     await storage.open()
-    await register_app(storage, app, stepwise.Clock())
+    await Engine(storage).register(app.id, [f.definition() for f in app.functions.values()])
     await storage.close()
 
 

@@ -13,8 +13,9 @@ import tempfile
 import time
 
 import stepwise
-from stepwise.storage import ops
-from stepwise.storage.base import open_storage
+from stepwise.engine import Engine
+from stepwise.events import StoredEvent
+from stepwise.storage import open_storage
 
 STEPS = 100
 
@@ -42,11 +43,10 @@ async def main(runs: int, db: str | None) -> dict[str, float]:
     await storage.open()
     worker = stepwise.Worker(app, storage, concurrency=1)
     await worker.start()
-    events = [ops.StoredEvent(id=f"e{i}", name="bench.go", data="{}", ts=0)
+    events = [StoredEvent(id=f"e{i}", name="bench.go", data="{}", ts=0)
               for i in range(runs)]
     began = time.perf_counter()
-    await storage.write(ops.ingest_events, events, int(time.time() * 1000))
-    storage.notify_new_work()
+    await Engine(storage).ingest(events)
     await asyncio.wait_for(done.wait(), 600)
     elapsed = time.perf_counter() - began
     await worker.stop()

@@ -2,7 +2,7 @@
 
 from .app import App, Function, on_cron, on_event
 from .clock import Clock, ManualClock
-from .context import Context
+from .context import Context, StepOptions
 from .errors import (
     NonDeterminismError,
     NonRetriableError,
@@ -13,6 +13,7 @@ from .errors import (
 from .events import Event
 from .flow import Batch, CancelOn, Concurrency, Debounce, Priority, RateLimit, Throttle, Timeouts
 from .payloads import Limits
+from .status import RunStatus, StepStatus
 from .storage import Storage, open_storage
 from .worker import Worker
 
@@ -33,8 +34,11 @@ __all__ = [
     "Priority",
     "RateLimit",
     "RetryAfterError",
+    "RunStatus",
     "StepError",
+    "StepOptions",
     "StepOutputError",
+    "StepStatus",
     "Storage",
     "Throttle",
     "Timeouts",

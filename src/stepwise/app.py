@@ -8,13 +8,22 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from . import schedules
+from .definition import (
+    DEFAULT_RETRIES,
+    CronTrigger,
+    EventTrigger,
+    FunctionDefinition,
+    RetryPolicy,
+    Trigger,
+    check_retries,
+)
 from .errors import DefinitionError
 from .flow import (
     Batch,
     CancelOn,
     Concurrency,
     Debounce,
+    FlowOptions,
     Priority,
     RateLimit,
     Throttle,
@@ -26,8 +35,6 @@ if TYPE_CHECKING:
     from .context import Context
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
-DEFAULT_RETRIES = 3
-MAX_RETRIES = 100
 
 
 def _check_id(kind: str, value: object) -> str:
@@ -38,40 +45,9 @@ def _check_id(kind: str, value: object) -> str:
     return value
 
 
-@dataclass(frozen=True)
-class EventTrigger:
-    """Start a run for every event named `event`."""
-
-    event: str
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.event, str) or not self.event.strip():
-            raise DefinitionError("on_event() needs a non-empty event name")
-
-    def to_json(self) -> dict[str, Any]:
-        return {"event": self.event}
-
-
 def on_event(name: str) -> EventTrigger:
     """A trigger: run the function for each event called `name`."""
     return EventTrigger(name)
-
-
-@dataclass(frozen=True)
-class CronTrigger:
-    """Start a run at every tick of a cron expression, in time zone `tz`."""
-
-    cron: str
-    tz: str = "UTC"
-
-    def __post_init__(self) -> None:
-        try:
-            schedules.validate(self.cron, self.tz)
-        except ValueError as exc:
-            raise DefinitionError(f"on_cron(): {exc}") from None
-
-    def to_json(self) -> dict[str, Any]:
-        return {"cron": self.cron, "tz": self.tz}
 
 
 def on_cron(cron: str, tz: str = "UTC") -> CronTrigger:
@@ -80,9 +56,6 @@ def on_cron(cron: str, tz: str = "UTC") -> CronTrigger:
     See `stepwise.schedules` for the missed-ticks policy.
     """
     return CronTrigger(cron, tz)
-
-
-Trigger = EventTrigger | CronTrigger
 
 
 @dataclass
@@ -96,7 +69,7 @@ class Function:
     retries: int = DEFAULT_RETRIES
     on_failure: Function | None = None
     handles_failure_of: str | None = None
-    flow: dict[str, Any] = field(default_factory=lambda: flow_definition("-"))
+    flow: FlowOptions = field(default_factory=FlowOptions)
     is_async: bool = field(init=False)
 
     def __post_init__(self) -> None:
@@ -105,17 +78,13 @@ class Function:
     def __call__(self, ctx: Context) -> Any:
         return self.fn(ctx)
 
-    def definition(self) -> dict[str, Any]:
+    def definition(self) -> FunctionDefinition:
         """What is stored so a server that never imports user code can route events."""
-        return {
-            "id": self.id,
-            "app_id": self.app.id,
-            "triggers": [t.to_json() for t in self.triggers],
-            "retries": self.retries,
-            "on_failure": self.on_failure.id if self.on_failure else None,
-            "handles_failure_of": self.handles_failure_of,
-            "flow": self.flow,
-        }
+        return FunctionDefinition(
+            id=self.id, app_id=self.app.id, triggers=self.triggers,
+            retry=RetryPolicy(retries=self.retries),
+            on_failure=self.on_failure.id if self.on_failure else None,
+            handles_failure_of=self.handles_failure_of, flow=self.flow)
 
 
 class App:
@@ -156,11 +125,7 @@ class App:
             if not isinstance(t, EventTrigger | CronTrigger):
                 raise DefinitionError(f"function {id!r}: trigger must come from "
                                       f"stepwise.on_event() or stepwise.on_cron(), got {t!r}")
-        if isinstance(retries, bool) or not isinstance(retries, int) or not (
-                0 <= retries <= MAX_RETRIES):
-            raise DefinitionError(
-                f"function {id!r}: retries must be an integer from 0 to {MAX_RETRIES}, "
-                f"got {retries!r}")
+        check_retries(f"function {id!r}", retries)
         if on_failure is not None and not callable(on_failure):
             raise DefinitionError(f"function {id!r}: on_failure must be a function(ctx)")
 

@@ -17,6 +17,7 @@ import click
 
 from .app import App
 from .payloads import Limits
+from .status import RunStatus
 
 DEFAULT_URL = "http://127.0.0.1:8288"
 
@@ -152,8 +153,9 @@ async def _serve(*, app: App | None, db: str | None, host: str, port: int,
                  poll_seconds: float, with_http: bool, limits: Limits) -> None:
     import uvicorn
 
+    from .engine import Engine
     from .server import create_server
-    from .storage import open_storage, ops
+    from .storage import open_storage
     from .worker import Worker
 
     storage = open_storage(db)
@@ -167,7 +169,7 @@ async def _serve(*, app: App | None, db: str | None, host: str, port: int,
             click.echo(f"stepwise worker {worker_.id}: app {app.id!r} with "
                        f"{len(app.functions)} functions, concurrency {concurrency}")
         if with_http and app is None and not event_key:
-            event_key = await storage.write(ops.setting, "event_key", secrets.token_urlsafe(24))
+            event_key = await Engine(storage).setting("event_key", secrets.token_urlsafe(24))
             click.echo(f"event key (stored in the database, shared by every server): {event_key}"
                        "\nsend events with 'Authorization: Bearer <event key>'")
         if with_http:
@@ -242,8 +244,7 @@ def send(name: str, data: str, event_id: str | None, url: str, event_key: str | 
 
 
 @main.command()
-@click.option("--status", type=click.Choice(["queued", "running", "sleeping", "waiting",
-                                             "completed", "failed", "cancelled", "skipped"]))
+@click.option("--status", type=click.Choice([s.value for s in RunStatus]))
 @click.option("--function", "function_id", default=None)
 @click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the API's JSON")

@@ -5,9 +5,12 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from .definition import check_retries
+from .errors import ErrorInfo
 from .events import Event
 
 if TYPE_CHECKING:
@@ -21,7 +24,7 @@ class Context:
     """Passed to every function call. `step` is awaited in async functions, called in sync ones."""
 
     def __init__(self, execution: Execution, event: Event | None, run_id: str, function_id: str,
-                 attempt: int, error: dict[str, Any] | None, is_async: bool) -> None:
+                 attempt: int, error: ErrorInfo | None, is_async: bool) -> None:
         self.event = event if event is not None else Event(name="", data={})
         self.events = [self.event]
         self.run_id = run_id
@@ -49,9 +52,21 @@ class _ReplayQuietLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
         return f"[{self.extra['run_id'] if self.extra else ''}] {msg}", kwargs
 
 
-def _check_fn(step_id: str, fn: object) -> None:
-    if not callable(fn):
-        raise TypeError(f"step.run({step_id!r}, fn): fn must be callable, got {fn!r}")
+@dataclass(frozen=True)
+class StepOptions:
+    """A step id with options of its own: `ctx.step.run(StepOptions("charge", retries=10), fn)`
+    retries that step 10 times whatever the function's `retries`."""
+
+    id: str
+    retries: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.retries is not None:
+            check_retries(f"step {self.id!r}", self.retries)
+
+
+def _split(step: str | StepOptions) -> tuple[str, int | None]:
+    return (step.id, step.retries) if isinstance(step, StepOptions) else (step, None)
 
 
 class AsyncStep:
@@ -60,29 +75,26 @@ class AsyncStep:
     def __init__(self, execution: Execution) -> None:
         self._ex = execution
 
-    async def run(self, step_id: str, fn: Callable[..., Any], /, *args: Any,
+    async def run(self, step_id: str | StepOptions, fn: Callable[..., Any], /, *args: Any,
                   **kwargs: Any) -> Any:
         """Run `fn(*args, **kwargs)` once for this run; later executions get its stored result.
 
         A sync `fn` runs on the worker's event loop: keep it short or make it async.
         """
-        ex = self._ex
-        _check_fn(step_id, fn)
-        sid, seq, stored = ex.claim(step_id)
-        if stored is not None and stored["status"] != "retrying":
-            return ex.memoized(sid, stored)
-        attempt, started = ex.begin_step(stored)
-        ex.enter()
+        call, stored = self._ex.start_step(*_split(step_id), fn)
+        if call is None:
+            return stored
+        self._ex.enter()
         try:
             try:
                 result = fn(*args, **kwargs)
                 if inspect.isawaitable(result):
                     result = await result
             except Exception as exc:
-                await ex.step_failed(sid, seq, attempt, started, exc)
-            return await ex.step_completed(sid, seq, attempt, started, result)
+                return await self._ex.end_step(call, exc=exc)
+            return await self._ex.end_step(call, result)
         finally:
-            ex.leave()
+            self._ex.leave()
 
     async def sleep(self, step_id: str, duration: timedelta) -> None:
         """Park the run for `duration`; no worker is held meanwhile."""
@@ -128,21 +140,20 @@ class SyncStep:
     def __init__(self, execution: Execution) -> None:
         self._ex = execution
 
-    def run(self, step_id: str, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+    def run(self, step_id: str | StepOptions, fn: Callable[..., Any], /, *args: Any,
+            **kwargs: Any) -> Any:
         """Run `fn(*args, **kwargs)` once for this run; later executions get its stored result."""
         ex = self._ex
-        _check_fn(step_id, fn)
-        sid, seq, stored = ex.claim(step_id)
-        if stored is not None and stored["status"] != "retrying":
-            return ex.memoized(sid, stored)
-        attempt, started = ex.begin_step(stored)
+        call, stored = ex.start_step(*_split(step_id), fn)
+        if call is None:
+            return stored
         try:
             result = fn(*args, **kwargs)
             if inspect.isawaitable(result):
                 result = ex.call(result)
         except Exception as exc:
-            ex.call(ex.step_failed(sid, seq, attempt, started, exc))
-        return ex.call(ex.step_completed(sid, seq, attempt, started, result))
+            return ex.call(ex.end_step(call, exc=exc))
+        return ex.call(ex.end_step(call, result))
 
     def sleep(self, step_id: str, duration: timedelta) -> None:
         self._ex.call(self._ex.sleep(step_id, duration))

@@ -1,6 +1,8 @@
 """The dashboard: one static page that reads the JSON API (no build step, no assets)."""
 
-PAGE = """<!doctype html>
+from .status import RunStatus
+
+_PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>stepwise</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <style>
@@ -14,10 +16,7 @@ PAGE = """<!doctype html>
 </style></head><body>
 <h1>stepwise runs</h1>
 <form id="f">
- <select id="status"><option value="">any status</option>
-  <option>queued</option><option>running</option><option>sleeping</option><option>waiting</option>
-  <option>completed</option><option>failed</option><option>cancelled</option>
-  <option>skipped</option></select>
+ <select id="status"><option value="">any status</option>{status_options}</select>
  <input id="function" placeholder="function id"> <button>Search</button>
 </form>
 <table><thead><tr><th>run</th><th>function</th><th>status</th><th>attempts</th>
@@ -62,3 +61,5 @@ document.getElementById("f").onsubmit = e => { e.preventDefault(); load(); };
 load(); setInterval(load, 3000);
 </script></body></html>
 """
+
+PAGE = _PAGE.replace("{status_options}", "".join(f"<option>{s}</option>" for s in RunStatus))

@@ -3,7 +3,16 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
+from typing import TypedDict
+
+
+class ErrorInfo(TypedDict, total=False):
+    """An error as stored on steps, runs and failed attempts (JSON)."""
+
+    name: str
+    message: str
+    stack: str
+    step_id: str
 
 
 class StepwiseError(Exception):
@@ -34,10 +43,11 @@ class StepError(StepwiseError):
     Catch it to run compensation code; left uncaught it fails the run.
     """
 
-    def __init__(self, step_id: str, error: dict[str, Any]) -> None:
+    def __init__(self, step_id: str, error: ErrorInfo) -> None:
         self.step_id = step_id
         self.error = error
         super().__init__(f"step {step_id!r} failed: {error.get('name')}: {error.get('message')}")
+
 
 
 class StepOutputError(NonRetriableError):
@@ -59,13 +69,22 @@ class ExecutionStopped(BaseException):
     """
 
 
-def describe_exception(exc: BaseException, step_id: str | None = None) -> dict[str, Any]:
+class LeaseLost(ExecutionStopped):
+    """The executor no longer holds the run (its lease expired and another took it, or the run
+    already finished): its outcome was refused and changed nothing."""
+
+
+class RunCancelled(ExecutionStopped):
+    """The run was cancelled; its execution stops at this step boundary."""
+
+
+def describe_exception(exc: BaseException, step_id: str | None = None) -> ErrorInfo:
     """The JSON shape of an error as stored on steps and runs."""
     import traceback
 
     if isinstance(exc, StepError):
-        return dict(exc.error)
-    out: dict[str, Any] = {
+        return ErrorInfo(**exc.error)
+    out: ErrorInfo = {
         "name": type(exc).__name__,
         "message": str(exc),
         "stack": "".join(traceback.format_exception(exc)),

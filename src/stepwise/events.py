@@ -22,6 +22,16 @@ class Event:
     ts: int | None = None
 
 
+@dataclass(frozen=True)
+class StoredEvent:
+    """An event as stored: its `data` already encoded as checked JSON text."""
+
+    id: str
+    name: str
+    data: str
+    ts: int
+
+
 class EventIn(BaseModel):
     """An event as accepted from outside; unknown fields are refused so typos do not pass."""
 

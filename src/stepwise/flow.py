@@ -8,12 +8,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from .errors import DefinitionError
 from .expressions import ExpressionError, compile_expression
 
 MAX_PRIORITY_SECONDS = 600
+T = TypeVar("T")
+
+
+def _ms(value: timedelta) -> int:
+    return int(value.total_seconds() * 1000)
+
+
+def _td(ms: int | None) -> timedelta | None:
+    return None if ms is None else timedelta(milliseconds=ms)
 
 
 def _positive_int(owner: str, name: str, value: object) -> int:
@@ -63,6 +72,10 @@ class Concurrency:
     def to_json(self) -> dict[str, Any]:
         return {"limit": self.limit, "key": self.key, "scope": self.scope}
 
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> Concurrency:
+        return cls(raw["limit"], raw.get("key"), raw.get("scope", "fn"))
+
 
 @dataclass(frozen=True)
 class _WindowLimit:
@@ -78,9 +91,17 @@ class _WindowLimit:
         _duration_ms(name, "period", self.period)
         _expression(name, "key", self.key)
 
+    @property
+    def period_ms(self) -> int:
+        return _ms(self.period)
+
     def to_json(self) -> dict[str, Any]:
-        return {"limit": self.limit, "period_ms": _duration_ms("", "", self.period),
-                "key": self.key}
+        return {"limit": self.limit, "period_ms": self.period_ms, "key": self.key}
+
+    @classmethod
+    def from_json(cls: type[T], raw: dict[str, Any]) -> T:
+        return cls(raw["limit"], timedelta(milliseconds=raw["period_ms"]),  # type: ignore[call-arg]
+                   raw.get("key"))
 
 
 @dataclass(frozen=True)
@@ -108,9 +129,21 @@ class Debounce:
         _expression("Debounce", "key", self.key)
         _duration_ms("Debounce", "timeout", self.timeout, optional=True)
 
+    @property
+    def period_ms(self) -> int:
+        return _ms(self.period)
+
+    @property
+    def timeout_ms(self) -> int | None:
+        return None if self.timeout is None else _ms(self.timeout)
+
     def to_json(self) -> dict[str, Any]:
-        return {"period_ms": _duration_ms("", "", self.period), "key": self.key,
-                "timeout_ms": _duration_ms("", "", self.timeout, optional=True)}
+        return {"period_ms": self.period_ms, "key": self.key, "timeout_ms": self.timeout_ms}
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> Debounce:
+        return cls(timedelta(milliseconds=raw["period_ms"]), raw.get("key"),
+                   _td(raw.get("timeout_ms")))
 
 
 @dataclass(frozen=True)
@@ -127,6 +160,10 @@ class Priority:
     def to_json(self) -> dict[str, Any]:
         return {"run": self.run}
 
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> Priority:
+        return cls(raw["run"])
+
 
 @dataclass(frozen=True)
 class Batch:
@@ -142,9 +179,16 @@ class Batch:
         _duration_ms("Batch", "timeout", self.timeout)
         _expression("Batch", "key", self.key)
 
+    @property
+    def timeout_ms(self) -> int:
+        return _ms(self.timeout)
+
     def to_json(self) -> dict[str, Any]:
-        return {"max_size": self.max_size, "timeout_ms": _duration_ms("", "", self.timeout),
-                "key": self.key}
+        return {"max_size": self.max_size, "timeout_ms": self.timeout_ms, "key": self.key}
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> Batch:
+        return cls(raw["max_size"], timedelta(milliseconds=raw["timeout_ms"]), raw.get("key"))
 
 
 @dataclass(frozen=True)
@@ -170,6 +214,10 @@ class CancelOn:
     def to_json(self) -> dict[str, Any]:
         return {"event": self.event, "match": self.match, "if_": self.if_}
 
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> CancelOn:
+        return cls(raw["event"], raw.get("match"), raw.get("if_"))
+
 
 @dataclass(frozen=True)
 class Timeouts:
@@ -185,13 +233,80 @@ class Timeouts:
         if self.start is None and self.finish is None:
             raise DefinitionError("Timeouts: give start, finish or both")
 
+    @property
+    def start_ms(self) -> int | None:
+        return None if self.start is None else _ms(self.start)
+
+    @property
+    def finish_ms(self) -> int | None:
+        return None if self.finish is None else _ms(self.finish)
+
     def to_json(self) -> dict[str, Any]:
-        return {"start_ms": _duration_ms("", "", self.start, optional=True),
-                "finish_ms": _duration_ms("", "", self.finish, optional=True)}
+        return {"start_ms": self.start_ms, "finish_ms": self.finish_ms}
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> Timeouts:
+        return cls(_td(raw.get("start_ms")), _td(raw.get("finish_ms")))
 
 
-def _one(owner: str, value: object, cls: type) -> Any:
-    if value is not None and not isinstance(value, cls):
+@dataclass(frozen=True)
+class FlowOptions:
+    """Every flow-control option of one function, as declared and as stored."""
+
+    concurrency: tuple[Concurrency, ...] = ()
+    throttle: Throttle | None = None
+    rate_limit: RateLimit | None = None
+    debounce: Debounce | None = None
+    priority: Priority | None = None
+    batch: Batch | None = None
+    idempotency: str | None = None
+    cancel_on: tuple[CancelOn, ...] = ()
+    timeouts: Timeouts | None = None
+
+    @property
+    def empty(self) -> bool:
+        """No option set: runs take the fast path."""
+        return self == _NO_FLOW
+
+    def to_json(self) -> dict[str, Any]:
+        def one(value: Any) -> Any:
+            return None if value is None else value.to_json()
+
+        return {"concurrency": [c.to_json() for c in self.concurrency],
+                "cancel_on": [c.to_json() for c in self.cancel_on],
+                "throttle": one(self.throttle), "rate_limit": one(self.rate_limit),
+                "debounce": one(self.debounce), "priority": one(self.priority),
+                "batch": one(self.batch), "timeouts": one(self.timeouts),
+                "idempotency": self.idempotency}
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any] | None) -> FlowOptions:
+        """The stored form back into the value classes (validated again on the way)."""
+        if not raw:
+            return _NO_FLOW
+
+        def one(name: str, kind: Any) -> Any:
+            value = raw.get(name)
+            return None if value is None else kind.from_json(value)
+
+        return cls(
+            concurrency=tuple(Concurrency.from_json(c) for c in raw.get("concurrency") or ()),
+            throttle=one("throttle", Throttle), rate_limit=one("rate_limit", RateLimit),
+            debounce=one("debounce", Debounce), priority=one("priority", Priority),
+            batch=one("batch", Batch), idempotency=raw.get("idempotency"),
+            cancel_on=tuple(CancelOn.from_json(c) for c in raw.get("cancel_on") or ()),
+            timeouts=one("timeouts", Timeouts))
+
+
+_NO_FLOW = FlowOptions()
+
+
+def _one(owner: str, value: object, cls: type[T]) -> T | None:
+    return None if value is None else _each(owner, value, cls)
+
+
+def _each(owner: str, value: object, cls: type[T]) -> T:
+    if not isinstance(value, cls):
         raise DefinitionError(f"{owner} must be a stepwise.{cls.__name__}, got {value!r}")
     return value
 
@@ -199,32 +314,31 @@ def _one(owner: str, value: object, cls: type) -> Any:
 def flow_definition(function_id: str, *, concurrency: Any = None, throttle: Any = None,
                     rate_limit: Any = None, debounce: Any = None, priority: Any = None,
                     batch: Any = None, idempotency: Any = None, cancel_on: Any = None,
-                    timeouts: Any = None) -> dict[str, Any]:
-    """Validate the options of one function and return what is stored with its definition."""
+                    timeouts: Any = None) -> FlowOptions:
+    """Validate the options of one function as given to `@app.function`."""
     where = f"function {function_id!r}"
     limits: list[Concurrency] = []
     for item in concurrency if isinstance(concurrency, list | tuple) else (
             [] if concurrency is None else [concurrency]):
         if isinstance(item, int) and not isinstance(item, bool):
             item = Concurrency(limit=item) if item > 0 else _bad_limit(where, item)
-        limits.append(_one(f"{where}: concurrency", item, Concurrency))
+        limits.append(_each(f"{where}: concurrency", item, Concurrency))
     cancels = cancel_on if isinstance(cancel_on, list | tuple) else (
         [] if cancel_on is None else [cancel_on])
-    out: dict[str, Any] = {
-        "concurrency": [c.to_json() for c in limits],
-        "cancel_on": [_one(f"{where}: cancel_on", c, CancelOn).to_json() for c in cancels],
-    }
-    for name, value, cls in (("throttle", throttle, Throttle), ("rate_limit", rate_limit,
-                             RateLimit), ("debounce", debounce, Debounce),
-                             ("priority", priority, Priority), ("batch", batch, Batch),
-                             ("timeouts", timeouts, Timeouts)):
-        checked = _one(f"{where}: {name}", value, cls)
-        out[name] = None if checked is None else checked.to_json()
-    out["idempotency"] = _expression(f"{where}", "idempotency", idempotency)
-    if out["batch"] and (out["debounce"] or out["rate_limit"] or out["idempotency"]):
+    options = FlowOptions(
+        concurrency=tuple(limits),
+        cancel_on=tuple(_each(f"{where}: cancel_on", c, CancelOn) for c in cancels),
+        throttle=_one(f"{where}: throttle", throttle, Throttle),
+        rate_limit=_one(f"{where}: rate_limit", rate_limit, RateLimit),
+        debounce=_one(f"{where}: debounce", debounce, Debounce),
+        priority=_one(f"{where}: priority", priority, Priority),
+        batch=_one(f"{where}: batch", batch, Batch),
+        timeouts=_one(f"{where}: timeouts", timeouts, Timeouts),
+        idempotency=_expression(f"{where}", "idempotency", idempotency))
+    if options.batch and (options.debounce or options.rate_limit or options.idempotency):
         raise DefinitionError(f"{where}: batch cannot be combined with debounce, rate_limit or "
                               "idempotency (they act on single events)")
-    return out
+    return options
 
 
 def _bad_limit(where: str, value: int) -> Concurrency:

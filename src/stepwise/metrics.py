@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -22,10 +20,10 @@ STEP_SECONDS = Histogram("stepwise_step_duration_seconds", "Time spent in step c
 class Metrics:
     """The worker's view of the metrics; one place to change what is recorded."""
 
-    def step_finished(self, function_id: str, status: str, row: dict[str, Any]) -> None:
+    def step_finished(self, function_id: str, status: str, started_ms: int,
+                      ended_ms: int) -> None:
         STEPS_FINISHED.labels(function_id, status).inc()
-        STEP_SECONDS.labels(function_id).observe(
-            max(0.0, (row["ended_at"] - row["started_at"]) / 1000))
+        STEP_SECONDS.labels(function_id).observe(max(0.0, (ended_ms - started_ms) / 1000))
 
     def run_finished(self, function_id: str, status: str) -> None:
         RUNS_FINISHED.labels(function_id, status).inc()

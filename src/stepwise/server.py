@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hmac
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -14,13 +14,12 @@ from starlette.exceptions import HTTPException
 
 from . import dashboard, metrics
 from .clock import Clock
-from .events import EventIn, describe_validation_error
+from .engine import FOREVER, Conflict, Engine, NotFound
+from .events import EventIn, StoredEvent, describe_validation_error
 from .payloads import Limits, PayloadError, PayloadTooLarge, dumps, loads, new_id
-from .storage import ops
-from .storage.base import Storage
-
-RunStatus = Literal["queued", "running", "sleeping", "waiting", "completed", "failed",
-                    "cancelled", "skipped"]
+from .status import RunStatus, StepStatus
+from .storage import Storage
+from .storage.rows import RunRow
 
 
 class ApiError(Exception):
@@ -32,7 +31,7 @@ class ApiError(Exception):
 
 class StepOut(BaseModel):
     id: str
-    status: str
+    status: StepStatus
     attempts: int
     output: Any = None
     error: Any = None
@@ -96,7 +95,7 @@ def iso(ms: int | None) -> str | None:
     return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
 
 
-def run_json(row: dict[str, Any]) -> dict[str, Any]:
+def run_json(row: RunRow) -> dict[str, Any]:
     out = {
         "id": row["id"], "app_id": row["app_id"], "function_id": row["function_id"],
         "event_id": row["event_id"], "status": row["status"],
@@ -111,11 +110,11 @@ def run_json(row: dict[str, Any]) -> dict[str, Any]:
             "output": loads(s["output"]) if s["output"] is not None else None,
             "error": loads(s["error"]) if s["error"] is not None else None,
             "started_at": iso(s["started_at"]), "ended_at": iso(s["ended_at"]),
-        } for s in row["steps"]]
+        } for s in row["steps"]]  # type: ignore[typeddict-item]
         out["failures"] = [{
             "step_id": f["step_id"], "attempt": f["attempt"], "error": loads(f["error"]),
             "started_at": iso(f["started_at"]), "ended_at": iso(f["ended_at"]),
-        } for f in row.get("failures", [])]
+        } for f in row.get("failures", [])]  # type: ignore[attr-defined]
     return out
 
 
@@ -128,7 +127,8 @@ def create_server(storage: Storage, *, event_key: str | None = None,
                   limits: Limits | None = None, clock: Clock | None = None) -> FastAPI:
     """The ASGI app. `event_key`, when set, is required as a Bearer token to send events."""
     limits = limits or Limits()
-    clock = clock or Clock()
+    engine = Engine(storage, clock or Clock())
+    clock = engine.clock
     api = FastAPI(title="stepwise", version="1", docs_url="/docs", redoc_url=None)
 
     @api.exception_handler(ApiError)
@@ -158,10 +158,8 @@ def create_server(storage: Storage, *, event_key: str | None = None,
         except PayloadError as exc:
             raise ApiError(400, f"request body is not valid JSON: {exc}") from None
         now = clock.now_ms()
-        events = validate_events(raw, limits, now)
-        ids = await storage.write(ops.ingest_events, events, now)
+        ids = await engine.ingest(validate_events(raw, limits, now))
         metrics.EVENTS_RECEIVED.inc(len(ids))
-        storage.notify_new_work()
         return {"ids": ids}
 
     @api.get("/api/v1/runs", response_model=RunList, summary="Search runs, newest first")
@@ -170,7 +168,7 @@ def create_server(storage: Storage, *, event_key: str | None = None,
         event_id: str | None = None, limit: int = Query(50, ge=1, le=1000),
         before: str | None = Query(None, description="Only runs older than this run id"),
     ) -> dict[str, Any]:
-        rows = await storage.list_runs(
+        rows = await engine.list_runs(
             {"function": function, "status": status, "event_id": event_id, "before": before},
             limit)
         return {"runs": [run_json(r) for r in rows]}
@@ -178,33 +176,31 @@ def create_server(storage: Storage, *, event_key: str | None = None,
     @api.get("/api/v1/runs/{run_id}", response_model=RunDetail, summary="A run with its steps")
     async def get_run(run_id: str) -> dict[str, Any]:
         try:
-            return run_json(await storage.get_run(run_id))
-        except ops.NotFound as exc:
+            return run_json(await engine.get_run(run_id))
+        except NotFound as exc:
             raise ApiError(404, str(exc)) from None
 
     @api.post("/api/v1/runs/{run_id}/cancel", response_model=RunDetail, summary="Cancel a run")
     async def cancel_run(run_id: str) -> dict[str, Any]:
-        return await _manage(ops.cancel_run, run_id)
+        return await _manage(engine.cancel, run_id)
 
     @api.post("/api/v1/runs/{run_id}/replay", response_model=RunDetail,
               summary="Start a failed or cancelled run again, keeping its completed steps")
     async def replay_run(run_id: str) -> dict[str, Any]:
-        out = await _manage(ops.replay_run, run_id)
-        storage.notify_new_work()
-        return out
+        return await _manage(engine.replay, run_id)
 
-    async def _manage(op: Any, run_id: str) -> dict[str, Any]:
+    async def _manage(action: Any, run_id: str) -> dict[str, Any]:
         try:
-            return run_json(await storage.write(op, run_id, clock.now_ms()))
-        except ops.NotFound as exc:
+            return run_json(await action(run_id))
+        except NotFound as exc:
             raise ApiError(404, str(exc)) from None
-        except ops.Conflict as exc:
+        except Conflict as exc:
             raise ApiError(409, str(exc)) from None
 
     @api.post("/api/v1/functions/{function_id}/cancel", response_model=CancelledCount,
               summary="Cancel every unfinished run of a function created in a time range")
     async def cancel_function(function_id: str, body: BulkCancel) -> dict[str, Any]:
-        functions = await storage.read(ops.list_functions)
+        functions = await engine.list_functions()
         apps = [f["app_id"] for f in functions if f["id"] == function_id]
         if body.app_id is not None:
             apps = [a for a in apps if a == body.app_id]
@@ -214,21 +210,20 @@ def create_server(storage: Storage, *, event_key: str | None = None,
             raise ApiError(400, f"function {function_id} exists in apps {apps}: give app_id")
         after = int(body.started_after.timestamp() * 1000) if body.started_after else 0
         before = (int(body.started_before.timestamp() * 1000) if body.started_before
-                  else ops.FOREVER)
+                  else FOREVER)
         if after >= before:
             raise ApiError(400, "started_after must be before started_before")
-        count = await storage.write(ops.cancel_function_runs, apps[0], function_id, after,
-                                    before, clock.now_ms())
+        count = await engine.cancel_function_runs(apps[0], function_id, after, before)
         return {"cancelled": count}
 
     @api.get("/api/v1/functions", summary="Functions registered by workers")
     async def list_functions() -> dict[str, Any]:
-        return {"functions": await storage.read(ops.list_functions)}
+        return {"functions": await engine.list_functions()}
 
     @api.get("/healthz", summary="Liveness and storage check")
     async def healthz() -> dict[str, Any]:
         try:
-            counts = await storage.read(ops.run_counts)
+            counts = await engine.run_counts()
         except Exception as exc:
             raise ApiError(503, f"storage unavailable: {exc}") from None
         return {"ok": True, "runs": counts}
@@ -262,7 +257,7 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def validate_events(raw: Any, limits: Limits, now: int) -> list[ops.StoredEvent]:
+def validate_events(raw: Any, limits: Limits, now: int) -> list[StoredEvent]:
     """Check every event before storing any: one bad event rejects the request whole."""
     if isinstance(raw, list):
         if not raw:
@@ -286,6 +281,6 @@ def validate_events(raw: Any, limits: Limits, now: int) -> list[ops.StoredEvent]
             data = dumps(event.data, f"{where}.data", limits.event_bytes)
         except PayloadError as exc:
             raise ApiError(413 if isinstance(exc, PayloadTooLarge) else 400, str(exc)) from None
-        out.append(ops.StoredEvent(id=event.id or new_id(), name=event.name, data=data,
+        out.append(StoredEvent(id=event.id or new_id(), name=event.name, data=data,
                                    ts=event.ts if event.ts is not None else now))
     return out

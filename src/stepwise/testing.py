@@ -15,8 +15,7 @@ from .app import App
 from .clock import ManualClock
 from .payloads import Limits
 from .server import create_server
-from .storage import ops
-from .storage.base import Storage, open_storage
+from .storage import Storage, open_storage
 from .worker import Worker
 
 
@@ -35,6 +34,7 @@ class Harness:
         worker_options.setdefault("lease_seconds", 10 * 365 * 86400.0)
         self.worker = Worker(app, self.storage, clock=self.clock, limits=self.limits,
                              **worker_options)
+        self.engine = self.worker.engine
         self.api = create_server(self.storage, event_key=event_key, limits=self.limits,
                                  clock=self.clock)
         self._client: Any = None
@@ -76,7 +76,7 @@ class Harness:
         deadline = loop.time() + timeout
         while loop.time() < deadline:
             seen = self.worker.activity
-            due = await self.storage.read(ops.next_due, self.app.id)
+            due = await self.engine.next_due(self.app.id)
             now = self.clock.now_ms()
             changed = seen != self.worker.activity  # `due` may be stale
             if changed or self.worker.busy or (due is not None and due <= now):

@@ -1,4 +1,4 @@
-"""The worker: leases runs from storage, executes them, renews its leases while it lives.
+"""The worker: leases runs through the engine, executes them in process, renews its leases.
 
 A killed worker simply stops renewing: its leases expire and any worker takes the runs over,
 replaying their stored steps (at-least-once for a step's code, exactly-once for its result).
@@ -11,19 +11,16 @@ import contextlib
 import logging
 import os
 import socket
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
-from .app import App, Function
+from .app import App
 from .clock import Clock
-from .context import Context
-from .errors import ExecutionStopped
-from .execution import Execution, default_backoff
+from .engine import Engine
+from .errors import ExecutionStopped, LeaseLost, RunCancelled
+from .execution import Execution, ExecutorEnv
 from .metrics import Metrics
 from .payloads import Limits, new_id
-from .storage import ops
-from .storage.base import Storage
+from .storage import Storage
 
 log = logging.getLogger("stepwise.worker")
 
@@ -39,7 +36,6 @@ class Worker:
         lease_seconds: float = 30.0,
         poll_interval: float = 1.0,
         limits: Limits | None = None,
-        backoff: Callable[[int], float] = default_backoff,
     ) -> None:
         if concurrency < 1:
             raise ValueError("worker concurrency must be at least 1")
@@ -48,12 +44,11 @@ class Worker:
         self.app = app
         self.storage = storage
         self.clock = clock or Clock()
+        self.engine = Engine(storage, self.clock)
         self.concurrency = concurrency
+        self.lease_ms = int(lease_seconds * 1000)
         self.lease_seconds = lease_seconds
         self.poll_interval = poll_interval
-        self.limits = limits or Limits()
-        self.backoff = backoff
-        self.metrics = Metrics()
         self.id = f"{socket.gethostname()}:{os.getpid()}:{new_id()[-8:]}"
         self._active: dict[str, asyncio.Task[None]] = {}
         self._leasing = False
@@ -63,14 +58,17 @@ class Worker:
         self._wake = asyncio.Event()
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
-        self._executor = ThreadPoolExecutor(max_workers=concurrency,
-                                            thread_name_prefix="stepwise-fn")
-        storage.on_new_work(self.notify)
+        self.env = ExecutorEnv(
+            engine=self.engine, clock=self.clock, limits=limits or Limits(), metrics=Metrics(),
+            owner=self.id, inline=lambda: len(self._active) <= 1,
+            threads=ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="stepwise-fn"))
 
     # --- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        await register_app(self.storage, self.app, self.clock)
+        self.storage.on_new_work(self.notify)
+        await self.engine.register(self.app.id, [f.definition() for f in
+                                                 self.app.functions.values()])
         self._tasks = [asyncio.create_task(self._lease_loop(), name="stepwise-lease"),
                        asyncio.create_task(self._heartbeat_loop(), name="stepwise-heartbeat")]
 
@@ -86,22 +84,10 @@ class Worker:
         for task in [*self._tasks, *self._active.values()]:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        self._executor.shutdown(wait=False, cancel_futures=True)
-
-    async def run_forever(self) -> None:
-        await self.start()
-        try:
-            await asyncio.gather(*self._tasks)
-        finally:
-            await self.stop()
+        self.env.threads.shutdown(wait=False, cancel_futures=True)
 
     def notify(self) -> None:
         self._wake.set()
-
-    @property
-    def quiet(self) -> bool:
-        """One execution at most: commit inline for latency rather than batch for throughput."""
-        return len(self._active) <= 1
 
     @property
     def busy(self) -> bool:
@@ -119,10 +105,7 @@ class Worker:
             try:
                 if free > 0:
                     self._leasing = True
-                    now = self.clock.now_ms()
-                    leased = await self.storage.write(
-                        ops.lease, self.app.id, self.id, now,
-                        now + int(self.lease_seconds * 1000), free, durable=False)
+                    leased = await self.engine.lease(self.app.id, self.id, free, self.lease_ms)
                     for run_id in leased:
                         self._active[run_id] = asyncio.create_task(self._execute(run_id))
                     self.activity += 1
@@ -130,7 +113,7 @@ class Worker:
                 if free > 0 and len(leased) == free:
                     continue  # there may be more waiting
                 if free > 0:  # when full, only a finished execution (a wake) frees a slot
-                    due = await self.storage.read(ops.next_due, self.app.id)
+                    due = await self.engine.next_due(self.app.id)
                     if due is not None and due <= self.clock.now_ms():
                         due = None  # due but held back by a concurrency limit: wait for a wake
             except Exception:
@@ -145,32 +128,28 @@ class Worker:
             await asyncio.sleep(self.lease_seconds / 3)
             if self._active:
                 try:
-                    await self.storage.write(
-                        ops.renew_leases, self.id, list(self._active),
-                        self.clock.now_ms() + int(self.lease_seconds * 1000), durable=False)
+                    await self.engine.renew(self.id, list(self._active), self.lease_ms)
                 except Exception:
                     log.exception("worker %s: lease renewal failed", self.id)
 
     async def _execute(self, run_id: str) -> None:
         try:
-            state = await self.storage.read(ops.load_run, run_id)
+            state = await self.engine.load(run_id)
             if state is None:
                 return
             function = self.app.get(state.run["function_id"])
             if function is None:
                 log.error("run %s: function %r is not in app %r; releasing it for a minute",
                           run_id, state.run["function_id"], self.app.id)
-                await self.storage.write(ops.release, run_id, self.id,
-                                         self.clock.now_ms() + 60_000)
+                await self.engine.release(run_id, self.id, 60_000)
                 return
-            execution = Execution(self, function, state)
-            await execution.run(self._invoker(function))
-        except ops.LeaseLost as exc:
+            await Execution(self.env, function, state).run()
+        except LeaseLost as exc:
             log.warning("run %s: %s; this execution stops", run_id, exc)
-        except ops.RunCancelled:
+        except RunCancelled:
             log.info("run %s was cancelled; stopped at a step boundary", run_id)
         except ExecutionStopped:
-            pass  # suspended on purpose (a retry timer); the queue item says when it resumes
+            pass
         except Exception:
             log.exception("run %s: execution failed; its lease will expire and it will be "
                           "retried", run_id)
@@ -178,22 +157,3 @@ class Worker:
             self._active.pop(run_id, None)
             self.activity += 1
             self.notify()
-
-    def _invoker(self, function: Function) -> Callable[[Context], Any]:
-        if function.is_async:
-            return function.fn
-
-        async def call_in_thread(ctx: Context) -> Any:
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._executor, function.fn, ctx)
-
-        return call_in_thread
-
-
-async def register_app(storage: Storage, app: App, clock: Clock) -> None:
-    """Store the app's function definitions so any server can route events to them."""
-    from .payloads import dumps
-
-    definitions = [f.definition() for f in app.functions.values()]
-    await storage.write(ops.register_functions, app.id, definitions,
-                        [dumps(d, "function definition") for d in definitions], clock.now_ms())

@@ -10,8 +10,9 @@ from pathlib import Path
 
 from procs import start, stop, wait_until
 
-from stepwise.storage import ops
-from stepwise.storage.base import open_storage
+from stepwise.engine import Engine
+from stepwise.events import StoredEvent
+from stepwise.storage import Tx, open_storage
 
 APP = textwrap.dedent('''
     import json, os, time
@@ -54,17 +55,17 @@ def test_per_key_limit_holds_across_two_worker_processes(db: str, tmp_path: Path
         storage = open_storage(db)
         await storage.open()
         try:
-            def registered(tx: ops.Tx) -> bool:
+            def registered(tx: Tx) -> bool:
                 return bool(tx.raw_all("SELECT id FROM functions", {}))
 
             deadline = time.monotonic() + 30
             while not await storage.read(registered):
                 assert time.monotonic() < deadline, "workers did not register"
                 await asyncio.sleep(0.05)
-            events = [ops.StoredEvent(id=f"job-{i}", name="job",
+            events = [StoredEvent(id=f"job-{i}", name="job",
                                       data=json.dumps({"user": f"u{i % 3}"}), ts=0)
                       for i in range(30)]
-            await storage.write(ops.ingest_events, events, int(time.time() * 1000))
+            await Engine(storage).ingest(events)
         finally:
             await storage.close()
 

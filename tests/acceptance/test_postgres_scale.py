@@ -14,8 +14,9 @@ import psycopg
 import pytest
 from procs import free_port, http, kill9, start, stop, wait_healthy, wait_until
 
-from stepwise.storage import ops
-from stepwise.storage.base import open_storage
+from stepwise.engine import Engine
+from stepwise.events import StoredEvent
+from stepwise.storage import open_storage
 
 APP = textwrap.dedent('''
     import os, threading, uuid
@@ -81,11 +82,10 @@ def _send_events(url: str, count: int) -> None:
     async def send() -> None:
         storage = open_storage(url)
         await storage.open()
-        events = [ops.StoredEvent(id=f"job-{i}", name="job", data="{}", ts=0)
+        events = [StoredEvent(id=f"job-{i}", name="job", data="{}", ts=0)
                   for i in range(count)]
         for chunk in range(0, count, 100):
-            await storage.write(ops.ingest_events, events[chunk:chunk + 100],
-                                int(time.time() * 1000))
+            await Engine(storage).ingest(events[chunk:chunk + 100])
         await storage.close()
 
     asyncio.run(send())

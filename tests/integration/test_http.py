@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 import stepwise
-from stepwise.storage.ops import Tx
+from stepwise.storage import Tx
 from stepwise.testing import Harness
 
 

@@ -8,7 +8,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import stepwise
-from stepwise.storage.ops import Tx
+from stepwise.storage import Tx
 from stepwise.testing import Harness
 
 

@@ -1,28 +1,39 @@
-"""The storage interface: run a domain operation in a transaction, and wake workers."""
+"""The storage interface: run a function over a transaction, and wake workers after commits.
+
+Storage knows tables and SQL, not the engine: the engine's operations are plain functions
+`op(tx, *args)` that it hands to `write` or `read`.
+"""
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, Protocol, TypeVar
 
-from . import ops
-
-P = ParamSpec("P")
 T = TypeVar("T")
 
 
-class Storage(ABC):
-    """One small interface, two backends (SQLite, PostgreSQL).
+class Tx(Protocol):
+    """One open transaction: run named queries (`sql/queries.sql`) with `:name` parameters."""
 
-    Backends only run operations from `ops` in transactions; all engine SQL lives in
-    `sql/queries.sql` and all transaction logic in `ops`.
-    """
+    def one(self, query: str, /, **params: Any) -> dict[str, Any] | None: ...
+    def all(self, query: str, /, **params: Any) -> list[dict[str, Any]]: ...
+    def exec(self, query: str, /, **params: Any) -> int: ...
+    def raw_all(self, sql: str, params: dict[str, Any]) -> list[dict[str, Any]]: ...
+
+    def wake_workers(self) -> None:
+        """This transaction made work due: wake every worker once it commits (a NOTIFY on
+        PostgreSQL, an in-process signal on SQLite). Rolled back, it wakes nobody."""
+
+
+class Storage(ABC):
+    """One small interface, two backends (SQLite, PostgreSQL)."""
 
     dialect: str = ""
 
     def __init__(self) -> None:
-        self._listeners: list[Callable[[], None]] = []
+        self._listeners: list[tuple[asyncio.AbstractEventLoop | None, Callable[[], None]]] = []
 
     @abstractmethod
     async def open(self) -> None:
@@ -45,12 +56,24 @@ class Storage(ABC):
         """Run `op(tx, *args)` against a consistent snapshot."""
 
     def on_new_work(self, callback: Callable[[], None]) -> None:
-        """Call `callback` (on the event loop) when runs may have become available."""
-        self._listeners.append(callback)
+        """Call `callback` on the caller's event loop when runs may have become available."""
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        self._listeners.append((loop, callback))
 
     def notify_new_work(self) -> None:
-        for callback in self._listeners:
-            callback()
+        """Wake this process's workers; safe to call from any thread."""
+        try:
+            current: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            current = None
+        for loop, callback in self._listeners:
+            if loop is None or loop is current:
+                callback()
+            elif not loop.is_closed():
+                loop.call_soon_threadsafe(callback)
 
     async def __aenter__(self) -> Storage:
         await self.open()
@@ -58,13 +81,6 @@ class Storage(ABC):
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
-
-    # Convenience wrappers used by the server and the CLI.
-    async def get_run(self, run_id: str) -> dict[str, Any]:
-        return await self.read(ops.get_run, run_id)
-
-    async def list_runs(self, filters: dict[str, Any], limit: int = 50) -> list[dict[str, Any]]:
-        return await self.read(ops.list_runs, filters, limit)
 
 
 def open_storage(url: str | None = None) -> Storage:

@@ -1,9 +1,10 @@
 """PostgreSQL backend: a psycopg 3 pool, SKIP LOCKED leases, LISTEN/NOTIFY wake-ups.
 
-The engine's operations are plain functions over a transaction (see `ops`); here each runs in
-a pooled connection on a small thread pool, so one operation is one PostgreSQL transaction.
-Operations that create runnable work send a NOTIFY in the same transaction, delivered on
-commit; every process LISTENs and wakes its worker at once. Polling remains as a fallback.
+The engine's operations are plain functions over a transaction; here each runs in a pooled
+connection on a small thread pool, so one operation is one PostgreSQL transaction. An
+operation that makes work due (`tx.wake_workers()`) sends a NOTIFY in the same transaction,
+delivered on commit; every process LISTENs and wakes its workers at once. Polling remains as
+a fallback.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
-from . import ops, queries
+from . import queries
 from .base import Storage
 from .schema import apply_migrations
 
@@ -32,6 +33,10 @@ class _Tx:
     def __init__(self, conn: psycopg.Connection[dict[str, Any]], sql: dict[str, str]) -> None:
         self.conn = conn
         self.sql = sql
+        self.woke = False
+
+    def wake_workers(self) -> None:
+        self.woke = True
 
     def one(self, query: str, /, **params: Any) -> dict[str, Any] | None:
         return self.conn.execute(self.sql[query], params).fetchone()
@@ -115,12 +120,16 @@ class PostgresStorage(Storage):
     def _transaction(self, op: Callable[..., T], args: tuple[Any, ...], durable: bool,
                      write: bool) -> T:
         assert self.pool is not None
-        with self.pool.connection() as conn, conn.transaction():
-            if not durable:
-                conn.execute("SET LOCAL synchronous_commit = off")
-            result = op(_Tx(conn, self.sql), *args)
-            if write and op in ops.WAKES_WORKERS:
-                conn.execute(f"NOTIFY {self._channel}")
+        with self.pool.connection() as conn:
+            with conn.transaction():
+                if not durable:
+                    conn.execute("SET LOCAL synchronous_commit = off")
+                tx = _Tx(conn, self.sql)
+                result = op(tx, *args)
+                if write and tx.woke:  # delivered to every process on commit
+                    conn.execute(f"NOTIFY {self._channel}")
+            if write and tx.woke:
+                self.notify_new_work()  # this process's workers need not wait for the NOTIFY
             return result
 
     def _migrate(self) -> str:
@@ -131,7 +140,6 @@ class PostgresStorage(Storage):
                 raise RuntimeError("PostgreSQL has no current schema (check search_path)")
             name = str(schema["s"])
             apply_migrations(
-                "postgres",
                 begin=lambda: (conn.execute("BEGIN"), conn.execute(
                     "SELECT pg_advisory_xact_lock(hashtext(%s))", (f"{name}.{MIGRATION_LOCK}",))),
                 execute=lambda sql: conn.execute(sql),
@@ -152,16 +160,13 @@ class PostgresStorage(Storage):
                     conn.execute(f"LISTEN {self._channel}")
                     while not self._stop.is_set():
                         for _ in conn.notifies(timeout=0.5, stop_after=1):
-                            self._wake()
+                            self.notify_new_work()
             except Exception as exc:
                 if self._stop.is_set():
                     return
                 log.warning("LISTEN connection lost (%s); polling until it is back", exc)
                 self._stop.wait(1.0)
 
-    def _wake(self) -> None:
-        if self._loop is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(self.notify_new_work)
 
 
 def _redact(url: str) -> str:

@@ -1,4 +1,8 @@
-"""Loads the named SQL of `sql/queries.sql`, picking each block's dialect variant."""
+"""Loads the named SQL of `sql/queries.sql`, picking each block's dialect variant.
+
+`{unfinished_runs}`-style macros expand to the status lists of `stepwise.status`, so the SQL
+and the code share one vocabulary.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +10,24 @@ import re
 from functools import cache
 from importlib import resources
 
+from ..status import FINAL_STEP, PARKED_RUN, PENDING_STEP, TIMED_STEP, UNFINISHED_RUN, sql_list
+
 _NAME = re.compile(r"^-- name: (\w+)(?: @(\w+))?\s*$", re.M)
 _PARAM = re.compile(r"(?<![:\w]):(\w+)")
+MACROS = {
+    "{unfinished_runs}": sql_list(UNFINISHED_RUN),
+    "{parked_runs}": sql_list(PARKED_RUN),
+    "{final_steps}": sql_list(FINAL_STEP),
+    "{pending_steps}": sql_list(PENDING_STEP),
+    "{timed_steps}": sql_list(TIMED_STEP),
+}
 
 
 @cache
 def load(dialect: str) -> dict[str, str]:
     text = resources.files("stepwise.storage").joinpath("sql/queries.sql").read_text()
+    for macro, value in MACROS.items():
+        text = text.replace(macro, value)
     marks = list(_NAME.finditer(text))
     base: dict[str, str] = {}
     overrides: dict[str, str] = {}

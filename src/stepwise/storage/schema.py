@@ -1,4 +1,5 @@
-"""Versioned schema migrations: numbered SQL files per dialect, applied in one transaction."""
+"""Versioned schema migrations: numbered SQL files shared by both dialects (types that mean
+the same in both, e.g. BIGINT), applied in one transaction."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ from importlib import resources
 from typing import Any
 
 
-def migration_files(dialect: str) -> list[tuple[int, str]]:
-    folder = resources.files("stepwise.storage").joinpath(f"migrations/{dialect}")
+def migration_files() -> list[tuple[int, str]]:
+    folder = resources.files("stepwise.storage").joinpath("migrations")
     out = []
     for entry in folder.iterdir():
         if entry.name.endswith(".sql"):
@@ -16,7 +17,7 @@ def migration_files(dialect: str) -> list[tuple[int, str]]:
     return sorted(out)
 
 
-def apply_migrations(dialect: str, *, begin: Callable[[], Any], execute: Callable[[str], Any],
+def apply_migrations(*, begin: Callable[[], Any], execute: Callable[[str], Any],
                      applied: Callable[[], set[int]], record: Callable[[int], Any],
                      commit: Callable[[], Any]) -> int:
     begin()
@@ -24,7 +25,7 @@ def apply_migrations(dialect: str, *, begin: Callable[[], Any], execute: Callabl
             "(version INTEGER PRIMARY KEY, applied_at BIGINT NOT NULL)")
     done = applied()
     version = max(done, default=0)
-    for number, text in migration_files(dialect):
+    for number, text in migration_files():
         if number in done:
             continue
         code = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("--"))

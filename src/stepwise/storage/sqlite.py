@@ -52,6 +52,10 @@ class _Tx:
     def __init__(self, conn: sqlite3.Connection, sql: dict[str, str]) -> None:
         self.conn = conn
         self.sql = sql
+        self.woke = False
+
+    def wake_workers(self) -> None:
+        self.woke = True
 
     def one(self, query: str, /, **params: Any) -> dict[str, Any] | None:
         row = self.conn.execute(self.sql[query], params).fetchone()
@@ -182,13 +186,16 @@ class SQLiteStorage(Storage):
             self._synchronous_full = durable
         results: list[tuple[bool, Any]] = []
         single = len(calls) == 1
+        woke = False
         try:
             conn.execute("BEGIN IMMEDIATE")
             for op, args, _durable in calls:
                 if not single:
                     conn.execute("SAVEPOINT op")
+                tx.woke = False
                 try:
                     results.append((True, op(tx, *args)))
+                    woke = woke or tx.woke  # kept only if this operation commits
                     if not single:
                         conn.execute("RELEASE op")
                 except BaseException as exc:  # ExecutionStopped signals roll back too
@@ -204,7 +211,9 @@ class SQLiteStorage(Storage):
         except BaseException as exc:  # the transaction itself failed: every operation fails
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            results = [(False, exc)] * len(calls)
+            return [(False, exc)] * len(calls)
+        if woke:
+            self.notify_new_work()
         return results
 
 
@@ -220,7 +229,6 @@ def _resolve(fut: asyncio.Future[Any], ok: bool, value: Any) -> None:
 def migrate(conn: sqlite3.Connection) -> int:
     """Apply pending versioned migrations in one immediate transaction; return the version."""
     return apply_migrations(
-        "sqlite",
         begin=lambda: conn.execute("BEGIN IMMEDIATE"),
         execute=lambda sql: conn.execute(sql),
         applied=lambda: {r[0] for r in conn.execute("SELECT version FROM schema_migrations")},

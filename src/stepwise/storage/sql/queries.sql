@@ -68,12 +68,12 @@ WHERE run_id IN (SELECT jsonb_array_elements_text(CAST(:ids AS jsonb)));
 -- name: mark_running_many
 UPDATE runs SET status = 'running', started_at = COALESCE(started_at, :now)
 WHERE id IN (SELECT value FROM json_each(:ids))
-  AND status IN ('queued', 'running', 'sleeping', 'waiting');
+  AND status IN ({unfinished_runs});
 
 -- name: mark_running_many @postgres
 UPDATE runs SET status = 'running', started_at = COALESCE(started_at, :now)
 WHERE id IN (SELECT jsonb_array_elements_text(CAST(:ids AS jsonb)))
-  AND status IN ('queued', 'running', 'sleeping', 'waiting');
+  AND status IN ({unfinished_runs});
 
 -- name: close_groups_of_runs
 DELETE FROM pending_groups WHERE run_id IN (SELECT value FROM json_each(:ids));
@@ -119,7 +119,8 @@ ORDER BY lease_expires_at LIMIT 1;
 UPDATE queue SET lease_expires_at = :until WHERE run_id = :run_id AND lease_owner = :owner;
 
 -- name: run_guard
-SELECT r.status, q.lease_owner FROM runs r LEFT JOIN queue q ON q.run_id = r.id
+SELECT r.status, q.lease_owner, r.retry, r.app_id, r.function_id, r.event_id
+FROM runs r LEFT JOIN queue q ON q.run_id = r.id
 WHERE r.id = :run_id;
 
 -- name: get_run
@@ -140,10 +141,31 @@ VALUES (:run_id, :id, :seq, :status, :attempts, :output, :error, :started_at, :e
 ON CONFLICT (run_id, id) DO UPDATE SET
     status = excluded.status, attempts = excluded.attempts, output = excluded.output,
     error = excluded.error, ended_at = excluded.ended_at
-WHERE steps.status NOT IN ('completed', 'failed');
+WHERE steps.status NOT IN ({final_steps});
+
+-- name: insert_step
+-- A pending step (sleep, wait, invoke) is created once; reporting it again changes nothing.
+INSERT INTO steps (run_id, id, seq, status, attempts, output, error, started_at, ended_at)
+VALUES (:run_id, :id, :seq, :status, :attempts, :output, :error, :started_at, :ended_at)
+ON CONFLICT (run_id, id) DO NOTHING;
 
 -- name: get_step
-SELECT status, output, error FROM steps WHERE run_id = :run_id AND id = :id;
+SELECT id, seq, status, attempts, output, error, started_at, ended_at
+FROM steps WHERE run_id = :run_id AND id = :id;
+
+-- name: pending_steps
+SELECT status, ended_at FROM steps WHERE run_id = :run_id AND status IN ({pending_steps});
+
+-- name: due_timed_steps
+-- Sleeps, waits and invokes of just-leased runs whose time has come.
+SELECT run_id, id, status, ended_at FROM steps
+WHERE run_id IN (SELECT value FROM json_each(:ids)) AND status IN ({timed_steps})
+  AND ended_at <= :now;
+
+-- name: due_timed_steps @postgres
+SELECT run_id, id, status, ended_at FROM steps
+WHERE run_id IN (SELECT jsonb_array_elements_text(CAST(:ids AS jsonb)))
+  AND status IN ({timed_steps}) AND ended_at <= :now;
 
 -- name: set_retry
 UPDATE runs SET retry = :retry WHERE id = :run_id;
@@ -165,7 +187,7 @@ UPDATE queue SET available_at = CASE WHEN available_at > :now THEN :now ELSE ava
 WHERE run_id = :run_id;
 
 -- name: wake_run_status
-UPDATE runs SET status = 'queued' WHERE id = :run_id AND status IN ('sleeping', 'waiting');
+UPDATE runs SET status = 'queued' WHERE id = :run_id AND status IN ({parked_runs});
 
 -- name: set_run_status
 UPDATE runs SET status = :status WHERE id = :run_id;
@@ -334,7 +356,7 @@ ON CONFLICT (run_id, step_id) DO NOTHING;
 -- name: cancellable_runs
 SELECT id FROM runs
 WHERE app_id = :app_id AND function_id = :function_id AND created_at >= :after
-  AND created_at < :before AND status IN ('queued', 'running', 'sleeping', 'waiting');
+  AND created_at < :before AND status IN ({unfinished_runs});
 
 -- name: insert_failure
 INSERT INTO failures (run_id, step_id, attempt, error, started_at, ended_at)

@@ -1,0 +1,114 @@
+"""What is stored about a function: triggers, retry policy, failure handler, flow options.
+
+A definition is data, so that whichever process routes an event, leases a run or applies an
+outcome (a server that never imports user code, any worker, a remote executor later) reads
+the same policy from storage.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import schedules
+from .errors import DefinitionError
+from .flow import FlowOptions
+
+DEFAULT_RETRIES = 3
+MAX_RETRIES = 100
+
+
+@dataclass(frozen=True)
+class EventTrigger:
+    """Start a run for every event named `event`."""
+
+    event: str
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.event, str) or not self.event.strip():
+            raise DefinitionError("on_event() needs a non-empty event name")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"event": self.event}
+
+
+@dataclass(frozen=True)
+class CronTrigger:
+    """Start a run at every tick of a cron expression, in time zone `tz`."""
+
+    cron: str
+    tz: str = "UTC"
+
+    def __post_init__(self) -> None:
+        try:
+            schedules.validate(self.cron, self.tz)
+        except ValueError as exc:
+            raise DefinitionError(f"on_cron(): {exc}") from None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"cron": self.cron, "tz": self.tz}
+
+
+Trigger = EventTrigger | CronTrigger
+
+
+def check_retries(owner: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_RETRIES:
+        raise DefinitionError(f"{owner}: retries must be an integer from 0 to {MAX_RETRIES}, "
+                              f"got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """A failed attempt is retried `retries` times; retry n waits a random time between half
+    and all of min(`backoff_max_ms`, `backoff_initial_ms` * 2^n) (2^n to 2^(n+1) s by default),
+    so that runs failing together do not retry together."""
+
+    retries: int = DEFAULT_RETRIES
+    backoff_initial_ms: int = 2000
+    backoff_max_ms: int = 600_000
+
+    def __post_init__(self) -> None:
+        check_retries("retry policy", self.retries)
+        if not 0 < self.backoff_initial_ms <= self.backoff_max_ms:
+            raise DefinitionError("retry policy: backoff must satisfy 0 < initial <= max")
+
+
+@dataclass(frozen=True)
+class FunctionDefinition:
+    id: str
+    app_id: str
+    triggers: tuple[Trigger, ...] = ()
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    on_failure: str | None = None  # the id of the function run once when a run fails for good
+    handles_failure_of: str | None = None
+    flow: FlowOptions = field(default_factory=FlowOptions)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "app_id": self.app_id,
+            "triggers": [t.to_json() for t in self.triggers],
+            "retries": self.retry.retries,
+            "backoff": {"initial_ms": self.retry.backoff_initial_ms,
+                        "max_ms": self.retry.backoff_max_ms},
+            "on_failure": self.on_failure,
+            "handles_failure_of": self.handles_failure_of,
+            "flow": self.flow.to_json(),
+        }
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> FunctionDefinition:
+        backoff = raw.get("backoff") or {}
+        defaults = RetryPolicy()
+        return cls(
+            id=raw["id"], app_id=raw["app_id"],
+            triggers=tuple(EventTrigger(t["event"]) if "event" in t
+                           else CronTrigger(t["cron"], t.get("tz", "UTC"))
+                           for t in raw.get("triggers", ())),
+            retry=RetryPolicy(raw.get("retries", DEFAULT_RETRIES),
+                              backoff.get("initial_ms", defaults.backoff_initial_ms),
+                              backoff.get("max_ms", defaults.backoff_max_ms)),
+            on_failure=raw.get("on_failure"), handles_failure_of=raw.get("handles_failure_of"),
+            flow=FlowOptions.from_json(raw.get("flow")))

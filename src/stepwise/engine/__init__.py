@@ -1,0 +1,104 @@
+"""The engine: every decision about events, runs and steps, between the executors and storage.
+
+Executors (the in-process `Execution`, later remote ones over HTTP) report `outcomes`; the
+server ingests events and manages runs; workers lease. All of them go through `Engine`, whose
+methods run one engine operation each in one storage transaction:
+
+- `ingest`: events in, runs started, waits delivered;
+- `flow_control`: what happens when a run is created (idempotency, limits, groups, keys);
+- `leasing`: which runs execute next; cron ticks, deadlines, steps whose time came;
+- `runs`: a run's state for an executor, and applying its outcomes (retries, parking);
+- `lifecycle`: fencing and the run state transitions every operation shares;
+- `waits`, `definitions`, `retries`, `admin`: waits for events, stored definitions, retry
+  decisions, operators' actions.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..clock import Clock
+from ..definition import FunctionDefinition
+from ..events import StoredEvent
+from ..storage import Storage
+from ..storage.rows import RunDetail, RunRow
+from . import admin, definitions, ingest, leasing, lifecycle, runs
+from .admin import Conflict, NotFound
+from .lifecycle import FOREVER
+from .outcomes import Applied, Outcome
+from .runs import RunState
+
+__all__ = ["FOREVER", "Applied", "Conflict", "Engine", "NotFound", "Outcome", "RunState"]
+
+
+class Engine:
+    """The engine's operations over one storage, on one clock."""
+
+    def __init__(self, storage: Storage, clock: Clock | None = None) -> None:
+        self.storage = storage
+        self.clock = clock or Clock()
+
+    # --- events and definitions --------------------------------------------------------------
+
+    async def ingest(self, events: list[StoredEvent]) -> list[str]:
+        """Store events durably and start their runs; answers once committed and synced."""
+        return await self.storage.write(ingest.ingest_events, events, self.clock.now_ms())
+
+    async def register(self, app_id: str, functions: list[FunctionDefinition]) -> None:
+        """Replace an app's stored definitions, so any server can route its events."""
+        await self.storage.write(definitions.register, app_id, functions, self.clock.now_ms())
+
+    async def list_functions(self) -> list[dict[str, Any]]:
+        return await self.storage.read(definitions.list_all)
+
+    # --- executors ---------------------------------------------------------------------------
+
+    async def lease(self, app_id: str, owner: str, limit: int, lease_ms: int) -> list[str]:
+        now = self.clock.now_ms()
+        return await self.storage.write(leasing.lease, app_id, owner, now, now + lease_ms, limit,
+                                        durable=False)
+
+    async def renew(self, owner: str, run_ids: list[str], lease_ms: int) -> None:
+        await self.storage.write(leasing.renew_leases, owner, run_ids,
+                                 self.clock.now_ms() + lease_ms, durable=False)
+
+    async def next_due(self, app_id: str) -> int | None:
+        return await self.storage.read(leasing.next_due, app_id)
+
+    async def load(self, run_id: str) -> RunState | None:
+        return await self.storage.read(runs.load, run_id)
+
+    async def apply(self, run_id: str, owner: str, outcomes: list[Outcome], *, last: bool,
+                    inline: bool = False) -> Applied:
+        """Apply an executor's outcomes in one transaction (see `runs.apply`)."""
+        return await self.storage.write(runs.apply, run_id, owner, outcomes,
+                                        self.clock.now_ms(), last, inline=inline)
+
+    async def release(self, run_id: str, owner: str, delay_ms: int) -> None:
+        await self.storage.write(lifecycle.release, run_id, owner,
+                                 self.clock.now_ms() + delay_ms)
+
+    # --- operators -----------------------------------------------------------------------------
+
+    async def get_run(self, run_id: str) -> RunDetail:
+        return await self.storage.read(admin.get_run, run_id)
+
+    async def list_runs(self, filters: dict[str, Any], limit: int = 50) -> list[RunRow]:
+        return await self.storage.read(admin.list_runs, filters, limit)
+
+    async def cancel(self, run_id: str) -> RunDetail:
+        return await self.storage.write(admin.cancel_run, run_id, self.clock.now_ms())
+
+    async def replay(self, run_id: str) -> RunDetail:
+        return await self.storage.write(admin.replay_run, run_id, self.clock.now_ms())
+
+    async def cancel_function_runs(self, app_id: str, function_id: str, after: int,
+                                   before: int) -> int:
+        return await self.storage.write(admin.cancel_function_runs, app_id, function_id, after,
+                                        before, self.clock.now_ms())
+
+    async def run_counts(self) -> dict[str, int]:
+        return await self.storage.read(admin.run_counts)
+
+    async def setting(self, name: str, default: str) -> str:
+        return await self.storage.write(admin.setting, name, default)

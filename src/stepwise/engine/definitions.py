@@ -1,0 +1,50 @@
+"""Function definitions in storage: registration (with cron schedules) and lookup."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+from .. import schedules
+from ..definition import CronTrigger, EventTrigger, FunctionDefinition
+from ..payloads import dumps, loads
+from ..storage import Tx
+
+
+@lru_cache(maxsize=4096)
+def decode(text: str) -> FunctionDefinition:
+    """A stored definition (cached: definitions are immutable values)."""
+    return FunctionDefinition.from_json(loads(text))
+
+
+def register(tx: Tx, app_id: str, definitions: list[FunctionDefinition], now: int) -> None:
+    """Replace the app's definitions; keep the next tick of schedules that did not change."""
+    tx.exec("delete_app_triggers", app_id=app_id)
+    tx.exec("delete_app_functions", app_id=app_id)
+    wanted = set()
+    for d in definitions:
+        tx.exec("insert_function", app_id=app_id, id=d.id,
+                definition=dumps(d.to_json(), "function definition"), now=now)
+        for trigger in d.triggers:
+            if isinstance(trigger, EventTrigger):
+                tx.exec("insert_trigger", event_name=trigger.event, app_id=app_id,
+                        function_id=d.id)
+            elif isinstance(trigger, CronTrigger):
+                wanted.add((d.id, trigger.cron, trigger.tz))
+                tx.exec("insert_schedule", app_id=app_id, function_id=d.id, cron=trigger.cron,
+                        tz=trigger.tz, next_at=schedules.next_tick(trigger.cron, trigger.tz, now))
+    for row in tx.all("app_schedules", app_id=app_id):
+        if (row["function_id"], row["cron"], row["tz"]) not in wanted:
+            tx.exec("delete_schedule", app_id=app_id, **row)
+    tx.wake_workers()  # schedules may be due sooner than a worker thought
+
+
+def get(tx: Tx, app_id: str, function_id: str) -> FunctionDefinition | None:
+    row = tx.one("get_function", app_id=app_id, id=function_id)
+    return None if row is None else decode(row["definition"])
+
+
+def list_all(tx: Tx) -> list[dict[str, Any]]:
+    """Every registered function as the API shows it."""
+    return [{**loads(r["definition"]), "updated_at": r["updated_at"]}
+            for r in tx.all("list_functions")]

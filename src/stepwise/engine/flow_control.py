@@ -1,0 +1,193 @@
+"""Flow control when a run is created: idempotency, rate limit, debounce, batch, throttle,
+priority, concurrency keys, cancel_on and timeouts, from the function's stored options.
+
+Concurrency limits are enforced later, when runs are leased (`leasing.lease`).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from .. import expressions
+from ..errors import ErrorInfo
+from ..flow import MAX_PRIORITY_SECONDS, FlowOptions
+from ..payloads import dumps, loads, new_id
+from ..storage import Tx
+from . import definitions, waits
+
+log = logging.getLogger("stepwise.engine")
+IDEMPOTENCY_MS = 24 * 3600 * 1000
+
+
+def create_run(tx: Tx, app_id: str, function_id: str, event_id: str | None, available_at: int,
+               now: int, *, flow: FlowOptions | None = None, origin_run_id: str | None = None,
+               parent_run_id: str | None = None, parent_step_id: str | None = None) -> str:
+    """Start a run, applying the function's flow control; return its id (an existing run's
+    when the event joined a debounce, a batch or an idempotent run). `flow`: the function's
+    options when the caller already has them."""
+    if flow is None:
+        definition = definitions.get(tx, app_id, function_id)
+        flow = definition.flow if definition is not None else FlowOptions()
+    if flow.empty:
+        return _insert_run(tx, app_id, function_id, event_id, available_at, now,
+                           origin_run_id=origin_run_id, parent_run_id=parent_run_id,
+                           parent_step_id=parent_step_id)
+    event = event_for(tx, event_id)
+    scope = f"{app_id}:{function_id}"
+    if flow.idempotency:
+        value = _key_value(flow.idempotency, event, missing=None)
+        if value is not None:
+            seen = tx.one("get_idempotency", key=f"idem:{scope}:{value}")
+            if seen is not None and int(seen["expires_at"]) > now:
+                return str(seen["run_id"])
+    if flow.rate_limit:
+        limit = flow.rate_limit
+        key_value = _key_value(limit.key, event)
+        if not _rate_window(tx, f"rate:{scope}:{key_value}", limit.limit, limit.period_ms, now):
+            run_id = new_id()
+            error: ErrorInfo = {"name": "RateLimited", "message": (
+                f"skipped: over the rate limit of {limit.limit} runs per "
+                f"{limit.period_ms / 1000:g} s for key {key_value}")}
+            tx.exec("insert_skipped_run", id=run_id, app_id=app_id, function_id=function_id,
+                    event_id=event_id, now=now, error=dumps(error, "error"))
+            return run_id
+    group_key = None
+    if flow.debounce:
+        debounce = flow.debounce
+        group_key = f"debounce:{scope}:{_key_value(debounce.key, event)}"
+        group = tx.one("get_group", key=group_key)
+        if group is not None:
+            due = now + debounce.period_ms
+            if debounce.timeout_ms is not None:
+                due = min(due, int(group["first_at"]) + debounce.timeout_ms)
+            if tx.exec("postpone_unleased", run_id=group["run_id"], available_at=due):
+                tx.exec("set_run_event", run_id=group["run_id"], event_id=event_id)
+                return str(group["run_id"])
+            tx.exec("delete_group", key=group_key)  # it started meanwhile: begin a new one
+        available_at = max(available_at, now + debounce.period_ms)
+    if flow.batch:
+        batch = flow.batch
+        group_key = f"batch:{scope}:{_key_value(batch.key, event)}"
+        group = tx.one("get_group", key=group_key)
+        if group is not None:
+            tx.exec("insert_run_event", run_id=group["run_id"], position=group["size"],
+                    event_id=event_id)
+            if int(group["size"]) + 1 >= batch.max_size:
+                tx.exec("delete_group", key=group_key)
+                tx.exec("release_now", run_id=group["run_id"], now=now)
+            else:
+                tx.exec("grow_group", key=group_key)
+            return str(group["run_id"])
+        if batch.max_size > 1:
+            available_at = max(available_at, now + batch.timeout_ms)
+        else:
+            group_key = None
+    if flow.throttle:
+        throttle = flow.throttle
+        key = f"throttle:{scope}:{_key_value(throttle.key, event)}"
+        available_at = max(available_at, _throttle_slot(tx, key, throttle.limit,
+                                                        throttle.period_ms, now))
+    priority = 0
+    if flow.priority:
+        value = _key_value(flow.priority.run, event, missing=None, raw=True)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            priority = max(-MAX_PRIORITY_SECONDS, min(MAX_PRIORITY_SECONDS, int(value)))
+    run_id = _insert_run(tx, app_id, function_id, event_id, available_at, now,
+                         origin_run_id=origin_run_id, parent_run_id=parent_run_id,
+                         parent_step_id=parent_step_id, priority=priority)
+    if group_key is not None:
+        tx.exec("insert_group", key=group_key, run_id=run_id, now=now)
+    if flow.batch:
+        tx.exec("insert_run_event", run_id=run_id, position=0, event_id=event_id)
+    if flow.idempotency:
+        value = _key_value(flow.idempotency, event, missing=None)
+        if value is not None:
+            tx.exec("upsert_idempotency", key=f"idem:{scope}:{value}", run_id=run_id,
+                    expires_at=now + IDEMPOTENCY_MS)
+    add_keys_and_cancels(tx, run_id, app_id, function_id, flow, event, now)
+    if flow.timeouts:
+        for kind, ms in (("start", flow.timeouts.start_ms), ("finish", flow.timeouts.finish_ms)):
+            if ms is not None:
+                tx.exec("insert_deadline", run_id=run_id, kind=kind, app_id=app_id, at=now + ms)
+    return run_id
+
+
+def add_keys_and_cancels(tx: Tx, run_id: str, app_id: str, function_id: str, flow: FlowOptions,
+                         event: dict[str, Any], now: int) -> None:
+    """Concurrency keys and cancel_on waits: kept while the run is unfinished."""
+    scope = f"{app_id}:{function_id}"
+    for index, limit in enumerate(flow.concurrency):
+        if limit.scope == "app":
+            key = f"app:{app_id}:{_key_value(limit.key, event)}"
+        elif limit.key is None:
+            key = f"fn:{scope}"
+        else:
+            key = f"fn:{scope}:{index}:{_key_value(limit.key, event)}"
+        tx.exec("insert_queue_key", run_id=run_id, key=key, lim=limit.limit)
+    if flow.concurrency:
+        tx.exec("mark_keyed", run_id=run_id)
+    for index, cancel in enumerate(flow.cancel_on):
+        waits.add_cancel_wait(tx, run_id, index, cancel, event, now)
+
+
+def _insert_run(tx: Tx, app_id: str, function_id: str, event_id: str | None, available_at: int,
+                now: int, *, origin_run_id: str | None = None, parent_run_id: str | None = None,
+                parent_step_id: str | None = None, priority: int = 0) -> str:
+    run_id = new_id()
+    tx.exec("insert_run", id=run_id, app_id=app_id, function_id=function_id, event_id=event_id,
+            origin_run_id=origin_run_id, parent_run_id=parent_run_id,
+            parent_step_id=parent_step_id, now=now)
+    tx.exec("enqueue", run_id=run_id, app_id=app_id, function_id=function_id,
+            available_at=available_at, priority=priority)
+    tx.wake_workers()
+    return run_id
+
+
+def event_for(tx: Tx, event_id: str | None) -> dict[str, Any]:
+    """A run's event as expressions see it (an empty one for runs without an event)."""
+    row = tx.one("get_event", id=event_id) if event_id else None
+    if row is None:
+        return {"name": "", "data": {}, "id": None, "ts": 0}
+    return waits.event_json(row)
+
+
+
+def _key_value(expression: str | None, event: dict[str, Any], *, missing: Any = "null",
+               raw: bool = False) -> Any:
+    """A key expression's value for this event, as canonical JSON (or `missing`)."""
+    if expression is None:
+        return "" if not raw else missing
+    try:
+        value = expressions.evaluate(expression, {"event": event})
+    except expressions.ExpressionError as exc:
+        log.warning("%s; using %r", exc, missing)
+        return missing
+    return value if raw else dumps(value, "key")
+
+
+def _window(tx: Tx, key: str) -> list[int]:
+    tx.exec("init_flow_state", key=key)
+    row = tx.one("get_flow_state", key=key)
+    return [int(t) for t in loads(row["state"])] if row else []
+
+
+def _rate_window(tx: Tx, key: str, limit: int, period_ms: int, now: int) -> bool:
+    """Accept one more run if fewer than `limit` were accepted in the last period."""
+    recent = [t for t in _window(tx, key) if t > now - period_ms]
+    if len(recent) >= limit:
+        return False
+    recent.append(now)
+    tx.exec("set_flow_state", key=key, state=dumps(recent[-limit:], "state"))
+    return True
+
+
+def _throttle_slot(tx: Tx, key: str, limit: int, period_ms: int, now: int) -> int:
+    """The earliest start keeping at most `limit` starts in any window of `period_ms`."""
+    slots = [t for t in _window(tx, key) if t > now - period_ms]
+    slot = now if len(slots) < limit else max(now, slots[-limit] + period_ms)
+    if slots:
+        slot = max(slot, slots[-1])  # first come, first served
+    slots.append(slot)
+    tx.exec("set_flow_state", key=key, state=dumps(slots[-limit:], "state"))
+    return slot

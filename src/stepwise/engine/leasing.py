@@ -1,0 +1,110 @@
+"""Leasing and timers: which runs a worker takes next, cron ticks, start/finish deadlines,
+and steps whose time came (a sleep ended, a wait or an invoke timed out).
+
+One transaction takes up to `limit` due runs, highest priority first, within their
+concurrency limits; every worker and server meets here (see `lease_candidates` and
+`lock_key` in `queries.sql`).
+"""
+
+from __future__ import annotations
+
+from .. import schedules
+from ..errors import ErrorInfo
+from ..events import StoredEvent
+from ..payloads import dumps
+from ..status import TERMINAL_RUN, StepStatus
+from ..storage import Tx
+from . import flow_control, lifecycle
+
+
+def lease(tx: Tx, app_id: str, owner: str, now: int, until: int, limit: int) -> list[str]:
+    """Take up to `limit` due runs of the app for `owner` until `until`; return their ids."""
+    fire_schedules(tx, app_id, now)
+    expire_deadlines(tx, app_id, now)
+    candidates = tx.all("lease_candidates", app_id=app_id, now=now, window=limit * 4 + 32)
+    keys = {c["run_id"]: tx.all("run_keys", run_id=c["run_id"]) for c in candidates if c["keyed"]}
+    inflight: dict[str, int] = {}
+    for key in sorted({k["key"] for rows in keys.values() for k in rows}):
+        tx.one("lock_key", key=key)  # PostgreSQL: one leaser per key at a time
+        row = tx.one("inflight", key=key, now=now)
+        inflight[key] = int(row["n"]) if row else 0
+    picked = []
+    for candidate in candidates:
+        run_keys = keys.get(candidate["run_id"], [])
+        if any(inflight[k["key"]] >= k["lim"] for k in run_keys):
+            continue  # at its limit: stays queued, and a finishing run wakes the workers
+        for k in run_keys:
+            inflight[k["key"]] += 1
+        picked.append(candidate["run_id"])
+        if len(picked) == limit:
+            break
+    if picked:
+        ids = dumps(picked, "run ids")
+        tx.exec("take", ids=ids, owner=owner, until=until)
+        tx.exec("mark_running_many", ids=ids, now=now)
+        tx.exec("close_groups_of_runs", ids=ids)  # a debounce or batch closes as it starts
+        settle_due_steps(tx, ids, now)
+    return picked
+
+
+def settle_due_steps(tx: Tx, ids: str, now: int) -> None:
+    """Before the runs `ids` (a JSON list) execute: sleeps that ended complete, waits that
+    timed out complete with no event, invokes that timed out fail. The executor then sees
+    only results."""
+    for row in tx.all("due_timed_steps", ids=ids, now=now):
+        status, run_id, step_id = row["status"], row["run_id"], row["id"]
+        if status == StepStatus.sleeping:
+            tx.exec("resolve_step", run_id=run_id, id=step_id, status=StepStatus.completed,
+                    output=None, error=None, now=row["ended_at"], expected=status)
+        elif status == StepStatus.waiting:
+            tx.exec("delete_wait", run_id=run_id, step_id=step_id)
+            tx.exec("resolve_step", run_id=run_id, id=step_id, status=StepStatus.completed,
+                    output=None, error=None, now=now, expected=status)
+        else:
+            error: ErrorInfo = {"name": "InvokeTimeout", "step_id": step_id, "message": (
+                "the invoked run did not finish before the timeout")}
+            tx.exec("resolve_step", run_id=run_id, id=step_id, status=StepStatus.failed,
+                    output=None, error=dumps(error, "error"), now=now, expected=status)
+
+
+def renew_leases(tx: Tx, owner: str, run_ids: list[str], until: int) -> None:
+    for run_id in run_ids:
+        tx.exec("renew_lease", owner=owner, run_id=run_id, until=until)
+
+
+def next_due(tx: Tx, app_id: str) -> int | None:
+    """When this app next has something to do: a queued run, an expiring lease, a cron tick."""
+    times = [row["due"] for row in (tx.one("next_due", app_id=app_id),
+                                    tx.one("next_lease_expiry", app_id=app_id),
+                                    tx.one("next_schedule", app_id=app_id),
+                                    tx.one("next_deadline", app_id=app_id))
+             if row is not None and row["due"] is not None]
+    return int(min(times)) if times else None
+
+
+def fire_schedules(tx: Tx, app_id: str, now: int) -> int:
+    """Start one run per due cron tick (the most recent one when several were missed)."""
+    fired = 0
+    for row in tx.all("due_schedules", app_id=app_id, now=now):
+        cron, tz = row["cron"], row["tz"]
+        tick = max(int(row["next_at"]), schedules.latest_tick(cron, tz, now))
+        event = StoredEvent(id=f"cron:{app_id}:{row['function_id']}:{tick}", name="stepwise/cron",
+                            data=dumps({"cron": cron, "tz": tz, "tick": tick}, "cron event"),
+                            ts=tick)
+        if tx.exec("insert_event", id=event.id, name=event.name, data=event.data, ts=event.ts,
+                   now=now):
+            flow_control.create_run(tx, app_id, row["function_id"], event.id, now, now)
+            fired += 1
+        tx.exec("set_schedule_next", app_id=app_id, function_id=row["function_id"], cron=cron,
+                tz=tz, next_at=schedules.next_tick(cron, tz, now))
+    return fired
+
+
+def expire_deadlines(tx: Tx, app_id: str, now: int) -> None:
+    """Cancel runs past their start or finish timeout."""
+    for row in tx.all("due_deadlines", app_id=app_id, now=now):
+        late = row["status"] not in TERMINAL_RUN and (
+            row["kind"] == "finish" or row["started_at"] is None)
+        tx.exec("delete_deadline", run_id=row["run_id"], kind=row["kind"])
+        if late:
+            lifecycle.cancel(tx, row["run_id"], now, reason=f"{row['kind']} timeout")

@@ -1,0 +1,110 @@
+"""Run state transitions shared by every engine operation: fencing, waking, parking, finishing.
+
+A run's status changes only here, so the allowed transitions can be read in one place:
+queued -> running (leased) -> queued | sleeping | waiting (parked) -> ... -> completed |
+failed | cancelled; skipped runs never start; replay takes failed, cancelled or skipped back
+to queued (see `admin.replay_run`).
+"""
+
+from __future__ import annotations
+
+from typing import cast
+
+from ..errors import ErrorInfo, LeaseLost, RunCancelled
+from ..payloads import dumps
+from ..status import TERMINAL_RUN, RunStatus, StepStatus
+from ..storage import Tx
+from ..storage.rows import GuardRow, RunRow
+
+FOREVER = 253_402_300_799_000  # 9999-12-31: "no timeout" as a time
+
+
+def guard(tx: Tx, run_id: str, owner: str) -> GuardRow:
+    """Fencing: only the holder of the run's lease may write its outcomes."""
+    row = cast(GuardRow | None, tx.one("run_guard", run_id=run_id))
+    if row is None:
+        raise LeaseLost(f"run {run_id} no longer exists")
+    if row["status"] == RunStatus.cancelled:
+        raise RunCancelled(run_id)
+    if row["lease_owner"] != owner:
+        raise LeaseLost(f"run {run_id} is no longer leased by {owner}")
+    return row
+
+
+def get_run(tx: Tx, run_id: str) -> RunRow | None:
+    return cast(RunRow | None, tx.one("get_run", run_id=run_id))
+
+
+def wake(tx: Tx, run_id: str, now: int) -> None:
+    """Make a parked run available now; if it is executing, it comes back at once after."""
+    tx.exec("nudge", run_id=run_id, now=now)
+    tx.exec("wake_run_status", run_id=run_id)
+    tx.wake_workers()
+
+
+def park(tx: Tx, run_id: str, available_at: int, status: RunStatus, now: int) -> None:
+    """Give up the lease; the run is leased again at `available_at` (or at once if something
+    woke it while it executed)."""
+    tx.exec("park", run_id=run_id, available_at=available_at, now=now)
+    tx.exec("set_run_status", run_id=run_id, status=status)
+    tx.wake_workers()  # a concurrency slot is free; a nudged run is due now
+
+
+def release(tx: Tx, run_id: str, owner: str, available_at: int) -> None:
+    """Give a leased run back untouched (e.g. this worker does not know its function)."""
+    guard(tx, run_id, owner)
+    tx.exec("requeue", run_id=run_id, available_at=available_at)
+    tx.exec("set_run_status", run_id=run_id, status=RunStatus.queued)
+    tx.wake_workers()
+
+
+def record_failure(tx: Tx, run_id: str, step_id: str | None, attempt: int, error: ErrorInfo,
+                   started_at: int | None, ended_at: int) -> None:
+    """Keep a failed attempt (of a step, or of the body when `step_id` is None)."""
+    tx.exec("insert_failure", run_id=run_id, step_id=step_id, attempt=attempt,
+            error=dumps(error, "error"), started_at=started_at, ended_at=ended_at)
+
+
+def finish(tx: Tx, run_id: str, status: RunStatus, output: str | None, error: ErrorInfo | None,
+           now: int) -> None:
+    """A run reached a final status: drop everything that could still schedule it, and hand
+    its result to the run that invoked it."""
+    tx.exec("finish_run", run_id=run_id, status=status, output=output,
+            error=None if error is None else dumps(error, "error"), now=now)
+    tx.exec("dequeue", run_id=run_id)
+    tx.exec("delete_queue_keys", run_id=run_id)
+    tx.exec("delete_run_waits", run_id=run_id)
+    tx.exec("delete_run_deadlines", run_id=run_id)
+    tx.exec("delete_run_groups", run_id=run_id)
+    tx.wake_workers()  # its concurrency slot is free
+    run = get_run(tx, run_id)
+    if run is None or not run["parent_run_id"]:
+        return
+    if status == RunStatus.cancelled:
+        status, error = RunStatus.failed, {"name": "RunCancelled",
+                                           "message": f"invoked run {run_id} was cancelled"}
+    settle_step(tx, run["parent_run_id"], str(run["parent_step_id"]), StepStatus.invoking,
+                StepStatus(status), output, error, now)
+
+
+def settle_step(tx: Tx, run_id: str, step_id: str, expected: StepStatus, status: StepStatus,
+                output: str | None, error: ErrorInfo | None, now: int) -> bool:
+    """Resolve a pending step (a wait got its event, an invoked run ended) and wake its run;
+    False when something else resolved it first."""
+    if not tx.exec("resolve_step", run_id=run_id, id=step_id, status=status, output=output,
+                   error=None if error is None else dumps(error, "error"), now=now,
+                   expected=expected):
+        return False
+    wake(tx, run_id, now)
+    return True
+
+
+def cancel(tx: Tx, run_id: str, now: int, reason: str | None = None) -> bool:
+    """Cancel an unfinished run; an executing one stops at its next step boundary."""
+    run = get_run(tx, run_id)
+    if run is None or run["status"] in TERMINAL_RUN:
+        return False
+    error: ErrorInfo | None = None if reason is None else {
+        "name": "RunCancelled", "message": f"cancelled: {reason}"}
+    finish(tx, run_id, RunStatus.cancelled, None, error, now)
+    return True

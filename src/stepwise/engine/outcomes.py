@@ -1,0 +1,119 @@
+"""Outcomes: the only language an executor speaks to the engine.
+
+An executor runs a function's code (in this process, or later over HTTP) and reports what
+happened as these values; the engine (`runs.apply`) decides everything that follows: retries
+and backoff, parking, wait and invoke expiry, on_failure, fencing. Several outcomes reported
+together (parallel branches that settled) are applied in one transaction.
+
+Times are milliseconds since the epoch; outputs and data are checked JSON text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..errors import ErrorInfo
+from ..events import StoredEvent
+
+
+@dataclass(frozen=True, slots=True)
+class StepCompleted:
+    step_id: str
+    seq: int  # the step's position in the code's order, for the non-determinism check
+    output: str
+    started_at: int
+    ended_at: int
+    attempt: int = 0  # the attempt that succeeded; 0 is the first
+
+
+@dataclass(frozen=True, slots=True)
+class StepFailed:
+    """An attempt failed. The engine decides whether it is retried (the run parks until then)
+    or failed for good (StepError where the step is awaited)."""
+
+    step_id: str
+    seq: int
+    error: ErrorInfo
+    started_at: int
+    ended_at: int
+    attempt: int = 0
+    retriable: bool = True
+    retry_after_ms: int | None = None  # instead of the policy's backoff
+    retries: int | None = None  # this step's own retry count, instead of the function's
+
+
+@dataclass(frozen=True, slots=True)
+class SleepUntil:
+    step_id: str
+    seq: int
+    until: int
+    started_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class WaitForEvent:
+    """Wait for the first `event` after now that matches: `match` is a field path equal in the
+    run's event and the awaited one, `if_` a CEL condition over `event` and `async`."""
+
+    step_id: str
+    seq: int
+    event: str
+    expires_at: int
+    started_at: int
+    match: str | None = None
+    if_: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Invoke:
+    """Start `function_id` of the same app with `data` as its event data; its output (or its
+    failure) becomes this step's."""
+
+    step_id: str
+    seq: int
+    function_id: str
+    data: str
+    started_at: int
+    expires_at: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EventsSent:
+    """A step that sends events: they are stored with the step, so a retry never sends twice."""
+
+    step_id: str
+    seq: int
+    events: tuple[StoredEvent, ...]
+    at: int
+
+
+@dataclass(frozen=True, slots=True)
+class RunCompleted:
+    output: str
+
+
+@dataclass(frozen=True, slots=True)
+class RunFailed:
+    """The function body failed. Retriable: the body is retried under the function's policy."""
+
+    error: ErrorInfo
+    retriable: bool = True
+    retry_after_ms: int | None = None
+
+
+Outcome = (StepCompleted | StepFailed | SleepUntil | WaitForEvent | Invoke | EventsSent
+           | RunCompleted | RunFailed)
+
+
+@dataclass
+class Applied:
+    """What the engine answered: what the executor's code sees next."""
+
+    #: Stored output of each completed step (what was stored first, if it already was).
+    outputs: dict[str, str | None] = field(default_factory=dict)
+    #: Steps failed for good, with their error.
+    failed: dict[str, ErrorInfo] = field(default_factory=dict)
+    #: Steps to retry, and when.
+    retry_at: dict[str, int] = field(default_factory=dict)
+    #: The run's status when this batch finished it or parked it (None: still executing).
+    run_status: str | None = None

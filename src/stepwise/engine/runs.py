@@ -1,0 +1,307 @@
+"""A run's state for an executor, and applying the outcomes an executor reports.
+
+`apply` is where every decision about a run's progress is made, in one transaction per
+batch: a step's result is stored once and never overwritten; a failure is retried or final
+under the function's stored retry policy; sleeps, waits and invokes are recorded; at the end
+of an execution the run parks until its earliest pending step is due. An outcome from an
+executor that no longer holds the run's lease is refused (`LeaseLost`) and changes nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import cast
+
+from .. import expressions
+from ..definition import FunctionDefinition, RetryPolicy
+from ..errors import ErrorInfo
+from ..events import StoredEvent
+from ..payloads import dumps, loads
+from ..status import TERMINAL_RUN, RunStatus, StepStatus
+from ..storage import Tx
+from ..storage.rows import EventRow, GuardRow, RunRow, StepRow
+from . import definitions, flow_control, ingest, lifecycle, retries, waits
+from .outcomes import (
+    Applied,
+    EventsSent,
+    Invoke,
+    Outcome,
+    RunCompleted,
+    RunFailed,
+    SleepUntil,
+    StepCompleted,
+    StepFailed,
+    WaitForEvent,
+)
+
+#: While parked, a run shows the most urgent of its pending steps.
+_PARKED_AS = {StepStatus.retrying: RunStatus.queued, StepStatus.sleeping: RunStatus.sleeping,
+              StepStatus.waiting: RunStatus.waiting, StepStatus.invoking: RunStatus.waiting}
+_RANK = {RunStatus.queued: 3, RunStatus.sleeping: 2, RunStatus.waiting: 1}
+
+
+@dataclass
+class RunState:
+    """What an executor needs: the run, its event(s), its stored steps by id, and for an
+    `on_failure` run the error of the run that failed."""
+
+    run: RunRow
+    event: EventRow | None
+    steps: dict[str, StepRow] = field(default_factory=dict)
+    origin_error: ErrorInfo | None = None
+    batch: list[EventRow] = field(default_factory=list)
+
+
+def load(tx: Tx, run_id: str) -> RunState | None:
+    run = lifecycle.get_run(tx, run_id)
+    if run is None:
+        return None
+    event = cast(EventRow | None, tx.one("get_event", id=run["event_id"])
+                 if run["event_id"] else None)
+    steps = {s["id"]: cast(StepRow, s) for s in tx.all("get_steps", run_id=run_id)}
+    origin_error = None
+    if run["origin_run_id"]:
+        origin = lifecycle.get_run(tx, run["origin_run_id"])
+        origin_error = loads(origin["error"]) if origin and origin["error"] else None
+    batch = cast(list[EventRow], tx.all("get_run_events", run_id=run_id))
+    return RunState(run, event if not batch else batch[0], steps, origin_error, batch)
+
+
+class _Batch:
+    """One `apply` call's view of the run, with lazily loaded definition."""
+
+    def __init__(self, tx: Tx, run_id: str, run: GuardRow, now: int) -> None:
+        self.tx, self.run_id, self.run, self.now = tx, run_id, run, now
+        self.retry = int(run["retry"])
+        self.body_retry_at: int | None = None
+        self.applied = Applied()
+        self._definition: FunctionDefinition | None = None
+
+    @property
+    def definition(self) -> FunctionDefinition:
+        if self._definition is None:
+            found = definitions.get(self.tx, self.run["app_id"], self.run["function_id"])
+            self._definition = found or FunctionDefinition(self.run["function_id"],
+                                                           self.run["app_id"])
+        return self._definition
+
+    @property
+    def policy(self) -> RetryPolicy:
+        return self.definition.retry
+
+    def stored_final(self, row: dict[str, object]) -> StepRow | None:
+        """Store a completed or failed-for-good step; None when this call stored it, else the
+        row stored first (a completed step is never overwritten)."""
+        if self.tx.exec("save_step", run_id=self.run_id, **row):
+            self.set_retry(0)  # the step moved on: a later failure starts counting afresh
+            return None
+        return cast(StepRow, self.tx.one("get_step", run_id=self.run_id, id=row["id"]))
+
+    def set_retry(self, retry: int) -> None:
+        """The run's current retry count (what `ctx.attempt` starts from)."""
+        if retry != self.retry:
+            self.tx.exec("set_retry", run_id=self.run_id, retry=retry)
+            self.retry = retry
+
+    def report_stored(self, stored: StepRow) -> None:
+        if stored["status"] == StepStatus.completed:
+            self.applied.outputs[stored["id"]] = stored["output"]
+        elif stored["status"] == StepStatus.failed:
+            self.applied.failed[stored["id"]] = loads(stored["error"] or "{}")
+
+    def insert_pending(self, step_id: str, seq: int, status: StepStatus, started_at: int,
+                       due: int | None) -> bool:
+        """A sleep, wait or invoke step, created once: True when this call created it."""
+        return bool(self.tx.exec(
+            "insert_step", run_id=self.run_id, id=step_id, seq=seq, status=status, attempts=1,
+            output=None, error=None, started_at=started_at, ended_at=due))
+
+
+def apply(tx: Tx, run_id: str, owner: str, outcomes: list[Outcome], now: int,
+          last: bool) -> Applied:
+    """Apply an executor's outcomes in order. `last`: the execution is over, so unless the run
+    finished it parks until its earliest pending step is due (at once when none is)."""
+    batch = _Batch(tx, run_id, lifecycle.guard(tx, run_id, owner), now)
+    for outcome in outcomes:
+        if batch.applied.run_status is not None:
+            raise ValueError(f"run {run_id}: outcome {outcome!r} after the run finished")
+        _apply_one(batch, outcome)
+    if last and batch.applied.run_status is None:
+        _park(batch)
+    return batch.applied
+
+
+def _apply_one(b: _Batch, outcome: Outcome) -> None:
+    tx, run_id, now = b.tx, b.run_id, b.now
+    match outcome:
+        case StepCompleted():
+            stored = b.stored_final({
+                "id": outcome.step_id, "seq": outcome.seq, "status": StepStatus.completed,
+                "attempts": outcome.attempt + 1, "output": outcome.output, "error": None,
+                "started_at": outcome.started_at, "ended_at": outcome.ended_at})
+            if stored is None:
+                b.applied.outputs[outcome.step_id] = outcome.output
+            else:
+                b.report_stored(stored)
+        case StepFailed():
+            _step_failed(b, outcome)
+        case SleepUntil():
+            if outcome.until <= now:  # already over: completes at once
+                stored = b.stored_final({
+                    "id": outcome.step_id, "seq": outcome.seq, "status": StepStatus.completed,
+                    "attempts": 1, "output": None, "error": None,
+                    "started_at": outcome.started_at, "ended_at": outcome.started_at})
+                if stored is None:
+                    b.applied.outputs[outcome.step_id] = None
+                else:
+                    b.report_stored(stored)
+            else:
+                b.insert_pending(outcome.step_id, outcome.seq, StepStatus.sleeping,
+                                 outcome.started_at, outcome.until)
+        case WaitForEvent():
+            if b.insert_pending(outcome.step_id, outcome.seq, StepStatus.waiting,
+                                outcome.started_at, outcome.expires_at):
+                _add_wait(b, outcome)
+        case Invoke():
+            if b.insert_pending(outcome.step_id, outcome.seq, StepStatus.invoking,
+                                outcome.started_at, outcome.expires_at):
+                _start_invoked(b, outcome)
+        case EventsSent():
+            output = dumps({"ids": [e.id for e in outcome.events]}, "ids")
+            stored = b.stored_final({
+                "id": outcome.step_id, "seq": outcome.seq, "status": StepStatus.completed,
+                "attempts": 1, "output": output, "error": None, "started_at": outcome.at,
+                "ended_at": outcome.at})
+            if stored is None:  # the events commit with the step, or neither does
+                ingest.ingest_events(tx, outcome.events, now)
+                b.applied.outputs[outcome.step_id] = output
+            else:
+                b.report_stored(stored)
+        case RunCompleted():
+            lifecycle.finish(tx, run_id, RunStatus.completed, outcome.output, None, now)
+            b.applied.run_status = RunStatus.completed
+        case RunFailed():
+            _run_failed(b, outcome)
+
+
+def _step_failed(b: _Batch, failed: StepFailed) -> None:
+    attempts = failed.attempt + 1
+    delay = retries.next_delay(b.policy, attempts, retriable=failed.retriable,
+                               retry_after_ms=failed.retry_after_ms, retries=failed.retries)
+    row: dict[str, object] = {
+        "id": failed.step_id, "seq": failed.seq, "attempts": attempts, "output": None,
+        "error": dumps(failed.error, "step error"), "started_at": failed.started_at}
+    if delay is None:
+        stored = b.stored_final({**row, "status": StepStatus.failed,
+                                 "ended_at": failed.ended_at})
+        if stored is not None:
+            b.report_stored(stored)
+            return
+        b.applied.failed[failed.step_id] = failed.error
+    else:
+        retry_at = b.now + delay
+        if not b.tx.exec("save_step", run_id=b.run_id, **row, status=StepStatus.retrying,
+                         ended_at=retry_at):
+            b.report_stored(cast(StepRow, b.tx.one("get_step", run_id=b.run_id,
+                                                   id=failed.step_id)))
+            return
+        b.applied.retry_at[failed.step_id] = retry_at
+        b.set_retry(max(b.retry, attempts))
+    lifecycle.record_failure(b.tx, b.run_id, failed.step_id, attempts, failed.error,
+                             failed.started_at, failed.ended_at)
+
+
+def _run_failed(b: _Batch, failed: RunFailed) -> None:
+    """The body failed: retried as a whole under the policy, or the run fails for good and its
+    `on_failure` handler starts in the same transaction."""
+    attempts = b.retry + 1
+    delay = retries.next_delay(b.policy, attempts, retriable=failed.retriable,
+                               retry_after_ms=failed.retry_after_ms)
+    if failed.retriable:
+        lifecycle.record_failure(b.tx, b.run_id, None, attempts, failed.error, None, b.now)
+    if delay is not None:
+        b.set_retry(attempts)
+        b.body_retry_at = b.now + delay
+        return
+    lifecycle.finish(b.tx, b.run_id, RunStatus.failed, None, failed.error, b.now)
+    b.applied.run_status = RunStatus.failed
+    handler = b.definition.on_failure
+    if handler is not None:
+        flow_control.create_run(b.tx, b.run["app_id"], handler, b.run["event_id"], b.now, b.now,
+                                origin_run_id=b.run_id)
+
+
+def _add_wait(b: _Batch, wait: WaitForEvent) -> None:
+    trigger = flow_control.event_for(b.tx, b.run["event_id"]) if b.run["event_id"] else None
+    problem = None
+    key = None
+    try:
+        if wait.match is not None:
+            key = waits.match_of(trigger or {}, wait.match)
+            if key is None:
+                problem = (f"the run's event has no "
+                           f"{'.'.join(expressions.field_path(wait.match))} to match on")
+        if wait.if_ is not None:
+            expressions.compile_expression(wait.if_)
+    except expressions.ExpressionError as exc:
+        problem = str(exc)
+    if problem is not None:  # can never match: the step fails for good
+        error: ErrorInfo = {"name": "NonRetriableError", "step_id": wait.step_id,
+                            "message": f"wait_for_event({wait.step_id!r}): {problem}"}
+        lifecycle.settle_step(b.tx, b.run_id, wait.step_id, StepStatus.waiting,
+                              StepStatus.failed, None, error, b.now)
+        return
+    waits.add_step_wait(b.tx, b.run_id, wait.step_id, wait.event, key, wait.if_, trigger,
+                        wait.expires_at, b.now)
+
+
+def _start_invoked(b: _Batch, invoke: Invoke) -> None:
+    tx, now = b.tx, b.now
+    app_id = b.run["app_id"]
+    definition = definitions.get(tx, app_id, invoke.function_id)
+    if definition is None:
+        lifecycle.settle_step(tx, b.run_id, invoke.step_id, StepStatus.invoking,
+                              StepStatus.failed, None, {
+                                  "name": "InvokeFailed", "step_id": invoke.step_id,
+                                  "message": f"function {invoke.function_id!r} is not "
+                                             f"registered in app {app_id!r}"}, now)
+        return
+    event = StoredEvent(id=f"invoke:{b.run_id}:{invoke.step_id}",
+                        name="stepwise/function.invoked", data=invoke.data, ts=now)
+    if not tx.exec("insert_event", id=event.id, name=event.name, data=event.data, ts=event.ts,
+                   now=now):
+        return
+    child = lifecycle.get_run(tx, flow_control.create_run(
+        tx, app_id, invoke.function_id, event.id, now, now, flow=definition.flow,
+        parent_run_id=b.run_id, parent_step_id=invoke.step_id))
+    if child is not None and child["status"] in TERMINAL_RUN:
+        # Skipped, or an idempotent run already done: the step settles at once.
+        ok = child["status"] == RunStatus.completed
+        lifecycle.settle_step(
+            tx, b.run_id, invoke.step_id, StepStatus.invoking,
+            StepStatus.completed if ok else StepStatus.failed, child["output"],
+            None if ok else (loads(child["error"]) if child["error"] else {
+                "name": "InvokeFailed",
+                "message": f"invoked run {child['id']} is {child['status']}"}), now)
+
+
+def _park(b: _Batch) -> None:
+    """The execution is over and the run is unfinished: park it until its earliest pending
+    step (a retry, a sleep's end, a wait's or invoke's timeout) is due."""
+    due: list[int] = []
+    status: RunStatus | None = None
+    for row in b.tx.all("pending_steps", run_id=b.run_id):
+        due.append(lifecycle.FOREVER if row["ended_at"] is None else int(row["ended_at"]))
+        status = _most_urgent(status, _PARKED_AS[StepStatus(row["status"])])
+    if b.body_retry_at is not None:
+        due.append(b.body_retry_at)
+        status = RunStatus.queued
+    parked_as = status or RunStatus.queued
+    lifecycle.park(b.tx, b.run_id, min(due, default=b.now), parked_as, b.now)
+    b.applied.run_status = parked_as
+
+
+def _most_urgent(current: RunStatus | None, candidate: RunStatus) -> RunStatus:
+    if current is None or _RANK[candidate] > _RANK[current]:
+        return candidate
+    return current

@@ -1,0 +1,69 @@
+"""Typed rows: what the named queries return, so callers read fields, not guesses.
+
+JSON columns (`output`, `error`, `data`, `definition`) hold text; statuses hold the words of
+`stepwise.status`. Times are integer milliseconds since the epoch.
+"""
+
+from __future__ import annotations
+
+from typing import TypedDict
+
+
+class RunRow(TypedDict):
+    id: str
+    app_id: str
+    function_id: str
+    event_id: str | None
+    status: str
+    output: str | None
+    error: str | None
+    attempts: int
+    retry: int
+    origin_run_id: str | None
+    parent_run_id: str | None
+    parent_step_id: str | None
+    created_at: int
+    started_at: int | None
+    ended_at: int | None
+
+
+class StepRow(TypedDict):
+    id: str
+    seq: int
+    status: str
+    attempts: int
+    output: str | None
+    error: str | None
+    started_at: int | None
+    ended_at: int | None
+
+
+class EventRow(TypedDict):
+    id: str
+    name: str
+    data: str
+    ts: int
+
+
+class FailureRow(TypedDict):
+    step_id: str | None
+    attempt: int
+    error: str
+    started_at: int | None
+    ended_at: int
+
+
+class GuardRow(TypedDict):
+    """What fencing reads before an executor's outcome is applied."""
+
+    status: str
+    lease_owner: str | None
+    retry: int
+    app_id: str
+    function_id: str
+    event_id: str | None
+
+
+class RunDetail(RunRow):
+    steps: list[StepRow]
+    failures: list[FailureRow]
