@@ -364,3 +364,33 @@ def test_bad_retries_are_refused_at_definition(retries: Any) -> None:
     app = stepwise.App("t")
     with pytest.raises(stepwise.errors.DefinitionError, match="retries"):
         app.function(id="f", trigger=stepwise.on_event("go"), retries=retries)
+
+
+async def test_a_step_can_have_its_own_retry_count(db: str) -> None:
+    app = stepwise.App("t")
+    calls: Counter[str] = Counter()
+
+    def flaky(name: str, failures: int) -> str:
+        calls[name] += 1
+        if calls[name] <= failures:
+            raise ConnectionError(f"{name} attempt {calls[name]}")
+        return name
+
+    @app.function(id="f", trigger=stepwise.on_event("go"), retries=0)
+    async def f(ctx: stepwise.Context) -> str:
+        patient = await ctx.step.run(stepwise.StepOptions("patient", retries=4), flaky,
+                                     "patient", 4)
+        try:
+            await ctx.step.run("strict", flaky, "strict", 1)
+        except stepwise.StepError:
+            return f"{patient}, strict failed"
+        return "unexpected"
+
+    async with Harness(app, db) as h:
+        event_id = await h.send("go")
+        await h.settle()
+        run = await h.run_for(event_id, "f")
+    assert run["output"] == "patient, strict failed", run
+    assert calls == {"patient": 5, "strict": 1}
+    with pytest.raises(stepwise.errors.DefinitionError, match="retries"):
+        stepwise.StepOptions("x", retries=-1)

@@ -108,6 +108,8 @@ class _Batch:
             self.applied.outputs[stored["id"]] = stored["output"]
         elif stored["status"] == StepStatus.failed:
             self.applied.failed[stored["id"]] = loads(stored["error"] or "{}")
+        elif stored["status"] == StepStatus.retrying and stored["ended_at"] is not None:
+            self.applied.retry_at[stored["id"]] = int(stored["ended_at"])
 
     def insert_pending(self, step_id: str, seq: int, status: StepStatus, started_at: int,
                        due: int | None) -> bool:

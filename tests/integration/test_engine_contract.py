@@ -1,0 +1,268 @@
+"""The engine's contract, driven directly with outcomes on both backends: fencing, results
+stored once, idempotent outcomes, the status transitions allowed and refused, the stored
+retry policy, expiry of waits and invokes, and wake-ups."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from stepwise.clock import ManualClock
+from stepwise.definition import EventTrigger, FunctionDefinition, RetryPolicy
+from stepwise.engine import Conflict, Engine, NotFound
+from stepwise.engine.outcomes import (
+    EventsSent,
+    Invoke,
+    RunCompleted,
+    RunFailed,
+    SleepUntil,
+    StepCompleted,
+    StepFailed,
+    WaitForEvent,
+)
+from stepwise.errors import ErrorInfo, LeaseLost, RunCancelled
+from stepwise.events import StoredEvent
+from stepwise.storage import Tx, open_storage
+
+APP = "contract"
+LEASE_MS = 1000
+ERROR: ErrorInfo = {"name": "ValueError", "message": "nope"}
+
+
+def _definition(function_id: str, event: str, retries: int) -> FunctionDefinition:
+    return FunctionDefinition(function_id, APP, (EventTrigger(event),),
+                              RetryPolicy(retries, backoff_initial_ms=1000, backoff_max_ms=1000))
+
+
+@pytest.fixture
+async def engine(db: str) -> AsyncIterator[Engine]:
+    storage = open_storage(db)
+    await storage.open()
+    engine = Engine(storage, ManualClock())
+    await engine.register(APP, [_definition("f", "go", retries=2),
+                                _definition("g", "go-g", retries=0)])
+    yield engine
+    await storage.close()
+
+
+def now(engine: Engine) -> int:
+    return engine.clock.now_ms()
+
+
+def done(engine: Engine, step_id: str, seq: int, output: str) -> StepCompleted:
+    return StepCompleted(step_id, seq, output, now(engine), now(engine))
+
+
+async def start_run(engine: Engine, owner: str = "A", event_id: str = "e1") -> str:
+    await engine.ingest([StoredEvent(event_id, "go", '{"user": 1}', now(engine))])
+    leased = await engine.lease(APP, owner, 10, LEASE_MS)
+    assert len(leased) == 1
+    return leased[0]
+
+
+async def snapshot(engine: Engine) -> dict[str, list[dict[str, Any]]]:
+    def read(tx: Tx) -> dict[str, list[dict[str, Any]]]:
+        return {table: tx.raw_all(f"SELECT * FROM {table} ORDER BY 1, 2", {}) for table in
+                ("runs", "steps", "queue", "waits", "failures", "events", "queue_keys")}
+
+    return await engine.storage.read(read)
+
+
+async def status(engine: Engine, run_id: str) -> str:
+    return (await engine.get_run(run_id))["status"]
+
+
+async def test_a_stale_lease_holder_is_refused_and_changes_nothing(engine: Engine) -> None:
+    run_id = await start_run(engine, "A")
+    engine.clock.advance(2)  # A stopped renewing; its lease expired
+    assert await engine.lease(APP, "B", 10, LEASE_MS) == [run_id]
+    before = await snapshot(engine)
+    t = now(engine)
+    for outcomes, last in (([done(engine, "s", 0, "1")], False),
+                           ([SleepUntil("s", 0, t + 60_000, t)], True),
+                           ([StepFailed("s", 0, ERROR, t, t)], False),
+                           ([RunCompleted("1")], True)):
+        with pytest.raises(LeaseLost):
+            await engine.apply(run_id, "A", list(outcomes), last=last)
+        assert await snapshot(engine) == before
+    applied = await engine.apply(run_id, "B", [done(engine, "s", 0, "2")], last=False)
+    assert applied.outputs == {"s": "2"}
+
+
+async def test_a_completed_step_is_never_overwritten(engine: Engine) -> None:
+    run_id = await start_run(engine)
+    await engine.apply(run_id, "A", [done(engine, "s", 0, '"first"')], last=False)
+    before = await snapshot(engine)
+    again = await engine.apply(run_id, "A", [done(engine, "s", 0, '"second"')], last=False)
+    assert again.outputs == {"s": '"first"'}
+    t = now(engine)
+    failed = await engine.apply(run_id, "A", [StepFailed("s", 0, ERROR, t, t, retriable=False)],
+                                last=False)
+    assert failed.outputs == {"s": '"first"'} and failed.failed == {}
+    assert await snapshot(engine) == before
+
+
+async def test_outcomes_applied_twice_change_nothing_the_second_time(engine: Engine) -> None:
+    run_id = await start_run(engine)
+    t = now(engine)
+    sent = (StoredEvent("sent-1", "elsewhere", "{}", t),)
+    for outcome in (done(engine, "a", 0, "1"), EventsSent("b", 1, sent, t),
+                    StepFailed("c", 2, ERROR, t, t),  # retried: one failed attempt recorded
+                    StepFailed("d", 3, ERROR, t, t, retriable=False)):
+        first = await engine.apply(run_id, "A", [outcome], last=False)
+        before = await snapshot(engine)
+        second = await engine.apply(run_id, "A", [outcome], last=False)
+        assert await snapshot(engine) == before, outcome
+        assert second == first, outcome
+    # A batch that ends the execution gives up the lease: a resend is refused.
+    await engine.apply(run_id, "A", [SleepUntil("e", 4, t + 60_000, t)], last=True)
+    before = await snapshot(engine)
+    with pytest.raises(LeaseLost):
+        await engine.apply(run_id, "A", [SleepUntil("e", 4, t + 60_000, t)], last=True)
+    assert await snapshot(engine) == before
+    run = await engine.get_run(run_id)
+    assert [(f["step_id"], f["attempt"]) for f in run["failures"]] == [("c", 1), ("d", 1)]
+
+
+async def test_status_transitions_the_engine_allows(engine: Engine) -> None:
+    run_id = await start_run(engine)
+    assert await status(engine, run_id) == "running"
+    t = now(engine)
+    parked = await engine.apply(run_id, "A", [SleepUntil("nap", 0, t + 60_000, t)], last=True)
+    assert parked.run_status == "sleeping" == await status(engine, run_id)
+    engine.clock.advance(61)
+    assert await engine.lease(APP, "A", 10, LEASE_MS) == [run_id]
+    run = await engine.get_run(run_id)
+    assert run["status"] == "running" and run["steps"][0]["status"] == "completed"
+
+    t = now(engine)
+    waiting = await engine.apply(run_id, "A", [WaitForEvent(
+        "paid", 1, "invoice.paid", t + 3_600_000, t, match="data.user")], last=True)
+    assert waiting.run_status == "waiting"
+    await engine.ingest([StoredEvent("p1", "invoice.paid", '{"user": 2}', t)])  # no match
+    assert await status(engine, run_id) == "waiting"
+    await engine.ingest([StoredEvent("p2", "invoice.paid", '{"user": 1}', t)])
+    assert await status(engine, run_id) == "queued"  # woken at once
+    assert await engine.lease(APP, "A", 10, LEASE_MS) == [run_id]
+    paid = (await engine.get_run(run_id))["steps"][1]
+    assert paid["status"] == "completed" and '"p2"' in str(paid["output"])
+
+    retried = await engine.apply(run_id, "A", [RunFailed(ERROR)], last=True)
+    assert retried.run_status == "queued"
+    assert (await engine.get_run(run_id))["retry"] == 1
+    engine.clock.advance(2)
+    assert await engine.lease(APP, "A", 10, LEASE_MS) == [run_id]
+    failed = await engine.apply(run_id, "A", [RunFailed(ERROR, retriable=False)], last=True)
+    assert failed.run_status == "failed" == await status(engine, run_id)
+
+    assert (await engine.replay(run_id))["status"] == "queued"
+    assert await engine.lease(APP, "A", 10, LEASE_MS) == [run_id]
+    await engine.apply(run_id, "A", [RunCompleted("3")], last=True)
+    run = await engine.get_run(run_id)
+    assert run["status"] == "completed" and run["output"] == "3" and run["attempts"] == 2
+    assert [s["id"] for s in run["steps"]] == ["nap", "paid"]  # kept across the replay
+
+
+async def test_status_transitions_the_engine_refuses(engine: Engine) -> None:
+    run_id = await start_run(engine)
+    with pytest.raises(Conflict, match="running"):
+        await engine.replay(run_id)
+    assert (await engine.cancel(run_id))["status"] == "cancelled"
+    with pytest.raises(RunCancelled):
+        await engine.apply(run_id, "A", [done(engine, "s", 0, "1")], last=False)
+    with pytest.raises(Conflict, match="already cancelled"):
+        await engine.cancel(run_id)
+    assert (await engine.replay(run_id))["status"] == "queued"
+    assert await engine.lease(APP, "A", 10, LEASE_MS) == [run_id]
+    before = await snapshot(engine)
+    with pytest.raises(ValueError, match="after the run finished"):  # refused whole
+        await engine.apply(run_id, "A", [RunCompleted("1"), done(engine, "late", 0, "1")],
+                           last=True)
+    assert await snapshot(engine) == before
+    await engine.apply(run_id, "A", [RunCompleted("1")], last=True)
+    for action in (engine.cancel, engine.replay):
+        with pytest.raises(Conflict, match="completed"):
+            await action(run_id)
+    with pytest.raises(LeaseLost):
+        await engine.apply(run_id, "A", [RunCompleted("2")], last=True)
+    for action in (engine.cancel, engine.replay):
+        with pytest.raises(NotFound):
+            await action("no-such-run")
+
+
+async def test_retry_policy_comes_from_the_stored_definition(engine: Engine) -> None:
+    run_id = await start_run(engine)  # function f: retries=2, backoff 0.5-1 s
+    t = now(engine)
+    for attempt in (0, 1):
+        applied = await engine.apply(run_id, "A", [StepFailed("s", 0, ERROR, t, t, attempt)],
+                                     last=False)
+        assert t + 500 <= applied.retry_at["s"] <= t + 1000, applied
+    final = await engine.apply(run_id, "A", [StepFailed("s", 0, ERROR, t, t, 2)], last=False)
+    assert final.failed == {"s": ERROR}
+    own = await engine.apply(run_id, "A", [StepFailed(
+        "t", 1, ERROR, t, t, attempt=4, retries=5, retry_after_ms=7000)], last=False)
+    assert own.retry_at == {"t": t + 7000}  # its own retry count and the delay asked for
+    once = await engine.apply(run_id, "A", [StepFailed("u", 2, ERROR, t, t, retriable=False)],
+                              last=False)
+    assert once.failed == {"u": ERROR}
+    parked = await engine.apply(run_id, "A", [], last=True)
+    assert parked.run_status == "queued"
+    assert await engine.next_due(APP) == t + 7000  # when the retrying step is due
+    run = await engine.get_run(run_id)
+    assert sorted((f["step_id"], f["attempt"]) for f in run["failures"]) == [
+        ("s", 1), ("s", 2), ("s", 3), ("t", 5), ("u", 1)]
+
+
+async def test_waits_and_invokes_expire_when_the_run_is_leased(engine: Engine) -> None:
+    run_id = await start_run(engine)
+    t = now(engine)
+    parked = await engine.apply(run_id, "A", [
+        WaitForEvent("w", 0, "never.sent", t + 1000, t),
+        Invoke("i", 1, "g", '{"x": 1}', t, t + 1000)], last=True)
+    assert parked.run_status == "waiting"
+    child = [r for r in await engine.list_runs({"function": "g"})]
+    assert len(child) == 1 and child[0]["parent_run_id"] == run_id
+    engine.clock.advance(2)
+    assert run_id in await engine.lease(APP, "A", 10, LEASE_MS)
+    steps = {s["id"]: s for s in (await engine.get_run(run_id))["steps"]}
+    assert steps["w"]["status"] == "completed" and steps["w"]["output"] is None
+    assert steps["i"]["status"] == "failed"
+    assert "did not finish before the timeout" in str(steps["i"]["error"])
+
+
+async def test_invoking_an_unknown_function_fails_the_step_not_the_engine(engine: Engine) -> None:
+    run_id = await start_run(engine)
+    t = now(engine)
+    parked = await engine.apply(run_id, "A", [Invoke("i", 0, "missing", "{}", t)], last=True)
+    assert parked.run_status == "queued"  # nothing to wait for: back at once
+    step = (await engine.get_run(run_id))["steps"][0]
+    assert step["status"] == "failed" and "not registered" in str(step["error"])
+
+
+async def test_operations_that_make_work_due_wake_workers(engine: Engine) -> None:
+    woken: list[int] = []
+    engine.storage.on_new_work(lambda: woken.append(1))
+
+    async def woke() -> bool:
+        for _ in range(100):
+            if woken:
+                return True
+            await asyncio.sleep(0.01)
+        return False
+
+    run_id = await start_run(engine)
+    assert await woke()  # ingest created a run
+    await asyncio.sleep(0.1)  # let a NOTIFY from PostgreSQL arrive before counting again
+    woken.clear()
+    await engine.cancel(run_id)  # frees its concurrency slot, stops it at its next step
+    assert await woke()
+    await asyncio.sleep(0.1)
+    woken.clear()
+    with pytest.raises(Conflict):
+        await engine.cancel(run_id)  # rolled back: wakes nobody
+    await engine.list_runs({})
+    await asyncio.sleep(0.1)
+    assert woken == []
