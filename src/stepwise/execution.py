@@ -145,10 +145,10 @@ class Execution:
         """From a sync function's thread, run a coroutine on the worker's loop and wait."""
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result()  # type: ignore[arg-type]
 
-    async def report(self, outcome: Outcome) -> Applied:
+    def report(self, outcome: Outcome) -> Awaitable[Applied]:
         """Report a finished step now; the code goes on with what the engine stored."""
-        return await self.env.engine.apply(self.run_id, self.env.owner, [outcome], last=False,
-                                           inline=self.env.inline())
+        return self.env.engine.apply(self.run_id, self.env.owner, [outcome], last=False,
+                                     inline=self.env.inline())
 
     # --- step bookkeeping ----------------------------------------------------------------
 

@@ -21,7 +21,7 @@ FOREVER = 253_402_300_799_000  # 9999-12-31: "no timeout" as a time
 
 def guard(tx: Tx, run_id: str, owner: str) -> GuardRow:
     """Fencing: only the holder of the run's lease may write its outcomes."""
-    row = cast(GuardRow | None, tx.one("run_guard", run_id=run_id))
+    row: GuardRow | None = tx.one("run_guard", run_id=run_id)  # type: ignore[assignment]
     if row is None:
         raise LeaseLost(f"run {run_id} no longer exists")
     if row["status"] == RunStatus.cancelled:

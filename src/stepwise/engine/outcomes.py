@@ -10,7 +10,7 @@ Times are milliseconds since the epoch; outputs and data are checked JSON text.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ..errors import ErrorInfo
 from ..events import StoredEvent
@@ -105,15 +105,24 @@ Outcome = (StepCompleted | StepFailed | SleepUntil | WaitForEvent | Invoke | Eve
            | RunCompleted | RunFailed)
 
 
-@dataclass
 class Applied:
     """What the engine answered: what the executor's code sees next."""
 
-    #: Stored output of each completed step (what was stored first, if it already was).
-    outputs: dict[str, str | None] = field(default_factory=dict)
-    #: Steps failed for good, with their error.
-    failed: dict[str, ErrorInfo] = field(default_factory=dict)
-    #: Steps to retry, and when.
-    retry_at: dict[str, int] = field(default_factory=dict)
-    #: The run's status when this batch finished it or parked it (None: still executing).
-    run_status: str | None = None
+    __slots__ = ("failed", "outputs", "retry_at", "run_status")
+
+    def __init__(self) -> None:
+        #: Stored output of each completed step (what was stored first, if it already was).
+        self.outputs: dict[str, str | None] = {}
+        #: Steps failed for good, with their error.
+        self.failed: dict[str, ErrorInfo] = {}
+        #: Steps to retry, and when.
+        self.retry_at: dict[str, int] = {}
+        #: The run's status when this batch finished it or parked it (None: still executing).
+        self.run_status: str | None = None
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Applied) and all(
+            getattr(self, name) == getattr(other, name) for name in self.__slots__)
+
+    def __repr__(self) -> str:
+        return "Applied(" + ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__) + ")"

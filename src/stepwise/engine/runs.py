@@ -38,6 +38,9 @@ from .outcomes import (
 _PARKED_AS = {StepStatus.retrying: RunStatus.queued, StepStatus.sleeping: RunStatus.sleeping,
               StepStatus.waiting: RunStatus.waiting, StepStatus.invoking: RunStatus.waiting}
 _RANK = {RunStatus.queued: 3, RunStatus.sleeping: 2, RunStatus.waiting: 1}
+#: Bound as an exact `str`: sqlite3 adapts `str` subclasses (enums) through a slow path, and
+#: this is every step's write.
+_COMPLETED = StepStatus.completed.value
 
 
 @dataclass
@@ -70,12 +73,24 @@ def load(tx: Tx, run_id: str) -> RunState | None:
 class _Batch:
     """One `apply` call's view of the run, with lazily loaded definition."""
 
-    def __init__(self, tx: Tx, run_id: str, run: GuardRow, now: int) -> None:
-        self.tx, self.run_id, self.run, self.now = tx, run_id, run, now
-        self.retry = int(run["retry"])
+    __slots__ = ("_definition", "_run", "applied", "body_retry_at", "now", "retry", "run_id",
+                 "tx")
+
+    def __init__(self, tx: Tx, run_id: str, guard: GuardRow, now: int) -> None:
+        self.tx, self.run_id, self.now = tx, run_id, now
+        self.retry = int(guard["retry"])
         self.body_retry_at: int | None = None
         self.applied = Applied()
+        self._run: RunRow | None = None
         self._definition: FunctionDefinition | None = None
+
+    @property
+    def run(self) -> RunRow:
+        """The run's row, read only by the outcomes that need its app, function or event."""
+        if self._run is None:
+            self._run = lifecycle.get_run(self.tx, self.run_id)
+            assert self._run is not None  # the guard just read it
+        return self._run
 
     @property
     def definition(self) -> FunctionDefinition:
@@ -93,7 +108,8 @@ class _Batch:
         """Store a completed or failed-for-good step; None when this call stored it, else the
         row stored first (a completed step is never overwritten)."""
         if self.tx.exec("save_step", run_id=self.run_id, **row):
-            self.set_retry(0)  # the step moved on: a later failure starts counting afresh
+            if self.retry:  # the step moved on: a later failure starts counting afresh
+                self.set_retry(0)
             return None
         return cast(StepRow, self.tx.one("get_step", run_id=self.run_id, id=row["id"]))
 
@@ -123,7 +139,10 @@ def apply(tx: Tx, run_id: str, owner: str, outcomes: list[Outcome], now: int,
           last: bool) -> Applied:
     """Apply an executor's outcomes in order. `last`: the execution is over, so unless the run
     finished it parks until its earliest pending step is due (at once when none is)."""
-    batch = _Batch(tx, run_id, lifecycle.guard(tx, run_id, owner), now)
+    guard = lifecycle.guard(tx, run_id, owner)
+    if not last and len(outcomes) == 1 and type(outcomes[0]) is StepCompleted:
+        return _one_completed_step(tx, run_id, guard, outcomes[0])  # every step's path
+    batch = _Batch(tx, run_id, guard, now)
     for outcome in outcomes:
         if batch.applied.run_status is not None:
             raise ValueError(f"run {run_id}: outcome {outcome!r} after the run finished")
@@ -133,18 +152,36 @@ def apply(tx: Tx, run_id: str, owner: str, outcomes: list[Outcome], now: int,
     return batch.applied
 
 
+def _save_completed(tx: Tx, run_id: str, done: StepCompleted) -> bool:
+    """Store a completed step unless a final result is stored already."""
+    return bool(tx.exec("save_step", run_id=run_id, id=done.step_id, seq=done.seq,
+                        status=_COMPLETED, attempts=done.attempt + 1, output=done.output,
+                        error=None, started_at=done.started_at, ended_at=done.ended_at))
+
+
+def _one_completed_step(tx: Tx, run_id: str, guard: GuardRow, done: StepCompleted) -> Applied:
+    """`apply` for one completed step mid-execution, without the batch machinery."""
+    if not _save_completed(tx, run_id, done):
+        batch = _Batch(tx, run_id, guard, 0)
+        batch.report_stored(cast(StepRow, tx.one("get_step", run_id=run_id, id=done.step_id)))
+        return batch.applied
+    if guard["retry"]:
+        tx.exec("set_retry", run_id=run_id, retry=0)
+    applied = Applied()
+    applied.outputs[done.step_id] = done.output
+    return applied
+
+
 def _apply_one(b: _Batch, outcome: Outcome) -> None:
     tx, run_id, now = b.tx, b.run_id, b.now
     match outcome:
         case StepCompleted():
-            stored = b.stored_final({
-                "id": outcome.step_id, "seq": outcome.seq, "status": StepStatus.completed,
-                "attempts": outcome.attempt + 1, "output": outcome.output, "error": None,
-                "started_at": outcome.started_at, "ended_at": outcome.ended_at})
-            if stored is None:
+            if _save_completed(tx, run_id, outcome):
+                b.set_retry(0)
                 b.applied.outputs[outcome.step_id] = outcome.output
             else:
-                b.report_stored(stored)
+                b.report_stored(cast(StepRow, tx.one("get_step", run_id=run_id,
+                                                     id=outcome.step_id)))
         case StepFailed():
             _step_failed(b, outcome)
         case SleepUntil():

@@ -59,9 +59,6 @@ class GuardRow(TypedDict):
     status: str
     lease_owner: str | None
     retry: int
-    app_id: str
-    function_id: str
-    event_id: str | None
 
 
 class RunDetail(RunRow):

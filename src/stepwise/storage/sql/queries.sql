@@ -119,8 +119,7 @@ ORDER BY lease_expires_at LIMIT 1;
 UPDATE queue SET lease_expires_at = :until WHERE run_id = :run_id AND lease_owner = :owner;
 
 -- name: run_guard
-SELECT r.status, q.lease_owner, r.retry, r.app_id, r.function_id, r.event_id
-FROM runs r LEFT JOIN queue q ON q.run_id = r.id
+SELECT r.status, q.lease_owner, r.retry FROM runs r LEFT JOIN queue q ON q.run_id = r.id
 WHERE r.id = :run_id;
 
 -- name: get_run
