@@ -19,7 +19,6 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from . import expressions
-from .clock import Clock
 from .context import Context
 from .engine import Engine, RunState
 from .engine.outcomes import (
@@ -63,8 +62,7 @@ MAX_STEP_ID = 512
 class ExecutorEnv:
     """What an execution needs from its surroundings (a worker provides it)."""
 
-    engine: Engine
-    clock: Clock
+    engine: Engine  # and its clock, the one time every outcome is stamped with
     limits: Limits
     metrics: Metrics
     owner: str  # the lease holder's id: outcomes from anyone else are refused
@@ -139,7 +137,7 @@ class Execution:
         return self._position < len(self.stored)
 
     def now_ms(self) -> int:
-        return self.env.clock.now_ms()
+        return self.env.engine.clock.now_ms()
 
     def call(self, coro: Awaitable[T]) -> T:
         """From a sync function's thread, run a coroutine on the worker's loop and wait."""

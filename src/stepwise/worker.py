@@ -59,7 +59,7 @@ class Worker:
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
         self.env = ExecutorEnv(
-            engine=self.engine, clock=self.clock, limits=limits or Limits(), metrics=Metrics(),
+            engine=self.engine, limits=limits or Limits(), metrics=Metrics(),
             owner=self.id, inline=lambda: len(self._active) <= 1,
             threads=ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="stepwise-fn"))
 

@@ -120,12 +120,7 @@ class _Batch:
             self.retry = retry
 
     def report_stored(self, stored: StepRow) -> None:
-        if stored["status"] == StepStatus.completed:
-            self.applied.outputs[stored["id"]] = stored["output"]
-        elif stored["status"] == StepStatus.failed:
-            self.applied.failed[stored["id"]] = loads(stored["error"] or "{}")
-        elif stored["status"] == StepStatus.retrying and stored["ended_at"] is not None:
-            self.applied.retry_at[stored["id"]] = int(stored["ended_at"])
+        _report_stored(self.applied, stored)
 
     def insert_pending(self, step_id: str, seq: int, status: StepStatus, started_at: int,
                        due: int | None) -> bool:
@@ -152,6 +147,16 @@ def apply(tx: Tx, run_id: str, owner: str, outcomes: list[Outcome], now: int,
     return batch.applied
 
 
+def _report_stored(applied: Applied, stored: StepRow) -> None:
+    """Answer with what is stored for a step reported again (its first result stands)."""
+    if stored["status"] == StepStatus.completed:
+        applied.outputs[stored["id"]] = stored["output"]
+    elif stored["status"] == StepStatus.failed:
+        applied.failed[stored["id"]] = loads(stored["error"] or "{}")
+    elif stored["status"] == StepStatus.retrying and stored["ended_at"] is not None:
+        applied.retry_at[stored["id"]] = int(stored["ended_at"])
+
+
 def _save_completed(tx: Tx, run_id: str, done: StepCompleted) -> bool:
     """Store a completed step unless a final result is stored already."""
     return bool(tx.exec("save_step", run_id=run_id, id=done.step_id, seq=done.seq,
@@ -161,13 +166,13 @@ def _save_completed(tx: Tx, run_id: str, done: StepCompleted) -> bool:
 
 def _one_completed_step(tx: Tx, run_id: str, guard: GuardRow, done: StepCompleted) -> Applied:
     """`apply` for one completed step mid-execution, without the batch machinery."""
+    applied = Applied()
     if not _save_completed(tx, run_id, done):
-        batch = _Batch(tx, run_id, guard, 0)
-        batch.report_stored(cast(StepRow, tx.one("get_step", run_id=run_id, id=done.step_id)))
-        return batch.applied
+        _report_stored(applied, cast(StepRow, tx.one("get_step", run_id=run_id,
+                                                     id=done.step_id)))
+        return applied
     if guard["retry"]:
         tx.exec("set_retry", run_id=run_id, retry=0)
-    applied = Applied()
     applied.outputs[done.step_id] = done.output
     return applied
 
