@@ -108,10 +108,9 @@ class _Batch:
         """Store a completed or failed-for-good step; None when this call stored it, else the
         row stored first (a completed step is never overwritten)."""
         if self.tx.exec("save_step", run_id=self.run_id, **row):
-            if self.retry:  # the step moved on: a later failure starts counting afresh
-                self.set_retry(0)
+            self.set_retry(0)  # the step moved on: a later failure starts counting afresh
             return None
-        return cast(StepRow, self.tx.one("get_step", run_id=self.run_id, id=row["id"]))
+        return _stored(self.tx, self.run_id, str(row["id"]))
 
     def set_retry(self, retry: int) -> None:
         """The run's current retry count (what `ctx.attempt` starts from)."""
@@ -147,6 +146,11 @@ def apply(tx: Tx, run_id: str, owner: str, outcomes: list[Outcome], now: int,
     return batch.applied
 
 
+def _stored(tx: Tx, run_id: str, step_id: str) -> StepRow:
+    """A step as stored, read back when an outcome found it already settled."""
+    return cast(StepRow, tx.one("get_step", run_id=run_id, id=step_id))
+
+
 def _report_stored(applied: Applied, stored: StepRow) -> None:
     """Answer with what is stored for a step reported again (its first result stands)."""
     if stored["status"] == StepStatus.completed:
@@ -168,8 +172,7 @@ def _one_completed_step(tx: Tx, run_id: str, guard: GuardRow, done: StepComplete
     """`apply` for one completed step mid-execution, without the batch machinery."""
     applied = Applied()
     if not _save_completed(tx, run_id, done):
-        _report_stored(applied, cast(StepRow, tx.one("get_step", run_id=run_id,
-                                                     id=done.step_id)))
+        _report_stored(applied, _stored(tx, run_id, done.step_id))
         return applied
     if guard["retry"]:
         tx.exec("set_retry", run_id=run_id, retry=0)
@@ -185,8 +188,7 @@ def _apply_one(b: _Batch, outcome: Outcome) -> None:
                 b.set_retry(0)
                 b.applied.outputs[outcome.step_id] = outcome.output
             else:
-                b.report_stored(cast(StepRow, tx.one("get_step", run_id=run_id,
-                                                     id=outcome.step_id)))
+                b.report_stored(_stored(tx, run_id, outcome.step_id))
         case StepFailed():
             _step_failed(b, outcome)
         case SleepUntil():
@@ -246,8 +248,7 @@ def _step_failed(b: _Batch, failed: StepFailed) -> None:
         retry_at = b.now + delay
         if not b.tx.exec("save_step", run_id=b.run_id, **row, status=StepStatus.retrying,
                          ended_at=retry_at):
-            b.report_stored(cast(StepRow, b.tx.one("get_step", run_id=b.run_id,
-                                                   id=failed.step_id)))
+            b.report_stored(_stored(b.tx, b.run_id, failed.step_id))
             return
         b.applied.retry_at[failed.step_id] = retry_at
         b.set_retry(max(b.retry, attempts))
