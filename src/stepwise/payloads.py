@@ -56,10 +56,17 @@ def _reject_constant(name: str) -> Any:
     raise PayloadError(f"{name} is not valid JSON")
 
 
+_decoder = json.JSONDecoder(parse_constant=_reject_constant)
+
+
 def loads(text: str | bytes) -> Any:
-    """Decode JSON, rejecting NaN and Infinity, which JSON does not have."""
+    """Decode JSON (UTF-8 when bytes), rejecting NaN and Infinity, which JSON does not have."""
     try:
-        return json.loads(text, parse_constant=_reject_constant)
+        if not isinstance(text, str):
+            text = text.decode()
+        return _decoder.decode(text)
+    except UnicodeDecodeError as exc:
+        raise PayloadError(f"not valid UTF-8: {exc}") from None
     except json.JSONDecodeError as exc:
         raise PayloadError(f"malformed JSON: {exc}") from None
     except RecursionError:
