@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import ipaddress
 import json
 import logging
 import os
 import secrets
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import Any
 
 import click
 
+from .access import LOCAL_HOSTS, Access, mask
+from .admission import DEFAULT_MAX_IN_FLIGHT
 from .app import App
 from .payloads import Limits
 from .status import RunStatus
@@ -84,6 +88,38 @@ def _limits(options: dict[str, Any]) -> Limits:
                   step_output_bytes=options["max_step_output_bytes"])
 
 
+def _key(value: str | None, file: str | None, what: str) -> str | None:
+    """A key from its flag or environment variable, or from a file (first line)."""
+    if value is not None and file is not None:
+        raise click.UsageError(f"give the {what} once: as a value or as a file, not both")
+    if file is not None:
+        try:
+            with open(file, encoding="utf-8") as handle:
+                value = handle.readline().strip()
+        except OSError as exc:
+            raise click.UsageError(f"cannot read the {what} file {file!r}: "
+                                   f"{exc.strerror}") from None
+        if not value:
+            raise click.UsageError(f"the {what} file {file!r} is empty")
+    if value is not None:
+        value = value.strip()
+        if not value or not value.isprintable() or " " in value:
+            raise click.UsageError(f"the {what} must be printable text without spaces")
+        if len(value) < MIN_KEY_CHARS:
+            click.echo(f"warning: the {what} has {len(value)} characters; use at least "
+                       f"{MIN_KEY_CHARS} (`stepwise new-key` makes one)", err=True)
+    return value
+
+
+#: Keys shorter than this are accepted with a warning.
+MIN_KEY_CHARS = 16
+
+max_in_flight_option = click.option(
+    "--max-in-flight", type=click.IntRange(min=1), default=DEFAULT_MAX_IN_FLIGHT,
+    show_default=True, envvar="STEPWISE_MAX_IN_FLIGHT",
+    help="HTTP requests handled at once; more get 503 with Retry-After  "
+         "[env STEPWISE_MAX_IN_FLIGHT]")
+
 concurrency_option = click.option("--concurrency", type=int, default=10, show_default=True,
                                   callback=_positive, help="Runs executed at once per process")
 
@@ -99,37 +135,105 @@ def main(verbose: bool) -> None:
 @main.command()
 @click.argument("app_spec", metavar="MODULE:APP")
 @click.option("--port", type=click.IntRange(1, 65535), default=8288, show_default=True)
-@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on; anything but a loopback address needs --insecure")
+@click.option("--allow-host", "allow_hosts", multiple=True, metavar="NAME",
+              help="Also accept requests addressed to this host name (repeatable); "
+                   "localhost, 127.0.0.1 and ::1 always are")
+@click.option("--insecure", is_flag=True,
+              help="Allow listening on a non-loopback address although dev mode has no "
+                   "credentials")
 @db_option
 @concurrency_option
 @lease_option
 @poll_option
 @limits_options
-def dev(app_spec: str, port: int, host: str, db: str | None, concurrency: int,
-        lease_seconds: float, poll_seconds: float, **limits: int) -> None:
-    """Server, worker and dashboard in one process, on embedded SQLite by default."""
+@max_in_flight_option
+def dev(app_spec: str, port: int, host: str, allow_hosts: tuple[str, ...], insecure: bool,
+        db: str | None, concurrency: int, lease_seconds: float, poll_seconds: float,
+        max_in_flight: int, **limits: int) -> None:
+    """Server, worker and dashboard in one process, on embedded SQLite by default.
+
+    No credentials: it listens on localhost only, accepts requests addressed to local host
+    names only, and refuses cross-site requests, so a web page cannot reach it.
+    """
+    if not _loopback(host) and not insecure:
+        raise click.UsageError(f"dev mode has no credentials: listening on {host!r} would let "
+                               "anyone who reaches it read and control every run. Use "
+                               "`stepwise server` with keys, or pass --insecure on purpose.")
     app = load_app(app_spec)
-    asyncio.run(_serve(app=app, db=db, host=host, port=port, event_key=None,
+    access = Access.dev(frozenset(h.lower() for h in allow_hosts))
+    asyncio.run(_serve(app=app, db=db, host=host, port=port, access=access,
                        concurrency=concurrency, lease_seconds=lease_seconds,
-                       poll_seconds=poll_seconds, with_http=True, limits=_limits(limits)))
+                       poll_seconds=poll_seconds, with_http=True, limits=_limits(limits),
+                       max_in_flight=max_in_flight))
+
+
+def _loopback(host: str) -> bool:
+    if host.lower() in LOCAL_HOSTS:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 @main.command()
 @db_option
 @click.option("--port", type=click.IntRange(1, 65535), default=8288, show_default=True)
 @click.option("--host", default="0.0.0.0", show_default=True)
+@click.option("--api-key", envvar="STEPWISE_API_KEY", default=None,
+              help="Key for the management API, dashboard and metrics (Bearer token, or the "
+                   "password of the dashboard login)  [env STEPWISE_API_KEY]")
+@click.option("--api-key-file", envvar="STEPWISE_API_KEY_FILE", default=None,
+              help="Read the API key from this file  [env STEPWISE_API_KEY_FILE]")
 @click.option("--event-key", envvar="STEPWISE_EVENT_KEY", default=None,
-              help="Bearer token required to send events  [env STEPWISE_EVENT_KEY]")
+              help="Key that only allows sending events  [env STEPWISE_EVENT_KEY]")
+@click.option("--event-key-file", envvar="STEPWISE_EVENT_KEY_FILE", default=None,
+              help="Read the event key from this file  [env STEPWISE_EVENT_KEY_FILE]")
+@click.option("--insecure", is_flag=True,
+              help="Start without keys: anyone who reaches the port can read and control "
+                   "every run. Only for a network you fully trust.")
 @limits_options
-def server(db: str | None, port: int, host: str, event_key: str | None, **limits: int) -> None:
+@max_in_flight_option
+def server(db: str | None, port: int, host: str, api_key: str | None,
+           api_key_file: str | None, event_key: str | None, event_key_file: str | None,
+           insecure: bool, max_in_flight: int, **limits: int) -> None:
     """The HTTP API and dashboard alone (run workers separately).
 
-    Sending events always needs an event key here: --event-key, STEPWISE_EVENT_KEY, or else the
-    one generated and stored in the database by the first server (printed at start).
+    Needs two keys, from flags, environment or files: the API key (management API,
+    dashboard, metrics, docs) and the event key (sending events only). Without them it refuses
+    to start, unless told --insecure. Keys are never printed whole.
     """
-    asyncio.run(_serve(app=None, db=db, host=host, port=port, event_key=event_key,
+    api_key = _key(api_key, api_key_file, "API key")
+    event_key = _key(event_key, event_key_file, "event key")
+    if (api_key is None or event_key is None) and not insecure:
+        missing = " and ".join(name for name, key in (("--api-key", api_key),
+                                                       ("--event-key", event_key)) if not key)
+        raise click.UsageError(
+            f"no {missing}: `stepwise server` needs an API key and an event key (flags, "
+            "STEPWISE_API_KEY/STEPWISE_EVENT_KEY, or --api-key-file/--event-key-file). Make "
+            "one with `stepwise new-key`. To run without credentials on purpose, pass "
+            "--insecure.")
+    if api_key is not None and api_key == event_key:
+        raise click.UsageError("the API key and the event key must differ: the event key is "
+                               "given to event senders and must not manage runs")
+    if insecure and (api_key is None or event_key is None):
+        click.echo("warning: --insecure: " + ("the API is open to anyone who reaches "
+                   f"{host}:{port}" if api_key is None else "sending events needs no key"),
+                   err=True)
+    else:
+        click.echo(f"API key {mask(api_key or '')}, event key {mask(event_key or '')}")
+    access = Access(api_key=api_key, event_key=event_key)
+    asyncio.run(_serve(app=None, db=db, host=host, port=port, access=access,
                        concurrency=1, lease_seconds=30.0, poll_seconds=1.0, with_http=True,
-                       limits=_limits(limits)))
+                       limits=_limits(limits), max_in_flight=max_in_flight))
+
+
+@main.command("new-key")
+def new_key() -> None:
+    """Print a new random key (for --api-key or --event-key)."""
+    click.echo(secrets.token_urlsafe(32))
 
 
 @main.command()
@@ -143,17 +247,17 @@ def worker(app_spec: str, db: str | None, concurrency: int, lease_seconds: float
            poll_seconds: float, **limits: int) -> None:
     """A worker alone: executes the app's runs from the database."""
     app = load_app(app_spec)
-    asyncio.run(_serve(app=app, db=db, host="", port=0, event_key=None, concurrency=concurrency,
-                       lease_seconds=lease_seconds, poll_seconds=poll_seconds,
-                       with_http=False, limits=_limits(limits)))
+    asyncio.run(_serve(app=app, db=db, host="", port=0, access=Access(),
+                       concurrency=concurrency, lease_seconds=lease_seconds,
+                       poll_seconds=poll_seconds, with_http=False, limits=_limits(limits)))
 
 
 async def _serve(*, app: App | None, db: str | None, host: str, port: int,
-                 event_key: str | None, concurrency: int, lease_seconds: float,
-                 poll_seconds: float, with_http: bool, limits: Limits) -> None:
+                 access: Access, concurrency: int, lease_seconds: float,
+                 poll_seconds: float, with_http: bool, limits: Limits,
+                 max_in_flight: int = DEFAULT_MAX_IN_FLIGHT) -> None:
     import uvicorn
 
-    from .engine import Engine
     from .server import create_server
     from .storage import open_storage
     from .worker import Worker
@@ -168,12 +272,9 @@ async def _serve(*, app: App | None, db: str | None, host: str, port: int,
             await worker_.start()
             click.echo(f"stepwise worker {worker_.id}: app {app.id!r} with "
                        f"{len(app.functions)} functions, concurrency {concurrency}")
-        if with_http and app is None and not event_key:
-            event_key = await Engine(storage).setting("event_key", secrets.token_urlsafe(24))
-            click.echo(f"event key (stored in the database, shared by every server): {event_key}"
-                       "\nsend events with 'Authorization: Bearer <event key>'")
         if with_http:
-            config = uvicorn.Config(create_server(storage, event_key=event_key, limits=limits),
+            config = uvicorn.Config(create_server(storage, access=access, limits=limits,
+                                                  max_in_flight=max_in_flight),
                                     host=host, port=port, log_level="warning", lifespan="off")
             http = uvicorn.Server(config)
             click.echo(f"stepwise is running: dashboard and API at http://{host}:{port}/",
@@ -201,13 +302,17 @@ async def _until_signal() -> None:
 
 # --- client commands ---------------------------------------------------------------------
 
-def _call(url: str, method: str, path: str, body: Any = None, event_key: str | None = None
+api_key_option = click.option("--api-key", envvar="STEPWISE_API_KEY", default=None,
+                              help="The server's API key  [env STEPWISE_API_KEY]")
+
+
+def _call(url: str, method: str, path: str, body: Any = None, key: str | None = None
           ) -> Any:
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(url.rstrip("/") + path, data=data, method=method)
     request.add_header("Content-Type", "application/json")
-    if event_key:
-        request.add_header("Authorization", f"Bearer {event_key}")
+    if key:
+        request.add_header("Authorization", f"Bearer {key}")
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             return json.loads(response.read())
@@ -227,8 +332,11 @@ def _call(url: str, method: str, path: str, body: Any = None, event_key: str | N
 @click.argument("data", default="{}")
 @click.option("--id", "event_id", default=None, help="Idempotency id of the event")
 @url_option
-@click.option("--event-key", envvar="STEPWISE_EVENT_KEY", default=None)
-def send(name: str, data: str, event_id: str | None, url: str, event_key: str | None) -> None:
+@click.option("--event-key", envvar="STEPWISE_EVENT_KEY", default=None,
+              help="The server's event key  [env STEPWISE_EVENT_KEY]")
+@api_key_option
+def send(name: str, data: str, event_id: str | None, url: str, event_key: str | None,
+         api_key: str | None) -> None:
     """Send event NAME with DATA (a JSON object)."""
     try:
         parsed = json.loads(data)
@@ -239,7 +347,7 @@ def send(name: str, data: str, event_id: str | None, url: str, event_key: str | 
     event: dict[str, Any] = {"name": name, "data": parsed}
     if event_id:
         event["id"] = event_id
-    result = _call(url, "POST", "/api/v1/events", event, event_key)
+    result = _call(url, "POST", "/api/v1/events", event, event_key or api_key)
     click.echo(" ".join(result["ids"]))
 
 
@@ -249,12 +357,13 @@ def send(name: str, data: str, event_id: str | None, url: str, event_key: str | 
 @click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the API's JSON")
 @url_option
+@api_key_option
 def runs(status: str | None, function_id: str | None, limit: int, as_json: bool,
-         url: str) -> None:
+         url: str, api_key: str | None) -> None:
     """List recent runs."""
-    query = "&".join(f"{k}={v}" for k, v in
-                     (("status", status), ("function", function_id), ("limit", limit)) if v)
-    result = _call(url, "GET", f"/api/v1/runs?{query}")
+    query = urllib.parse.urlencode({k: v for k, v in (
+        ("status", status), ("function", function_id), ("limit", limit)) if v})
+    result = _call(url, "GET", f"/api/v1/runs?{query}", key=api_key)
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
@@ -267,18 +376,20 @@ def runs(status: str | None, function_id: str | None, limit: int, as_json: bool,
 @main.command()
 @click.argument("run_id")
 @url_option
-def replay(run_id: str, url: str) -> None:
+@api_key_option
+def replay(run_id: str, url: str, api_key: str | None) -> None:
     """Start a failed or cancelled run again (completed steps keep their results)."""
-    run = _call(url, "POST", f"/api/v1/runs/{run_id}/replay")
+    run = _call(url, "POST", f"/api/v1/runs/{run_id}/replay", key=api_key)
     click.echo(f"{run['id']} {run['status']} (attempt {run['attempts']})")
 
 
 @main.command()
 @click.argument("run_id")
 @url_option
-def cancel(run_id: str, url: str) -> None:
+@api_key_option
+def cancel(run_id: str, url: str, api_key: str | None) -> None:
     """Cancel a run; a running one stops at its next step."""
-    run = _call(url, "POST", f"/api/v1/runs/{run_id}/cancel")
+    run = _call(url, "POST", f"/api/v1/runs/{run_id}/cancel", key=api_key)
     click.echo(f"{run['id']} {run['status']}")
 
 

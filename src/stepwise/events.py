@@ -10,6 +10,20 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 MAX_NAME = 256
 MAX_ID = 256
+#: The latest `ts` accepted: 9999-12-31T23:59:59.999Z, in milliseconds since the epoch.
+MAX_TS = 253_402_300_799_999
+
+
+def check_text(value: str, what: str) -> str:
+    """A name or id stored as text: no control characters (PostgreSQL cannot hold NUL) and no
+    lone surrogates (not encodable as UTF-8)."""
+    if not value.isprintable() and any(c < " " or c == "\x7f" for c in value):
+        raise ValueError(f"{what} must not contain control characters")
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise ValueError(f"{what} is not valid Unicode (lone surrogate)") from None
+    return value
 
 
 @dataclass(frozen=True)
@@ -43,14 +57,20 @@ class EventIn(BaseModel):
         default=None, min_length=1, max_length=MAX_ID,
         description="Idempotency id: an id already stored is not stored again")
     ts: int | None = Field(
-        default=None, ge=0, description="Milliseconds since the epoch; a future ts delays delivery")
+        default=None, ge=0, le=MAX_TS,
+        description="Milliseconds since the epoch (at most year 9999); a future ts delays delivery")
 
     @field_validator("name")
     @classmethod
     def _name_not_blank(cls, value: str) -> str:
         if not value.strip():
             raise ValueError("event name must not be blank")
-        return value
+        return check_text(value, "event name")
+
+    @field_validator("id")
+    @classmethod
+    def _id_is_text(cls, value: str | None) -> str | None:
+        return None if value is None else check_text(value, "event id")
 
     @field_validator("ts", mode="before")
     @classmethod

@@ -13,14 +13,16 @@ MiB = 1024 * 1024
 
 @dataclass(frozen=True)
 class Limits:
-    """Size limits in bytes; over one is a 413 or a step error, never a crash."""
+    """Size limits (bytes, and events per request); over one is a 413 or a step error, never
+    a crash."""
 
     event_bytes: int = 1 * MiB
     request_bytes: int = 10 * MiB
     step_output_bytes: int = 4 * MiB
+    events_per_request: int = 5000
 
     def __post_init__(self) -> None:
-        for name in ("event_bytes", "request_bytes", "step_output_bytes"):
+        for name in ("event_bytes", "request_bytes", "step_output_bytes", "events_per_request"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"Limits.{name} must be positive")
 
@@ -35,21 +37,51 @@ class PayloadTooLarge(PayloadError):
 
 _encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 
+#: The deepest nesting of objects and lists accepted in stored JSON (event data, step and run
+#: outputs): deeper values are refused when they come in, so none can break a listing later.
+MAX_DEPTH = 100
+
 
 def dumps(value: Any, what: str, limit: int | None = None) -> str:
-    """Encode `value` as compact JSON, naming `what` in any error."""
+    """Encode `value` as compact JSON, naming `what` in any error.
+
+    Refuses what JSON or the databases cannot hold: NaN, lone surrogates, nesting deeper than
+    MAX_DEPTH, and (with `limit`) more than `limit` bytes of UTF-8.
+    """
     try:
         text = _encoder.encode(value)
     except (TypeError, ValueError) as exc:
         raise PayloadError(f"{what} is not JSON-serializable: {exc}") from None
     except RecursionError:
-        raise PayloadError(f"{what} is nested too deeply to serialize") from None
-    if limit is not None and len(text) * 4 > limit:
-        # A character is at most 4 bytes in UTF-8: encode only when the limit may be crossed.
-        size = len(text.encode())
-        if size > limit:
-            raise PayloadTooLarge(f"{what} is {size} bytes, over the limit of {limit} bytes")
+        raise PayloadError(f"{what} is nested deeper than {MAX_DEPTH} levels") from None
+    if len(text) > 2 * MAX_DEPTH and too_deep(value):  # n levels take at least 2n characters
+        raise PayloadError(f"{what} is nested deeper than {MAX_DEPTH} levels")
+    if text.isascii():
+        size = len(text)
+    else:
+        try:
+            size = len(text.encode())
+        except UnicodeEncodeError as exc:
+            raise PayloadError(f"{what} is not valid Unicode: {exc.reason} at character "
+                               f"{exc.start}") from None
+    if limit is not None and size > limit:
+        raise PayloadTooLarge(f"{what} is {size} bytes, over the limit of {limit} bytes")
     return text
+
+
+def too_deep(value: Any, limit: int = MAX_DEPTH) -> bool:
+    """Whether objects and lists nest more than `limit` levels in `value` (iterative: no
+    recursion limit to hit)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        children = node.values() if isinstance(node, dict) else node
+        if not isinstance(children, list | tuple) and not isinstance(node, dict):
+            continue
+        if depth > limit:
+            return True
+        stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list | tuple))
+    return False
 
 
 def _reject_constant(name: str) -> Any:
@@ -69,6 +101,8 @@ def loads(text: str | bytes) -> Any:
         raise PayloadError(f"not valid UTF-8: {exc}") from None
     except json.JSONDecodeError as exc:
         raise PayloadError(f"malformed JSON: {exc}") from None
+    except ValueError as exc:  # e.g. an integer of more than 4,300 digits
+        raise PayloadError(f"unreadable JSON value: {exc}") from None
     except RecursionError:
         raise PayloadError("JSON is nested too deeply") from None
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import hmac
+import json
+import logging
 from datetime import UTC, datetime
 from typing import Any
 
@@ -13,13 +14,31 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationErro
 from starlette.exceptions import HTTPException
 
 from . import dashboard, metrics
+from .access import Access, Gate
+from .admission import DEFAULT_MAX_IN_FLIGHT, Admission
 from .clock import Clock
 from .engine import FOREVER, Conflict, Engine, NotFound
 from .events import EventIn, StoredEvent, describe_validation_error
-from .payloads import Limits, PayloadError, PayloadTooLarge, dumps, loads, new_id
+from .payloads import (
+    MAX_DEPTH,
+    Limits,
+    PayloadError,
+    PayloadTooLarge,
+    dumps,
+    loads,
+    new_id,
+    too_deep,
+)
 from .status import RunStatus, StepStatus
-from .storage import Storage
+from .storage import Storage, StorageUnavailable
 from .storage.rows import RunRow
+
+log = logging.getLogger("stepwise.server")
+
+#: In run lists, an output or error longer than this many characters of JSON is left out
+#: (`output_truncated`/`error_truncated`); the run's own URL has it whole. This bounds a page
+#: of 1,000 runs to a few MiB, whatever the runs returned.
+LIST_PREVIEW_CHARS = 1024
 
 
 class ApiError(Exception):
@@ -51,6 +70,11 @@ class RunOut(BaseModel):
     created_at: str | None = None
     started_at: str | None = None
     ended_at: str | None = None
+    url: str = Field(description="This run's own address in the API")
+    output_truncated: bool = Field(
+        default=False, description=f"In lists: the output is over {LIST_PREVIEW_CHARS} "
+                                   "characters and left out; GET the run's url for it")
+    error_truncated: bool = Field(default=False, description="As output_truncated, for error")
 
 
 class FailureOut(BaseModel):
@@ -69,6 +93,12 @@ class RunDetail(RunOut):
 
 class RunList(BaseModel):
     runs: list[RunOut]
+    next: str | None = Field(
+        default=None, description="Pass as `before` for the next (older) page; null at the end")
+
+
+class ErrorOut(BaseModel):
+    error: str = Field(description="What is wrong, in one line")
 
 
 class EventIds(BaseModel):
@@ -95,27 +125,55 @@ def iso(ms: int | None) -> str | None:
     return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
 
 
-def run_json(row: RunRow) -> dict[str, Any]:
-    out = {
+def stored(text: str | None) -> Any:
+    """A stored JSON value for an answer (values stored before the depth limit existed and
+    nested deeper are shown as a note, so they cannot break a page)."""
+    if text is None:
+        return None
+    try:
+        value = loads(text)
+    except PayloadError as exc:
+        return f"<unreadable stored value: {exc}>"
+    if len(text) > 2 * MAX_DEPTH and too_deep(value):
+        return f"<stored value nested deeper than {MAX_DEPTH} levels>"
+    return value
+
+
+def run_json(row: RunRow, preview: int | None = None) -> dict[str, Any]:
+    """A run as the API shows it; with `preview`, a longer output or error is left out."""
+    out: dict[str, Any] = {
         "id": row["id"], "app_id": row["app_id"], "function_id": row["function_id"],
         "event_id": row["event_id"], "status": row["status"],
-        "output": loads(row["output"]) if row["output"] is not None else None,
-        "error": loads(row["error"]) if row["error"] is not None else None,
         "attempts": row["attempts"], "created_at": iso(row["created_at"]),
         "started_at": iso(row["started_at"]), "ended_at": iso(row["ended_at"]),
+        "url": f"/api/v1/runs/{row['id']}",
     }
+    for name, text in (("output", row["output"]), ("error", row["error"])):
+        cut = preview is not None and text is not None and len(text) > preview
+        out[name] = None if cut else stored(text)
+        out[f"{name}_truncated"] = cut
     if "steps" in row:
         out["steps"] = [{
             "id": s["id"], "status": s["status"], "attempts": s["attempts"],
-            "output": loads(s["output"]) if s["output"] is not None else None,
-            "error": loads(s["error"]) if s["error"] is not None else None,
+            "output": stored(s["output"]), "error": stored(s["error"]),
             "started_at": iso(s["started_at"]), "ended_at": iso(s["ended_at"]),
         } for s in row["steps"]]  # type: ignore[typeddict-item]
         out["failures"] = [{
-            "step_id": f["step_id"], "attempt": f["attempt"], "error": loads(f["error"]),
+            "step_id": f["step_id"], "attempt": f["attempt"], "error": stored(f["error"]),
             "started_at": iso(f["started_at"]), "ended_at": iso(f["ended_at"]),
         } for f in row.get("failures", [])]  # type: ignore[attr-defined]
     return out
+
+
+class JSONText(Response):
+    """A JSON answer encoded directly (no model re-validation: the shapes are built here and
+    documented by the routes' response models)."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=False, allow_nan=False,
+                          separators=(",", ":")).encode()
 
 
 _EVENT_SCHEMA = EventIn.model_json_schema()
@@ -123,13 +181,16 @@ _EVENTS_BODY = {"requestBody": {"required": True, "content": {"application/json"
     "oneOf": [_EVENT_SCHEMA, {"type": "array", "items": _EVENT_SCHEMA}]}}}}}
 
 
-def create_server(storage: Storage, *, event_key: str | None = None,
-                  limits: Limits | None = None, clock: Clock | None = None) -> FastAPI:
-    """The ASGI app. `event_key`, when set, is required as a Bearer token to send events."""
+def create_server(storage: Storage, *, access: Access | None = None,
+                  limits: Limits | None = None, clock: Clock | None = None,
+                  max_in_flight: int = DEFAULT_MAX_IN_FLIGHT) -> Any:
+    """The ASGI app: the API behind the access gate (credentials, hosts, body types) and the
+    admission bound. Without `access`, everything is open (tests, dev mode sets its own)."""
     limits = limits or Limits()
     engine = Engine(storage, clock or Clock())
     clock = engine.clock
-    api = FastAPI(title="stepwise", version="1", docs_url="/docs", redoc_url=None)
+    api = FastAPI(title="stepwise", version="1", docs_url="/docs", redoc_url=None,
+                  default_response_class=JSONText)
 
     @api.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
@@ -137,21 +198,30 @@ def create_server(storage: Storage, *, event_key: str | None = None,
 
     @api.exception_handler(HTTPException)
     async def _http_error(_: Request, exc: HTTPException) -> JSONResponse:
-        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code)
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code,
+                            headers=exc.headers)  # 405 keeps its Allow
 
     @api.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
         parts = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
         return JSONResponse({"error": "; ".join(parts)}, status_code=400)
 
+    @api.exception_handler(StorageUnavailable)
+    async def _unavailable(_: Request, exc: StorageUnavailable) -> JSONResponse:
+        log.warning("storage unavailable: %s", exc)
+        return JSONResponse({"error": f"storage unavailable, try again: {exc}"},
+                            status_code=503, headers={"Retry-After": "5"})
+
+    @api.exception_handler(Exception)
+    async def _internal(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("internal error")
+        return JSONResponse({"error": f"internal error ({type(exc).__name__}); see the "
+                                      "server log"}, status_code=500)
+
     @api.post("/api/v1/events", response_model=EventIds, openapi_extra=_EVENTS_BODY,
-              summary="Send one event or a list; answers once they are durably stored")
+              summary="Send one event or a list; answers once they are durably stored",
+              responses=_errors(401, 413, 415))
     async def send_events(request: Request) -> dict[str, Any]:
-        if event_key is not None:
-            given = request.headers.get("authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {event_key}".encode()):
-                raise ApiError(401, "missing or wrong event key: send "
-                                    "'Authorization: Bearer <event key>'")
         body = await read_body(request, limits.request_bytes)
         try:
             raw = loads(body)
@@ -162,30 +232,38 @@ def create_server(storage: Storage, *, event_key: str | None = None,
         metrics.EVENTS_RECEIVED.inc(len(ids))
         return {"ids": ids}
 
-    @api.get("/api/v1/runs", response_model=RunList, summary="Search runs, newest first")
+    @api.get("/api/v1/runs", response_model=RunList, summary="Search runs, newest first",
+             responses=_errors(401))
     async def list_runs(
-        function: str | None = None, status: RunStatus | None = None,
-        event_id: str | None = None, limit: int = Query(50, ge=1, le=1000),
-        before: str | None = Query(None, description="Only runs older than this run id"),
+        function: str | None = Query(None, max_length=256),
+        status: RunStatus | None = None,
+        event_id: str | None = Query(None, max_length=256),
+        limit: int = Query(50, ge=1, le=1000),
+        before: str | None = Query(None, max_length=64,
+                                   description="Only runs older than this run id (paging)"),
     ) -> dict[str, Any]:
         rows = await engine.list_runs(
             {"function": function, "status": status, "event_id": event_id, "before": before},
-            limit)
-        return {"runs": [run_json(r) for r in rows]}
+            limit, preview=LIST_PREVIEW_CHARS)
+        return {"runs": [run_json(r, LIST_PREVIEW_CHARS) for r in rows],
+                "next": rows[-1]["id"] if len(rows) == limit else None}
 
-    @api.get("/api/v1/runs/{run_id}", response_model=RunDetail, summary="A run with its steps")
+    @api.get("/api/v1/runs/{run_id}", response_model=RunDetail, summary="A run with its steps",
+             responses=_errors(401, 404))
     async def get_run(run_id: str) -> dict[str, Any]:
         try:
             return run_json(await engine.get_run(run_id))
         except NotFound as exc:
             raise ApiError(404, str(exc)) from None
 
-    @api.post("/api/v1/runs/{run_id}/cancel", response_model=RunDetail, summary="Cancel a run")
+    @api.post("/api/v1/runs/{run_id}/cancel", response_model=RunDetail, summary="Cancel a run",
+              responses=_errors(401, 404, 409, 415))
     async def cancel_run(run_id: str) -> dict[str, Any]:
         return await _manage(engine.cancel, run_id)
 
     @api.post("/api/v1/runs/{run_id}/replay", response_model=RunDetail,
-              summary="Start a failed or cancelled run again, keeping its completed steps")
+              summary="Start a failed or cancelled run again, keeping its completed steps",
+              responses=_errors(401, 404, 409, 415))
     async def replay_run(run_id: str) -> dict[str, Any]:
         return await _manage(engine.replay, run_id)
 
@@ -198,8 +276,17 @@ def create_server(storage: Storage, *, event_key: str | None = None,
             raise ApiError(409, str(exc)) from None
 
     @api.post("/api/v1/functions/{function_id}/cancel", response_model=CancelledCount,
-              summary="Cancel every unfinished run of a function created in a time range")
-    async def cancel_function(function_id: str, body: BulkCancel) -> dict[str, Any]:
+              summary="Cancel every unfinished run of a function created in a time range",
+              openapi_extra={"requestBody": {"required": True, "content": {
+                  "application/json": {"schema": BulkCancel.model_json_schema()}}}},
+              responses=_errors(401, 404, 413, 415))
+    async def cancel_function(function_id: str, request: Request) -> dict[str, Any]:
+        try:
+            body = BulkCancel.model_validate(loads(await read_body(request, 64 * 1024)))
+        except PayloadError as exc:
+            raise ApiError(400, f"request body is not valid JSON: {exc}") from None
+        except ValidationError as exc:
+            raise ApiError(400, describe_validation_error(exc)) from None
         functions = await engine.list_functions()
         apps = [f["app_id"] for f in functions if f["id"] == function_id]
         if body.app_id is not None:
@@ -208,19 +295,20 @@ def create_server(storage: Storage, *, event_key: str | None = None,
             raise ApiError(404, f"function {function_id} is not registered")
         if len(apps) > 1:
             raise ApiError(400, f"function {function_id} exists in apps {apps}: give app_id")
-        after = int(body.started_after.timestamp() * 1000) if body.started_after else 0
-        before = (int(body.started_before.timestamp() * 1000) if body.started_before
-                  else FOREVER)
+        after = _ms(body.started_after) if body.started_after else 0
+        before = _ms(body.started_before) if body.started_before else FOREVER
         if after >= before:
             raise ApiError(400, "started_after must be before started_before")
         count = await engine.cancel_function_runs(apps[0], function_id, after, before)
         return {"cancelled": count}
 
-    @api.get("/api/v1/functions", summary="Functions registered by workers")
+    @api.get("/api/v1/functions", summary="Functions registered by workers",
+             responses=_errors(401))
     async def list_functions() -> dict[str, Any]:
         return {"functions": await engine.list_functions()}
 
-    @api.get("/healthz", summary="Liveness and storage check")
+    @api.get("/healthz", summary="Liveness and storage check (needs no credential)",
+             responses={503: {"model": ErrorOut, "description": "Storage unavailable"}})
     async def healthz() -> dict[str, Any]:
         try:
             counts = await engine.run_counts()
@@ -228,7 +316,8 @@ def create_server(storage: Storage, *, event_key: str | None = None,
             raise ApiError(503, f"storage unavailable: {exc}") from None
         return {"ok": True, "runs": counts}
 
-    @api.get("/metrics", summary="Prometheus metrics")
+    @api.get("/metrics", summary="Prometheus metrics", response_class=Response,
+             responses=_errors(401))
     async def prometheus() -> Response:
         return Response(metrics.render(), media_type="text/plain; version=0.0.4")
 
@@ -236,7 +325,51 @@ def create_server(storage: Storage, *, event_key: str | None = None,
     async def home() -> str:
         return dashboard.PAGE
 
-    return api
+    api.openapi_schema = _openapi(api)
+    return Admission(Gate(api, access or Access()), max_in_flight)
+
+
+_ERROR_TEXT = {
+    400: "Bad input; `error` names what is wrong",
+    401: "Missing or wrong credential",
+    404: "No such run or function",
+    409: "Not possible in the run's current status",
+    413: "Body or event over its size limit",
+    415: "Body is not JSON (Content-Type must be application/json)",
+}
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {code: {"model": ErrorOut, "description": _ERROR_TEXT[code]} for code in codes}
+
+
+def _openapi(api: FastAPI) -> dict[str, Any]:
+    """The schema as the server answers: bad input is 400 (FastAPI would document 422), and
+    any route may answer 503 when busy or when storage is down."""
+    from fastapi.openapi.utils import get_openapi
+
+    schema = get_openapi(title=api.title, version=api.version, routes=api.routes)
+    error_ref = {"content": {"application/json": {"schema": {
+        "$ref": "#/components/schemas/ErrorOut"}}}}
+    for path in schema["paths"].values():
+        for operation in path.values():
+            responses = operation.setdefault("responses", {})
+            responses.pop("422", None)
+            responses.setdefault("400", {"description": _ERROR_TEXT[400], **error_ref})
+            responses.setdefault("503", {"description": "Busy (see Retry-After) or storage "
+                                                        "unavailable", **error_ref})
+    schema.setdefault("components", {}).setdefault("schemas", {})["ErrorOut"] = (
+        ErrorOut.model_json_schema())
+    for unused in ("HTTPValidationError", "ValidationError"):
+        schema["components"]["schemas"].pop(unused, None)
+    return schema
+
+
+def _ms(moment: datetime) -> int:
+    try:
+        return int(moment.timestamp() * 1000)
+    except (OverflowError, ValueError, OSError):
+        raise ApiError(400, f"time {moment} is out of range") from None
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -262,6 +395,9 @@ def validate_events(raw: Any, limits: Limits, now: int) -> list[StoredEvent]:
     if isinstance(raw, list):
         if not raw:
             raise ApiError(400, "the list of events is empty; send at least one event")
+        if len(raw) > limits.events_per_request:
+            raise ApiError(413, f"{len(raw)} events in one request, over the limit of "
+                                f"{limits.events_per_request}; send them in smaller batches")
         items, prefix = raw, "events"
     elif isinstance(raw, dict):
         items, prefix = [raw], ""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from .access import Access
 from .app import App
 from .clock import ManualClock
 from .payloads import Limits
@@ -22,7 +23,7 @@ from .worker import Worker
 class Harness:
     def __init__(self, app: App, db: str | Storage, *, clock: ManualClock | None = None,
                  limits: Limits | None = None, event_key: str | None = None,
-                 **worker_options: Any) -> None:
+                 access: Access | None = None, **worker_options: Any) -> None:
         self.app = app
         self.storage = db if isinstance(db, Storage) else open_storage(db)
         self.clock = clock or ManualClock()
@@ -35,7 +36,9 @@ class Harness:
         self.worker = Worker(app, self.storage, clock=self.clock, limits=self.limits,
                              **worker_options)
         self.engine = self.worker.engine
-        self.api = create_server(self.storage, event_key=event_key, limits=self.limits,
+        if access is None and event_key is not None:
+            access = Access(event_key=event_key)
+        self.api = create_server(self.storage, access=access, limits=self.limits,
                                  clock=self.clock)
         self._client: Any = None
 

@@ -43,10 +43,12 @@ def stop(proc: subprocess.Popen[str]) -> None:
             kill9(proc)
 
 
-def http(method: str, url: str, body: Any = None) -> Any:
+def http(method: str, url: str, body: Any = None, headers: dict[str, str] | None = None
+         ) -> Any:
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(url, data=data, method=method,
-                                     headers={"content-type": "application/json"})
+                                     headers={"content-type": "application/json",
+                                              **(headers or {})})
     with urllib.request.urlopen(request, timeout=10) as response:
         return json.loads(response.read())
 

@@ -75,44 +75,6 @@ def test_cli_reports_unreachable_server_and_bad_app(tmp_path: Path) -> None:
     assert bad_app.returncode != 0 and "cannot import 'nonexistent_module'" in bad_app.stderr
 
 
-def test_server_without_a_key_generates_one_and_requires_it(tmp_path: Path) -> None:
-    import json
-    import re
-    import urllib.error
-    import urllib.request
-
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    db = str(tmp_path / "x.db")
-    keys = []
-    for run in range(2):  # a restart (or a second server on the database) keeps the same key
-        (tmp_path / "logs").mkdir(exist_ok=True)
-        logs = tmp_path / "logs" / str(run)
-        logs.mkdir()
-        proc = start(["server", "--db", db, "--port", str(port), "--host", "127.0.0.1"], logs)
-        try:
-            wait_healthy(base, proc)
-            log = next(logs.glob("proc-*.log"))
-            found = re.search(r"event key \(stored in the database[^)]*\): (\S+)",
-                              log.read_text())
-            assert found, log.read_text()
-            key = found.group(1)
-            try:
-                http("POST", base + "/api/v1/events", {"name": "x"})
-                raise AssertionError("an event without the key was accepted")
-            except urllib.error.HTTPError as exc:
-                assert exc.code == 401
-            request = urllib.request.Request(
-                base + "/api/v1/events", data=json.dumps({"name": "x"}).encode(), method="POST",
-                headers={"authorization": f"Bearer {key}", "content-type": "application/json"})
-            with urllib.request.urlopen(request, timeout=10) as response:
-                assert len(json.loads(response.read())["ids"]) == 1
-            keys.append(key)
-        finally:
-            stop(proc)
-    assert keys[0] == keys[1] and len(keys[0]) >= 24
-
-
 def test_limits_are_configurable_from_the_command_line(tmp_path: Path) -> None:
     import urllib.error
 

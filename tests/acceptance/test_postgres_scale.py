@@ -184,7 +184,8 @@ def test_kill_9_workers_repeatedly_during_load(pg: dict[str, Any]) -> None:
 def test_two_servers_accept_events_at_once(pg: dict[str, Any]) -> None:
     ports = [free_port(), free_port()]
     servers = [start(["server", "--db", pg["url"], "--port", str(p), "--host", "127.0.0.1",
-                      "--event-key", "k"], pg["cwd"]) for p in ports]
+                      "--event-key", "event-key-for-tests", "--api-key", "api-key-for-tests"],
+                     pg["cwd"]) for p in ports]
     worker = start(_worker_args(pg["url"]), pg["cwd"], pg["env"])
     errors: list[BaseException] = []
     try:
@@ -201,7 +202,7 @@ def test_two_servers_accept_events_at_once(pg: dict[str, Any]) -> None:
                     body = [{"name": "job", "id": f"ev-{batch}-{i}"} for i in range(10)]
                     request = urllib.request.Request(
                         f"http://127.0.0.1:{port}/api/v1/events", data=json.dumps(body).encode(),
-                        headers={"authorization": "Bearer k",
+                        headers={"authorization": "Bearer event-key-for-tests",
                                  "content-type": "application/json"}, method="POST")
                     with urllib.request.urlopen(request, timeout=30) as response:
                         assert len(json.loads(response.read())["ids"]) == 10
@@ -215,7 +216,8 @@ def test_two_servers_accept_events_at_once(pg: dict[str, Any]) -> None:
             t.join(60)
         assert not errors, errors
         wait_until(lambda: _completed(pg["url"]) == 200, 120, "200 runs")
-        runs = http("GET", f"http://127.0.0.1:{ports[0]}/api/v1/runs?limit=1000")["runs"]
+        runs = http("GET", f"http://127.0.0.1:{ports[0]}/api/v1/runs?limit=1000",
+                    headers={"authorization": "Bearer api-key-for-tests"})["runs"]
     finally:
         for proc in [*servers, worker]:
             stop(proc)

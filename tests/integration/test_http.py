@@ -105,7 +105,8 @@ async def test_oversized_event_and_body_are_413(db: str) -> None:
             for _ in range(10):
                 yield b" " * 1000
 
-        response = await h.http.post("/api/v1/events", content=chunks())
+        response = await h.http.post("/api/v1/events", content=chunks(),
+                                     headers={"content-type": "application/json"})
         assert response.status_code == 413
         assert await h.storage.read(_count, "events") == 0
 

@@ -85,8 +85,9 @@ class Engine:
     async def get_run(self, run_id: str) -> RunDetail:
         return await self.storage.read(admin.get_run, run_id)
 
-    async def list_runs(self, filters: dict[str, Any], limit: int = 50) -> list[RunRow]:
-        return await self.storage.read(admin.list_runs, filters, limit)
+    async def list_runs(self, filters: dict[str, Any], limit: int = 50,
+                        preview: int | None = None) -> list[RunRow]:
+        return await self.storage.read(admin.list_runs, filters, limit, preview)
 
     async def cancel(self, run_id: str) -> RunDetail:
         return await self.storage.write(admin.cancel_run, run_id, self.clock.now_ms())
@@ -102,5 +103,3 @@ class Engine:
     async def run_counts(self) -> dict[str, int]:
         return await self.storage.read(admin.run_counts)
 
-    async def setting(self, name: str, default: str) -> str:
-        return await self.storage.write(admin.setting, name, default)

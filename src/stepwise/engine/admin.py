@@ -71,23 +71,21 @@ _RUN_FILTERS = {"function": "function_id = :function", "status": "status = :stat
                 "before": "id < :before"}
 
 
-def list_runs(tx: Tx, filters: dict[str, Any], limit: int) -> list[RunRow]:
+def list_runs(tx: Tx, filters: dict[str, Any], limit: int, preview: int | None = None
+              ) -> list[RunRow]:
+    """Runs newest first. With `preview`, `output` and `error` hold at most `preview + 1`
+    characters (longer means cut), so a page of big outputs is never read whole."""
     where = [_RUN_FILTERS[k] for k, v in filters.items() if v is not None]
     params = {k: v for k, v in filters.items() if v is not None}
-    sql = ("SELECT id, app_id, function_id, event_id, status, output, error, attempts, retry, "
+    columns = ("output, error" if preview is None else
+               "substr(output, 1, :preview) AS output, substr(error, 1, :preview) AS error")
+    sql = (f"SELECT id, app_id, function_id, event_id, status, {columns}, attempts, retry, "
            "origin_run_id, parent_run_id, parent_step_id, created_at, started_at, ended_at "
            "FROM runs" + (" WHERE " + " AND ".join(where) if where else "")
            + " ORDER BY id DESC LIMIT :limit")
+    if preview is not None:
+        params["preview"] = preview + 1
     return cast(list[RunRow], tx.raw_all(sql, {**params, "limit": limit}))
-
-
-def setting(tx: Tx, name: str, default: str) -> str:
-    """A stored setting, created with `default` by the first caller (so every process that
-    shares the database agrees on it)."""
-    tx.exec("insert_setting", name=name, value=default)
-    row = tx.one("get_setting", name=name)
-    assert row is not None
-    return str(row["value"])
 
 
 def run_counts(tx: Tx) -> dict[str, int]:

@@ -14,6 +14,11 @@ from typing import Any, Protocol, TypeVar
 T = TypeVar("T")
 
 
+class StorageUnavailable(Exception):
+    """The database cannot be reached or cannot write now (down, locked, disk full). Callers
+    answer 503 and try again later; nothing was written."""
+
+
 class Tx(Protocol):
     """One open transaction: run named queries (`sql/queries.sql`) with `:name` parameters."""
 

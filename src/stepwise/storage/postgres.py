@@ -18,15 +18,18 @@ from typing import Any, TypeVar
 
 import psycopg
 from psycopg.rows import dict_row
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from . import queries
-from .base import Storage
+from .base import Storage, StorageUnavailable
 from .schema import apply_migrations
 
 T = TypeVar("T")
 log = logging.getLogger("stepwise.storage")
 MIGRATION_LOCK = "stepwise.migrations"
+#: How long an operation waits for a pooled connection before reporting the database
+#: unavailable (an HTTP request then answers 503 instead of hanging).
+POOL_WAIT_S = 5.0
 
 
 class _Tx:
@@ -74,8 +77,8 @@ class PostgresStorage(Storage):
                                             thread_name_prefix="stepwise-pg")
         pool: ConnectionPool[psycopg.Connection[dict[str, Any]]] = ConnectionPool(
             self.url, min_size=1, max_size=self.max_connections, open=False,
-            kwargs={"row_factory": dict_row, "autocommit": True},
-            name="stepwise")
+            kwargs={"row_factory": dict_row, "autocommit": True, "connect_timeout": 5},
+            name="stepwise", timeout=POOL_WAIT_S)
         try:
             await self._loop.run_in_executor(self._executor, lambda: pool.open(wait=True,
                                                                                timeout=10))
@@ -114,8 +117,17 @@ class PostgresStorage(Storage):
         if self.pool is None or self._executor is None:
             raise RuntimeError("storage is not open")
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._transaction, op, args, durable,
-                                          write)
+        try:
+            return await loop.run_in_executor(self._executor, self._transaction, op, args,
+                                              durable, write)
+        except PoolTimeout:
+            raise StorageUnavailable(
+                f"no PostgreSQL connection within {POOL_WAIT_S:g} s (database down or "
+                "overloaded)") from None
+        except psycopg.OperationalError as exc:
+            if _connection_lost(exc):
+                raise StorageUnavailable(f"PostgreSQL unavailable: {exc}") from None
+            raise
 
     def _transaction(self, op: Callable[..., T], args: tuple[Any, ...], durable: bool,
                      write: bool) -> T:
@@ -167,6 +179,13 @@ class PostgresStorage(Storage):
                 log.warning("LISTEN connection lost (%s); polling until it is back", exc)
                 self._stop.wait(1.0)
 
+
+
+def _connection_lost(exc: psycopg.OperationalError) -> bool:
+    """A lost or refused connection or a shutting-down server, as opposed to a failed
+    statement (SQLSTATE class 08 and 57P0x, or no SQLSTATE at all)."""
+    state = exc.sqlstate
+    return state is None or state.startswith("08") or state.startswith("57P0")
 
 
 def _redact(url: str) -> str:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from . import queries
-from .base import Storage
+from .base import Storage, StorageUnavailable
 from .schema import apply_migrations
 
 T = TypeVar("T")
@@ -211,10 +211,19 @@ class SQLiteStorage(Storage):
         except BaseException as exc:  # the transaction itself failed: every operation fails
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.OperationalError) and _unavailable(exc):
+                exc = StorageUnavailable(f"SQLite cannot write now: {exc}")
             return [(False, exc)] * len(calls)
         if woke:
             self.notify_new_work()
         return results
+
+
+def _unavailable(exc: sqlite3.OperationalError) -> bool:
+    """Locked by another process, or the disk failing or full: not a bug in a statement."""
+    text = str(exc).lower()
+    return any(word in text for word in ("locked", "busy", "disk", "full", "unable to open",
+                                          "readonly"))
 
 
 def _resolve(fut: asyncio.Future[Any], ok: bool, value: Any) -> None:

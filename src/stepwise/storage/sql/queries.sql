@@ -9,8 +9,11 @@ DELETE FROM function_triggers WHERE app_id = :app_id;
 DELETE FROM functions WHERE app_id = :app_id;
 
 -- name: insert_function
+-- An upsert: workers and servers that start at once register the same app concurrently.
 INSERT INTO functions (app_id, id, definition, updated_at)
-VALUES (:app_id, :id, :definition, :now);
+VALUES (:app_id, :id, :definition, :now)
+ON CONFLICT (app_id, id) DO UPDATE
+SET definition = excluded.definition, updated_at = excluded.updated_at;
 
 -- name: insert_trigger
 INSERT INTO function_triggers (event_name, app_id, function_id)
@@ -366,8 +369,4 @@ VALUES (:run_id, :step_id, :attempt, :error, :started_at, :ended_at);
 SELECT step_id, attempt, error, started_at, ended_at FROM failures
 WHERE run_id = :run_id ORDER BY ended_at, attempt;
 
--- name: insert_setting
-INSERT INTO settings (name, value) VALUES (:name, :value) ON CONFLICT (name) DO NOTHING;
 
--- name: get_setting
-SELECT value FROM settings WHERE name = :name;

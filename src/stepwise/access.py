@@ -1,0 +1,172 @@
+"""Who may call what over HTTP: credentials, allowed hosts and origins, body types.
+
+One ASGI gate in front of every route, so a new endpoint is protected by default:
+- `/healthz` is open; sending events takes the event key (or the API key); everything else
+  (management API, dashboard, docs, metrics, unknown paths) takes the API key, as
+  `Authorization: Bearer <key>` or HTTP Basic with the key as password (what a browser sends
+  for the dashboard).
+- In dev mode there are no keys, so the gate defends the developer's machine instead: only
+  allowed `Host` names (DNS rebinding) and no cross-site requests (`Origin`, `Sec-Fetch-Site`).
+- Always: a request body must be JSON (a cross-site form or text POST is refused before it
+  reaches a route), and no NUL may hide in a path or query (PostgreSQL cannot store it).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import json
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+OPEN_PATHS = frozenset({"/healthz"})
+EVENT_PATHS = frozenset({"/api/v1/events"})
+_BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH", b"DELETE"})
+
+
+@dataclass(frozen=True)
+class Access:
+    """The rules one server applies. No key means that part is open (dev mode, or a server
+    started with --insecure on purpose)."""
+
+    api_key: str | None = None
+    event_key: str | None = None
+    #: Host names a request may address (None: any); dev mode allows only local names.
+    allowed_hosts: frozenset[str] | None = None
+    #: Refuse requests that a browser marks as coming from another site.
+    same_origin_only: bool = False
+
+    @classmethod
+    def dev(cls, extra_hosts: frozenset[str] = frozenset()) -> Access:
+        return cls(allowed_hosts=LOCAL_HOSTS | extra_hosts, same_origin_only=True)
+
+
+def mask(key: str) -> str:
+    """A key as it may be printed: enough to tell keys apart, not enough to use one."""
+    return key[:4] + "…" if len(key) >= 12 else "…"
+
+
+def _matches(given: str, key: str) -> bool:
+    return hmac.compare_digest(given.encode(), key.encode())
+
+
+def credential(headers: dict[bytes, bytes]) -> str | None:
+    """The secret in `Authorization`: a Bearer token, or the password of HTTP Basic."""
+    value = headers.get(b"authorization", b"").decode("latin-1").strip()
+    scheme, _, token = value.partition(" ")
+    token = token.strip()
+    if scheme.lower() == "bearer" and token:
+        return token
+    if scheme.lower() == "basic" and token:
+        try:
+            decoded = base64.b64decode(token, validate=True).decode()
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+        return decoded.partition(":")[2] or None
+    return None
+
+
+def host_name(value: str) -> str:
+    """`example.com:8288` -> `example.com`; `[::1]:8288` -> `::1`."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        return value[1:].partition("]")[0]
+    return value.rpartition(":")[0] if value.count(":") == 1 else value
+
+
+class Gate:
+    """ASGI middleware applying `Access` to every HTTP request, answering refusals in JSON."""
+
+    def __init__(self, app: ASGIApp, access: Access) -> None:
+        self.app = app
+        self.access = access
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        refusal = self.check(scope)
+        if refusal is None:
+            await self.app(scope, receive, send)
+            return
+        status, message, extra = refusal
+        await respond(send, status, message, extra)
+
+    def check(self, scope: Scope) -> tuple[int, str, list[tuple[bytes, bytes]]] | None:
+        """None to let the request through, else (status, error message, extra headers)."""
+        access = self.access
+        headers = dict(scope["headers"])
+        path: str = scope["path"]
+        raw = scope.get("raw_path") or b""
+        if b"\x00" in raw or b"%00" in raw or b"%00" in scope.get("query_string", b""):
+            return 400, "the URL contains a NUL character (%00)", []
+        if access.allowed_hosts is not None:
+            host = host_name(headers.get(b"host", b"").decode("latin-1"))
+            if host not in access.allowed_hosts:
+                return 403, (f"Host {host!r} is not allowed here (allowed: "
+                             f"{', '.join(sorted(access.allowed_hosts))}; add one with "
+                             "--allow-host)"), []
+        if access.same_origin_only:
+            origin = headers.get(b"origin", b"").decode("latin-1")
+            if origin and origin != "null":
+                origin_host = (urlsplit(origin).hostname or "").lower()
+                if access.allowed_hosts is not None and origin_host not in access.allowed_hosts:
+                    return 403, f"cross-site request from {origin!r} refused", []
+            elif origin == "null" or headers.get(b"sec-fetch-site") == b"cross-site":
+                return 403, "cross-site request refused", []
+        if scope["method"].encode() in _BODY_METHODS:
+            refusal = _check_body_type(headers)
+            if refusal is not None:
+                return refusal
+        if path in OPEN_PATHS:
+            return None
+        given = credential(headers)
+        if path in EVENT_PATHS and scope["method"] == "POST":
+            keys = [k for k in (access.event_key, access.api_key) if k is not None]
+            if not keys:
+                return None
+            if given is not None and any(_matches(given, k) for k in keys):
+                return None
+            return 401, ("missing or wrong event key: send 'Authorization: Bearer <event key>'"
+                         ), [(b"www-authenticate", b'Bearer realm="stepwise events"')]
+        if access.api_key is None or (given is not None and _matches(given, access.api_key)):
+            return None
+        return 401, ("missing or wrong API key: send 'Authorization: Bearer <API key>' (in a "
+                     "browser, log in with any user name and the API key as password)"
+                     ), [(b"www-authenticate", b'Basic realm="stepwise", charset="UTF-8"')]
+
+
+def _check_body_type(headers: dict[bytes, bytes]
+                     ) -> tuple[int, str, list[tuple[bytes, bytes]]] | None:
+    """A body must be declared JSON; a bodiless request (cancel, replay) may omit the type."""
+    content_type = headers.get(b"content-type")
+    has_body = (headers.get(b"content-length", b"0").strip() not in (b"0", b"")
+                or b"transfer-encoding" in headers)
+    if content_type is None and not has_body:
+        return None
+    media = (content_type or b"").split(b";")[0].strip().lower()
+    if media == b"application/json" or media.endswith(b"+json"):
+        return None
+    shown = media.decode("latin-1") or "none"
+    return 415, (f"the body must be JSON: send 'Content-Type: application/json' (got "
+                 f"{shown})"), []
+
+
+async def respond(send: Send, status: int, message: str,
+                  extra: list[tuple[bytes, bytes]] | None = None) -> None:
+    """Answer `{"error": message}` straight from ASGI (before any route runs)."""
+    body = json.dumps({"error": message}).encode()
+    await send({"type": "http.response.start", "status": status, "headers": [
+        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+        *(extra or [])]})
+    await send({"type": "http.response.body", "body": body})
