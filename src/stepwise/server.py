@@ -325,7 +325,8 @@ def create_server(storage: Storage, *, access: Access | None = None,
     async def home() -> str:
         return dashboard.PAGE
 
-    api.openapi_schema = _openapi(api)
+    schema = _openapi(api)
+    api.openapi = lambda: schema  # type: ignore[method-assign]
     return Admission(Gate(api, access or Access()), max_in_flight)
 
 

@@ -266,3 +266,21 @@ async def test_operations_that_make_work_due_wake_workers(engine: Engine) -> Non
     await engine.list_runs({})
     await asyncio.sleep(0.1)
     assert woken == []
+
+
+async def test_registration_is_safe_when_many_processes_start_at_once(db: str) -> None:
+    """Workers and servers register the same app concurrently (each its own connections)."""
+    definitions = [_definition(f"f{i}", "go", 0) for i in range(5)]
+    storages = [open_storage(db) for _ in range(6)]
+    for storage in storages:
+        await storage.open()
+    try:
+        engines = [Engine(s, ManualClock()) for s in storages]
+        for _ in range(5):
+            await asyncio.gather(*(e.register(APP, definitions) for e in engines))
+        fewer = definitions[:2]  # a re-registration that drops functions removes them
+        await asyncio.gather(*(e.register(APP, fewer) for e in engines))
+        assert sorted(f["id"] for f in await engines[0].list_functions()) == ["f0", "f1"]
+    finally:
+        for storage in storages:
+            await storage.close()

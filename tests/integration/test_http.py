@@ -46,6 +46,21 @@ BAD_BODIES: list[tuple[str, bytes, int, str]] = [
     ("one bad event rejects the batch", b'[{"name": "ping"}, {"data": {}}]', 400,
      "events[1].name"),
     ("empty body", b"", 400, "not valid JSON"),
+    ("invalid UTF-8", b'{"name": "ping", "data": {"x": "\xff\xfe"}}', 400, "UTF-8"),
+    ("lone surrogate in data", b'{"name": "ping", "data": {"x": "\\ud800"}}', 400,
+     "not valid Unicode"),
+    ("lone surrogate in name", b'{"name": "\\udfff"}', 400, "event.name"),
+    ("5,000-digit integer", b'{"name": "ping", "data": {"n": ' + b"9" * 5000 + b"}}", 400,
+     "digits"),
+    ("number too large for a float", b'{"name": "ping", "data": {"n": 1e400}}', 400,
+     "not JSON-serializable"),
+    ("ts of 10^20", b'{"name": "ping", "ts": 100000000000000000000}', 400, "event.ts"),
+    ("NUL in name", b'{"name": "pi\\u0000ng"}', 400, "control characters"),
+    ("NUL in id", b'{"name": "ping", "id": "a\\u0000"}', 400, "control characters"),
+    ("data nested 101 deep", b'{"name": "ping", "data": {"x": ' + b"[" * 100 + b"]" * 100
+     + b"}}", 400, "nested deeper than 100"),
+    ("nested past the parser", b'{"name": "ping", "data": {"x": ' + b"[" * 100_000
+     + b"]" * 100_000 + b"}}", 400, "nested too deeply"),
 ]
 
 
@@ -109,6 +124,88 @@ async def test_oversized_event_and_body_are_413(db: str) -> None:
                                      headers={"content-type": "application/json"})
         assert response.status_code == 413
         assert await h.storage.read(_count, "events") == 0
+
+
+async def test_too_many_events_in_one_request_is_413(db: str) -> None:
+    async with Harness(make_app(), db, limits=stepwise.Limits(events_per_request=3)) as h:
+        response = await h.http.post("/api/v1/events", json=[{"name": "ping"}] * 4)
+        assert response.status_code == 413 and "limit of 3" in response.json()["error"]
+        assert (await h.http.post("/api/v1/events", json=[{"name": "ping"}] * 3)
+                ).status_code == 200
+
+
+async def test_nul_in_a_query_or_path_is_400_on_both_backends(db: str) -> None:
+    async with Harness(make_app(), db) as h:
+        for url in ("/api/v1/runs?function=a%00b", "/api/v1/runs/a%00b",
+                    "/api/v1/runs?event_id=%00"):
+            response = await h.http.get(url)
+            assert response.status_code == 400 and "NUL" in response.json()["error"], url
+
+
+async def test_step_output_nested_too_deep_fails_the_step_and_lists_still_work(db: str
+                                                                              ) -> None:
+    app = stepwise.App("deep")
+
+    def nest(depth: int) -> Any:
+        value: Any = 1
+        for _ in range(depth):
+            value = [value]
+        return value
+
+    @app.function(id="deep", trigger=stepwise.on_event("deep"), retries=0)
+    async def deep(ctx: stepwise.Context) -> Any:
+        return await ctx.step.run("nest", nest, ctx.event.data["depth"])
+
+    async with Harness(app, db) as h:
+        ok = await h.send("deep", {"depth": 100})
+        bad = await h.send("deep", {"depth": 300})
+        await h.settle()
+        assert (await h.run_for(ok, "deep"))["status"] == "completed"
+        failed = await h.run_for(bad, "deep")
+        assert failed["status"] == "failed"
+        assert "nested deeper than 100 levels" in failed["error"]["message"]
+        listing = await h.http.get("/api/v1/runs")
+        assert listing.status_code == 200 and len(listing.json()["runs"]) == 2
+
+
+async def test_lists_leave_out_big_outputs_and_page_by_cursor(db: str) -> None:
+    app = stepwise.App("big")
+
+    @app.function(id="big", trigger=stepwise.on_event("big"))
+    async def big(ctx: stepwise.Context) -> Any:
+        return {"blob": "x" * ctx.event.data["size"]}
+
+    async with Harness(app, db) as h:
+        for size in (10, 200_000, 20):
+            await h.send("big", {"size": size})
+        await h.settle()
+        page = (await h.http.get("/api/v1/runs", params={"limit": 2})).json()
+        assert len(page["runs"]) == 2 and page["next"] == page["runs"][1]["id"]
+        second = (await h.http.get("/api/v1/runs", params={"limit": 2, "before": page["next"]})
+                  ).json()
+        assert len(second["runs"]) == 1 and second["next"] is None
+        runs = page["runs"] + second["runs"]
+        cut = [r for r in runs if r["output_truncated"]]
+        assert len(cut) == 1 and cut[0]["output"] is None
+        assert all(r["output"]["blob"] for r in runs if not r["output_truncated"])
+        whole = (await h.http.get(cut[0]["url"])).json()
+        assert len(whole["output"]["blob"]) == 200_000 and not whole["output_truncated"]
+
+
+async def test_wrong_method_is_405_with_allow_and_json(db: str) -> None:
+    async with Harness(make_app(), db) as h:
+        response = await h.http.delete("/api/v1/runs")
+        assert response.status_code == 405 and response.headers["allow"] == "GET"
+        assert response.json()["error"]
+
+
+async def test_openapi_documents_400_not_422(db: str) -> None:
+    async with Harness(make_app(), db) as h:
+        spec = (await h.http.get("/openapi.json")).json()
+    operations = [op for path in spec["paths"].values() for op in path.values()]
+    assert operations and all("422" not in op["responses"] for op in operations)
+    assert all("400" in op["responses"] for op in operations)
+    assert "401" in spec["paths"]["/api/v1/runs"]["get"]["responses"]
 
 
 async def test_event_key_is_required_when_set(db: str) -> None:
