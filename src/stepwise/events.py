@@ -10,6 +10,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 MAX_NAME = 256
 MAX_ID = 256
+#: Names and ids: some visible character, and no control characters (documented in the
+#: OpenAPI schema; the validators below say which rule a value broke).
+TEXT_PATTERN = r"^[^\x00-\x1f\x7f]*[^\s\x00-\x1f\x7f][^\x00-\x1f\x7f]*$"
 #: The latest `ts` accepted: 9999-12-31T23:59:59.999Z, in milliseconds since the epoch.
 MAX_TS = 253_402_300_799_999
 
@@ -51,10 +54,14 @@ class EventIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=False)
 
-    name: str = Field(min_length=1, max_length=MAX_NAME, description="Event name, e.g. user.signup")
+    name: str = Field(min_length=1, max_length=MAX_NAME,
+                      json_schema_extra={"pattern": TEXT_PATTERN},
+                      description="Event name, e.g. user.signup: not blank, no control "
+                                  "characters")
     data: dict[str, Any] = Field(default_factory=dict, description="A JSON object")
     id: str | None = Field(
         default=None, min_length=1, max_length=MAX_ID,
+        json_schema_extra={"pattern": TEXT_PATTERN},
         description="Idempotency id: an id already stored is not stored again")
     ts: int | None = Field(
         default=None, ge=0, le=MAX_TS,

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import logging
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import FastAPI, Query, Request
+from fastapi import FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
@@ -39,6 +39,11 @@ log = logging.getLogger("stepwise.server")
 #: (`output_truncated`/`error_truncated`); the run's own URL has it whole. This bounds a page
 #: of 1,000 runs to a few MiB, whatever the runs returned.
 LIST_PREVIEW_CHARS = 1024
+#: Text in a URL: no NUL (the gate refuses it before any route; documented here).
+NO_NUL = r"^[^\x00]*$"
+
+
+RunId = Annotated[str, Path(pattern=NO_NUL, description="A run id")]
 
 
 class ApiError(Exception):
@@ -165,7 +170,7 @@ def run_json(row: RunRow, preview: int | None = None) -> dict[str, Any]:
     return out
 
 
-class JSONText(Response):
+class JSONText(JSONResponse):
     """A JSON answer encoded directly (no model re-validation: the shapes are built here and
     documented by the routes' response models)."""
 
@@ -177,8 +182,13 @@ class JSONText(Response):
 
 
 _EVENT_SCHEMA = EventIn.model_json_schema()
-_EVENTS_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": {
-    "oneOf": [_EVENT_SCHEMA, {"type": "array", "items": _EVENT_SCHEMA}]}}}}}
+
+
+def _events_body(limits: Limits) -> dict[str, Any]:
+    """The request body as documented: one event, or a list of 1 to the limit."""
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": {
+        "oneOf": [_EVENT_SCHEMA, {"type": "array", "items": _EVENT_SCHEMA, "minItems": 1,
+                                  "maxItems": limits.events_per_request}]}}}}}
 
 
 def create_server(storage: Storage, *, access: Access | None = None,
@@ -218,7 +228,7 @@ def create_server(storage: Storage, *, access: Access | None = None,
         return JSONResponse({"error": f"internal error ({type(exc).__name__}); see the "
                                       "server log"}, status_code=500)
 
-    @api.post("/api/v1/events", response_model=EventIds, openapi_extra=_EVENTS_BODY,
+    @api.post("/api/v1/events", response_model=EventIds, openapi_extra=_events_body(limits),
               summary="Send one event or a list; answers once they are durably stored",
               responses=_errors(401, 413, 415))
     async def send_events(request: Request) -> dict[str, Any]:
@@ -235,11 +245,11 @@ def create_server(storage: Storage, *, access: Access | None = None,
     @api.get("/api/v1/runs", response_model=RunList, summary="Search runs, newest first",
              responses=_errors(401))
     async def list_runs(
-        function: str | None = Query(None, max_length=256),
+        function: str | None = Query(None, max_length=256, pattern=NO_NUL),
         status: RunStatus | None = None,
-        event_id: str | None = Query(None, max_length=256),
+        event_id: str | None = Query(None, max_length=256, pattern=NO_NUL),
         limit: int = Query(50, ge=1, le=1000),
-        before: str | None = Query(None, max_length=64,
+        before: str | None = Query(None, max_length=64, pattern=NO_NUL,
                                    description="Only runs older than this run id (paging)"),
     ) -> dict[str, Any]:
         rows = await engine.list_runs(
@@ -250,7 +260,7 @@ def create_server(storage: Storage, *, access: Access | None = None,
 
     @api.get("/api/v1/runs/{run_id}", response_model=RunDetail, summary="A run with its steps",
              responses=_errors(401, 404))
-    async def get_run(run_id: str) -> dict[str, Any]:
+    async def get_run(run_id: RunId) -> dict[str, Any]:
         try:
             return run_json(await engine.get_run(run_id))
         except NotFound as exc:
@@ -258,13 +268,13 @@ def create_server(storage: Storage, *, access: Access | None = None,
 
     @api.post("/api/v1/runs/{run_id}/cancel", response_model=RunDetail, summary="Cancel a run",
               responses=_errors(401, 404, 409, 415))
-    async def cancel_run(run_id: str) -> dict[str, Any]:
+    async def cancel_run(run_id: RunId) -> dict[str, Any]:
         return await _manage(engine.cancel, run_id)
 
     @api.post("/api/v1/runs/{run_id}/replay", response_model=RunDetail,
               summary="Start a failed or cancelled run again, keeping its completed steps",
               responses=_errors(401, 404, 409, 415))
-    async def replay_run(run_id: str) -> dict[str, Any]:
+    async def replay_run(run_id: RunId) -> dict[str, Any]:
         return await _manage(engine.replay, run_id)
 
     async def _manage(action: Any, run_id: str) -> dict[str, Any]:
@@ -280,7 +290,8 @@ def create_server(storage: Storage, *, access: Access | None = None,
               openapi_extra={"requestBody": {"required": True, "content": {
                   "application/json": {"schema": BulkCancel.model_json_schema()}}}},
               responses=_errors(401, 404, 413, 415))
-    async def cancel_function(function_id: str, request: Request) -> dict[str, Any]:
+    async def cancel_function(function_id: Annotated[str, Path(pattern=NO_NUL)],
+                              request: Request) -> dict[str, Any]:
         try:
             body = BulkCancel.model_validate(loads(await read_body(request, 64 * 1024)))
         except PayloadError as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
@@ -36,17 +37,14 @@ class Proxy:
     def down(self) -> None:
         with self._lock:
             if self._listener is not None:
-                try:  # wakes the thread blocked in accept(); close alone would not
+                # shutdown wakes the thread blocked in accept(); close alone would not
+                with contextlib.suppress(OSError):
                     self._listener.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
                 self._listener.close()
                 self._listener = None
             for s in self._sockets:
-                try:
+                with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
                 s.close()
             self._sockets.clear()
 
@@ -71,10 +69,8 @@ class Proxy:
             pass
         finally:
             for s in (source, sink):
-                try:
+                with contextlib.suppress(OSError):
                     s.close()
-                except OSError:
-                    pass
 
 
 def post_event(base: str, timeout: float = 20.0) -> tuple[int, dict[str, str], dict[str, str]]:
