@@ -25,6 +25,7 @@ from stepwise.engine.outcomes import (
 )
 from stepwise.errors import ErrorInfo, LeaseLost, RunCancelled
 from stepwise.events import StoredEvent
+from stepwise.payloads import loads
 from stepwise.storage import Tx, open_storage
 
 APP = "contract"
@@ -284,3 +285,28 @@ async def test_registration_is_safe_when_many_processes_start_at_once(db: str) -
     finally:
         for storage in storages:
             await storage.close()
+
+
+async def test_a_run_that_keeps_losing_its_worker_fails_after_the_takeover_limit(
+        engine: Engine) -> None:
+    from stepwise.engine.leasing import MAX_TAKEOVERS
+
+    run_id = await start_run(engine, "w0")
+    # An execution that ends normally resets the count: park once after two takeovers.
+    for n in (1, 2):
+        engine.clock.advance(2)
+        assert await engine.lease(APP, f"w{n}", 10, LEASE_MS) == [run_id]
+    t = now(engine)
+    await engine.apply(run_id, "w2", [SleepUntil("nap", 0, t + 1, t)], last=True)
+    engine.clock.advance(1)
+    assert await engine.lease(APP, "x0", 10, LEASE_MS) == [run_id]
+    for n in range(1, MAX_TAKEOVERS + 1):  # the lease expires again and again
+        engine.clock.advance(2)
+        assert await engine.lease(APP, f"x{n}", 10, LEASE_MS) == [run_id], n
+    engine.clock.advance(2)
+    assert await engine.lease(APP, "last", 10, LEASE_MS) == []
+    run = await engine.get_run(run_id)
+    assert run["status"] == "failed"
+    error = loads(run["error"] or "{}")
+    assert error["name"] == "WorkerLost" and f"{MAX_TAKEOVERS + 1} times" in error["message"]
+    assert [f["step_id"] for f in run["failures"]] == [None]  # type: ignore[typeddict-item]

@@ -14,14 +14,20 @@ from ..events import StoredEvent
 from ..payloads import dumps
 from ..status import TERMINAL_RUN, StepStatus
 from ..storage import Tx
-from . import flow_control, lifecycle
+from . import definitions, flow_control, lifecycle, runs
+
+#: A run whose executions lose their worker this many times in a row (crash, kill, a frozen
+#: process: the lease expired) fails instead of being taken over again.
+MAX_TAKEOVERS = 5
 
 
 def lease(tx: Tx, app_id: str, owner: str, now: int, until: int, limit: int) -> list[str]:
     """Take up to `limit` due runs of the app for `owner` until `until`; return their ids."""
     fire_schedules(tx, app_id, now)
     expire_deadlines(tx, app_id, now)
-    candidates = tx.all("lease_candidates", app_id=app_id, now=now, window=limit * 4 + 32)
+    candidates = [c for c in tx.all("lease_candidates", app_id=app_id, now=now,
+                                    window=limit * 4 + 32)
+                  if c["lease_owner"] is None or _take_over(tx, c["run_id"], now)]
     keys = {c["run_id"]: tx.all("run_keys", run_id=c["run_id"]) for c in candidates if c["keyed"]}
     inflight: dict[str, int] = {}
     for key in sorted({k["key"] for rows in keys.values() for k in rows}):
@@ -45,6 +51,25 @@ def lease(tx: Tx, app_id: str, owner: str, now: int, until: int, limit: int) -> 
         tx.exec("close_groups_of_runs", ids=ids)  # a debounce or batch closes as it starts
         settle_due_steps(tx, ids, now)
     return picked
+
+
+def _take_over(tx: Tx, run_id: str, now: int) -> bool:
+    """A run whose lease expired: count the takeover; past the limit, fail the run."""
+    row = tx.one("count_takeover", run_id=run_id)
+    count = int(row["takeovers"]) if row is not None else 0
+    if count <= MAX_TAKEOVERS:
+        return True
+    run = lifecycle.get_run(tx, run_id)
+    if run is None:
+        return False
+    error: ErrorInfo = {"name": "WorkerLost", "message": (
+        f"the run's executions lost their worker {count} times in a row (the worker crashed, "
+        "was killed, or froze: its lease expired); it is not taken over again. Look for code "
+        "that exhausts memory, crashes the process, or blocks it (e.g. a long call that never "
+        "returns to the event loop).")}
+    lifecycle.record_failure(tx, run_id, None, run["retry"] + 1, error, None, now)
+    runs.fail_run(tx, run, definitions.get(tx, run["app_id"], run["function_id"]), error, now)
+    return False
 
 
 def settle_due_steps(tx: Tx, ids: str, now: int) -> None:

@@ -268,12 +268,18 @@ def _run_failed(b: _Batch, failed: RunFailed) -> None:
         b.set_retry(attempts)
         b.body_retry_at = b.now + delay
         return
-    lifecycle.finish(b.tx, b.run_id, RunStatus.failed, None, failed.error, b.now)
+    fail_run(b.tx, b.run, b.definition, failed.error, b.now)
     b.applied.run_status = RunStatus.failed
-    handler = b.definition.on_failure
+
+
+def fail_run(tx: Tx, run: RunRow, definition: FunctionDefinition | None, error: ErrorInfo,
+             now: int) -> None:
+    """The run fails for good; its `on_failure` handler starts in the same transaction."""
+    lifecycle.finish(tx, run["id"], RunStatus.failed, None, error, now)
+    handler = definition.on_failure if definition is not None else None
     if handler is not None:
-        flow_control.create_run(b.tx, b.run["app_id"], handler, b.run["event_id"], b.now, b.now,
-                                origin_run_id=b.run_id)
+        flow_control.create_run(tx, run["app_id"], handler, run["event_id"], now, now,
+                                origin_run_id=run["id"])
 
 
 def _add_wait(b: _Batch, wait: WaitForEvent) -> None:

@@ -44,15 +44,16 @@ INSERT INTO queue (run_id, app_id, function_id, available_at, priority)
 VALUES (:run_id, :app_id, :function_id, :available_at, :priority);
 
 -- name: lease_candidates
--- Priority P (seconds) ranks a run as if it had been queued P seconds earlier.
-SELECT run_id, keyed FROM queue
+-- Priority P (seconds) ranks a run as if it had been queued P seconds earlier. A run with a
+-- lease_owner here is being taken over: its lease expired.
+SELECT run_id, keyed, lease_owner FROM queue
 WHERE app_id = :app_id AND available_at <= :now
   AND (lease_expires_at IS NULL OR lease_expires_at <= :now)
 ORDER BY available_at - priority * 1000, run_id
 LIMIT :window;
 
 -- name: lease_candidates @postgres
-SELECT run_id, keyed FROM queue
+SELECT run_id, keyed, lease_owner FROM queue
 WHERE app_id = :app_id AND available_at <= :now
   AND (lease_expires_at IS NULL OR lease_expires_at <= :now)
 ORDER BY available_at - priority * 1000, run_id
@@ -175,14 +176,17 @@ UPDATE runs SET retry = :retry WHERE id = :run_id;
 
 -- name: requeue
 UPDATE queue SET available_at = :available_at, lease_owner = NULL, lease_expires_at = NULL,
-                 nudged = 0
+                 nudged = 0, takeovers = 0
 WHERE run_id = :run_id;
 
 -- name: park
 -- Hand a run back until :available_at, unless something woke it while it executed.
 UPDATE queue SET available_at = CASE WHEN nudged = 1 THEN :now ELSE :available_at END,
-                 lease_owner = NULL, lease_expires_at = NULL, nudged = 0
+                 lease_owner = NULL, lease_expires_at = NULL, nudged = 0, takeovers = 0
 WHERE run_id = :run_id;
+
+-- name: count_takeover
+UPDATE queue SET takeovers = takeovers + 1 WHERE run_id = :run_id RETURNING takeovers;
 
 -- name: nudge
 UPDATE queue SET available_at = CASE WHEN available_at > :now THEN :now ELSE available_at END,
