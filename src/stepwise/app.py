@@ -6,10 +6,13 @@ import inspect
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from .definition import (
+    DEFAULT_ATTEMPT_TIMEOUT_MS,
     DEFAULT_RETRIES,
+    MAX_ATTEMPT_TIMEOUT_MS,
     CronTrigger,
     EventTrigger,
     FunctionDefinition,
@@ -58,6 +61,18 @@ def on_cron(cron: str, tz: str = "UTC") -> CronTrigger:
     return CronTrigger(cron, tz)
 
 
+def _attempt_timeout_ms(function_id: str, value: timedelta | None) -> int:
+    if value is None:
+        return DEFAULT_ATTEMPT_TIMEOUT_MS
+    if not isinstance(value, timedelta):
+        raise DefinitionError(f"function {function_id!r}: attempt_timeout must be a timedelta")
+    ms = int(value.total_seconds() * 1000)
+    if not 0 < ms <= MAX_ATTEMPT_TIMEOUT_MS:
+        raise DefinitionError(f"function {function_id!r}: attempt_timeout must be positive and "
+                              "at most 7 days")
+    return ms
+
+
 @dataclass
 class Function:
     """A function declared with `@app.function`; call it directly to run its body (for tests)."""
@@ -70,6 +85,7 @@ class Function:
     on_failure: Function | None = None
     handles_failure_of: str | None = None
     flow: FlowOptions = field(default_factory=FlowOptions)
+    attempt_timeout_ms: int = DEFAULT_ATTEMPT_TIMEOUT_MS
     is_async: bool = field(init=False)
 
     def __post_init__(self) -> None:
@@ -84,7 +100,8 @@ class Function:
             id=self.id, app_id=self.app.id, triggers=self.triggers,
             retry=RetryPolicy(retries=self.retries),
             on_failure=self.on_failure.id if self.on_failure else None,
-            handles_failure_of=self.handles_failure_of, flow=self.flow)
+            handles_failure_of=self.handles_failure_of, flow=self.flow,
+            attempt_timeout_ms=self.attempt_timeout_ms)
 
 
 class App:
@@ -110,9 +127,17 @@ class App:
         idempotency: str | None = None,
         cancel_on: CancelOn | list[CancelOn] | None = None,
         timeouts: Timeouts | None = None,
+        attempt_timeout: timedelta | None = None,
     ) -> Callable[[Callable[..., Any]], Function]:
-        """Declare a function; see the README for every option."""
+        """Declare a function; see the README for every option.
+
+        `attempt_timeout` (default 15 minutes): the longest one step attempt, or one stretch
+        of the function's code between steps, may run. Past it the attempt fails with an
+        AttemptTimeout error (retried like any failure) and the worker's slot is freed, even
+        if the code never yields.
+        """
         _check_id("function", id)
+        timeout_ms = _attempt_timeout_ms(id, attempt_timeout)
         flow = flow_definition(id, concurrency=concurrency, throttle=throttle,
                                rate_limit=rate_limit, debounce=debounce, priority=priority,
                                batch=batch, idempotency=idempotency, cancel_on=cancel_on,
@@ -139,9 +164,9 @@ class App:
             if on_failure is not None:
                 handler_fn = on_failure.fn if isinstance(on_failure, Function) else on_failure
                 handler = Function(self, f"{id}-failure", handler_fn, (), retries=retries,
-                                   handles_failure_of=id)
+                                   handles_failure_of=id, attempt_timeout_ms=timeout_ms)
             func = Function(self, id, fn, triggers, retries=retries, on_failure=handler,
-                            flow=flow)
+                            flow=flow, attempt_timeout_ms=timeout_ms)
             self.functions[id] = func
             if handler is not None:
                 self.functions[handler.id] = handler

@@ -14,6 +14,10 @@ from . import schedules
 from .errors import DefinitionError
 from .flow import FlowOptions
 
+#: Default `attempt_timeout`: 15 minutes. Longer jobs (a long transcode) set their own.
+DEFAULT_ATTEMPT_TIMEOUT_MS = 15 * 60 * 1000
+#: The longest `attempt_timeout` accepted: 7 days.
+MAX_ATTEMPT_TIMEOUT_MS = 7 * 24 * 3600 * 1000
 DEFAULT_RETRIES = 3
 MAX_RETRIES = 100
 
@@ -84,6 +88,8 @@ class FunctionDefinition:
     on_failure: str | None = None  # the id of the function run once when a run fails for good
     handles_failure_of: str | None = None
     flow: FlowOptions = field(default_factory=FlowOptions)
+    #: The longest one step attempt (or one stretch of the body between steps) may run.
+    attempt_timeout_ms: int = DEFAULT_ATTEMPT_TIMEOUT_MS
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -96,6 +102,7 @@ class FunctionDefinition:
             "on_failure": self.on_failure,
             "handles_failure_of": self.handles_failure_of,
             "flow": self.flow.to_json(),
+            "attempt_timeout_ms": self.attempt_timeout_ms,
         }
 
     @classmethod
@@ -111,4 +118,5 @@ class FunctionDefinition:
                               backoff.get("initial_ms", defaults.backoff_initial_ms),
                               backoff.get("max_ms", defaults.backoff_max_ms)),
             on_failure=raw.get("on_failure"), handles_failure_of=raw.get("handles_failure_of"),
-            flow=FlowOptions.from_json(raw.get("flow")))
+            flow=FlowOptions.from_json(raw.get("flow")),
+            attempt_timeout_ms=int(raw.get("attempt_timeout_ms", DEFAULT_ATTEMPT_TIMEOUT_MS)))

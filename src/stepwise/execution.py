@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -74,6 +75,10 @@ class Suspend(ExecutionStopped):
     """This branch of the code must wait (a retry, a sleep, a wait, an invoke)."""
 
 
+class Abandoned(ExecutionStopped):
+    """The worker gave this execution up (attempt timeout, shutdown): it must write nothing."""
+
+
 class RunFailure(ExecutionStopped):
     """Fail the run at once with `error`, whatever user code catches."""
 
@@ -101,6 +106,7 @@ class StepCall:
     attempt: int
     started: int
     retries: int | None
+    began: float = 0.0  # time.monotonic(): attempt timeouts count real time, not engine time
 
 
 class Execution:
@@ -122,6 +128,14 @@ class Execution:
         self._inflight = 0
         self._settled = asyncio.Event()
         self._settled.set()
+        #: Watched from the worker's own loop (see `expired`): step attempts running now, and
+        #: since when the body code has run without a step finishing.
+        self.calls: dict[str, StepCall] = {}
+        self.body_since = time.monotonic()
+        self.timeout_s = function.attempt_timeout_ms / 1000
+        self.fenced = False
+        #: Where sync code runs (the worker swaps pools when one is frozen).
+        self.threads = env.threads
         self.event_json: dict[str, Any] | None = None
         event = None
         if state.event is not None:
@@ -145,6 +159,8 @@ class Execution:
 
     def report(self, outcome: Outcome) -> Awaitable[Applied]:
         """Report a finished step now; the code goes on with what the engine stored."""
+        if self.fenced:
+            raise Abandoned(self.run_id)
         return self.env.engine.apply(self.run_id, self.env.owner, [outcome], last=False,
                                      inline=self.env.inline())
 
@@ -216,12 +232,16 @@ class Execution:
             return None, self.memoized(sid, row)
         attempt = int(row["attempts"]) if row is not None else 0
         self.ctx.attempt = attempt
-        return StepCall(sid, seq, attempt, self.now_ms(), retries), None
+        call = StepCall(sid, seq, attempt, self.now_ms(), retries, time.monotonic())
+        self.calls[sid] = call
+        return call, None
 
     async def end_step(self, call: StepCall, result: Any = None,
                        exc: Exception | None = None) -> Any:
         """Report the attempt; return the stored result, raise StepError when it failed for
         good, or stop the branch until its retry."""
+        self.calls.pop(call.sid, None)
+        self.body_since = time.monotonic()
         now = self.now_ms()
         outcome: StepCompleted | StepFailed
         if exc is None:
@@ -401,10 +421,32 @@ class Execution:
     async def _invoke(self) -> Any:
         if self.function.is_async:
             return await self.function.fn(self.ctx)
-        return await self.loop.run_in_executor(self.env.threads, self.function.fn, self.ctx)
+        return await self.loop.run_in_executor(self.threads, self.function.fn, self.ctx)
+
+    def expired(self, now: float) -> list[Outcome]:
+        """What to report if this execution ran past its attempt timeout at monotonic `now`:
+        each step attempt over it fails, or the body does when no step is running. Called from
+        the worker's loop, which then fences the execution."""
+        over = [c for c in list(self.calls.values()) if now - c.began > self.timeout_s]
+        limit = f"its attempt timeout of {self.timeout_s:g} s"
+        hint = ("the attempt was abandoned and its worker slot freed; raise the function's "
+                "attempt_timeout if it needs longer, and keep blocking calls out of async code")
+        if over:
+            ended = self.now_ms()
+            return [StepFailed(c.sid, c.seq, {
+                "name": "AttemptTimeout", "step_id": c.sid,
+                "message": f"step {c.sid!r} ran longer than {limit}: {hint}"},
+                c.started, ended, c.attempt, retriable=True, retries=c.retries) for c in over]
+        if not self.calls and now - self.body_since > self.timeout_s:
+            return [RunFailed({"name": "AttemptTimeout", "message": (
+                f"function {self.function.id!r} ran longer than {limit} without finishing a "
+                f"step: {hint}")})]
+        return []
 
     async def _end(self, outcomes: list[Outcome]) -> None:
         await self._settled.wait()  # let steps already running report first
+        if self.fenced:
+            raise Abandoned(self.run_id)
         applied = await self.env.engine.apply(self.run_id, self.env.owner, list(outcomes),
                                               last=True, inline=self.env.inline())
         if applied.run_status in (RunStatus.completed, RunStatus.failed):

@@ -33,6 +33,8 @@ class Harness:
         # step runs must not see its own run taken away. Crash recovery is tested with real
         # processes and real leases instead.
         worker_options.setdefault("lease_seconds", 10 * 365 * 86400.0)
+        # Functions run on the test's own loop, so they can share asyncio objects with it.
+        worker_options.setdefault("isolate", False)
         self.worker = Worker(app, self.storage, clock=self.clock, limits=self.limits,
                              **worker_options)
         self.engine = self.worker.engine

@@ -2,20 +2,36 @@
 
 A killed worker simply stops renewing: its leases expire and any worker takes the runs over,
 replaying their stored steps (at-least-once for a step's code, exactly-once for its result).
+
+User code does not run on the worker's own event loop: async functions run on a `UserLoop`
+(one thread with its own event loop, shared by the worker's runs, so loop-bound clients such
+as a connection pool work across runs), sync functions on a thread pool. Code that blocks
+or never yields stalls only user code: the worker's loop goes on leasing, renewing leases,
+serving HTTP (in `stepwise dev`), enforcing attempt timeouts and handling SIGTERM. When an
+attempt overruns its timeout, the worker fails it, and if the user loop or a thread is frozen
+it starts a fresh one and hands the other runs back; frozen threads cannot be killed, so
+`stuck_threads` tells the command to restart the process once there are too many.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import os
 import socket
+import threading
+import time
+from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
 
 from .app import App
 from .clock import Clock
 from .engine import Engine
+from .engine.outcomes import Outcome
 from .errors import ExecutionStopped, LeaseLost, RunCancelled
 from .execution import Execution, ExecutorEnv
 from .metrics import Metrics
@@ -23,6 +39,63 @@ from .payloads import Limits, new_id
 from .storage import Storage
 
 log = logging.getLogger("stepwise.worker")
+
+#: How often the worker's loop checks attempt timeouts, in seconds.
+WATCH_INTERVAL_S = 0.5
+#: A user loop that does not answer a ping within this many seconds is frozen.
+FROZEN_AFTER_S = 1.0
+
+
+class UserLoop:
+    """A thread running the event loop where user code executes."""
+
+    def __init__(self, name: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self._serve, name=name, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.loop.run_forever()
+        finally:
+            pending = asyncio.all_tasks(self.loop)
+            for task in pending:
+                task.cancel()
+            if pending:
+                self.loop.run_until_complete(asyncio.wait(pending, timeout=1.0))
+            self.loop.close()
+
+    def submit(self, coro: Coroutine[Any, Any, None]) -> concurrent.futures.Future[None]:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    async def responsive(self) -> bool:
+        """Whether the loop runs a callback within FROZEN_AFTER_S."""
+        answered = asyncio.get_running_loop().create_future()
+        try:
+            self.loop.call_soon_threadsafe(
+                answered.get_loop().call_soon_threadsafe, answered.set_result, True)
+            return bool(await asyncio.wait_for(answered, FROZEN_AFTER_S))
+        except (TimeoutError, RuntimeError):
+            return False
+
+    def retire(self) -> None:
+        """Stop once the loop is free (never, if user code froze it: the thread is a daemon
+        and dies with the process)."""
+        with contextlib.suppress(RuntimeError):  # already closed
+            self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+@dataclass
+class Running:
+    """One execution in progress, as the worker's loop sees it."""
+
+    run_id: str
+    user_loop: UserLoop | None  # None: on the worker's loop (the test harness)
+    threads: ThreadPoolExecutor
+    future: concurrent.futures.Future[None] | asyncio.Future[None] | None = None
+    execution: Execution | None = None
+    abandoned: bool = False
 
 
 class Worker:
@@ -36,7 +109,11 @@ class Worker:
         lease_seconds: float = 30.0,
         poll_interval: float = 1.0,
         limits: Limits | None = None,
+        isolate: bool = True,
     ) -> None:
+        """`isolate=False` runs async user code on the worker's own loop (the test harness
+        does, so tests can share asyncio objects with functions); nothing then protects the
+        worker from code that blocks."""
         if concurrency < 1:
             raise ValueError("worker concurrency must be at least 1")
         if lease_seconds <= 0 or poll_interval <= 0:
@@ -49,8 +126,16 @@ class Worker:
         self.lease_ms = int(lease_seconds * 1000)
         self.lease_seconds = lease_seconds
         self.poll_interval = poll_interval
+        self.isolate = isolate
         self.id = f"{socket.gethostname()}:{os.getpid()}:{new_id()[-8:]}"
         self._active: dict[str, asyncio.Task[None]] = {}
+        self._running: dict[str, Running] = {}
+        self._user_loop: UserLoop | None = None
+        self._generation = 0
+        #: User loops and thread pools given up because user code in them overran its
+        #: attempt timeout without yielding (see `stuck_threads`).
+        self._retired_loops: list[UserLoop] = []
+        self._retired_pools: list[ThreadPoolExecutor] = []
         self._leasing = False
         #: Bumped whenever the worker leases or finishes work, so observers can tell that
         #: something changed while they looked away (see testing.Harness.settle).
@@ -60,8 +145,12 @@ class Worker:
         self._tasks: list[asyncio.Task[None]] = []
         self.env = ExecutorEnv(
             engine=self.engine, limits=limits or Limits(), metrics=Metrics(),
-            owner=self.id, inline=lambda: len(self._active) <= 1,
-            threads=ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="stepwise-fn"))
+            owner=self.id, inline=lambda: len(self._active) <= 1, threads=self._new_pool())
+
+    def _new_pool(self) -> ThreadPoolExecutor:
+        self._generation += 1
+        return ThreadPoolExecutor(max_workers=self.concurrency * 2,
+                                  thread_name_prefix=f"stepwise-sync-{self._generation}")
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -69,22 +158,41 @@ class Worker:
         self.storage.on_new_work(self.notify)
         await self.engine.register(self.app.id, [f.definition() for f in
                                                  self.app.functions.values()])
+        if self.isolate:
+            self._user_loop = UserLoop(f"stepwise-user-{self._generation}")
         self._tasks = [asyncio.create_task(self._lease_loop(), name="stepwise-lease"),
-                       asyncio.create_task(self._heartbeat_loop(), name="stepwise-heartbeat")]
+                       asyncio.create_task(self._heartbeat_loop(), name="stepwise-heartbeat"),
+                       asyncio.create_task(self._watch_loop(), name="stepwise-watchdog")]
 
     async def stop(self, grace: float = 5.0) -> None:
-        """Stop leasing; wait up to `grace` seconds for executions, then abandon them (their
-        leases expire and another worker resumes them)."""
+        """Stop leasing; wait up to `grace` seconds for executions, then abandon them: their
+        runs are handed back at once (no waiting for a lease to expire) and user code still
+        running can no longer write. Returns within about `grace` + 2 seconds, whatever user
+        code does."""
         self._stopping = True
         self.notify()
         if self._active:
             await asyncio.wait(list(self._active.values()), timeout=grace)
+        for running in list(self._running.values()):
+            await self._abandon(running, [], hand_back=True)
         for task in [*self._tasks, *self._active.values()]:
             task.cancel()
         for task in [*self._tasks, *self._active.values()]:
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+                await asyncio.wait_for(task, 1.0)
+        if self._user_loop is not None:
+            self._user_loop.retire()
         self.env.threads.shutdown(wait=False, cancel_futures=True)
+
+    @property
+    def stuck_threads(self) -> int:
+        """Threads still inside user code the worker gave up on (e.g. an infinite loop past
+        its attempt timeout). Python cannot kill them; `stepwise worker` exits (to be
+        restarted by its supervisor) when there are too many."""
+        self._retired_loops = [u for u in self._retired_loops if u.thread.is_alive()]
+        alive = [t for pool in self._retired_pools
+                 for t in getattr(pool, "_threads", ()) if t.is_alive()]
+        return len(self._retired_loops) + len(alive)
 
     def notify(self) -> None:
         self._wake.set()
@@ -126,13 +234,98 @@ class Worker:
     async def _heartbeat_loop(self) -> None:
         while not self._stopping:
             await asyncio.sleep(self.lease_seconds / 3)
-            if self._active:
+            held = [r for r, running in self._running.items() if not running.abandoned]
+            if held:
                 try:
-                    await self.engine.renew(self.id, list(self._active), self.lease_ms)
+                    await self.engine.renew(self.id, held, self.lease_ms)
                 except Exception:
                     log.exception("worker %s: lease renewal failed", self.id)
 
+    async def _watch_loop(self) -> None:
+        """Attempt timeouts, enforced from the worker's loop whatever user code does."""
+        while not self._stopping:
+            await asyncio.sleep(WATCH_INTERVAL_S)
+            now = time.monotonic()
+            for running in list(self._running.values()):
+                execution = running.execution
+                if running.abandoned or execution is None:
+                    continue
+                outcomes = execution.expired(now)
+                if outcomes:
+                    await self._time_out(running, outcomes)
+
+    async def _time_out(self, running: Running, outcomes: list[Outcome]) -> None:
+        """Fail the overrunning attempt; if its code does not stop (a frozen loop, a thread
+        that never returns), replace the loop or pool and hand back the runs sharing it."""
+        error = getattr(outcomes[0], "error", {})
+        log.error("run %s: %s", running.run_id, error.get("message"))
+        await self._abandon(running, outcomes, hand_back=False)
+        pool = running.threads
+        if pool is self.env.threads and self._pool_busy_with(running):
+            self._retired_pools.append(pool)
+            self.env.threads = self._new_pool()
+            pool.shutdown(wait=False, cancel_futures=True)
+        user_loop = running.user_loop
+        if user_loop is not None and user_loop is self._user_loop and \
+                not await user_loop.responsive():
+            log.error("worker %s: user code froze its event loop; starting a new one and "
+                      "handing back %d other runs", self.id, len(self._running))
+            self._retired_loops.append(user_loop)
+            self._user_loop = UserLoop(f"stepwise-user-{self._generation}")
+            user_loop.retire()
+            for other in list(self._running.values()):
+                if other.user_loop is user_loop:
+                    await self._abandon(other, [], hand_back=True)
+
+    def _pool_busy_with(self, running: Running) -> bool:
+        """Whether the timed-out execution holds a pool thread (a sync function or step)."""
+        execution = running.execution
+        return (execution is not None and not execution.function.is_async) or bool(
+            execution and execution.calls)
+
+    async def _abandon(self, running: Running, outcomes: list[Outcome], *,
+                       hand_back: bool) -> None:
+        """Give an execution up: fence it, report `outcomes` (an attempt timeout) or hand the
+        run back for any worker to take at once, and cancel its code if it still listens."""
+        if running.abandoned:
+            return
+        running.abandoned = True
+        if running.execution is not None:
+            running.execution.fenced = True
+        try:
+            if outcomes:
+                await self.engine.apply(running.run_id, self.id, outcomes, last=True)
+            elif hand_back:
+                await self.engine.release(running.run_id, self.id, 0)
+        except ExecutionStopped:
+            pass  # the execution ended, or lost its lease, meanwhile
+        except Exception:
+            log.exception("run %s: could not report the abandoned execution", running.run_id)
+        if running.future is not None:
+            running.future.cancel()
+
     async def _execute(self, run_id: str) -> None:
+        running = Running(run_id, self._user_loop, self.env.threads)
+        self._running[run_id] = running
+        try:
+            if running.user_loop is not None:
+                running.future = running.user_loop.submit(self._execution(running))
+                await asyncio.wrap_future(running.future)
+            else:
+                running.future = asyncio.ensure_future(self._execution(running))
+                await running.future
+        except asyncio.CancelledError:
+            if not running.abandoned:
+                raise
+        finally:
+            self._running.pop(run_id, None)
+            self._active.pop(run_id, None)
+            self.activity += 1
+            self.notify()
+
+    async def _execution(self, running: Running) -> None:
+        """One execution of a run, on the user loop."""
+        run_id = running.run_id
         try:
             state = await self.engine.load(run_id)
             if state is None:
@@ -143,7 +336,11 @@ class Worker:
                           run_id, state.run["function_id"], self.app.id)
                 await self.engine.release(run_id, self.id, 60_000)
                 return
-            await Execution(self.env, function, state).run()
+            execution = Execution(self.env, function, state)
+            execution.threads = running.threads
+            running.execution = execution
+            if not running.abandoned:
+                await execution.run()
         except LeaseLost as exc:
             log.warning("run %s: %s; this execution stops", run_id, exc)
         except RunCancelled:
@@ -153,7 +350,3 @@ class Worker:
         except Exception:
             log.exception("run %s: execution failed; its lease will expire and it will be "
                           "retried", run_id)
-        finally:
-            self._active.pop(run_id, None)
-            self.activity += 1
-            self.notify()

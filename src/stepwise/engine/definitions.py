@@ -18,7 +18,11 @@ def decode(text: str) -> FunctionDefinition:
 
 
 def register(tx: Tx, app_id: str, definitions: list[FunctionDefinition], now: int) -> None:
-    """Replace the app's definitions; keep the next tick of schedules that did not change."""
+    """Replace the app's definitions; keep the next tick of schedules that did not change.
+
+    Registrations of one app are serialized (workers and servers start together), so two
+    never interleave their deletes and inserts."""
+    tx.one("lock_key", key=f"stepwise.register:{app_id}")
     tx.exec("delete_app_triggers", app_id=app_id)
     tx.exec("delete_app_functions", app_id=app_id)
     wanted = set()
