@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import ipaddress
 import json
@@ -120,6 +121,22 @@ max_in_flight_option = click.option(
     help="HTTP requests handled at once; more get 503 with Retry-After  "
          "[env STEPWISE_MAX_IN_FLIGHT]")
 
+#: Default grace period on SIGTERM, in seconds.
+DEFAULT_GRACE_S = 10.0
+#: Exit status when the worker restarts itself to shed stuck threads (EX_TEMPFAIL).
+EXIT_RESTART = 75
+
+grace_option = click.option(
+    "--grace-seconds", type=float, default=DEFAULT_GRACE_S, show_default=True,
+    callback=_positive, envvar="STEPWISE_GRACE_SECONDS",
+    help="On SIGTERM or Ctrl-C, how long running functions get to finish; then their runs "
+         "are handed back to other workers and the process exits (within about 3 s more), "
+         "whatever the code does  [env STEPWISE_GRACE_SECONDS]")
+max_stuck_option = click.option(
+    "--max-stuck-threads", type=click.IntRange(min=0), default=2, show_default=True,
+    help="Exit (status 75, for the supervisor to restart the process) when more threads than "
+         "this are stuck in user code that overran its attempt timeout and cannot be killed")
+
 concurrency_option = click.option("--concurrency", type=int, default=10, show_default=True,
                                   callback=_positive, help="Runs executed at once per process")
 
@@ -149,9 +166,10 @@ def main(verbose: bool) -> None:
 @poll_option
 @limits_options
 @max_in_flight_option
+@grace_option
 def dev(app_spec: str, port: int, host: str, allow_hosts: tuple[str, ...], insecure: bool,
         db: str | None, concurrency: int, lease_seconds: float, poll_seconds: float,
-        max_in_flight: int, **limits: int) -> None:
+        max_in_flight: int, grace_seconds: float, **limits: int) -> None:
     """Server, worker and dashboard in one process, on embedded SQLite by default.
 
     No credentials: it listens on localhost only, accepts requests addressed to local host
@@ -166,7 +184,7 @@ def dev(app_spec: str, port: int, host: str, allow_hosts: tuple[str, ...], insec
     asyncio.run(_serve(app=app, db=db, host=host, port=port, access=access,
                        concurrency=concurrency, lease_seconds=lease_seconds,
                        poll_seconds=poll_seconds, with_http=True, limits=_limits(limits),
-                       max_in_flight=max_in_flight))
+                       max_in_flight=max_in_flight, grace=grace_seconds))
 
 
 def _loopback(host: str) -> bool:
@@ -243,19 +261,24 @@ def new_key() -> None:
 @lease_option
 @poll_option
 @limits_options
+@grace_option
+@max_stuck_option
 def worker(app_spec: str, db: str | None, concurrency: int, lease_seconds: float,
-           poll_seconds: float, **limits: int) -> None:
+           poll_seconds: float, grace_seconds: float, max_stuck_threads: int,
+           **limits: int) -> None:
     """A worker alone: executes the app's runs from the database."""
     app = load_app(app_spec)
     asyncio.run(_serve(app=app, db=db, host="", port=0, access=Access(),
                        concurrency=concurrency, lease_seconds=lease_seconds,
-                       poll_seconds=poll_seconds, with_http=False, limits=_limits(limits)))
+                       poll_seconds=poll_seconds, with_http=False, limits=_limits(limits),
+                       grace=grace_seconds, max_stuck=max_stuck_threads))
 
 
 async def _serve(*, app: App | None, db: str | None, host: str, port: int,
                  access: Access, concurrency: int, lease_seconds: float,
                  poll_seconds: float, with_http: bool, limits: Limits,
-                 max_in_flight: int = DEFAULT_MAX_IN_FLIGHT) -> None:
+                 max_in_flight: int = DEFAULT_MAX_IN_FLIGHT, grace: float = DEFAULT_GRACE_S,
+                 max_stuck: int | None = None) -> None:
     import uvicorn
 
     from .server import create_server
@@ -265,6 +288,7 @@ async def _serve(*, app: App | None, db: str | None, host: str, port: int,
     storage = open_storage(db)
     await storage.open()
     worker_ = None
+    exit_code = 0
     try:
         if app is not None:
             worker_ = Worker(app, storage, concurrency=concurrency, lease_seconds=lease_seconds,
@@ -275,7 +299,8 @@ async def _serve(*, app: App | None, db: str | None, host: str, port: int,
         if with_http:
             config = uvicorn.Config(create_server(storage, access=access, limits=limits,
                                                   max_in_flight=max_in_flight),
-                                    host=host, port=port, log_level="warning", lifespan="off")
+                                    host=host, port=port, log_level="warning", lifespan="off",
+                                    timeout_graceful_shutdown=max(1, int(grace)))
             http = uvicorn.Server(config)
             click.echo(f"stepwise is running: dashboard and API at http://{host}:{port}/",
                        err=False)
@@ -283,21 +308,40 @@ async def _serve(*, app: App | None, db: str | None, host: str, port: int,
             if not http.started:
                 raise click.ClickException(f"could not listen on {host}:{port}")
         else:
-            await _until_signal()
+            assert worker_ is not None
+            if await _until_signal_or_stuck(worker_, max_stuck):
+                exit_code = EXIT_RESTART
     finally:
         if worker_ is not None:
-            await worker_.stop()
+            await worker_.stop(grace)
         await storage.close()
+    if worker_ is not None and (worker_.stuck_threads or exit_code):
+        # Threads stuck in user code would keep the interpreter from exiting: leave now.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(exit_code)
 
 
-async def _until_signal() -> None:
+async def _until_signal_or_stuck(worker: Any, max_stuck: int | None) -> bool:
+    """Wait for SIGTERM or SIGINT; True if instead too many threads got stuck in user code."""
     import signal
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    while True:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 2.0)
+            return False
+        stuck = worker.stuck_threads
+        if max_stuck is not None and stuck > max_stuck:
+            logging.getLogger("stepwise.worker").error(
+                "%d threads are stuck in user code past their attempt timeout (more than "
+                "--max-stuck-threads %d): exiting with status %d so the process is restarted",
+                stuck, max_stuck, EXIT_RESTART)
+            return True
 
 
 # --- client commands ---------------------------------------------------------------------

@@ -71,11 +71,16 @@ class UserLoop:
 
     async def responsive(self) -> bool:
         """Whether the loop runs a callback within FROZEN_AFTER_S."""
-        answered = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        answered: asyncio.Future[bool] = loop.create_future()
+
+        def answer() -> None:
+            if not answered.done():
+                answered.set_result(True)
+
         try:
-            self.loop.call_soon_threadsafe(
-                answered.get_loop().call_soon_threadsafe, answered.set_result, True)
-            return bool(await asyncio.wait_for(answered, FROZEN_AFTER_S))
+            self.loop.call_soon_threadsafe(loop.call_soon_threadsafe, answer)
+            return await asyncio.wait_for(answered, FROZEN_AFTER_S)
         except (TimeoutError, RuntimeError):
             return False
 
@@ -173,6 +178,7 @@ class Worker:
         self.notify()
         if self._active:
             await asyncio.wait(list(self._active.values()), timeout=grace)
+        log.info("worker %s: stopping; handing back %d runs", self.id, len(self._running))
         for running in list(self._running.values()):
             await self._abandon(running, [], hand_back=True)
         for task in [*self._tasks, *self._active.values()]:
@@ -318,8 +324,11 @@ class Worker:
             if not running.abandoned:
                 raise
         finally:
-            self._running.pop(run_id, None)
-            self._active.pop(run_id, None)
+            # A handed-back run may already execute again here: drop only our own entries.
+            if self._running.get(run_id) is running:
+                del self._running[run_id]
+            if self._active.get(run_id) is asyncio.current_task():
+                del self._active[run_id]
             self.activity += 1
             self.notify()
 
