@@ -25,6 +25,14 @@ def _postgres_reachable() -> str | None:
         return str(exc)
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("stepwise chaos")
+    group.addoption("--chaos-events", type=int, default=400,
+                    help="events sent per backend by tests/chaos (release size: 10000)")
+    group.addoption("--chaos-kills", type=int, default=4,
+                    help="kill -9s per backend by tests/chaos (release size: 20)")
+
+
 _pg_problem: str | bool | None = False
 
 
