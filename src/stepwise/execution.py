@@ -38,6 +38,7 @@ from .engine.waits import event_json, match_of
 from .errors import (
     ErrorInfo,
     ExecutionStopped,
+    LeaseLost,
     NonDeterminismError,
     NonRetriableError,
     RetryAfterError,
@@ -134,6 +135,11 @@ class Execution:
         self.body_since = time.monotonic()
         self.timeout_s = function.attempt_timeout_ms / 1000
         self.fenced = False
+        #: time.monotonic() when the worker's lease surely ends (renewals push it on). A step
+        #: does not start once a renewal is overdue by `lease_margin`: another worker may own
+        #: the run by then, and may have stored the step already.
+        self.lease_until = float("inf")
+        self.lease_margin = 0.0
         #: Where sync code runs (the worker swaps pools when one is frozen).
         self.threads = env.threads
         self.event_json: dict[str, Any] | None = None
@@ -230,6 +236,9 @@ class Execution:
         sid, seq, row = self.claim(step_id)
         if row is not None and row["status"] != StepStatus.retrying:
             return None, self.memoized(sid, row)
+        if time.monotonic() > self.lease_until - self.lease_margin:
+            raise LeaseLost(f"run {self.run_id}: this worker's lease is about to expire "
+                            f"(renewals are late); step {sid!r} is left to the next owner")
         attempt = int(row["attempts"]) if row is not None else 0
         self.ctx.attempt = attempt
         call = StepCall(sid, seq, attempt, self.now_ms(), retries, time.monotonic())

@@ -101,6 +101,7 @@ class Running:
     future: concurrent.futures.Future[None] | asyncio.Future[None] | None = None
     execution: Execution | None = None
     abandoned: bool = False
+    lease_until: float = float("inf")  # time.monotonic() when our lease surely ends
 
 
 class Worker:
@@ -219,9 +220,11 @@ class Worker:
             try:
                 if free > 0:
                     self._leasing = True
+                    asked = time.monotonic()
                     leased = await self.engine.lease(self.app.id, self.id, free, self.lease_ms)
                     for run_id in leased:
-                        self._active[run_id] = asyncio.create_task(self._execute(run_id))
+                        self._active[run_id] = asyncio.create_task(
+                            self._execute(run_id, asked + self.lease_seconds))
                     self.activity += 1
                     self._leasing = False
                 if free > 0 and len(leased) == free:
@@ -240,12 +243,18 @@ class Worker:
     async def _heartbeat_loop(self) -> None:
         while not self._stopping:
             await asyncio.sleep(self.lease_seconds / 3)
-            held = [r for r, running in self._running.items() if not running.abandoned]
+            held = [r for r in self._running.values() if not r.abandoned]
             if held:
+                asked = time.monotonic()
                 try:
-                    await self.engine.renew(self.id, held, self.lease_ms)
+                    await self.engine.renew(self.id, [r.run_id for r in held], self.lease_ms)
                 except Exception:
                     log.exception("worker %s: lease renewal failed", self.id)
+                    continue
+                for running in held:
+                    running.lease_until = asked + self.lease_seconds
+                    if running.execution is not None:
+                        running.execution.lease_until = running.lease_until
 
     async def _watch_loop(self) -> None:
         """Attempt timeouts, enforced from the worker's loop whatever user code does."""
@@ -310,8 +319,8 @@ class Worker:
         if running.future is not None:
             running.future.cancel()
 
-    async def _execute(self, run_id: str) -> None:
-        running = Running(run_id, self._user_loop, self.env.threads)
+    async def _execute(self, run_id: str, lease_until: float) -> None:
+        running = Running(run_id, self._user_loop, self.env.threads, lease_until=lease_until)
         self._running[run_id] = running
         try:
             if running.user_loop is not None:
@@ -347,11 +356,15 @@ class Worker:
                 return
             execution = Execution(self.env, function, state)
             execution.threads = running.threads
+            execution.lease_until = running.lease_until
+            execution.lease_margin = self.lease_seconds / 3
             running.execution = execution
             if not running.abandoned:
                 await execution.run()
         except LeaseLost as exc:
             log.warning("run %s: %s; this execution stops", run_id, exc)
+            with contextlib.suppress(Exception, ExecutionStopped):
+                await self.engine.release(run_id, self.id, 0)  # if it is still ours
         except RunCancelled:
             log.info("run %s was cancelled; stopped at a step boundary", run_id)
         except ExecutionStopped:

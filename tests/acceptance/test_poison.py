@@ -134,3 +134,34 @@ def test_a_worker_with_too_many_stuck_threads_exits_to_be_restarted(tmp_path: Pa
         stop(proc)
     log = "".join(p.read_text() for p in tmp_path.glob("proc-*.log"))
     assert "stuck in user code" in log and "restarted" in log
+
+
+def test_dev_server_answers_and_stops_while_user_code_spins(tmp_path: Path) -> None:
+    import urllib.request
+
+    from procs import free_port, http, wait_healthy
+
+    (tmp_path / "poison_app.py").write_text(APP)
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    proc = start(["dev", "poison_app:app", "--port", str(port), "--db",
+                  str(tmp_path / "dev.db"), "--grace-seconds", str(GRACE_S)], tmp_path)
+    try:
+        wait_healthy(base, proc)
+        http("POST", base + "/api/v1/events", {"name": "spin-async"})
+        http("POST", base + "/api/v1/events", {"name": "spin-sync"})
+        wait_until(lambda: [r["status"] for r in http("GET", base + "/api/v1/runs")["runs"]]
+                   == ["running", "running"], 10, "both functions to spin")
+        for _ in range(5):
+            began = time.monotonic()
+            with urllib.request.urlopen(base + "/healthz", timeout=5) as response:
+                assert response.status == 200
+            assert time.monotonic() - began < 1.0
+        wait_until(lambda: {r["status"] for r in http("GET", base + "/api/v1/runs")["runs"]}
+                   == {"failed"}, 30, "both spinning runs to time out")
+        began = time.monotonic()
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(GRACE_S + 10)
+        assert time.monotonic() - began < GRACE_S + 4
+    finally:
+        stop(proc)
