@@ -276,10 +276,13 @@ class Worker:
         log.error("run %s: %s", running.run_id, error.get("message"))
         await self._abandon(running, outcomes, hand_back=False)
         pool = running.threads
-        if pool is self.env.threads and self._pool_busy_with(running):
+        execution = running.execution
+        if pool is self.env.threads and execution is not None and \
+                not execution.function.is_async:  # a sync function holds a pool thread
+            # New runs get a fresh pool; work already queued on the old one still runs.
             self._retired_pools.append(pool)
             self.env.threads = self._new_pool()
-            pool.shutdown(wait=False, cancel_futures=True)
+            pool.shutdown(wait=False)
         user_loop = running.user_loop
         if user_loop is not None and user_loop is self._user_loop and \
                 not await user_loop.responsive():
@@ -292,11 +295,6 @@ class Worker:
                 if other.user_loop is user_loop:
                     await self._abandon(other, [], hand_back=True)
 
-    def _pool_busy_with(self, running: Running) -> bool:
-        """Whether the timed-out execution holds a pool thread (a sync function or step)."""
-        execution = running.execution
-        return (execution is not None and not execution.function.is_async) or bool(
-            execution and execution.calls)
 
     async def _abandon(self, running: Running, outcomes: list[Outcome], *,
                        hand_back: bool) -> None:
