@@ -14,6 +14,7 @@ import sys
 import urllib.error
 import urllib.parse
 import urllib.request
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import click
@@ -395,26 +396,125 @@ def send(name: str, data: str, event_id: str | None, url: str, event_key: str | 
     click.echo(" ".join(result["ids"]))
 
 
+def _since(value: str | None) -> str | None:
+    """`30m`, `2h`, `7d` ago, or an ISO 8601 time, as the ISO time the API takes."""
+    if value is None:
+        return None
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if value[:-1].isdigit() and value[-1:] in units:
+        moment = datetime.now(UTC) - timedelta(seconds=int(value[:-1]) * units[value[-1]])
+        return moment.isoformat()
+    try:
+        return datetime.fromisoformat(value).isoformat()
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is neither a duration (30m, 2h, 7d) nor an ISO "
+                                 "8601 time", param_hint="--since") from None
+
+
+def _table(rows: list[list[str]], header: list[str]) -> None:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True))
+                   .rstrip())
+
+
+def _error_line(error: Any) -> str:
+    if not error:
+        return ""
+    message = str(error.get("message", error)) if isinstance(error, dict) else str(error)
+    return message.splitlines()[0][:80] if message else ""
+
+
 @main.command()
 @click.option("--status", type=click.Choice([s.value for s in RunStatus]))
 @click.option("--function", "function_id", default=None)
+@click.option("--event", "event_name", default=None, help="Only runs of events of this name")
+@click.option("--since", default=None, help="Created since: 30m, 2h, 7d, or an ISO 8601 time")
 @click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the API's JSON")
 @url_option
 @api_key_option
-def runs(status: str | None, function_id: str | None, limit: int, as_json: bool,
-         url: str, api_key: str | None) -> None:
-    """List recent runs."""
+def runs(status: str | None, function_id: str | None, event_name: str | None,
+         since: str | None, limit: int, as_json: bool, url: str, api_key: str | None) -> None:
+    """List recent runs, newest first."""
     query = urllib.parse.urlencode({k: v for k, v in (
-        ("status", status), ("function", function_id), ("limit", limit)) if v})
+        ("status", status), ("function", function_id), ("event_name", event_name),
+        ("since", _since(since)), ("limit", limit)) if v})
     result = _call(url, "GET", f"/api/v1/runs?{query}", key=api_key)
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
-    for run in result["runs"]:
-        error = run["error"]["message"] if run["error"] else ""
-        click.echo(f"{run['id']}  {run['function_id']:<28} {run['status']:<10} "
-                   f"{run['started_at'] or '-':<29} {error}")
+    if not result["runs"]:
+        click.echo("no runs")
+        return
+    _table([[r["id"], r["function_id"], r["status"], str(r["failed_attempts"]),
+             str(r["attempts"] - 1), r["started_at"] or "-", _error_line(r["error"])]
+            for r in result["runs"]],
+           ["RUN", "FUNCTION", "STATUS", "FAILURES", "REPLAYS", "STARTED", "ERROR"])
+
+
+@main.command("run")
+@click.argument("run_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the API's JSON")
+@url_option
+@api_key_option
+def show_run(run_id: str, as_json: bool, url: str, api_key: str | None) -> None:
+    """Show one run: its event, steps, failed attempts (with stack traces) and links."""
+    run = _call(url, "GET", f"/api/v1/runs/{urllib.parse.quote(run_id)}", key=api_key)
+    if as_json:
+        click.echo(json.dumps(run, indent=2))
+        return
+    click.echo(f"run       {run['id']}\nfunction  {run['function_id']} (app {run['app_id']})"
+               f"\nstatus    {run['status']}\nstarted   {run['started_at'] or '-'}"
+               f"\nended     {run['ended_at'] or '-'}")
+    if run.get("event"):
+        event = run["event"]
+        click.echo(f"event     {event['name']} {event['id']}  {json.dumps(event['data'])}")
+    for name in ("parent_run_id", "origin_run_id"):
+        if run.get(name):
+            click.echo(f"{name.split('_')[0]:<9} {run[name]}")
+    for child in run.get("children", []):
+        click.echo(f"started   {child['id']} {child['function_id']} ({child['status']})")
+    if run["output"] is not None:
+        click.echo(f"output    {json.dumps(run['output'])}")
+    if run["steps"]:
+        click.echo("")
+        _table([[s["id"], s["status"], str(s["attempts"]), s["ended_at"] or "-",
+                 _error_line(s["error"])] for s in run["steps"]],
+               ["STEP", "STATUS", "ATTEMPTS", "ENDED", "ERROR"])
+    for failure in run.get("failures", []):
+        error = failure["error"] or {}
+        where = f"step {failure['step_id']}" if failure["step_id"] else "function body"
+        click.echo(f"\nfailed attempt {failure['attempt']} of {where} at {failure['ended_at']}: "
+                   f"{error.get('name', '')}: {error.get('message', '')}")
+        for line in str(error.get("stack", "")).rstrip().splitlines():
+            click.echo(f"  {line}")
+    if run["error"]:
+        click.echo(f"\nerror     {run['error'].get('name', '')}: {run['error'].get('message')}")
+
+
+@main.command()
+@click.option("--name", default=None, help="Only events of this name")
+@click.option("--since", default=None, help="Received since: 30m, 2h, 7d, or an ISO time")
+@click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the API's JSON")
+@url_option
+@api_key_option
+def events(name: str | None, since: str | None, limit: int, as_json: bool, url: str,
+           api_key: str | None) -> None:
+    """List stored events, newest first."""
+    query = urllib.parse.urlencode({k: v for k, v in (
+        ("name", name), ("since", _since(since)), ("limit", limit)) if v})
+    result = _call(url, "GET", f"/api/v1/events?{query}", key=api_key)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    if not result["events"]:
+        click.echo("no events")
+        return
+    _table([[e["id"], e["name"], e["received_at"] or "-",
+             "(large)" if e["data_truncated"] else json.dumps(e["data"])[:60]]
+            for e in result["events"]], ["EVENT", "NAME", "RECEIVED", "DATA"])
 
 
 @main.command()

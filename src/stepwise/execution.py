@@ -275,11 +275,16 @@ class Execution:
                                            now)
             stored = applied.outputs[call.sid]
             return None if stored is None else loads(stored)
+        message = outcome.error.get("message", "") if isinstance(outcome, StepFailed) else ""
         if call.sid in applied.failed:
             self.env.metrics.step_finished(self.function.id, StepStatus.failed, call.started,
                                            now)
+            log.warning("run %s %s: step %r failed for good after %d attempts: %s",
+                        self.run_id, self.function.id, call.sid, call.attempt + 1, message)
             raise StepError(call.sid, applied.failed[call.sid]) from exc
         self.env.metrics.step_finished(self.function.id, StepStatus.retrying, call.started, now)
+        log.warning("run %s %s: step %r attempt %d failed, will retry: %s", self.run_id,
+                    self.function.id, call.sid, call.attempt + 1, message)
         self.wait_for(None)
 
     # --- other step kinds ------------------------------------------------------------------
@@ -411,7 +416,8 @@ class Execution:
             await self._end([RunFailed(describe_exception(exc), retriable=False)])
             return
         except Exception as exc:
-            log.info("run %s: function raised %r", self.run_id, exc)
+            log.warning("run %s %s: function raised %s: %s", self.run_id, self.function.id,
+                        type(exc).__name__, exc)
             # The whole body is retried: what its branches were about to wait for is dropped.
             await self._end([RunFailed(describe_exception(exc), retry_after_ms=int(
                 exc.delay * 1000) if isinstance(exc, RetryAfterError) else None)])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, cast, overload
 
 from fastapi import FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -31,7 +31,7 @@ from .payloads import (
 )
 from .status import RunStatus, StepStatus
 from .storage import Storage, StorageUnavailable
-from .storage.rows import RunRow
+from .storage.rows import EventRow, RunRow
 
 log = logging.getLogger("stepwise.server")
 
@@ -41,6 +41,8 @@ log = logging.getLogger("stepwise.server")
 LIST_PREVIEW_CHARS = 1024
 #: Text in a URL: no NUL (the gate refuses it before any route; documented here).
 NO_NUL = r"^[^\x00]*$"
+#: `event_data=path=value`: a dotted path of names, then the value.
+DATA_MATCH = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*=[^\x00]*$"
 
 
 RunId = Annotated[str, Path(pattern=NO_NUL, description="A run id")]
@@ -76,6 +78,14 @@ class RunOut(BaseModel):
     started_at: str | None = None
     ended_at: str | None = None
     url: str = Field(description="This run's own address in the API")
+    failed_attempts: int | None = Field(
+        default=None, description="Failed attempts of its steps and body (each retried one, and "
+                                  "the last); not given for linked runs")
+    parent_run_id: str | None = Field(default=None,
+                                      description="The run that invoked this one")
+    origin_run_id: str | None = Field(
+        default=None, description="The failed run this on_failure run handles, or the run "
+                                  "this one replays")
     output_truncated: bool = Field(
         default=False, description=f"In lists: the output is over {LIST_PREVIEW_CHARS} "
                                    "characters and left out; GET the run's url for it")
@@ -90,10 +100,34 @@ class FailureOut(BaseModel):
     ended_at: str | None = None
 
 
+class EventOut(BaseModel):
+    id: str
+    name: str
+    data: Any = Field(description="The event's data (left out of lists when over 1 KiB)")
+    ts: int = Field(description="Milliseconds since the epoch")
+    received_at: str | None = None
+    url: str
+    data_truncated: bool = False
+
+
 class RunDetail(RunOut):
     steps: list[StepOut]
     failures: list[FailureOut] = Field(
         default_factory=list, description="Every failed attempt, oldest first")
+    event: EventOut | None = Field(default=None, description="The event that started the run")
+    children: list[RunOut] = Field(
+        default_factory=list, description="Runs this one started: invoked runs and its "
+                                          "on_failure handler (outputs left out)")
+
+
+class EventList(BaseModel):
+    events: list[EventOut]
+    next: str | None = Field(
+        default=None, description="Pass as `before` for the next (older) page; null at the end")
+
+
+class EventDetail(EventOut):
+    runs: list[RunOut] = Field(description="The runs the event started (outputs left out)")
 
 
 class RunList(BaseModel):
@@ -152,7 +186,12 @@ def run_json(row: RunRow, preview: int | None = None) -> dict[str, Any]:
         "attempts": row["attempts"], "created_at": iso(row["created_at"]),
         "started_at": iso(row["started_at"]), "ended_at": iso(row["ended_at"]),
         "url": f"/api/v1/runs/{row['id']}",
+        "parent_run_id": row["parent_run_id"], "origin_run_id": row["origin_run_id"],
     }
+    if "failed_attempts" in row:
+        out["failed_attempts"] = int(row["failed_attempts"])  # type: ignore[typeddict-item]
+    elif "failures" in row:
+        out["failed_attempts"] = len(row["failures"])  # type: ignore[typeddict-item]
     for name, text in (("output", row["output"]), ("error", row["error"])):
         cut = preview is not None and text is not None and len(text) > preview
         out[name] = None if cut else stored(text)
@@ -167,7 +206,18 @@ def run_json(row: RunRow, preview: int | None = None) -> dict[str, Any]:
             "step_id": f["step_id"], "attempt": f["attempt"], "error": stored(f["error"]),
             "started_at": iso(f["started_at"]), "ended_at": iso(f["ended_at"]),
         } for f in row.get("failures", [])]  # type: ignore[attr-defined]
+        event = cast(EventRow | None, row.get("event"))
+        out["event"] = None if event is None else event_json(event)
+        out["children"] = [run_json(c) for c in row.get("children", [])]  # type: ignore[attr-defined]
     return out
+
+
+def event_json(row: EventRow, preview: int | None = None) -> dict[str, Any]:
+    """An event as the API shows it; with `preview`, longer data is left out."""
+    cut = preview is not None and len(row["data"]) > preview
+    return {"id": row["id"], "name": row["name"], "data": None if cut else stored(row["data"]),
+            "ts": row["ts"], "received_at": iso(row.get("received_at")),
+            "url": f"/api/v1/events/{row['id']}", "data_truncated": cut}
 
 
 class JSONText(JSONResponse):
@@ -251,9 +301,21 @@ def create_server(storage: Storage, *, access: Access | None = None,
         limit: int = Query(50, ge=1, le=1000),
         before: str | None = Query(None, max_length=64, pattern=NO_NUL,
                                    description="Only runs older than this run id (paging)"),
+        event_name: str | None = Query(None, max_length=256, pattern=NO_NUL,
+                                       description="Runs started by events of this name"),
+        event_data: str | None = Query(
+            None, max_length=1024, pattern=DATA_MATCH,
+            description="`path=value`: runs whose event data has this value at this dotted "
+                        "path (strings and numbers), e.g. `user.id=42`"),
+        since: Annotated[datetime | None,
+                         Query(description="Created at or after (ISO 8601)")] = None,
+        until: Annotated[datetime | None, Query(description="Created before (ISO 8601)")] = None,
     ) -> dict[str, Any]:
+        field, _, value = event_data.partition("=") if event_data else (None, "", None)
         rows = await engine.list_runs(
-            {"function": function, "status": status, "event_id": event_id, "before": before},
+            {"function": function, "status": status, "event_id": event_id, "before": before,
+             "event_name": event_name, "since": _ms(since), "until": _ms(until),
+             "data_field": field, "data_value": value},
             limit, preview=LIST_PREVIEW_CHARS)
         return {"runs": [run_json(r, LIST_PREVIEW_CHARS) for r in rows],
                 "next": rows[-1]["id"] if len(rows) == limit else None}
@@ -312,6 +374,33 @@ def create_server(storage: Storage, *, access: Access | None = None,
             raise ApiError(400, "started_after must be before started_before")
         count = await engine.cancel_function_runs(apps[0], function_id, after, before)
         return {"cancelled": count}
+
+    @api.get("/api/v1/events", response_model=EventList, summary="Stored events, newest first",
+             responses=_errors(401))
+    async def list_events(
+        name: str | None = Query(None, max_length=256, pattern=NO_NUL),
+        since: Annotated[datetime | None,
+                         Query(description="Received at or after (ISO 8601)")] = None,
+        until: Annotated[datetime | None,
+                         Query(description="Received before (ISO 8601)")] = None,
+        limit: int = Query(50, ge=1, le=1000),
+        before: str | None = Query(None, max_length=256, pattern=NO_NUL,
+                                   description="Only events older than this event id (paging)"),
+    ) -> dict[str, Any]:
+        rows = await engine.list_events({"name": name, "since": _ms(since),
+                                         "until": _ms(until), "before": before}, limit)
+        return {"events": [event_json(r, LIST_PREVIEW_CHARS) for r in rows],
+                "next": rows[-1]["id"] if len(rows) == limit else None}
+
+    @api.get("/api/v1/events/{event_id}", response_model=EventDetail,
+             summary="One event with its data and the runs it started",
+             responses=_errors(401, 404))
+    async def get_event(event_id: Annotated[str, Path(pattern=NO_NUL)]) -> dict[str, Any]:
+        try:
+            event, runs = await engine.get_event(event_id)
+        except NotFound as exc:
+            raise ApiError(404, str(exc)) from None
+        return {**event_json(event), "runs": [run_json(r) for r in runs]}
 
     @api.get("/api/v1/functions", summary="Functions registered by workers",
              responses=_errors(401))
@@ -377,7 +466,16 @@ def _openapi(api: FastAPI) -> dict[str, Any]:
     return schema
 
 
-def _ms(moment: datetime) -> int:
+@overload
+def _ms(moment: datetime) -> int: ...
+@overload
+def _ms(moment: None) -> None: ...
+def _ms(moment: datetime | None) -> int | None:
+    """Milliseconds since the epoch; a time without a zone is taken as UTC."""
+    if moment is None:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
     try:
         return int(moment.timestamp() * 1000)
     except (OverflowError, ValueError, OSError):

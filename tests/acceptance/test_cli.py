@@ -51,6 +51,26 @@ def test_send_runs_replay(tmp_path: Path) -> None:
         run_id = wait_until(failed_run, what="the run to fail")
         listing = cli("runs", "--status", "failed", "--url", base, cwd=tmp_path)
         assert run_id in listing.stdout and "SMTP relay refused" in listing.stdout
+        header, row = listing.stdout.splitlines()[:2]
+        assert header.split() == ["RUN", "FUNCTION", "STATUS", "FAILURES", "REPLAYS",
+                                  "STARTED", "ERROR"]
+        assert row.split()[:5] == [run_id, "mail", "failed", "1", "0"]
+        recent = cli("runs", "--event", "mail.send", "--since", "10m", "--url", base,
+                     cwd=tmp_path)
+        assert run_id in recent.stdout
+        assert "no runs" in cli("runs", "--event", "other", "--url", base, cwd=tmp_path).stdout
+        shown = cli("run", run_id, "--url", base, cwd=tmp_path)
+        assert shown.returncode == 0, shown.stderr
+        assert f"event     mail.send {event_id}" in shown.stdout
+        assert ["deliver", "failed", "1"] in [line.split()[:3] for line in
+                                              shown.stdout.splitlines()]
+        assert "failed attempt 1 of step deliver" in shown.stdout
+        assert '  File "' in shown.stdout and "RuntimeError: SMTP relay refused" in shown.stdout
+        listed = cli("events", "--name", "mail.send", "--url", base, cwd=tmp_path)
+        assert event_id in listed.stdout and '"to": "ada@example.com"' in listed.stdout
+        console = "".join(p.read_text() for p in tmp_path.glob("proc-*.log"))
+        assert f"run {run_id} mail: step 'deliver' failed for good after 1 attempts: " \
+               "SMTP relay refused" in console
 
         (tmp_path / "fixed").touch()
         replayed = cli("replay", run_id, "--url", base, cwd=tmp_path)

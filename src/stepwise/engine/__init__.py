@@ -22,7 +22,7 @@ from ..clock import Clock
 from ..definition import FunctionDefinition
 from ..events import StoredEvent
 from ..storage import Storage
-from ..storage.rows import RunDetail, RunRow
+from ..storage.rows import EventRow, RunDetail, RunRow
 from . import admin, definitions, ingest, leasing, lifecycle, runs
 from .admin import Conflict, NotFound
 from .lifecycle import FOREVER
@@ -88,6 +88,12 @@ class Engine:
     async def list_runs(self, filters: dict[str, Any], limit: int = 50,
                         preview: int | None = None) -> list[RunRow]:
         return await self.storage.read(admin.list_runs, filters, limit, preview)
+
+    async def list_events(self, filters: dict[str, Any], limit: int = 50) -> list[EventRow]:
+        return await self.storage.read(admin.list_events, filters, limit)
+
+    async def get_event(self, event_id: str) -> tuple[EventRow, list[RunRow]]:
+        return await self.storage.read(admin.get_event, event_id)
 
     async def cancel(self, run_id: str) -> RunDetail:
         return await self.storage.write(admin.cancel_run, run_id, self.clock.now_ms())

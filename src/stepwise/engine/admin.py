@@ -7,7 +7,7 @@ from typing import Any, cast
 
 from ..status import REPLAYABLE_RUN, TERMINAL_RUN
 from ..storage import Tx
-from ..storage.rows import FailureRow, RunDetail, RunRow, StepRow
+from ..storage.rows import EventRow, FailureRow, RunDetail, RunRow, StepRow
 from . import definitions, flow_control, lifecycle
 
 
@@ -20,11 +20,39 @@ class Conflict(ValueError):
 
 
 def get_run(tx: Tx, run_id: str) -> RunDetail:
+    """A run with its steps, failed attempts, event and the runs it started."""
     run = lifecycle.get_run(tx, run_id)
     if run is None:
         raise NotFound(f"run {run_id} not found")
+    event = tx.one("get_event", id=run["event_id"]) if run["event_id"] else None
     return RunDetail(**run, steps=cast(list[StepRow], tx.all("get_steps", run_id=run_id)),
-                     failures=cast(list[FailureRow], tx.all("get_failures", run_id=run_id)))
+                     failures=cast(list[FailureRow], tx.all("get_failures", run_id=run_id)),
+                     event=cast(EventRow | None, event),
+                     children=cast(list[RunRow], tx.all("child_runs", run_id=run_id)))
+
+
+def get_event(tx: Tx, event_id: str) -> tuple[EventRow, list[RunRow]]:
+    """A stored event and the runs it started."""
+    event = tx.one("get_event", id=event_id)
+    if event is None:
+        raise NotFound(f"event {event_id} not found")
+    return cast(EventRow, event), cast(list[RunRow], tx.all("event_runs", event_id=event_id))
+
+
+_EVENT_FILTERS = {"name": "name = :name", "since": "received_at >= :since",
+                  "until": "received_at < :until",
+                  "before": "(received_at, id) < (SELECT received_at, id FROM events "
+                            "WHERE id = :before)"}
+
+
+def list_events(tx: Tx, filters: dict[str, Any], limit: int) -> list[EventRow]:
+    """Events newest first (by when they were received); `before` is the last id seen."""
+    where = [_EVENT_FILTERS[k] for k, v in filters.items() if v is not None]
+    params = {k: v for k, v in filters.items() if v is not None}
+    sql = ("SELECT id, name, data, ts, received_at FROM events"
+           + (" WHERE " + " AND ".join(where) if where else "")
+           + " ORDER BY received_at DESC, id DESC LIMIT :limit")
+    return cast(list[EventRow], tx.raw_all(sql, {**params, "limit": limit}))
 
 
 def cancel_run(tx: Tx, run_id: str, now: int) -> RunDetail:
@@ -66,23 +94,31 @@ def replay_run(tx: Tx, run_id: str, now: int) -> RunDetail:
     return get_run(tx, run_id)
 
 
-_RUN_FILTERS = {"function": "function_id = :function", "status": "status = :status",
-                "event_id": "event_id = :event_id", "app": "app_id = :app",
-                "before": "id < :before"}
+_RUN_FILTERS = {"function": "r.function_id = :function", "status": "r.status = :status",
+                "event_id": "r.event_id = :event_id", "app": "r.app_id = :app",
+                "before": "r.id < :before", "since": "r.created_at >= :since",
+                "until": "r.created_at < :until", "event_name": "e.name = :event_name"}
 
 
 def list_runs(tx: Tx, filters: dict[str, Any], limit: int, preview: int | None = None
               ) -> list[RunRow]:
     """Runs newest first. With `preview`, `output` and `error` hold at most `preview + 1`
     characters (longer means cut), so a page of big outputs is never read whole."""
-    where = [_RUN_FILTERS[k] for k, v in filters.items() if v is not None]
     params = {k: v for k, v in filters.items() if v is not None}
-    columns = ("output, error" if preview is None else
-               "substr(output, 1, :preview) AS output, substr(error, 1, :preview) AS error")
-    sql = (f"SELECT id, app_id, function_id, event_id, status, {columns}, attempts, retry, "
-           "origin_run_id, parent_run_id, parent_step_id, created_at, started_at, ended_at "
-           "FROM runs" + (" WHERE " + " AND ".join(where) if where else "")
-           + " ORDER BY id DESC LIMIT :limit")
+    where = [_RUN_FILTERS[k] for k in params if k in _RUN_FILTERS]
+    if "data_field" in params:  # a field of the event's data equals data_value
+        where.append(tx.text("event_field_equals"))
+    joined = "event_name" in params or "data_field" in params
+    columns = ("r.output, r.error" if preview is None else
+               "substr(r.output, 1, :preview) AS output, substr(r.error, 1, :preview) AS error")
+    sql = (f"SELECT r.id, r.app_id, r.function_id, r.event_id, r.status, {columns}, "
+           "r.attempts, r.retry, r.origin_run_id, r.parent_run_id, r.parent_step_id, "
+           "r.created_at, r.started_at, r.ended_at, "
+           "(SELECT COUNT(*) FROM failures f WHERE f.run_id = r.id) AS failed_attempts "
+           "FROM runs r"
+           + (" JOIN events e ON e.id = r.event_id" if joined else "")
+           + (" WHERE " + " AND ".join(where) if where else "")
+           + " ORDER BY r.id DESC LIMIT :limit")
     if preview is not None:
         params["preview"] = preview + 1
     return cast(list[RunRow], tx.raw_all(sql, {**params, "limit": limit}))

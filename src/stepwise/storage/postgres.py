@@ -41,6 +41,9 @@ class _Tx:
     def wake_workers(self) -> None:
         self.woke = True
 
+    def text(self, query: str, /) -> str:
+        return queries.load_raw("postgres")[query]  # raw_all converts the composed whole
+
     def one(self, query: str, /, **params: Any) -> dict[str, Any] | None:
         return self.conn.execute(self.sql[query], params).fetchone()
 

@@ -25,6 +25,16 @@ MACROS = {
 
 @cache
 def load(dialect: str) -> dict[str, str]:
+    """Every named query for `dialect`, with parameters as the driver takes them."""
+    named = load_raw(dialect)
+    if dialect == "postgres":
+        return {k: to_pyformat(v) for k, v in named.items()}
+    return named
+
+
+@cache
+def load_raw(dialect: str) -> dict[str, str]:
+    """Every named query for `dialect` with `:name` parameters (to compose into raw SQL)."""
     text = resources.files("stepwise.storage").joinpath("sql/queries.sql").read_text()
     for macro, value in MACROS.items():
         text = text.replace(macro, value)
@@ -40,8 +50,6 @@ def load(dialect: str) -> dict[str, str]:
         elif variant == dialect:
             overrides[name] = body
     base.update(overrides)
-    if dialect == "postgres":
-        return {k: to_pyformat(v) for k, v in base.items()}
     return base
 
 

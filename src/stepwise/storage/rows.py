@@ -6,7 +6,7 @@ JSON columns (`output`, `error`, `data`, `definition`) hold text; statuses hold 
 
 from __future__ import annotations
 
-from typing import TypedDict
+from typing import NotRequired, TypedDict
 
 
 class RunRow(TypedDict):
@@ -43,6 +43,7 @@ class EventRow(TypedDict):
     name: str
     data: str
     ts: int
+    received_at: NotRequired[int]
 
 
 class FailureRow(TypedDict):
@@ -64,3 +65,5 @@ class GuardRow(TypedDict):
 class RunDetail(RunRow):
     steps: list[StepRow]
     failures: list[FailureRow]
+    event: EventRow | None
+    children: list[RunRow]

@@ -57,6 +57,9 @@ class _Tx:
     def wake_workers(self) -> None:
         self.woke = True
 
+    def text(self, query: str, /) -> str:
+        return self.sql[query]
+
     def one(self, query: str, /, **params: Any) -> dict[str, Any] | None:
         row = self.conn.execute(self.sql[query], params).fetchone()
         return None if row is None else dict(row)

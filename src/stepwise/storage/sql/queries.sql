@@ -374,3 +374,24 @@ SELECT step_id, attempt, error, started_at, ended_at FROM failures
 WHERE run_id = :run_id ORDER BY ended_at, attempt;
 
 
+
+-- name: child_runs
+-- Runs this run started: invoked ones, and its on_failure handler.
+SELECT id, app_id, function_id, event_id, status, NULL AS output, NULL AS error, attempts,
+       retry, origin_run_id, parent_run_id, parent_step_id, created_at, started_at, ended_at
+FROM runs WHERE parent_run_id = :run_id OR origin_run_id = :run_id ORDER BY id;
+
+-- name: get_event
+SELECT id, name, data, ts, received_at FROM events WHERE id = :id;
+
+-- name: event_runs
+SELECT id, app_id, function_id, event_id, status, NULL AS output, NULL AS error, attempts,
+       retry, origin_run_id, parent_run_id, parent_step_id, created_at, started_at, ended_at
+FROM runs WHERE event_id = :event_id ORDER BY id;
+
+-- name: event_field_equals
+CAST(json_extract(e.data, '$.' || :data_field) AS TEXT) = :data_value
+
+-- name: event_field_equals @postgres
+jsonb_extract_path_text(CAST(e.data AS jsonb), VARIADIC string_to_array(:data_field, '.'))
+  = :data_value

@@ -1,0 +1,107 @@
+"""Events API, run search, and the links a run shows (its event, invoked and on_failure runs)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import stepwise
+from stepwise.testing import Harness
+
+
+def make_app() -> stepwise.App:
+    app = stepwise.App("obs")
+
+    @app.function(id="child", trigger=stepwise.on_event("never"))
+    async def child(ctx: stepwise.Context) -> Any:
+        return {"doubled": ctx.event.data["n"] * 2}
+
+    def boom() -> None:
+        raise stepwise.NonRetriableError("card declined")
+
+    async def record(ctx: stepwise.Context) -> str:
+        return "recorded"
+
+    @app.function(id="parent", trigger=stepwise.on_event("order.placed"), on_failure=record)
+    async def parent(ctx: stepwise.Context) -> Any:
+        doubled = await ctx.step.invoke("double", function=child, data={"n": 21})
+        if ctx.event.data.get("fail"):
+            await ctx.step.run("charge", boom)
+        return doubled
+
+    @app.function(id="greet", trigger=stepwise.on_event("user.signup"))
+    async def greet(ctx: stepwise.Context) -> Any:
+        return ctx.event.data["user"]["name"]
+
+    return app
+
+
+async def test_events_are_listed_newest_first_with_paging_and_filters(db: str) -> None:
+    async with Harness(make_app(), db) as h:
+        ids = []
+        for n in range(3):
+            ids.append(await h.send("user.signup", {"user": {"id": n, "name": f"u{n}"}}))
+            h.clock.advance(1)
+        other = await h.send("order.placed", {"order": 7})
+        listing = (await h.http.get("/api/v1/events")).json()
+        assert [e["id"] for e in listing["events"]] == [other, *reversed(ids)]
+        assert listing["events"][0]["data"] == {"order": 7} and listing["next"] is None
+        first = (await h.http.get("/api/v1/events", params={"name": "user.signup",
+                                                               "limit": 2})).json()
+        assert [e["id"] for e in first["events"]] == [ids[2], ids[1]]
+        rest = (await h.http.get("/api/v1/events", params={
+            "name": "user.signup", "limit": 2, "before": first["next"]})).json()
+        assert [e["id"] for e in rest["events"]] == [ids[0]] and rest["next"] is None
+        await h.settle()
+        detail = (await h.http.get(f"/api/v1/events/{ids[1]}")).json()
+        assert detail["data"] == {"user": {"id": 1, "name": "u1"}}
+        assert [(r["function_id"], r["status"]) for r in detail["runs"]] == [
+            ("greet", "completed")]
+        missing = await h.http.get("/api/v1/events/nope")
+        assert missing.status_code == 404 and "not found" in missing.json()["error"]
+
+
+async def test_runs_are_searchable_by_event_name_data_and_time(db: str) -> None:
+    async with Harness(make_app(), db) as h:
+        early = await h.send("user.signup", {"user": {"id": 1, "name": "ada"}})
+        h.clock.advance(3600)
+        late = await h.send("user.signup", {"user": {"id": 2, "name": "bob"}})
+        await h.send("order.placed", {"order": 1})
+        await h.settle()
+
+        async def search(**params: Any) -> list[str]:
+            response = await h.http.get("/api/v1/runs", params=params)
+            assert response.status_code == 200, response.text
+            return [r["event_id"] for r in response.json()["runs"]]
+
+        assert await search(event_name="user.signup") == [late, early]
+        assert await search(event_data="user.id=2") == [late]
+        assert await search(event_data="user.name=ada") == [early]
+        assert await search(event_data="user.name=nobody") == []
+        cut = h.clock.now() - 1800
+        from datetime import UTC, datetime
+        moment = datetime.fromtimestamp(cut, UTC).isoformat()
+        assert await search(event_name="user.signup", since=moment) == [late]
+        assert await search(function="greet", until=moment) == [early]
+        bad = await h.http.get("/api/v1/runs", params={"event_data": "no equals sign"})
+        assert bad.status_code == 400 and "event_data" in bad.json()["error"]
+
+
+async def test_a_run_shows_its_event_and_the_runs_it_started(db: str) -> None:
+    async with Harness(make_app(), db) as h:
+        ok = await h.send("order.placed", {"order": 1})
+        failing = await h.send("order.placed", {"order": 2, "fail": True})
+        await h.settle()
+        run = await h.run_for(ok, "parent")
+        assert run["output"] == {"doubled": 42}
+        assert run["event"]["data"] == {"order": 1} and run["event"]["name"] == "order.placed"
+        [invoked] = run["children"]
+        assert invoked["function_id"] == "child" and invoked["parent_run_id"] == run["id"]
+        assert invoked["status"] == "completed"
+        failed = await h.run_for(failing, "parent")
+        assert failed["status"] == "failed"
+        relations = {c["function_id"]: c for c in failed["children"]}
+        assert set(relations) == {"child", "parent-failure"}
+        handler = relations["parent-failure"]
+        assert handler["origin_run_id"] == failed["id"]
+        shown = (await h.http.get(handler["url"])).json()
+        assert shown["origin_run_id"] == failed["id"] and shown["status"] == "completed"
