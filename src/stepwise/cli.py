@@ -489,6 +489,11 @@ def show_run(run_id: str, as_json: bool, url: str, api_key: str | None) -> None:
                    f"{error.get('name', '')}: {error.get('message', '')}")
         for line in str(error.get("stack", "")).rstrip().splitlines():
             click.echo(f"  {line}")
+    if run.get("logs"):
+        click.echo("\nlog:")
+        for line in run["logs"]:
+            where = f" [{line['step_id']}]" if line["step_id"] else ""
+            click.echo(f"  {line['at']} {line['level']:<7}{where} {line['message']}")
     if run["error"]:
         click.echo(f"\nerror     {run['error'].get('name', '')}: {run['error'].get('message')}")
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextvars
 import inspect
 import logging
+import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -18,6 +20,9 @@ if TYPE_CHECKING:
     from .execution import Execution
 
 logger = logging.getLogger("stepwise.run")
+#: The step whose code is running in this task or thread (log lines are attributed to it).
+CURRENT_STEP: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "stepwise_current_step", default=None)
 
 
 class Context:
@@ -45,8 +50,17 @@ class _ReplayQuietLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
         self._execution = execution
 
     def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
-        if not self._execution.replaying:
-            super().log(level, msg, *args, **kwargs)
+        if self._execution.replaying:
+            return
+        super().log(level, msg, *args, **kwargs)
+        if self.isEnabledFor(level) or level >= logging.INFO:
+            try:
+                message = str(msg) % args if args else str(msg)
+            except (TypeError, ValueError):
+                message = f"{msg} {args}"
+            if kwargs.get("exc_info"):
+                message += "\n" + "".join(traceback.format_exc()).rstrip()
+            self._execution.keep_log(level, message)
 
     def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
         return f"[{self.extra['run_id'] if self.extra else ''}] {msg}", kwargs
@@ -85,13 +99,16 @@ class AsyncStep:
         if call is None:
             return stored
         self._ex.enter()
+        token = CURRENT_STEP.set(call.sid)
         try:
             try:
                 result = fn(*args, **kwargs)
                 if inspect.isawaitable(result):
                     result = await result
             except Exception as exc:
+                CURRENT_STEP.reset(token)
                 return await self._ex.end_step(call, exc=exc)
+            CURRENT_STEP.reset(token)
             return await self._ex.end_step(call, result)
         finally:
             self._ex.leave()
@@ -147,12 +164,15 @@ class SyncStep:
         call, stored = ex.start_step(*_split(step_id), fn)
         if call is None:
             return stored
+        token = CURRENT_STEP.set(call.sid)
         try:
             result = fn(*args, **kwargs)
             if inspect.isawaitable(result):
                 result = ex.call(result)
         except Exception as exc:
+            CURRENT_STEP.reset(token)
             return ex.call(ex.end_step(call, exc=exc))
+        CURRENT_STEP.reset(token)
         return ex.call(ex.end_step(call, result))
 
     def sleep(self, step_id: str, duration: timedelta) -> None:

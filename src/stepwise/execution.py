@@ -20,12 +20,14 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from . import expressions
-from .context import Context
+from .context import CURRENT_STEP, Context
 from .engine import Engine, RunState
 from .engine.outcomes import (
     Applied,
     EventsSent,
     Invoke,
+    Logged,
+    LogLine,
     Outcome,
     RunCompleted,
     RunFailed,
@@ -56,6 +58,8 @@ if TYPE_CHECKING:
     from .app import Function
 
 log = logging.getLogger("stepwise.worker")
+#: Log lines buffered per execution before they reach the engine (which keeps 1,000 per run).
+MAX_BUFFERED_LOG_LINES = 1001
 T = TypeVar("T")
 MAX_STEP_ID = 512
 
@@ -140,6 +144,8 @@ class Execution:
         #: the run by then, and may have stored the step already.
         self.lease_until = float("inf")
         self.lease_margin = 0.0
+        #: ctx.logger lines not yet reported (they go with the next outcome).
+        self.log_lines: list[LogLine] = []
         #: Where sync code runs (the worker swaps pools when one is frozen).
         self.threads = env.threads
         self.event_json: dict[str, Any] | None = None
@@ -167,8 +173,19 @@ class Execution:
         """Report a finished step now; the code goes on with what the engine stored."""
         if self.fenced:
             raise Abandoned(self.run_id)
-        return self.env.engine.apply(self.run_id, self.env.owner, [outcome], last=False,
-                                     inline=self.env.inline())
+        return self.env.engine.apply(self.run_id, self.env.owner,
+                                     [*self.take_log(), outcome] if self.log_lines else [outcome],
+                                     last=False, inline=self.env.inline())
+
+    def keep_log(self, level: int, message: str) -> None:
+        """A ctx.logger line (not called while replaying: each line is kept once)."""
+        if len(self.log_lines) < MAX_BUFFERED_LOG_LINES:
+            self.log_lines.append(LogLine(self.now_ms(), logging.getLevelName(level),
+                                          CURRENT_STEP.get(), message))
+
+    def take_log(self) -> list[Outcome]:
+        lines, self.log_lines = self.log_lines, []
+        return [Logged(tuple(lines))] if lines else []
 
     # --- step bookkeeping ----------------------------------------------------------------
 
@@ -462,8 +479,9 @@ class Execution:
         await self._settled.wait()  # let steps already running report first
         if self.fenced:
             raise Abandoned(self.run_id)
-        applied = await self.env.engine.apply(self.run_id, self.env.owner, list(outcomes),
-                                              last=True, inline=self.env.inline())
+        applied = await self.env.engine.apply(self.run_id, self.env.owner,
+                                              [*self.take_log(), *outcomes], last=True,
+                                              inline=self.env.inline())
         if applied.run_status in (RunStatus.completed, RunStatus.failed):
             self.env.metrics.run_finished(self.function.id, applied.run_status)
 

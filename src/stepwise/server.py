@@ -110,11 +110,21 @@ class EventOut(BaseModel):
     data_truncated: bool = False
 
 
+class LogOut(BaseModel):
+    at: str | None
+    level: str
+    step_id: str | None = Field(description="The step whose code logged it; null: the body")
+    message: str
+
+
 class RunDetail(RunOut):
     steps: list[StepOut]
     failures: list[FailureOut] = Field(
         default_factory=list, description="Every failed attempt, oldest first")
     event: EventOut | None = Field(default=None, description="The event that started the run")
+    logs: list[LogOut] = Field(
+        default_factory=list, description="ctx.logger lines, oldest first (at most 1,000 per "
+                                          "run; each line at most 4,000 characters)")
     children: list[RunOut] = Field(
         default_factory=list, description="Runs this one started: invoked runs and its "
                                           "on_failure handler (outputs left out)")
@@ -209,6 +219,9 @@ def run_json(row: RunRow, preview: int | None = None) -> dict[str, Any]:
         event = cast(EventRow | None, row.get("event"))
         out["event"] = None if event is None else event_json(event)
         out["children"] = [run_json(c) for c in row.get("children", [])]  # type: ignore[attr-defined]
+        out["logs"] = [{"at": iso(line["at"]), "level": line["level"], "step_id": line["step_id"],
+                        "message": line["message"]}
+                       for line in row.get("logs", [])]  # type: ignore[attr-defined]
     return out
 
 

@@ -105,3 +105,42 @@ async def test_a_run_shows_its_event_and_the_runs_it_started(db: str) -> None:
         assert handler["origin_run_id"] == failed["id"]
         shown = (await h.http.get(handler["url"])).json()
         assert shown["origin_run_id"] == failed["id"] and shown["status"] == "completed"
+
+
+async def test_logger_lines_are_stored_once_with_their_step(db: str) -> None:
+    app = stepwise.App("logs")
+    attempts: list[int] = []
+
+    @app.function(id="chatty", trigger=stepwise.on_event("talk"), retries=1)
+    async def chatty(ctx: stepwise.Context) -> str:
+        ctx.logger.info("starting for %s", ctx.event.data["who"])
+
+        async def flaky() -> str:
+            attempts.append(1)
+            ctx.logger.warning("attempt %d", len(attempts))
+            if len(attempts) == 1:
+                raise RuntimeError("first try fails")
+            return "ok"
+
+        result = await ctx.step.run("flaky", flaky)
+        ctx.logger.info("done: %s", result)
+        return result
+
+    @app.function(id="flood", trigger=stepwise.on_event("flood"))
+    def flood(ctx: stepwise.Context) -> None:
+        for i in range(1100):
+            ctx.logger.info("line %d", i)
+
+    async with Harness(app, db) as h:
+        talk = await h.send("talk", {"who": "ada"})
+        flooded = await h.send("flood")
+        await h.settle()
+        run = await h.run_for(talk, "chatty")
+        assert run["status"] == "completed"
+        # The body ran twice (the retry replays it), yet "starting" is kept once.
+        assert [(line["level"], line["step_id"], line["message"]) for line in run["logs"]] == [
+            ("INFO", None, "starting for ada"), ("WARNING", "flaky", "attempt 1"),
+            ("WARNING", "flaky", "attempt 2"), ("INFO", None, "done: ok")]
+        logs = (await h.run_for(flooded, "flood"))["logs"]
+        assert len(logs) == 1001 and logs[999]["message"] == "line 999"
+        assert "log capped at 1000 lines" in logs[1000]["message"]

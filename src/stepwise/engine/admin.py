@@ -7,7 +7,7 @@ from typing import Any, cast
 
 from ..status import REPLAYABLE_RUN, TERMINAL_RUN
 from ..storage import Tx
-from ..storage.rows import EventRow, FailureRow, RunDetail, RunRow, StepRow
+from ..storage.rows import EventRow, FailureRow, LogRow, RunDetail, RunRow, StepRow
 from . import definitions, flow_control, lifecycle
 
 
@@ -28,7 +28,8 @@ def get_run(tx: Tx, run_id: str) -> RunDetail:
     return RunDetail(**run, steps=cast(list[StepRow], tx.all("get_steps", run_id=run_id)),
                      failures=cast(list[FailureRow], tx.all("get_failures", run_id=run_id)),
                      event=cast(EventRow | None, event),
-                     children=cast(list[RunRow], tx.all("child_runs", run_id=run_id)))
+                     children=cast(list[RunRow], tx.all("child_runs", run_id=run_id)),
+                     logs=cast(list[LogRow], tx.all("get_run_logs", run_id=run_id)))
 
 
 def get_event(tx: Tx, event_id: str) -> tuple[EventRow, list[RunRow]]:

@@ -101,8 +101,24 @@ class RunFailed:
     retry_after_ms: int | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class LogLine:
+    at: int
+    level: str  # DEBUG, INFO, WARNING, ERROR, CRITICAL
+    step_id: str | None  # the step whose code logged it; None for the function body
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Logged:
+    """Lines the code logged with `ctx.logger` (each once: replays are quiet). The engine keeps
+    at most MAX_LOG_LINES per run."""
+
+    lines: tuple[LogLine, ...]
+
+
 Outcome = (StepCompleted | StepFailed | SleepUntil | WaitForEvent | Invoke | EventsSent
-           | RunCompleted | RunFailed)
+           | RunCompleted | RunFailed | Logged)
 
 
 class Applied:

@@ -25,6 +25,8 @@ from .outcomes import (
     Applied,
     EventsSent,
     Invoke,
+    Logged,
+    LogLine,
     Outcome,
     RunCompleted,
     RunFailed,
@@ -228,6 +230,29 @@ def _apply_one(b: _Batch, outcome: Outcome) -> None:
             b.applied.run_status = RunStatus.completed
         case RunFailed():
             _run_failed(b, outcome)
+        case Logged():
+            _keep_log(tx, run_id, outcome.lines)
+
+
+#: Log lines kept per run; past it one line says the log was capped and the rest is dropped.
+MAX_LOG_LINES = 1000
+#: Characters kept of one log line.
+MAX_LOG_CHARS = 4000
+
+
+def _keep_log(tx: Tx, run_id: str, lines: tuple[LogLine, ...]) -> None:
+    row = tx.one("count_run_logs", run_id=run_id)
+    seq = int(row["n"]) if row else 0
+    for line in lines:
+        if seq > MAX_LOG_LINES:
+            return
+        capped = seq == MAX_LOG_LINES
+        message = (f"(log capped at {MAX_LOG_LINES} lines: later lines are not kept)"
+                   if capped else line.message[:MAX_LOG_CHARS])
+        tx.exec("insert_run_log", run_id=run_id, seq=seq, at=line.at,
+                level="WARNING" if capped else line.level,
+                step_id=None if capped else line.step_id, message=message)
+        seq += 1
 
 
 def _step_failed(b: _Batch, failed: StepFailed) -> None:

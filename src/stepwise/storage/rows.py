@@ -62,8 +62,17 @@ class GuardRow(TypedDict):
     retry: int
 
 
+class LogRow(TypedDict):
+    seq: int
+    at: int
+    level: str
+    step_id: str | None
+    message: str
+
+
 class RunDetail(RunRow):
     steps: list[StepRow]
     failures: list[FailureRow]
     event: EventRow | None
     children: list[RunRow]
+    logs: list[LogRow]

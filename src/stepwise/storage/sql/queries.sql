@@ -395,3 +395,14 @@ CAST(json_extract(e.data, '$.' || :data_field) AS TEXT) = :data_value
 -- name: event_field_equals @postgres
 jsonb_extract_path_text(CAST(e.data AS jsonb), VARIADIC string_to_array(:data_field, '.'))
   = :data_value
+
+-- name: count_run_logs
+SELECT COUNT(*) AS n FROM run_logs WHERE run_id = :run_id;
+
+-- name: insert_run_log
+INSERT INTO run_logs (run_id, seq, at, level, step_id, message)
+VALUES (:run_id, :seq, :at, :level, :step_id, :message)
+ON CONFLICT (run_id, seq) DO NOTHING;
+
+-- name: get_run_logs
+SELECT seq, at, level, step_id, message FROM run_logs WHERE run_id = :run_id ORDER BY seq;
