@@ -119,6 +119,7 @@ class Execution:
         self.env = env
         self.function = function
         self.run_id: str = state.run["id"]
+        self.created_at: int = state.run["created_at"]
         self.loop = asyncio.get_running_loop()
         self.stored = state.steps
         self.stored_by_seq = {row["seq"]: sid for sid, row in state.steps.items()}
@@ -483,7 +484,8 @@ class Execution:
                                               [*self.take_log(), *outcomes], last=True,
                                               inline=self.env.inline())
         if applied.run_status in (RunStatus.completed, RunStatus.failed):
-            self.env.metrics.run_finished(self.function.id, applied.run_status)
+            self.env.metrics.run_finished(self.function.id, applied.run_status, self.created_at,
+                                          self.now_ms())
 
 
 def settle_branches(results: list[Any]) -> list[Any]:

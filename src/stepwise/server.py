@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from datetime import UTC, datetime
-from typing import Annotated, Any, cast, overload
+from typing import Annotated, Any, cast
 
 from fastapi import FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -46,6 +46,14 @@ DATA_MATCH = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*=[^\x00]*$"
 
 
 RunId = Annotated[str, Path(pattern=NO_NUL, description="A run id")]
+def _time_query(description: str) -> Any:
+    return Query(description=description, max_length=64, json_schema_extra={"format": "date-time"})
+
+
+CreatedSince = Annotated[str | None, _time_query("Created at or after (ISO 8601)")]
+CreatedUntil = Annotated[str | None, _time_query("Created before (ISO 8601)")]
+ReceivedSince = Annotated[str | None, _time_query("Received at or after (ISO 8601)")]
+ReceivedUntil = Annotated[str | None, _time_query("Received before (ISO 8601)")]
 
 
 class ApiError(Exception):
@@ -320,14 +328,14 @@ def create_server(storage: Storage, *, access: Access | None = None,
             None, max_length=1024, pattern=DATA_MATCH,
             description="`path=value`: runs whose event data has this value at this dotted "
                         "path (strings and numbers), e.g. `user.id=42`"),
-        since: Annotated[datetime | None,
-                         Query(description="Created at or after (ISO 8601)")] = None,
-        until: Annotated[datetime | None, Query(description="Created before (ISO 8601)")] = None,
+        since: CreatedSince = None,
+        until: CreatedUntil = None,
     ) -> dict[str, Any]:
         field, _, value = event_data.partition("=") if event_data else (None, "", None)
         rows = await engine.list_runs(
             {"function": function, "status": status, "event_id": event_id, "before": before,
-             "event_name": event_name, "since": _ms(since), "until": _ms(until),
+             "event_name": event_name, "since": _time_ms(since, "since"),
+             "until": _time_ms(until, "until"),
              "data_field": field, "data_value": value},
             limit, preview=LIST_PREVIEW_CHARS)
         return {"runs": [run_json(r, LIST_PREVIEW_CHARS) for r in rows],
@@ -344,7 +352,9 @@ def create_server(storage: Storage, *, access: Access | None = None,
     @api.post("/api/v1/runs/{run_id}/cancel", response_model=RunDetail, summary="Cancel a run",
               responses=_errors(401, 404, 409, 415))
     async def cancel_run(run_id: RunId) -> dict[str, Any]:
-        return await _manage(engine.cancel, run_id)
+        run = await _manage(engine.cancel, run_id)
+        metrics.RUNS_FINISHED.labels(run["function_id"], RunStatus.cancelled).inc()
+        return run
 
     @api.post("/api/v1/runs/{run_id}/replay", response_model=RunDetail,
               summary="Start a failed or cancelled run again, keeping its completed steps",
@@ -386,22 +396,22 @@ def create_server(storage: Storage, *, access: Access | None = None,
         if after >= before:
             raise ApiError(400, "started_after must be before started_before")
         count = await engine.cancel_function_runs(apps[0], function_id, after, before)
+        metrics.RUNS_FINISHED.labels(function_id, RunStatus.cancelled).inc(count)
         return {"cancelled": count}
 
     @api.get("/api/v1/events", response_model=EventList, summary="Stored events, newest first",
              responses=_errors(401))
     async def list_events(
         name: str | None = Query(None, max_length=256, pattern=NO_NUL),
-        since: Annotated[datetime | None,
-                         Query(description="Received at or after (ISO 8601)")] = None,
-        until: Annotated[datetime | None,
-                         Query(description="Received before (ISO 8601)")] = None,
+        since: ReceivedSince = None,
+        until: ReceivedUntil = None,
         limit: int = Query(50, ge=1, le=1000),
         before: str | None = Query(None, max_length=256, pattern=NO_NUL,
                                    description="Only events older than this event id (paging)"),
     ) -> dict[str, Any]:
-        rows = await engine.list_events({"name": name, "since": _ms(since),
-                                         "until": _ms(until), "before": before}, limit)
+        rows = await engine.list_events({"name": name, "since": _time_ms(since, "since"),
+                                         "until": _time_ms(until, "until"), "before": before},
+                                        limit)
         return {"events": [event_json(r, LIST_PREVIEW_CHARS) for r in rows],
                 "next": rows[-1]["id"] if len(rows) == limit else None}
 
@@ -432,6 +442,10 @@ def create_server(storage: Storage, *, access: Access | None = None,
     @api.get("/metrics", summary="Prometheus metrics", response_class=Response,
              responses=_errors(401))
     async def prometheus() -> Response:
+        try:
+            metrics.set_deployment(*await engine.deployment_stats())
+        except StorageUnavailable as exc:  # the process counters are still worth having
+            log.warning("metrics: deployment gauges not refreshed: %s", exc)
         return Response(metrics.render(), media_type="text/plain; version=0.0.4")
 
     @api.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -479,16 +493,21 @@ def _openapi(api: FastAPI) -> dict[str, Any]:
     return schema
 
 
-@overload
-def _ms(moment: datetime) -> int: ...
-@overload
-def _ms(moment: None) -> None: ...
-def _ms(moment: datetime | None) -> int | None:
-    """Milliseconds since the epoch; a time without a zone is taken as UTC."""
-    if moment is None:
+def _time_ms(text: str | None, name: str) -> int | None:
+    """An ISO 8601 query parameter in milliseconds since the epoch (no zone: UTC)."""
+    if text is None:
         return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ApiError(400, f"{name}: {text!r} is not an ISO 8601 time, e.g. "
+                            "2026-11-23T09:00:00Z") from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
+    return _ms(moment)
+
+
+def _ms(moment: datetime) -> int:
     try:
         return int(moment.timestamp() * 1000)
     except (OverflowError, ValueError, OSError):

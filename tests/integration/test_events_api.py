@@ -144,3 +144,72 @@ async def test_logger_lines_are_stored_once_with_their_step(db: str) -> None:
         logs = (await h.run_for(flooded, "flood"))["logs"]
         assert len(logs) == 1001 and logs[999]["message"] == "line 999"
         assert "log capped at 1000 lines" in logs[1000]["message"]
+
+
+def _metric(text: str, name: str, **labels: str) -> float:
+    """The value of one sample in Prometheus text (0 when absent)."""
+    import re
+
+    wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in text.splitlines():
+        match = re.match(r"^(\w+)(?:\{(.*)\})? (\S+)$", line)
+        if match and match.group(1) == name:
+            got = ",".join(sorted((match.group(2) or "").split(","))) if match.group(2) else ""
+            if got == wanted:
+                return float(match.group(3))
+    return 0.0
+
+
+async def test_metrics_after_a_known_sequence_of_runs(db: str) -> None:
+    import uuid
+    from datetime import timedelta
+
+    fid = f"m-{uuid.uuid4().hex[:8]}"
+    app = stepwise.App("metrics")
+
+    def fail() -> None:
+        raise RuntimeError("nope")
+
+    @app.function(id=fid, trigger=stepwise.on_event(fid), retries=1)
+    async def f(ctx: stepwise.Context) -> str:
+        kind = ctx.event.data["kind"]
+        if kind == "fail":
+            await ctx.step.run("bad", fail)
+        if kind == "sleep":
+            await ctx.step.sleep("nap", timedelta(days=1))
+        await ctx.step.run("ok", lambda: 1)
+        return kind
+
+    async with Harness(app, db) as h:
+        for kind in ("ok", "ok", "fail", "sleep", "cancel"):
+            await h.send(fid, {"kind": kind})
+        await h.settle(max_advance=3600)  # the retry happens, the one-day sleep does not end
+        runs = {r["output"] or r["status"]: r for r in await h.runs()}
+        assert runs["ok"]["status"] == "completed"
+        waiting = [r for r in await h.runs() if r["status"] == "sleeping"]
+        assert len(waiting) == 1
+        before = (await h.http.get("/metrics")).text
+        assert _metric(before, "stepwise_unfinished_runs", function=fid, status="sleeping") == 1
+        cancelled = await h.http.post(f"/api/v1/runs/{waiting[0]['id']}/cancel")
+        assert cancelled.status_code == 200
+        text = (await h.http.get("/metrics")).text
+
+    def value(name: str, **labels: str) -> float:
+        return _metric(text, name, function=fid, **labels)
+
+    # "cancel" is an ordinary run that completed; the sleeping one is the one cancelled.
+    assert value("stepwise_runs_finished_total", status="completed") == 3
+    assert value("stepwise_runs_finished_total", status="failed") == 1
+    assert value("stepwise_runs_finished_total", status="cancelled") == 1
+    assert value("stepwise_steps_finished_total", status="retrying") == 1  # "bad", once
+    assert value("stepwise_steps_finished_total", status="failed") == 1
+    # "ok" ran in the three completed runs; the failing and sleeping runs never reached it.
+    assert value("stepwise_steps_finished_total", status="completed") == 3
+    assert value("stepwise_step_duration_seconds_count") == 5
+    assert value("stepwise_run_duration_seconds_count", status="completed") == 3
+    assert value("stepwise_run_duration_seconds_count", status="failed") == 1
+    assert _metric(text, "stepwise_events_received_total") >= 5
+    assert _metric(text, "stepwise_queue_depth") == 0
+    assert value("stepwise_unfinished_runs", status="sleeping") == 0
+    assert "# HELP stepwise_lease_takeovers_total" in text
+    assert "# HELP stepwise_oldest_due_run_age_seconds" in text

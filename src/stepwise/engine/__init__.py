@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Awaitable
 from typing import Any
 
+from .. import metrics
 from ..clock import Clock
 from ..definition import FunctionDefinition
 from ..events import StoredEvent
@@ -56,8 +57,16 @@ class Engine:
 
     async def lease(self, app_id: str, owner: str, limit: int, lease_ms: int) -> list[str]:
         now = self.clock.now_ms()
-        return await self.storage.write(leasing.lease, app_id, owner, now, now + lease_ms, limit,
-                                        durable=False)
+        leased, taken_over = await self.storage.write(leasing.lease, app_id, owner, now,
+                                                      now + lease_ms, limit, durable=False)
+        if taken_over:
+            metrics.LEASE_TAKEOVERS.inc(taken_over)
+        return leased
+
+    async def deployment_stats(self) -> tuple[list[tuple[str, str, int]], int, int]:
+        """Unfinished runs by function and status, runs due now and unleased, and how long
+        the oldest of those has waited (ms)."""
+        return await self.storage.read(admin.deployment_stats, self.clock.now_ms())
 
     async def renew(self, owner: str, run_ids: list[str], lease_ms: int) -> None:
         await self.storage.write(leasing.renew_leases, owner, run_ids,

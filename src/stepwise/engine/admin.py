@@ -125,5 +125,14 @@ def list_runs(tx: Tx, filters: dict[str, Any], limit: int, preview: int | None =
     return cast(list[RunRow], tx.raw_all(sql, {**params, "limit": limit}))
 
 
+def deployment_stats(tx: Tx, now: int) -> tuple[list[tuple[str, str, int]], int, int]:
+    unfinished = [(r["function_id"], r["status"], int(r["n"]))
+                  for r in tx.all("unfinished_by_function")]
+    due = tx.one("due_unleased", now=now)
+    count = int(due["n"]) if due else 0
+    oldest = int(due["oldest"]) if due and due["oldest"] is not None else now
+    return unfinished, count, now - oldest
+
+
 def run_counts(tx: Tx) -> dict[str, int]:
     return {r["status"]: int(r["n"]) for r in tx.all("count_runs_by_status")}

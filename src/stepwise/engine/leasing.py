@@ -21,13 +21,13 @@ from . import definitions, flow_control, lifecycle, runs
 MAX_TAKEOVERS = 5
 
 
-def lease(tx: Tx, app_id: str, owner: str, now: int, until: int, limit: int) -> list[str]:
-    """Take up to `limit` due runs of the app for `owner` until `until`; return their ids."""
+def lease(tx: Tx, app_id: str, owner: str, now: int, until: int, limit: int
+          ) -> tuple[list[str], int]:
+    """Take up to `limit` due runs of the app for `owner` until `until`: their ids, and how
+    many of the candidates were taken over from an expired lease."""
     fire_schedules(tx, app_id, now)
     expire_deadlines(tx, app_id, now)
-    candidates = [c for c in tx.all("lease_candidates", app_id=app_id, now=now,
-                                    window=limit * 4 + 32)
-                  if c["lease_owner"] is None or _take_over(tx, c["run_id"], now)]
+    candidates = tx.all("lease_candidates", app_id=app_id, now=now, window=limit * 4 + 32)
     keys = {c["run_id"]: tx.all("run_keys", run_id=c["run_id"]) for c in candidates if c["keyed"]}
     inflight: dict[str, int] = {}
     for key in sorted({k["key"] for rows in keys.values() for k in rows}):
@@ -35,10 +35,15 @@ def lease(tx: Tx, app_id: str, owner: str, now: int, until: int, limit: int) -> 
         row = tx.one("inflight", key=key, now=now)
         inflight[key] = int(row["n"]) if row else 0
     picked = []
+    taken_over = 0
     for candidate in candidates:
         run_keys = keys.get(candidate["run_id"], [])
         if any(inflight[k["key"]] >= k["lim"] for k in run_keys):
             continue  # at its limit: stays queued, and a finishing run wakes the workers
+        if candidate["lease_owner"] is not None:  # its lease expired: a takeover
+            taken_over += 1
+            if not _take_over(tx, candidate["run_id"], now):
+                continue  # failed instead: it lost its worker too many times
         for k in run_keys:
             inflight[k["key"]] += 1
         picked.append(candidate["run_id"])
@@ -50,7 +55,7 @@ def lease(tx: Tx, app_id: str, owner: str, now: int, until: int, limit: int) -> 
         tx.exec("mark_running_many", ids=ids, now=now)
         tx.exec("close_groups_of_runs", ids=ids)  # a debounce or batch closes as it starts
         settle_due_steps(tx, ids, now)
-    return picked
+    return picked, taken_over
 
 
 def _take_over(tx: Tx, run_id: str, now: int) -> bool:

@@ -406,3 +406,11 @@ ON CONFLICT (run_id, seq) DO NOTHING;
 
 -- name: get_run_logs
 SELECT seq, at, level, step_id, message FROM run_logs WHERE run_id = :run_id ORDER BY seq;
+
+-- name: unfinished_by_function
+SELECT function_id, status, COUNT(*) AS n FROM runs WHERE status IN ({unfinished_runs})
+GROUP BY function_id, status;
+
+-- name: due_unleased
+SELECT COUNT(*) AS n, MIN(available_at) AS oldest FROM queue
+WHERE available_at <= :now AND (lease_expires_at IS NULL OR lease_expires_at <= :now);
