@@ -148,6 +148,9 @@ def main(verbose: bool) -> None:
     """stepwise: durable background functions made of memoized steps."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from . import tracing
+
+    tracing.configure()  # off unless OTEL_* variables ask for traces
 
 
 @main.command()

@@ -47,6 +47,7 @@ class StoredEvent:
     name: str
     data: str
     ts: int
+    trace: str | None = None  # W3C traceparent of the sender (see `stepwise.tracing`)
 
 
 class EventIn(BaseModel):

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
-from . import expressions
+from . import expressions, tracing
 from .context import CURRENT_STEP, Context
 from .engine import Engine, RunState
 from .engine.outcomes import (
@@ -112,6 +112,7 @@ class StepCall:
     started: int
     retries: int | None
     began: float = 0.0  # time.monotonic(): attempt timeouts count real time, not engine time
+    span: Any = None  # the attempt's trace span, when tracing is on
 
 
 class Execution:
@@ -140,6 +141,11 @@ class Execution:
         self.body_since = time.monotonic()
         self.timeout_s = function.attempt_timeout_ms / 1000
         self.fenced = False
+        #: Tracing (`stepwise.tracing`): this execution's span, the stored context of the run's
+        #: event, and why the run failed, if it did.
+        self.span: Any = None
+        self.trace = state.event.get("trace") if state.event is not None else None
+        self.failure: str | None = None
         #: time.monotonic() when the worker's lease surely ends (renewals push it on). A step
         #: does not start once a renewal is overdue by `lease_margin`: another worker may own
         #: the run by then, and may have stored the step already.
@@ -260,6 +266,8 @@ class Execution:
         attempt = int(row["attempts"]) if row is not None else 0
         self.ctx.attempt = attempt
         call = StepCall(sid, seq, attempt, self.now_ms(), retries, time.monotonic())
+        if self.span is not None:
+            call.span = tracing.start_step(self.span, sid, attempt)
         self.calls[sid] = call
         return call, None
 
@@ -286,6 +294,8 @@ class Execution:
                 call.attempt, retriable=not isinstance(exc, NonRetriableError),
                 retry_after_ms=int(exc.delay * 1000) if isinstance(exc, RetryAfterError)
                 else None, retries=call.retries)
+        if call.span is not None:
+            tracing.end(call.span, exc)
         applied = await self.report(outcome)
         self.ctx.attempt = 0
         if call.sid in applied.outputs:
@@ -362,7 +372,8 @@ class Execution:
                 id=e.id or f"{self.run_id}:{sid}:{i}", name=e.name,
                 data=dumps(e.data, f"send_event({sid!r}) events[{i}].data",
                            self.env.limits.event_bytes),
-                ts=e.ts if e.ts is not None else now) for i, e in enumerate(coerce_events(events)))
+                ts=e.ts if e.ts is not None else now, trace=tracing.traceparent(self.span))
+                for i, e in enumerate(coerce_events(events)))
         except (TypeError, ValueError) as exc:
             raise NonRetriableError(f"send_event({sid!r}): {exc}") from None
         applied = await self.report(EventsSent(sid, seq, stored, now))
@@ -384,7 +395,8 @@ class Execution:
             payload = dumps(data or {}, f"invoke({sid!r}) data", self.env.limits.event_bytes)
         except PayloadError as exc:
             raise NonRetriableError(str(exc)) from None
-        self.wait_for(Invoke(sid, seq, target.id, payload, now, expires))
+        self.wait_for(Invoke(sid, seq, target.id, payload, now, expires,
+                             tracing.traceparent(self.span)))
 
     async def parallel(self, branches: list[Awaitable[Any]]) -> list[Any]:
         """Run branches together; park or fail only once every branch has settled."""
@@ -416,7 +428,27 @@ class Execution:
     # --- the whole run ---------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Execute the function once and report how the execution ended."""
+        """Execute the function once and report how the execution ended (in a span of its
+        own when tracing is on)."""
+        if not tracing.enabled():
+            await self._run()
+            return
+        self.span = tracing.start_execution(self.function.id, self.run_id, self.event_json,
+                                            self.trace, self.ctx.attempt)
+        error: BaseException | str | None = None
+        try:
+            await self._run()
+            error = self.failure
+        except ExecutionStopped as stopped:
+            error = stopped if not isinstance(stopped, Suspend) else None
+            raise
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            tracing.end(self.span, error)
+
+    async def _run(self) -> None:
         try:
             result = await self._invoke()
         except Suspend:
@@ -483,6 +515,9 @@ class Execution:
         applied = await self.env.engine.apply(self.run_id, self.env.owner,
                                               [*self.take_log(), *outcomes], last=True,
                                               inline=self.env.inline())
+        for outcome in outcomes:
+            if isinstance(outcome, RunFailed):
+                self.failure = str(outcome.error.get("message", "failed"))
         if applied.run_status in (RunStatus.completed, RunStatus.failed):
             self.env.metrics.run_finished(self.function.id, applied.run_status, self.created_at,
                                           self.now_ms())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Annotated, Any, cast
 
@@ -13,7 +14,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException
 
-from . import dashboard, metrics
+from . import dashboard, metrics, tracing
 from .access import Access, Gate
 from .admission import DEFAULT_MAX_IN_FLIGHT, Admission
 from .clock import Clock
@@ -309,7 +310,11 @@ def create_server(storage: Storage, *, access: Access | None = None,
         except PayloadError as exc:
             raise ApiError(400, f"request body is not valid JSON: {exc}") from None
         now = clock.now_ms()
-        ids = await engine.ingest(validate_events(raw, limits, now))
+        events = validate_events(raw, limits, now)
+        trace = tracing.valid_traceparent(request.headers.get("traceparent"))
+        if trace is not None:  # the sender's trace goes on into the runs these events start
+            events = [replace(e, trace=trace) for e in events]
+        ids = await engine.ingest(events)
         metrics.EVENTS_RECEIVED.inc(len(ids))
         return {"ids": ids}
 

@@ -16,7 +16,8 @@ def ingest_events(tx: Tx, events: list[StoredEvent] | tuple[StoredEvent, ...],
     routes: dict[str, list[tuple[str, str, FlowOptions]]] = {}
     waited: dict[str, bool] = {}
     for ev in events:
-        if tx.exec("insert_event", id=ev.id, name=ev.name, data=ev.data, ts=ev.ts, now=now) == 0:
+        if tx.exec("insert_event", id=ev.id, name=ev.name, data=ev.data, ts=ev.ts, now=now,
+                   trace=ev.trace) == 0:
             continue
         if ev.name not in routes:
             routes[ev.name] = [(r["app_id"], r["function_id"],

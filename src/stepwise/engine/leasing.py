@@ -122,7 +122,7 @@ def fire_schedules(tx: Tx, app_id: str, now: int) -> int:
                             data=dumps({"cron": cron, "tz": tz, "tick": tick}, "cron event"),
                             ts=tick)
         if tx.exec("insert_event", id=event.id, name=event.name, data=event.data, ts=event.ts,
-                   now=now):
+                   now=now, trace=None):
             flow_control.create_run(tx, app_id, row["function_id"], event.id, now, now)
             fired += 1
         tx.exec("set_schedule_next", app_id=app_id, function_id=row["function_id"], cron=cron,

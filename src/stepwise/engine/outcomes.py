@@ -75,6 +75,7 @@ class Invoke:
     data: str
     started_at: int
     expires_at: int | None = None
+    trace: str | None = None  # traceparent of the invoking run, for the invoked run's spans
 
 
 @dataclass(frozen=True, slots=True)

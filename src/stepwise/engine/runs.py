@@ -343,9 +343,10 @@ def _start_invoked(b: _Batch, invoke: Invoke) -> None:
                                              f"registered in app {app_id!r}"}, now)
         return
     event = StoredEvent(id=f"invoke:{b.run_id}:{invoke.step_id}",
-                        name="stepwise/function.invoked", data=invoke.data, ts=now)
+                        name="stepwise/function.invoked", data=invoke.data, ts=now,
+                        trace=invoke.trace)
     if not tx.exec("insert_event", id=event.id, name=event.name, data=event.data, ts=event.ts,
-                   now=now):
+                   now=now, trace=event.trace):
         return
     child = lifecycle.get_run(tx, flow_control.create_run(
         tx, app_id, invoke.function_id, event.id, now, now, flow=definition.flow,

@@ -45,10 +45,12 @@ def load_raw(dialect: str) -> dict[str, str]:
         end = marks[i + 1].start() if i + 1 < len(marks) else len(text)
         body = text[mark.end():end].strip().rstrip(";")
         name, variant = mark.group(1), mark.group(2)
-        if variant is None:
-            base[name] = body
-        elif variant == dialect:
-            overrides[name] = body
+        target = base if variant is None else overrides if variant == dialect else None
+        if target is None:
+            continue
+        if name in target:
+            raise ValueError(f"queries.sql defines {name!r} twice")
+        target[name] = body
     base.update(overrides)
     return base
 

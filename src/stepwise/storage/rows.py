@@ -44,6 +44,7 @@ class EventRow(TypedDict):
     data: str
     ts: int
     received_at: NotRequired[int]
+    trace: NotRequired[str | None]
 
 
 class FailureRow(TypedDict):

@@ -24,8 +24,8 @@ ON CONFLICT DO NOTHING;
 SELECT app_id, id, definition, updated_at FROM functions ORDER BY app_id, id;
 
 -- name: insert_event
-INSERT INTO events (id, name, data, ts, received_at)
-VALUES (:id, :name, :data, :ts, :now)
+INSERT INTO events (id, name, data, ts, received_at, trace)
+VALUES (:id, :name, :data, :ts, :now, :trace)
 ON CONFLICT (id) DO NOTHING;
 
 -- name: functions_for_event
@@ -132,7 +132,7 @@ SELECT id, app_id, function_id, event_id, status, output, error, attempts, retry
 FROM runs WHERE id = :run_id;
 
 -- name: get_event
-SELECT id, name, data, ts, received_at FROM events WHERE id = :id;
+SELECT id, name, data, ts, received_at, trace FROM events WHERE id = :id;
 
 -- name: get_steps
 SELECT id, seq, status, attempts, output, error, started_at, ended_at
@@ -380,9 +380,6 @@ WHERE run_id = :run_id ORDER BY ended_at, attempt;
 SELECT id, app_id, function_id, event_id, status, NULL AS output, NULL AS error, attempts,
        retry, origin_run_id, parent_run_id, parent_step_id, created_at, started_at, ended_at
 FROM runs WHERE parent_run_id = :run_id OR origin_run_id = :run_id ORDER BY id;
-
--- name: get_event
-SELECT id, name, data, ts, received_at FROM events WHERE id = :id;
 
 -- name: event_runs
 SELECT id, app_id, function_id, event_id, status, NULL AS output, NULL AS error, attempts,
