@@ -69,7 +69,8 @@ def test_server_refuses_to_start_without_keys(tmp_path: Path) -> None:
 MANAGEMENT = [
     ("GET", "/api/v1/runs"), ("GET", "/api/v1/runs/01ABC"), ("POST", "/api/v1/runs/01ABC/cancel"),
     ("POST", "/api/v1/runs/01ABC/replay"), ("POST", "/api/v1/functions/echo/cancel"),
-    ("GET", "/api/v1/functions"), ("GET", "/metrics"), ("GET", "/"), ("GET", "/docs"),
+    ("GET", "/api/v1/functions"), ("GET", "/api/v1/events"), ("GET", "/api/v1/events/e1"),
+    ("GET", "/metrics"), ("GET", "/"), ("GET", "/docs"),
     ("GET", "/openapi.json"), ("GET", "/no/such/page"),
 ]
 
