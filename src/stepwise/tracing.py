@@ -53,7 +53,7 @@ def configure(provider: Any = None) -> bool:
             provider = _provider_from_env(exporters)
         except ImportError:
             log.warning("OTEL_* asks for traces but opentelemetry is not installed: pip "
-                        "install 'stepwise[otel]'")
+                        "install 'stepwise-engine[otel]'")
             return False
     _tracer = provider.get_tracer("stepwise")
     return True

@@ -97,8 +97,8 @@ def open_storage(url: str | None = None) -> Storage:
         try:
             from .postgres import PostgresStorage
         except ImportError as exc:  # pragma: no cover - depends on the environment
-            raise RuntimeError(
-                "PostgreSQL support needs psycopg: pip install 'stepwise[postgres]'") from exc
+            raise RuntimeError("PostgreSQL support needs psycopg: "
+                               "pip install 'stepwise-engine[postgres]'") from exc
         return PostgresStorage(url)
     from .sqlite import SQLiteStorage, path_from_url
 
