@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import secrets
+import sqlite3
 import sys
 import urllib.error
 import urllib.parse
@@ -43,7 +44,10 @@ def load_app(spec: str) -> App:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise click.BadParameter(f"cannot import {module_name!r}: {exc}") from None
-    app = getattr(module, attr, None)
+    if not hasattr(module, attr):
+        raise click.BadParameter(f"module {module_name!r} has no attribute {attr!r} (the App "
+                                 "object, e.g. app = stepwise.App(\"shop\"))")
+    app = getattr(module, attr)
     if not isinstance(app, App):
         raise click.BadParameter(f"{module_name}:{attr} is {type(app).__name__}, not a "
                                  "stepwise.App")
@@ -290,7 +294,12 @@ async def _serve(*, app: App | None, db: str | None, host: str, port: int,
     from .worker import Worker
 
     storage = open_storage(db)
-    await storage.open()
+    try:
+        await storage.open()
+    except ConnectionError as exc:  # it names the database already
+        raise click.ClickException(str(exc)) from None
+    except (OSError, RuntimeError, sqlite3.Error) as exc:
+        raise click.ClickException(f"cannot open the database {_shown(db)}: {exc}") from None
     worker_ = None
     exit_code = 0
     try:
@@ -325,6 +334,17 @@ async def _serve(*, app: App | None, db: str | None, host: str, port: int,
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(exit_code)
+
+
+def _shown(db: str | None) -> str:
+    """The database URL for messages, without a password."""
+    if not db:
+        return ".stepwise/stepwise.db"
+    if "@" in db and "://" in db:
+        scheme, rest = db.split("://", 1)
+        credentials, host = rest.rsplit("@", 1)
+        return f"{scheme}://{credentials.split(':', 1)[0]}@{host}"
+    return db
 
 
 async def _until_signal_or_stuck(worker: Any, max_stuck: int | None) -> bool:

@@ -93,6 +93,22 @@ def test_cli_reports_unreachable_server_and_bad_app(tmp_path: Path) -> None:
     assert down.returncode != 0 and "cannot reach stepwise" in down.stderr
     bad_app = cli("dev", "nonexistent_module:app", cwd=tmp_path)
     assert bad_app.returncode != 0 and "cannot import 'nonexistent_module'" in bad_app.stderr
+    (tmp_path / "cli_app.py").write_text(APP)
+    no_attr = cli("dev", "cli_app:nope", cwd=tmp_path)
+    assert no_attr.returncode != 0 and "has no attribute 'nope'" in no_attr.stderr
+    bad_path = cli("dev", "cli_app:app", "--db", "/proc/no/such/dir/x.db", cwd=tmp_path)
+    assert bad_path.returncode != 0 and "Traceback" not in bad_path.stderr
+    assert "cannot open the database /proc/no/such/dir/x.db" in bad_path.stderr
+
+
+def test_a_missing_database_is_named_in_one_line(pg_schema: str, tmp_path: Path) -> None:
+    from urllib.parse import urlsplit, urlunsplit
+
+    (tmp_path / "cli_app.py").write_text(APP)
+    missing = urlunsplit(urlsplit(pg_schema)._replace(path="/no_such_database_here", query=""))
+    no_db = cli("worker", "cli_app:app", "--db", missing, cwd=tmp_path)
+    assert no_db.returncode != 0 and "Traceback" not in no_db.stderr
+    assert 'database "no_such_database_here" does not exist' in no_db.stderr
 
 
 def test_limits_are_configurable_from_the_command_line(tmp_path: Path) -> None:

@@ -83,12 +83,16 @@ class PostgresStorage(Storage):
             kwargs={"row_factory": dict_row, "autocommit": True, "connect_timeout": 5},
             name="stepwise", timeout=POOL_WAIT_S)
         try:
+            # One plain connection first: its error names the cause (refused, no such
+            # database, authentication), where the pool would only say it timed out.
+            await self._loop.run_in_executor(self._executor, self._probe)
             await self._loop.run_in_executor(self._executor, lambda: pool.open(wait=True,
                                                                                timeout=10))
         except Exception as exc:
             self._executor.shutdown(wait=False)
+            reason = " ".join(str(exc).split()) or type(exc).__name__
             raise ConnectionError(f"cannot connect to PostgreSQL at {_redact(self.url)}: "
-                                  f"{exc}") from None
+                                  f"{reason}") from None
         self.pool = pool
         schema = await self._loop.run_in_executor(self._executor, self._migrate)
         self._channel = f"stepwise_work_{schema}"[:63]
@@ -146,6 +150,10 @@ class PostgresStorage(Storage):
             if write and tx.woke:
                 self.notify_new_work()  # this process's workers need not wait for the NOTIFY
             return result
+
+    def _probe(self) -> None:
+        with psycopg.connect(self.url, connect_timeout=5):
+            pass
 
     def _migrate(self) -> str:
         assert self.pool is not None
