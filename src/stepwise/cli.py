@@ -23,6 +23,7 @@ import click
 from .access import LOCAL_HOSTS, Access, mask
 from .admission import DEFAULT_MAX_IN_FLIGHT
 from .app import App
+from .errors import DefinitionError
 from .payloads import Limits
 from .status import RunStatus
 
@@ -44,6 +45,10 @@ def load_app(spec: str) -> App:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise click.BadParameter(f"cannot import {module_name!r}: {exc}") from None
+    except DefinitionError as exc:  # a mistake in a declaration: one line says which
+        where = _user_frame(exc)
+        message = " ".join(str(exc).split())
+        raise click.UsageError(f"{where}{message}") from None
     if not hasattr(module, attr):
         raise click.BadParameter(f"module {module_name!r} has no attribute {attr!r} (the App "
                                  "object, e.g. app = stepwise.App(\"shop\"))")
@@ -52,6 +57,16 @@ def load_app(spec: str) -> App:
         raise click.BadParameter(f"{module_name}:{attr} is {type(app).__name__}, not a "
                                  "stepwise.App")
     return app
+
+
+def _user_frame(exc: BaseException) -> str:
+    """`file.py:12: ` for the last frame of `exc` outside stepwise itself, or ''."""
+    import traceback
+
+    package = os.path.dirname(__file__)
+    frames = [f for f in traceback.extract_tb(exc.__traceback__)
+              if not f.filename.startswith(package) and not f.filename.startswith("<")]
+    return f"{frames[-1].filename}:{frames[-1].lineno}: " if frames else ""
 
 
 def _positive(_: Any, param: click.Parameter, value: Any) -> Any:

@@ -12,10 +12,23 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
 
+#: Each of the five fields' values: minute, hour, day of month, month, day of week.
+_FIELDS = (("minute", 0, 59), ("hour", 0, 23), ("day of month", 1, 31), ("month", 1, 12),
+           ("day of week", 0, 7))
+
 
 def validate(cron: str, tz: str) -> None:
     if not isinstance(cron, str) or not croniter.is_valid(cron):
         raise ValueError(f"invalid cron expression {cron!r}: use five fields, e.g. '*/5 * * * *'")
+    fields = cron.split()
+    for (name, low, high), field in zip(_FIELDS, fields, strict=False):
+        for part in field.split(","):
+            _, slash, step = part.partition("/")
+            # croniter takes a step past the field's range (`*/61`), which then never fires
+            # as written: refuse it.
+            if slash and step.isdigit() and not 0 < int(step) <= high - low:
+                raise ValueError(f"invalid cron expression {cron!r}: the {name} step /{step} "
+                                 f"must be between 1 and {high - low}")
     try:
         ZoneInfo(tz)
     except (ZoneInfoNotFoundError, ValueError, TypeError):

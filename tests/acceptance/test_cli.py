@@ -130,3 +130,39 @@ def test_limits_are_configurable_from_the_command_line(tmp_path: Path) -> None:
             assert "limit of 100 bytes" in exc.read().decode()
     finally:
         stop(proc)
+
+
+DEFINITION_MISTAKES = {
+    "bad_cron": ('trigger=stepwise.on_cron("61 * * * *")', "invalid cron expression"),
+    "bad_step": ('trigger=stepwise.on_cron("*/61 * * * *")', "invalid cron expression"),
+    "bad_key": ('trigger=stepwise.on_event("a"), concurrency=stepwise.Concurrency(2, '
+                'key="event.data.((")', "Concurrency: key: invalid expression"),
+}
+
+
+def test_definition_mistakes_are_one_line_naming_the_file(tmp_path: Path) -> None:
+    for name, (options, expected) in DEFINITION_MISTAKES.items():
+        (tmp_path / f"{name}.py").write_text(textwrap.dedent(f'''
+            import stepwise
+            app = stepwise.App("x")
+            @app.function(id="f", {options})
+            async def f(ctx):
+                pass
+        '''))
+        result = cli("dev", f"{name}:app", "--port", str(free_port()), cwd=tmp_path)
+        assert result.returncode == 2, result.stderr
+        assert "Traceback" not in result.stderr
+        assert f"{name}.py:4: " in result.stderr and expected in result.stderr, result.stderr
+    (tmp_path / "dup.py").write_text(textwrap.dedent('''
+        import stepwise
+        app = stepwise.App("x")
+        @app.function(id="f", trigger=stepwise.on_event("a"))
+        async def f(ctx):
+            pass
+        @app.function(id="f", trigger=stepwise.on_event("a"))
+        async def g(ctx):
+            pass
+    '''))
+    dup = cli("dev", "dup:app", "--port", str(free_port()), cwd=tmp_path)
+    assert dup.returncode == 2 and "Traceback" not in dup.stderr
+    assert "function id 'f' is already used in app 'x'" in dup.stderr

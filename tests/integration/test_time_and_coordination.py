@@ -346,6 +346,8 @@ async def test_cron_fires_once_per_tick_with_two_workers(db: str) -> None:
 
 
 @pytest.mark.parametrize("bad", [lambda: stepwise.on_cron("61 * * * *"),
+                                 lambda: stepwise.on_cron("*/61 * * * *"),
+                                 lambda: stepwise.on_cron("0 */24 * * *"),
                                  lambda: stepwise.on_cron("* * * * *", tz="Mars/Base")])
 def test_bad_cron_is_refused(bad: Any) -> None:
     with pytest.raises(stepwise.errors.DefinitionError):
