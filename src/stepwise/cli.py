@@ -353,13 +353,9 @@ async def _serve(*, app: App | None, db: str | None, host: str, port: int,
 
 def _shown(db: str | None) -> str:
     """The database URL for messages, without a password."""
-    if not db:
-        return ".stepwise/stepwise.db"
-    if "@" in db and "://" in db:
-        scheme, rest = db.split("://", 1)
-        credentials, host = rest.rsplit("@", 1)
-        return f"{scheme}://{credentials.split(':', 1)[0]}@{host}"
-    return db
+    from .storage.base import redact_url
+
+    return redact_url(db) if db else ".stepwise/stepwise.db"
 
 
 async def _until_signal_or_stuck(worker: Any, max_stuck: int | None) -> bool:

@@ -14,6 +14,16 @@ from typing import Any, Protocol, TypeVar
 T = TypeVar("T")
 
 
+def redact_url(url: str) -> str:
+    """A database URL without its password, for messages."""
+    if "@" not in url or "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    credentials, host = rest.rsplit("@", 1)
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}" if ":" in credentials else f"{scheme}://{user}@{host}"
+
+
 class StorageUnavailable(Exception):
     """The database cannot be reached or cannot write now (down, locked, disk full). Callers
     answer 503 and try again later; nothing was written."""

@@ -21,7 +21,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from . import queries
-from .base import Storage, StorageUnavailable
+from .base import Storage, StorageUnavailable, redact_url
 from .schema import apply_migrations
 
 T = TypeVar("T")
@@ -91,7 +91,7 @@ class PostgresStorage(Storage):
         except Exception as exc:
             self._executor.shutdown(wait=False)
             reason = " ".join(str(exc).split()) or type(exc).__name__
-            raise ConnectionError(f"cannot connect to PostgreSQL at {_redact(self.url)}: "
+            raise ConnectionError(f"cannot connect to PostgreSQL at {redact_url(self.url)}: "
                                   f"{reason}") from None
         self.pool = pool
         schema = await self._loop.run_in_executor(self._executor, self._migrate)
@@ -197,13 +197,3 @@ def _connection_lost(exc: psycopg.OperationalError) -> bool:
     statement (SQLSTATE class 08 and 57P0x, or no SQLSTATE at all)."""
     state = exc.sqlstate
     return state is None or state.startswith("08") or state.startswith("57P0")
-
-
-def _redact(url: str) -> str:
-    """The URL without its password, for error messages."""
-    if "@" not in url or "://" not in url:
-        return url
-    scheme, rest = url.split("://", 1)
-    credentials, host = rest.rsplit("@", 1)
-    user = credentials.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}" if ":" in credentials else f"{scheme}://{user}@{host}"
