@@ -445,6 +445,20 @@ def _since(value: str | None) -> str | None:
                                  "8601 time", param_hint="--since") from None
 
 
+def _listing(url: str, api_key: str | None, kind: str, as_json: bool,
+             **params: Any) -> list[dict[str, Any]]:
+    """GET /api/v1/<kind> with the given filters. Prints the JSON (with `as_json`) or "no
+    <kind>" itself; returns the items left for the caller to show as a table."""
+    query = urllib.parse.urlencode({k: v for k, v in params.items() if v})
+    result = _call(url, "GET", f"/api/v1/{kind}?{query}", key=api_key)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return []
+    if not result[kind]:
+        click.echo(f"no {kind}")
+    return list(result[kind])
+
+
 def _table(rows: list[list[str]], header: list[str]) -> None:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
@@ -471,20 +485,13 @@ def _error_line(error: Any) -> str:
 def runs(status: str | None, function_id: str | None, event_name: str | None,
          since: str | None, limit: int, as_json: bool, url: str, api_key: str | None) -> None:
     """List recent runs, newest first."""
-    query = urllib.parse.urlencode({k: v for k, v in (
-        ("status", status), ("function", function_id), ("event_name", event_name),
-        ("since", _since(since)), ("limit", limit)) if v})
-    result = _call(url, "GET", f"/api/v1/runs?{query}", key=api_key)
-    if as_json:
-        click.echo(json.dumps(result, indent=2))
-        return
-    if not result["runs"]:
-        click.echo("no runs")
-        return
-    _table([[r["id"], r["function_id"], r["status"], str(r["failed_attempts"]),
-             str(r["attempts"] - 1), r["started_at"] or "-", _error_line(r["error"])]
-            for r in result["runs"]],
-           ["RUN", "FUNCTION", "STATUS", "FAILURES", "REPLAYS", "STARTED", "ERROR"])
+    found = _listing(url, api_key, "runs", as_json, status=status, function=function_id,
+                     event_name=event_name, since=_since(since), limit=limit)
+    if found:
+        _table([[r["id"], r["function_id"], r["status"], str(r["failed_attempts"]),
+                 str(r["attempts"] - 1), r["started_at"] or "-", _error_line(r["error"])]
+                for r in found],
+               ["RUN", "FUNCTION", "STATUS", "FAILURES", "REPLAYS", "STARTED", "ERROR"])
 
 
 @main.command("run")
@@ -542,18 +549,12 @@ def show_run(run_id: str, as_json: bool, url: str, api_key: str | None) -> None:
 def events(name: str | None, since: str | None, limit: int, as_json: bool, url: str,
            api_key: str | None) -> None:
     """List stored events, newest first."""
-    query = urllib.parse.urlencode({k: v for k, v in (
-        ("name", name), ("since", _since(since)), ("limit", limit)) if v})
-    result = _call(url, "GET", f"/api/v1/events?{query}", key=api_key)
-    if as_json:
-        click.echo(json.dumps(result, indent=2))
-        return
-    if not result["events"]:
-        click.echo("no events")
-        return
-    _table([[e["id"], e["name"], e["received_at"] or "-",
-             "(large)" if e["data_truncated"] else json.dumps(e["data"])[:60]]
-            for e in result["events"]], ["EVENT", "NAME", "RECEIVED", "DATA"])
+    found = _listing(url, api_key, "events", as_json, name=name, since=_since(since),
+                     limit=limit)
+    if found:
+        _table([[e["id"], e["name"], e["received_at"] or "-",
+                 "(large)" if e["data_truncated"] else json.dumps(e["data"])[:60]]
+                for e in found], ["EVENT", "NAME", "RECEIVED", "DATA"])
 
 
 @main.command()

@@ -99,16 +99,16 @@ class AsyncStep:
         if call is None:
             return stored
         self._ex.enter()
-        token = CURRENT_STEP.set(call.sid)
+        token = CURRENT_STEP.set(call.sid)  # this step's code logs as this step
         try:
             try:
                 result = fn(*args, **kwargs)
                 if inspect.isawaitable(result):
                     result = await result
             except Exception as exc:
-                CURRENT_STEP.reset(token)
                 return await self._ex.end_step(call, exc=exc)
-            CURRENT_STEP.reset(token)
+            finally:
+                CURRENT_STEP.reset(token)
             return await self._ex.end_step(call, result)
         finally:
             self._ex.leave()
@@ -164,15 +164,15 @@ class SyncStep:
         call, stored = ex.start_step(*_split(step_id), fn)
         if call is None:
             return stored
-        token = CURRENT_STEP.set(call.sid)
+        token = CURRENT_STEP.set(call.sid)  # this step's code logs as this step
         try:
             result = fn(*args, **kwargs)
             if inspect.isawaitable(result):
                 result = ex.call(result)
         except Exception as exc:
-            CURRENT_STEP.reset(token)
             return ex.call(ex.end_step(call, exc=exc))
-        CURRENT_STEP.reset(token)
+        finally:
+            CURRENT_STEP.reset(token)
         return ex.call(ex.end_step(call, result))
 
     def sleep(self, step_id: str, duration: timedelta) -> None:

@@ -54,7 +54,7 @@ def dumps(value: Any, what: str, limit: int | None = None) -> str:
         raise PayloadError(f"{what} is not JSON-serializable: {exc}") from None
     except RecursionError:
         raise PayloadError(f"{what} is nested deeper than {MAX_DEPTH} levels") from None
-    if len(text) > 2 * MAX_DEPTH and too_deep(value):  # n levels take at least 2n characters
+    if encoded_too_deep(text, value):
         raise PayloadError(f"{what} is nested deeper than {MAX_DEPTH} levels")
     if text.isascii():
         size = len(text)
@@ -69,14 +69,23 @@ def dumps(value: Any, what: str, limit: int | None = None) -> str:
     return text
 
 
+def encoded_too_deep(text: str, value: Any) -> bool:
+    """Whether `value`, encoded as `text`, nests more than MAX_DEPTH levels (walked only when
+    the text is long enough: n levels take at least 2n characters)."""
+    return len(text) > 2 * MAX_DEPTH and too_deep(value)
+
+
 def too_deep(value: Any, limit: int = MAX_DEPTH) -> bool:
     """Whether objects and lists nest more than `limit` levels in `value` (iterative: no
     recursion limit to hit)."""
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
         node, depth = stack.pop()
-        children = node.values() if isinstance(node, dict) else node
-        if not isinstance(children, list | tuple) and not isinstance(node, dict):
+        if isinstance(node, dict):
+            children: Any = node.values()
+        elif isinstance(node, list | tuple):
+            children = node
+        else:
             continue
         if depth > limit:
             return True

@@ -26,9 +26,9 @@ from .payloads import (
     PayloadError,
     PayloadTooLarge,
     dumps,
+    encoded_too_deep,
     loads,
     new_id,
-    too_deep,
 )
 from .status import RunStatus, StepStatus
 from .storage import Storage, StorageUnavailable
@@ -139,20 +139,21 @@ class RunDetail(RunOut):
                                           "on_failure handler (outputs left out)")
 
 
-class EventList(BaseModel):
-    events: list[EventOut]
+class Page(BaseModel):
     next: str | None = Field(
         default=None, description="Pass as `before` for the next (older) page; null at the end")
+
+
+class EventList(Page):
+    events: list[EventOut]
 
 
 class EventDetail(EventOut):
     runs: list[RunOut] = Field(description="The runs the event started (outputs left out)")
 
 
-class RunList(BaseModel):
+class RunList(Page):
     runs: list[RunOut]
-    next: str | None = Field(
-        default=None, description="Pass as `before` for the next (older) page; null at the end")
 
 
 class ErrorOut(BaseModel):
@@ -192,7 +193,7 @@ def stored(text: str | None) -> Any:
         value = loads(text)
     except PayloadError as exc:
         return f"<unreadable stored value: {exc}>"
-    if len(text) > 2 * MAX_DEPTH and too_deep(value):
+    if encoded_too_deep(text, value):
         return f"<stored value nested deeper than {MAX_DEPTH} levels>"
     return value
 
@@ -278,6 +279,14 @@ def create_server(storage: Storage, *, access: Access | None = None,
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
         return JSONResponse({"error": exc.message}, status_code=exc.status)
 
+    @api.exception_handler(NotFound)
+    async def _not_found(_: Request, exc: NotFound) -> JSONResponse:
+        return JSONResponse({"error": str(exc)}, status_code=404)
+
+    @api.exception_handler(Conflict)
+    async def _conflict(_: Request, exc: Conflict) -> JSONResponse:
+        return JSONResponse({"error": str(exc)}, status_code=409)
+
     @api.exception_handler(HTTPException)
     async def _http_error(_: Request, exc: HTTPException) -> JSONResponse:
         return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code,
@@ -349,15 +358,12 @@ def create_server(storage: Storage, *, access: Access | None = None,
     @api.get("/api/v1/runs/{run_id}", response_model=RunDetail, summary="A run with its steps",
              responses=_errors(401, 404))
     async def get_run(run_id: RunId) -> dict[str, Any]:
-        try:
-            return run_json(await engine.get_run(run_id))
-        except NotFound as exc:
-            raise ApiError(404, str(exc)) from None
+        return run_json(await engine.get_run(run_id))
 
     @api.post("/api/v1/runs/{run_id}/cancel", response_model=RunDetail, summary="Cancel a run",
               responses=_errors(401, 404, 409, 415))
     async def cancel_run(run_id: RunId) -> dict[str, Any]:
-        run = await _manage(engine.cancel, run_id)
+        run = run_json(await engine.cancel(run_id))
         metrics.RUNS_FINISHED.labels(run["function_id"], RunStatus.cancelled).inc()
         return run
 
@@ -365,15 +371,7 @@ def create_server(storage: Storage, *, access: Access | None = None,
               summary="Start a failed or cancelled run again, keeping its completed steps",
               responses=_errors(401, 404, 409, 415))
     async def replay_run(run_id: RunId) -> dict[str, Any]:
-        return await _manage(engine.replay, run_id)
-
-    async def _manage(action: Any, run_id: str) -> dict[str, Any]:
-        try:
-            return run_json(await action(run_id))
-        except NotFound as exc:
-            raise ApiError(404, str(exc)) from None
-        except Conflict as exc:
-            raise ApiError(409, str(exc)) from None
+        return run_json(await engine.replay(run_id))
 
     @api.post("/api/v1/functions/{function_id}/cancel", response_model=CancelledCount,
               summary="Cancel every unfinished run of a function created in a time range",
@@ -424,10 +422,7 @@ def create_server(storage: Storage, *, access: Access | None = None,
              summary="One event with its data and the runs it started",
              responses=_errors(401, 404))
     async def get_event(event_id: Annotated[str, Path(pattern=NO_NUL)]) -> dict[str, Any]:
-        try:
-            event, runs = await engine.get_event(event_id)
-        except NotFound as exc:
-            raise ApiError(404, str(exc)) from None
+        event, runs = await engine.get_event(event_id)
         return {**event_json(event), "runs": [run_json(r) for r in runs]}
 
     @api.get("/api/v1/functions", summary="Functions registered by workers",

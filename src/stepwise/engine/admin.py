@@ -48,8 +48,8 @@ _EVENT_FILTERS = {"name": "name = :name", "since": "received_at >= :since",
 
 def list_events(tx: Tx, filters: dict[str, Any], limit: int) -> list[EventRow]:
     """Events newest first (by when they were received); `before` is the last id seen."""
-    where = [_EVENT_FILTERS[k] for k, v in filters.items() if v is not None]
     params = {k: v for k, v in filters.items() if v is not None}
+    where = [_EVENT_FILTERS[k] for k in params]
     sql = ("SELECT id, name, data, ts, received_at FROM events"
            + (" WHERE " + " AND ".join(where) if where else "")
            + " ORDER BY received_at DESC, id DESC LIMIT :limit")
