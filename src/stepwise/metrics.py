@@ -10,6 +10,9 @@ REGISTRY = CollectorRegistry(auto_describe=True)
 
 EVENTS_RECEIVED = Counter("stepwise_events_received", "Events accepted by the API",
                           registry=REGISTRY)
+RUNS_STARTED = Counter("stepwise_runs_started", "Runs that began executing (first start only; "
+                       "a replay or a takeover is not a new start)", ["function"],
+                       registry=REGISTRY)
 RUNS_FINISHED = Counter("stepwise_runs_finished", "Runs that reached a final status",
                         ["function", "status"], registry=REGISTRY)
 STEPS_FINISHED = Counter("stepwise_steps_finished", "Step attempts by outcome",
@@ -33,6 +36,16 @@ QUEUE_DEPTH = Gauge("stepwise_queue_depth", "Runs due now that no worker holds",
 OLDEST_DUE = Gauge("stepwise_oldest_due_run_age_seconds",
                    "How long the oldest due run that no worker holds has waited (0: none)",
                    registry=REGISTRY)
+
+
+_started: dict[str, Any] = {}
+
+
+def run_started(function_id: str) -> None:
+    child = _started.get(function_id)
+    if child is None:
+        child = _started[function_id] = RUNS_STARTED.labels(function_id)
+    child.inc()
 
 
 def set_deployment(unfinished: list[tuple[str, str, int]], due: int,

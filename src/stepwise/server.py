@@ -6,7 +6,7 @@ import json
 import logging
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Annotated, Any, cast
+from typing import Annotated, Any, TypeVar, cast
 
 from fastapi import FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -95,6 +95,8 @@ class RunOut(BaseModel):
     origin_run_id: str | None = Field(
         default=None, description="The failed run this on_failure run handles, or the run "
                                   "this one replays")
+    rerun_of: str | None = Field(default=None,
+                                 description="The finished run this one re-runs (same event)")
     output_truncated: bool = Field(
         default=False, description=f"In lists: the output is over {LIST_PREVIEW_CHARS} "
                                    "characters and left out; GET the run's url for it")
@@ -178,6 +180,73 @@ class CancelledCount(BaseModel):
     cancelled: int
 
 
+class RunFilter(BaseModel):
+    """Which runs a bulk operation touches: the filters of `GET /api/v1/runs`. Without
+    `status`, every run the operation applies to (replay: failed, cancelled, skipped;
+    cancel: queued, running, sleeping, waiting)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    function: str | None = Field(None, max_length=256, pattern=NO_NUL)
+    app: str | None = Field(None, max_length=256, pattern=NO_NUL)
+    status: RunStatus | None = None
+    event_name: str | None = Field(None, max_length=256, pattern=NO_NUL)
+    event_data: str | None = Field(None, max_length=1024, pattern=DATA_MATCH)
+    since: str | None = Field(None, max_length=64, description="Created at or after (ISO 8601)")
+    until: str | None = Field(None, max_length=64, description="Created before (ISO 8601)")
+    dry_run: bool = Field(False, description="Only count the runs it would touch")
+
+
+class BulkResult(BaseModel):
+    matched: int = Field(description="Runs matching the filter that the operation applies to")
+    changed: int = Field(description="Runs replayed or cancelled by this request (0 on a "
+                                     "dry run)")
+    more: bool = Field(description="More matched than one request changes (1,000): send it "
+                                   "again")
+
+
+class WorkerOut(BaseModel):
+    id: str
+    app_id: str
+    host: str
+    pid: int
+    functions: list[str]
+    slots: int = Field(description="How many runs it executes at once")
+    in_use: int = Field(description="Slots busy at its last heartbeat")
+    started_at: str | None
+    heartbeat_at: str | None
+    live: bool = Field(description="False: no heartbeat for one lease period (gone)")
+
+
+class UnservedOut(BaseModel):
+    app_id: str
+    function_id: str
+    queued: int = Field(description="Runs due now that no live worker serves")
+    oldest_at: str | None
+
+
+class WorkerList(BaseModel):
+    workers: list[WorkerOut]
+    unserved: list[UnservedOut] = Field(
+        description="Functions with due runs that no live worker serves: they wait until a "
+                    "worker serving them starts")
+
+
+class FunctionStatsOut(BaseModel):
+    completed: list[int]
+    failed: list[int]
+    p50_ms: list[int | None] = Field(description="Median run duration (creation to end)")
+    p95_ms: list[int | None]
+
+
+class FunctionStats(BaseModel):
+    since: str | None
+    bucket_ms: int
+    buckets: int
+    truncated: bool = Field(description="Only the newest 100,000 finished runs were counted")
+    functions: dict[str, FunctionStatsOut]
+
+
 def iso(ms: int | None) -> str | None:
     if ms is None:
         return None
@@ -207,6 +276,7 @@ def run_json(row: RunRow, preview: int | None = None) -> dict[str, Any]:
         "started_at": iso(row["started_at"]), "ended_at": iso(row["ended_at"]),
         "url": f"/api/v1/runs/{row['id']}",
         "parent_run_id": row["parent_run_id"], "origin_run_id": row["origin_run_id"],
+        "rerun_of": row.get("rerun_of"),
     }
     if "failed_attempts" in row:
         out["failed_attempts"] = int(row["failed_attempts"])  # type: ignore[typeddict-item]
@@ -373,19 +443,63 @@ def create_server(storage: Storage, *, access: Access | None = None,
     async def replay_run(run_id: RunId) -> dict[str, Any]:
         return run_json(await engine.replay(run_id))
 
+    @api.post("/api/v1/runs/{run_id}/rerun", response_model=RunDetail,
+              summary="Start a new run of a finished run's function with the same event",
+              responses=_errors(401, 404, 409, 415))
+    async def rerun_run(run_id: RunId) -> dict[str, Any]:
+        return run_json(await engine.rerun(run_id))
+
+    async def bulk(action: str, request: Request) -> dict[str, Any]:
+        body = await read_model(request, RunFilter)
+        field, _, value = body.event_data.partition("=") if body.event_data else (None, "", None)
+        result = await engine.bulk(action, {
+            "function": body.function, "app": body.app, "status": body.status,
+            "event_name": body.event_name, "data_field": field, "data_value": value,
+            "since": _time_ms(body.since, "since"), "until": _time_ms(body.until, "until")},
+            dry_run=body.dry_run)
+        log.info("bulk %s%s: %d matched, %d changed", action, " (dry run)" if body.dry_run
+                 else "", result["matched"], result["changed"])
+        if action == "cancel":
+            for function_id, count in result["by_function"].items():
+                metrics.RUNS_FINISHED.labels(function_id, RunStatus.cancelled).inc(count)
+        return {k: result[k] for k in ("matched", "changed", "more")}
+
+    @api.post("/api/v1/runs/replay", response_model=BulkResult,
+              summary="Replay every failed (or cancelled, skipped) run matching a filter",
+              openapi_extra=_body_schema(RunFilter), responses=_errors(401, 413, 415))
+    async def bulk_replay(request: Request) -> dict[str, Any]:
+        return await bulk("replay", request)
+
+    @api.post("/api/v1/runs/cancel", response_model=BulkResult,
+              summary="Cancel every unfinished run matching a filter",
+              openapi_extra=_body_schema(RunFilter), responses=_errors(401, 413, 415))
+    async def bulk_cancel(request: Request) -> dict[str, Any]:
+        return await bulk("cancel", request)
+
+    @api.get("/api/v1/workers", response_model=WorkerList,
+             summary="Workers (live and recently gone) and runs no live worker serves",
+             responses=_errors(401))
+    async def list_workers() -> dict[str, Any]:
+        workers, unserved = await engine.workers()
+        return {"workers": [{**w, "started_at": iso(w["started_at"]),
+                             "heartbeat_at": iso(w["heartbeat_at"])} for w in workers],
+                "unserved": [{**u, "oldest_at": iso(u["oldest_at"])} for u in unserved]}
+
+    @api.get("/api/v1/stats/functions", response_model=FunctionStats,
+             summary="Per function: completed and failed runs and p50/p95 durations over time",
+             responses=_errors(401))
+    async def function_stats(hours: int = Query(24, ge=1, le=24 * 90),
+                             buckets: int = Query(24, ge=1, le=200)) -> dict[str, Any]:
+        since = clock.now_ms() - hours * 3600 * 1000
+        stats = await engine.function_stats(since, buckets)
+        return {**stats, "since": iso(stats["since"])}
+
     @api.post("/api/v1/functions/{function_id}/cancel", response_model=CancelledCount,
               summary="Cancel every unfinished run of a function created in a time range",
-              openapi_extra={"requestBody": {"required": True, "content": {
-                  "application/json": {"schema": BulkCancel.model_json_schema()}}}},
-              responses=_errors(401, 404, 413, 415))
+              openapi_extra=_body_schema(BulkCancel), responses=_errors(401, 404, 413, 415))
     async def cancel_function(function_id: Annotated[str, Path(pattern=NO_NUL)],
                               request: Request) -> dict[str, Any]:
-        try:
-            body = BulkCancel.model_validate(loads(await read_body(request, 64 * 1024)))
-        except PayloadError as exc:
-            raise ApiError(400, f"request body is not valid JSON: {exc}") from None
-        except ValidationError as exc:
-            raise ApiError(400, describe_validation_error(exc)) from None
+        body = await read_model(request, BulkCancel)
         functions = await engine.list_functions()
         apps = [f["app_id"] for f in functions if f["id"] == function_id]
         if body.app_id is not None:
@@ -512,6 +626,24 @@ def _ms(moment: datetime) -> int:
         return int(moment.timestamp() * 1000)
     except (OverflowError, ValueError, OSError):
         raise ApiError(400, f"time {moment} is out of range") from None
+
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+async def read_model(request: Request, model: type[ModelT]) -> ModelT:
+    """A small JSON body (at most 64 KiB) validated by `model`; 400 naming what is wrong."""
+    try:
+        return model.model_validate(loads(await read_body(request, 64 * 1024)))
+    except PayloadError as exc:
+        raise ApiError(400, f"request body is not valid JSON: {exc}") from None
+    except ValidationError as exc:
+        raise ApiError(400, describe_validation_error(exc)) from None
+
+
+def _body_schema(model: type[BaseModel]) -> dict[str, Any]:
+    return {"requestBody": {"required": True, "content": {
+        "application/json": {"schema": model.model_json_schema()}}}}
 
 
 async def read_body(request: Request, limit: int) -> bytes:

@@ -164,6 +164,7 @@ class Worker:
         self.storage.on_new_work(self.notify)
         await self.engine.register(self.app.id, [f.definition() for f in
                                                  self.app.functions.values()])
+        await self._say_alive()
         if self.isolate:
             self._user_loop = UserLoop(f"stepwise-user-{self._generation}")
         self._tasks = [asyncio.create_task(self._lease_loop(), name="stepwise-lease"),
@@ -190,6 +191,8 @@ class Worker:
         if self._user_loop is not None:
             self._user_loop.retire()
         self.env.threads.shutdown(wait=False, cancel_futures=True)
+        with contextlib.suppress(Exception):  # else its row expires with its last heartbeat
+            await self.engine.goodbye(self.id)
 
     @property
     def stuck_threads(self) -> int:
@@ -255,6 +258,18 @@ class Worker:
                     running.lease_until = asked + self.lease_seconds
                     if running.execution is not None:
                         running.execution.lease_until = running.lease_until
+            await self._say_alive()
+
+    async def _say_alive(self) -> None:
+        """Refresh this worker's row in the workers view (live until one lease period passes
+        without a heartbeat)."""
+        try:
+            await self.engine.heartbeat(
+                {"id": self.id, "app_id": self.app.id, "host": socket.gethostname(),
+                 "pid": os.getpid(), "functions": list(self.app.functions),
+                 "slots": self.concurrency, "in_use": len(self._active)}, self.lease_ms)
+        except Exception as exc:
+            log.warning("worker %s: heartbeat not recorded: %s", self.id, exc)
 
     async def _watch_loop(self) -> None:
         """Attempt timeouts, enforced from the worker's loop whatever user code does."""

@@ -10,7 +10,8 @@ methods run one engine operation each in one storage transaction:
 - `runs`: a run's state for an executor, and applying its outcomes (retries, parking);
 - `lifecycle`: fencing and the run state transitions every operation shares;
 - `waits`, `definitions`, `retries`, `admin`: waits for events, stored definitions, retry
-  decisions, operators' actions.
+  decisions, operators' actions;
+- `workers`: which workers are alive and what they serve.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from ..definition import FunctionDefinition
 from ..events import StoredEvent
 from ..storage import Storage
 from ..storage.rows import EventRow, RunDetail, RunRow
-from . import admin, definitions, ingest, leasing, lifecycle, runs
+from . import admin, definitions, ingest, leasing, lifecycle, runs, workers
 from .admin import Conflict, NotFound
 from .lifecycle import FOREVER
 from .outcomes import Applied, Outcome
@@ -57,10 +58,12 @@ class Engine:
 
     async def lease(self, app_id: str, owner: str, limit: int, lease_ms: int) -> list[str]:
         now = self.clock.now_ms()
-        leased, taken_over = await self.storage.write(leasing.lease, app_id, owner, now,
-                                                      now + lease_ms, limit, durable=False)
+        leased, taken_over, first_starts = await self.storage.write(
+            leasing.lease, app_id, owner, now, now + lease_ms, limit, durable=False)
         if taken_over:
             metrics.LEASE_TAKEOVERS.inc(taken_over)
+        for function_id in first_starts:
+            metrics.run_started(function_id)
         return leased
 
     async def deployment_stats(self) -> tuple[list[tuple[str, str, int]], int, int]:
@@ -114,6 +117,30 @@ class Engine:
                                    before: int) -> int:
         return await self.storage.write(admin.cancel_function_runs, app_id, function_id, after,
                                         before, self.clock.now_ms())
+
+    async def bulk(self, action: str, filters: dict[str, Any], *, dry_run: bool
+                   ) -> dict[str, Any]:
+        """Replay or cancel the runs matching `filters` (see `admin.bulk`)."""
+        return await self.storage.write(admin.bulk, action, filters, self.clock.now_ms(),
+                                        dry_run)
+
+    async def rerun(self, run_id: str) -> RunDetail:
+        return await self.storage.write(admin.rerun, run_id, self.clock.now_ms())
+
+    async def function_stats(self, since: int, buckets: int) -> dict[str, Any]:
+        return await self.storage.read(admin.function_stats, since, self.clock.now_ms(),
+                                       buckets)
+
+    async def workers(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Workers (live and recently gone) and queued runs no live worker serves."""
+        return await self.storage.read(workers.overview, self.clock.now_ms())
+
+    async def heartbeat(self, worker: dict[str, Any], ttl_ms: int) -> None:
+        now = self.clock.now_ms()
+        await self.storage.write(workers.heartbeat, worker, now, now + ttl_ms, durable=False)
+
+    async def goodbye(self, worker_id: str) -> None:
+        await self.storage.write(workers.goodbye, worker_id)
 
     async def run_counts(self) -> dict[str, int]:
         return await self.storage.read(admin.run_counts)

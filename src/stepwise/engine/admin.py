@@ -3,9 +3,12 @@ settings). Every change goes through `lifecycle`, like the executors' outcomes."
 
 from __future__ import annotations
 
+import math
+from dataclasses import replace
 from typing import Any, cast
 
-from ..status import REPLAYABLE_RUN, TERMINAL_RUN
+from ..payloads import dumps
+from ..status import REPLAYABLE_RUN, TERMINAL_RUN, UNFINISHED_RUN
 from ..storage import Tx
 from ..storage.rows import EventRow, FailureRow, LogRow, RunDetail, RunRow, StepRow
 from . import definitions, flow_control, lifecycle
@@ -82,6 +85,13 @@ def replay_run(tx: Tx, run_id: str, now: int) -> RunDetail:
     if run["status"] not in REPLAYABLE_RUN:
         raise Conflict(f"run {run_id} is {run['status']}; only "
                        f"{', '.join(sorted(REPLAYABLE_RUN))} runs replay")
+    _replay(tx, run_id, now)
+    return get_run(tx, run_id)
+
+
+def _replay(tx: Tx, run_id: str, now: int) -> None:
+    run = lifecycle.get_run(tx, run_id)
+    assert run is not None
     tx.exec("replay_run", run_id=run_id)
     tx.exec("delete_failed_steps", run_id=run_id)
     tx.exec("enqueue", run_id=run_id, app_id=run["app_id"], function_id=run["function_id"],
@@ -92,7 +102,6 @@ def replay_run(tx: Tx, run_id: str, now: int) -> RunDetail:
                                           definition.flow,
                                           flow_control.event_for(tx, run["event_id"]), now)
     tx.wake_workers()
-    return get_run(tx, run_id)
 
 
 _RUN_FILTERS = {"function": "r.function_id = :function", "status": "r.status = :status",
@@ -101,28 +110,124 @@ _RUN_FILTERS = {"function": "r.function_id = :function", "status": "r.status = :
                 "until": "r.created_at < :until", "event_name": "e.name = :event_name"}
 
 
+def _run_filter(tx: Tx, params: dict[str, Any]) -> str:
+    """FROM and WHERE for runs matching `params` (the filters of `list_runs`)."""
+    where = [_RUN_FILTERS[k] for k in params if k in _RUN_FILTERS]
+    if "data_field" in params:  # a field of the event's data equals data_value
+        where.append(tx.text("event_field_equals"))
+    if "statuses" in params:  # a JSON list (bulk operations: the statuses they may change)
+        where.append(tx.text("run_status_in"))
+    joined = "event_name" in params or "data_field" in params
+    return ("FROM runs r" + (" JOIN events e ON e.id = r.event_id" if joined else "")
+            + (" WHERE " + " AND ".join(where) if where else ""))
+
+
 def list_runs(tx: Tx, filters: dict[str, Any], limit: int, preview: int | None = None
               ) -> list[RunRow]:
     """Runs newest first. With `preview`, `output` and `error` hold at most `preview + 1`
     characters (longer means cut), so a page of big outputs is never read whole."""
     params = {k: v for k, v in filters.items() if v is not None}
-    where = [_RUN_FILTERS[k] for k in params if k in _RUN_FILTERS]
-    if "data_field" in params:  # a field of the event's data equals data_value
-        where.append(tx.text("event_field_equals"))
-    joined = "event_name" in params or "data_field" in params
     columns = ("r.output, r.error" if preview is None else
                "substr(r.output, 1, :preview) AS output, substr(r.error, 1, :preview) AS error")
     sql = (f"SELECT r.id, r.app_id, r.function_id, r.event_id, r.status, {columns}, "
            "r.attempts, r.retry, r.origin_run_id, r.parent_run_id, r.parent_step_id, "
-           "r.created_at, r.started_at, r.ended_at, "
+           "r.rerun_of, r.created_at, r.started_at, r.ended_at, "
            "(SELECT COUNT(*) FROM failures f WHERE f.run_id = r.id) AS failed_attempts "
-           "FROM runs r"
-           + (" JOIN events e ON e.id = r.event_id" if joined else "")
-           + (" WHERE " + " AND ".join(where) if where else "")
-           + " ORDER BY r.id DESC LIMIT :limit")
+           + _run_filter(tx, params) + " ORDER BY r.id DESC LIMIT :limit")
     if preview is not None:
         params["preview"] = preview + 1
     return cast(list[RunRow], tx.raw_all(sql, {**params, "limit": limit}))
+
+
+#: The most runs one bulk request changes; the caller repeats while `more` is true.
+BULK_LIMIT = 1000
+
+
+def bulk(tx: Tx, action: str, filters: dict[str, Any], now: int, dry_run: bool
+         ) -> dict[str, Any]:
+    """Replay (failed, cancelled, skipped runs) or cancel (unfinished runs) every run matching
+    `filters`, at most BULK_LIMIT per call, oldest first. Answers how many matched and, unless
+    `dry_run`, how many changed (and of which function)."""
+    allowed = REPLAYABLE_RUN if action == "replay" else UNFINISHED_RUN
+    params = {k: v for k, v in filters.items() if v is not None}
+    wanted = [params.pop("status")] if "status" in params else sorted(allowed)
+    statuses = [s for s in wanted if s in allowed]
+    if not statuses:
+        return {"matched": 0, "changed": 0, "more": False, "by_function": {}}
+    params["statuses"] = dumps(statuses, "statuses")
+    where = _run_filter(tx, params)
+    count = tx.raw_all("SELECT COUNT(*) AS n " + where, params)
+    matched = int(count[0]["n"]) if count else 0
+    if dry_run or not matched:
+        return {"matched": matched, "changed": 0, "more": False, "by_function": {}}
+    rows = tx.raw_all(f"SELECT r.id, r.function_id {where} ORDER BY r.id LIMIT {BULK_LIMIT}",
+                      params)
+    by_function: dict[str, int] = {}
+    for row in rows:
+        if action == "replay":
+            _replay(tx, row["id"], now)
+        elif not lifecycle.cancel(tx, row["id"], now, reason="bulk cancel"):
+            continue
+        by_function[row["function_id"]] = by_function.get(row["function_id"], 0) + 1
+    return {"matched": matched, "changed": sum(by_function.values()),
+            "more": matched > len(rows), "by_function": by_function}
+
+
+def rerun(tx: Tx, run_id: str, now: int) -> RunDetail:
+    """A new run of a finished run's function with the same event(s), as if just sent (flow
+    control that would merge or drop it, such as idempotency, rate limit, debounce or batch,
+    does not apply: an operator asked for it)."""
+    run = lifecycle.get_run(tx, run_id)
+    if run is None:
+        raise NotFound(f"run {run_id} not found")
+    if run["status"] not in TERMINAL_RUN:
+        raise Conflict(f"run {run_id} is still {run['status']}; only finished runs re-run")
+    definition = definitions.get(tx, run["app_id"], run["function_id"])
+    if definition is None:
+        raise Conflict(f"function {run['function_id']} is no longer registered in app "
+                       f"{run['app_id']}")
+    flow = replace(definition.flow, idempotency=None, rate_limit=None, debounce=None,
+                   batch=None)
+    new_id = flow_control.create_run(tx, run["app_id"], run["function_id"], run["event_id"],
+                                     now, now, flow=flow, origin_run_id=run["origin_run_id"])
+    tx.exec("set_rerun_of", run_id=new_id, rerun_of=run_id)
+    tx.exec("copy_run_events", run_id=new_id, source=run_id)
+    return get_run(tx, new_id)
+
+
+def function_stats(tx: Tx, since: int, now: int, buckets: int) -> dict[str, Any]:
+    """Per function: completed and failed runs and p50/p95 durations (creation to end), in
+    `buckets` equal slices of [since, now), from at most STATS_ROWS recent runs."""
+    width = max(1, (now - since + buckets - 1) // buckets)
+    rows = tx.all("finished_since", since=since, now=now, limit=STATS_ROWS)
+    out: dict[str, Any] = {}
+    for row in rows:
+        stats = out.get(row["function_id"])
+        if stats is None:
+            stats = out[row["function_id"]] = {
+                "completed": [0] * buckets, "failed": [0] * buckets,
+                "durations": [[] for _ in range(buckets)]}
+        index = min(buckets - 1, (int(row["ended_at"]) - since) // width)
+        stats[row["status"]][index] += 1
+        stats["durations"][index].append(int(row["ended_at"]) - int(row["created_at"]))
+    for stats in out.values():
+        durations = stats.pop("durations")
+        stats["p50_ms"] = [_percentile(d, 0.50) for d in durations]
+        stats["p95_ms"] = [_percentile(d, 0.95) for d in durations]
+    return {"since": since, "bucket_ms": width, "buckets": buckets, "truncated":
+            len(rows) == STATS_ROWS, "functions": out}
+
+
+#: The most finished runs `function_stats` reads (the newest ones).
+STATS_ROWS = 100_000
+
+
+def _percentile(values: list[int], q: float) -> int | None:
+    """Nearest-rank percentile (None for no values)."""
+    if not values:
+        return None
+    values.sort()
+    return values[min(len(values) - 1, max(0, math.ceil(q * len(values)) - 1))]
 
 
 def deployment_stats(tx: Tx, now: int) -> tuple[list[tuple[str, str, int]], int, int]:

@@ -22,9 +22,10 @@ MAX_TAKEOVERS = 5
 
 
 def lease(tx: Tx, app_id: str, owner: str, now: int, until: int, limit: int
-          ) -> tuple[list[str], int]:
-    """Take up to `limit` due runs of the app for `owner` until `until`: their ids, and how
-    many of the candidates were taken over from an expired lease."""
+          ) -> tuple[list[str], int, list[str]]:
+    """Take up to `limit` due runs of the app for `owner` until `until`: their ids, how
+    many of the candidates were taken over from an expired lease, and the function of each
+    run that starts for the first time."""
     fire_schedules(tx, app_id, now)
     expire_deadlines(tx, app_id, now)
     candidates = tx.all("lease_candidates", app_id=app_id, now=now, window=limit * 4 + 32)
@@ -36,6 +37,7 @@ def lease(tx: Tx, app_id: str, owner: str, now: int, until: int, limit: int
         inflight[key] = int(row["n"]) if row else 0
     picked = []
     taken_over = 0
+    first_starts: list[str] = []
     for candidate in candidates:
         run_keys = keys.get(candidate["run_id"], [])
         if any(inflight[k["key"]] >= k["lim"] for k in run_keys):
@@ -52,10 +54,11 @@ def lease(tx: Tx, app_id: str, owner: str, now: int, until: int, limit: int
     if picked:
         ids = dumps(picked, "run ids")
         tx.exec("take", ids=ids, owner=owner, until=until)
-        tx.exec("mark_running_many", ids=ids, now=now)
+        first_starts = [r["function_id"] for r in tx.all("mark_running_many", ids=ids, now=now)
+                        if r["started_at"] == now]
         tx.exec("close_groups_of_runs", ids=ids)  # a debounce or batch closes as it starts
         settle_due_steps(tx, ids, now)
-    return picked, taken_over
+    return picked, taken_over, first_starts
 
 
 def _take_over(tx: Tx, run_id: str, now: int) -> bool:

@@ -22,6 +22,7 @@ class RunRow(TypedDict):
     origin_run_id: str | None
     parent_run_id: str | None
     parent_step_id: str | None
+    rerun_of: str | None
     created_at: int
     started_at: int | None
     ended_at: int | None

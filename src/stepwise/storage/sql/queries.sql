@@ -70,14 +70,17 @@ UPDATE queue SET lease_owner = :owner, lease_expires_at = :until, nudged = 0
 WHERE run_id IN (SELECT jsonb_array_elements_text(CAST(:ids AS jsonb)));
 
 -- name: mark_running_many
+-- Returns each run's function and start time: started_at = :now is a first start.
 UPDATE runs SET status = 'running', started_at = COALESCE(started_at, :now)
 WHERE id IN (SELECT value FROM json_each(:ids))
-  AND status IN ({unfinished_runs});
+  AND status IN ({unfinished_runs})
+RETURNING function_id, started_at;
 
 -- name: mark_running_many @postgres
 UPDATE runs SET status = 'running', started_at = COALESCE(started_at, :now)
 WHERE id IN (SELECT jsonb_array_elements_text(CAST(:ids AS jsonb)))
-  AND status IN ({unfinished_runs});
+  AND status IN ({unfinished_runs})
+RETURNING function_id, started_at;
 
 -- name: close_groups_of_runs
 DELETE FROM pending_groups WHERE run_id IN (SELECT value FROM json_each(:ids));
@@ -128,7 +131,7 @@ WHERE r.id = :run_id;
 
 -- name: get_run
 SELECT id, app_id, function_id, event_id, status, output, error, attempts, retry,
-       origin_run_id, parent_run_id, parent_step_id, created_at, started_at, ended_at
+       origin_run_id, parent_run_id, parent_step_id, rerun_of, created_at, started_at, ended_at
 FROM runs WHERE id = :run_id;
 
 -- name: get_event
@@ -378,12 +381,13 @@ WHERE run_id = :run_id ORDER BY ended_at, attempt;
 -- name: child_runs
 -- Runs this run started: invoked ones, and its on_failure handler.
 SELECT id, app_id, function_id, event_id, status, NULL AS output, NULL AS error, attempts,
-       retry, origin_run_id, parent_run_id, parent_step_id, created_at, started_at, ended_at
-FROM runs WHERE parent_run_id = :run_id OR origin_run_id = :run_id ORDER BY id;
+       retry, origin_run_id, parent_run_id, parent_step_id, rerun_of, created_at, started_at, ended_at
+FROM runs WHERE parent_run_id = :run_id OR origin_run_id = :run_id OR rerun_of = :run_id
+ORDER BY id;
 
 -- name: event_runs
 SELECT id, app_id, function_id, event_id, status, NULL AS output, NULL AS error, attempts,
-       retry, origin_run_id, parent_run_id, parent_step_id, created_at, started_at, ended_at
+       retry, origin_run_id, parent_run_id, parent_step_id, rerun_of, created_at, started_at, ended_at
 FROM runs WHERE event_id = :event_id ORDER BY id;
 
 -- name: event_field_equals
@@ -411,3 +415,48 @@ GROUP BY function_id, status;
 -- name: due_unleased
 SELECT COUNT(*) AS n, MIN(available_at) AS oldest FROM queue
 WHERE available_at <= :now AND (lease_expires_at IS NULL OR lease_expires_at <= :now);
+
+-- name: set_rerun_of
+UPDATE runs SET rerun_of = :rerun_of WHERE id = :run_id;
+
+-- name: upsert_worker
+INSERT INTO workers (id, app_id, host, pid, functions, slots, in_use, started_at, heartbeat_at,
+                     expires_at)
+VALUES (:id, :app_id, :host, :pid, :functions, :slots, :in_use, :now, :now, :expires_at)
+ON CONFLICT (id) DO UPDATE SET functions = excluded.functions, slots = excluded.slots,
+  in_use = excluded.in_use, heartbeat_at = excluded.heartbeat_at,
+  expires_at = excluded.expires_at;
+
+-- name: delete_worker
+DELETE FROM workers WHERE id = :id;
+
+-- name: forget_dead_workers
+-- Rows of workers gone for a day (killed without saying goodbye).
+DELETE FROM workers WHERE expires_at < :before;
+
+-- name: workers
+SELECT id, app_id, host, pid, functions, slots, in_use, started_at, heartbeat_at, expires_at
+FROM workers ORDER BY app_id, started_at, id;
+
+-- name: queued_by_function
+-- Runs due now that no worker holds, by function: compared with what live workers serve.
+SELECT app_id, function_id, COUNT(*) AS n, MIN(available_at) AS oldest FROM queue
+WHERE available_at <= :now AND (lease_expires_at IS NULL OR lease_expires_at <= :now)
+GROUP BY app_id, function_id;
+
+-- name: finished_since
+-- Runs that ended in [since, now), for counts and durations over time.
+SELECT function_id, status, created_at, started_at, ended_at FROM runs
+WHERE ended_at >= :since AND ended_at < :now AND status IN ('completed', 'failed')
+ORDER BY ended_at DESC
+LIMIT :limit;
+
+-- name: copy_run_events
+INSERT INTO run_events (run_id, position, event_id)
+SELECT :run_id, position, event_id FROM run_events WHERE run_id = :source;
+
+-- name: run_status_in
+r.status IN (SELECT value FROM json_each(:statuses))
+
+-- name: run_status_in @postgres
+r.status IN (SELECT jsonb_array_elements_text(CAST(:statuses AS jsonb)))
