@@ -7,8 +7,10 @@ One ASGI gate in front of every route, so a new endpoint is protected by default
   for the dashboard).
 - In dev mode there are no keys, so the gate defends the developer's machine instead: only
   allowed `Host` names (DNS rebinding) and no cross-site requests (`Origin`, `Sec-Fetch-Site`).
-- Always: a request body must be JSON (a cross-site form or text POST is refused before it
-  reaches a route), and no NUL may hide in a path or query (PostgreSQL cannot store it).
+- Always: a change (POST) must come from this server's own pages or from a client that is not
+  a browser (no cross-site `Origin`: a browser would send its saved dashboard login with a
+  form posted from another site), a request body must be JSON, and no NUL may hide in a path
+  or query (PostgreSQL cannot store it).
 """
 
 from __future__ import annotations
@@ -125,7 +127,7 @@ class Gate:
             elif origin == "null" or headers.get(b"sec-fetch-site") == b"cross-site":
                 return 403, "cross-site request refused", []
         if scope["method"].encode() in _BODY_METHODS:
-            refusal = _check_body_type(headers)
+            refusal = _check_cross_site(headers) or _check_body_type(headers)
             if refusal is not None:
                 return refusal
         if path in OPEN_PATHS:
@@ -144,6 +146,20 @@ class Gate:
         return 401, ("missing or wrong API key: send 'Authorization: Bearer <API key>' (in a "
                      "browser, log in with any user name and the API key as password)"
                      ), [(b"www-authenticate", b'Basic realm="stepwise", charset="UTF-8"')]
+
+
+def _check_cross_site(headers: dict[bytes, bytes]
+                      ) -> tuple[int, str, list[tuple[bytes, bytes]]] | None:
+    """A browser sends its saved Basic credential with a form posted from any site: a change
+    whose `Origin` is not this server itself is refused (clients other than browsers send no
+    `Origin`)."""
+    origin = headers.get(b"origin", b"").decode("latin-1").strip().lower()
+    if not origin and headers.get(b"sec-fetch-site") != b"cross-site":
+        return None
+    host = headers.get(b"host", b"").decode("latin-1").strip().lower()
+    if origin and origin != "null" and urlsplit(origin).netloc == host:
+        return None
+    return 403, f"cross-site request from {origin or 'another site'!r} refused", []
 
 
 def _check_body_type(headers: dict[bytes, bytes]

@@ -13,6 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException
+from starlette.staticfiles import StaticFiles
 
 from . import dashboard, metrics, tracing
 from .access import Access, Gate
@@ -562,9 +563,13 @@ def create_server(storage: Storage, *, access: Access | None = None,
             log.warning("metrics: deployment gauges not refreshed: %s", exc)
         return Response(metrics.render(), media_type="text/plain; version=0.0.4")
 
-    @api.get("/", response_class=HTMLResponse, include_in_schema=False)
-    async def home() -> str:
-        return dashboard.PAGE
+    async def page() -> HTMLResponse:
+        return HTMLResponse(dashboard.shell(), headers={"Cache-Control": "no-cache"})
+
+    for path in dashboard.PAGES:
+        api.add_api_route(path, page, methods=["GET"], include_in_schema=False)
+    api.mount(dashboard.ASSETS, StaticFiles(packages=[("stepwise.dashboard", "static")]),
+              name="assets")
 
     schema = _openapi(api)
     api.openapi = lambda: schema  # type: ignore[method-assign]

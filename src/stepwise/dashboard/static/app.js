@@ -1,0 +1,725 @@
+// The stepwise dashboard: plain JavaScript over the JSON API (/api/v1), no build step.
+// Each page has its own URL; `render` picks the page for location.pathname. A page draws
+// its frame once and returns a `refresh` function, called every 2 seconds while the tab is
+// visible, so lists and runs update without reloading and forms keep what was typed.
+"use strict";
+
+// --- helpers -------------------------------------------------------------------------------
+
+/** Marks HTML that `html` must insert as is (already escaped). */
+class Raw { constructor(text) { this.text = text; } toString() { return this.text; } }
+const raw = text => new Raw(text);
+const escape = value => String(value ?? "").replace(/[&<>"']/g, c => ({
+  "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
+/** A template tag: interpolated values are escaped, arrays joined, Raw kept. */
+function html(strings, ...values) {
+  let out = strings[0];
+  values.forEach((value, i) => {
+    const items = Array.isArray(value) ? value : [value];
+    out += items.map(v => v instanceof Raw ? v.text : escape(v)).join("") + strings[i + 1];
+  });
+  return raw(out);
+}
+const $ = (selector, root = document) => root.querySelector(selector);
+
+class ApiError extends Error {}
+/** Call the API; a non-2xx answer throws its `error` message. */
+async function api(path, { method = "GET", body } = {}) {
+  const init = { method, headers: {} };
+  if (body !== undefined) {
+    init.headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  const response = await fetch(path, init);
+  let data = null;
+  try { data = await response.json(); } catch { /* not JSON */ }
+  if (!response.ok) {
+    throw new ApiError((data && data.error) || `${response.status} ${response.statusText}`);
+  }
+  return data;
+}
+
+const TERMINAL = new Set(["completed", "failed", "cancelled", "skipped"]);
+const REPLAYABLE = new Set(["failed", "cancelled", "skipped"]);
+const STATUSES = ["queued", "running", "sleeping", "waiting", "completed", "failed",
+                  "cancelled", "skipped"];
+
+const badge = status => html`<span class="badge s-${status}">${status}</span>`;
+const ms = iso => iso ? Date.parse(iso) : null;
+function when(iso) {
+  if (!iso) return html`<span class="muted">–</span>`;
+  const date = new Date(iso);
+  const today = new Date().toDateString() === date.toDateString();
+  const text = today ? date.toLocaleTimeString() : date.toLocaleString();
+  return html`<time datetime="${iso}" title="${iso}">${text}</time>`;
+}
+function duration(milliseconds) {
+  if (milliseconds === null || milliseconds === undefined || isNaN(milliseconds)) return "–";
+  if (milliseconds < 1000) return `${Math.round(milliseconds)} ms`;
+  const s = milliseconds / 1000;
+  if (s < 60) return `${s.toFixed(s < 10 ? 2 : 1)} s`;
+  const two = (big, bigUnit, small, smallUnit) =>
+    `${big} ${bigUnit}` + (small ? ` ${small} ${smallUnit}` : "");
+  if (s < 3600) return two(Math.floor(s / 60), "min", Math.round(s % 60), "s");
+  if (s < 86400) return two(Math.floor(s / 3600), "h", Math.round((s % 3600) / 60), "min");
+  return two(Math.floor(s / 86400), "d", Math.round((s % 86400) / 3600), "h");
+}
+function ago(iso) {
+  const d = Date.now() - ms(iso);
+  return d < 0 ? "just now" : `${duration(d)} ago`;
+}
+const json = value => JSON.stringify(value, null, 2);
+const short = id => id && id.length > 12 ? id.slice(0, 6) + "…" + id.slice(-4) : id;
+const runLink = id => html`<a href="/runs/${encodeURIComponent(id)}" class="mono"
+  title="${id}">${id}</a>`;
+const eventLink = id => html`<a href="/events/${encodeURIComponent(id)}" class="mono"
+  title="${id}">${short(id)}</a>`;
+
+/** An error (as stored on runs and steps) with its stack trace as lines. */
+function errorBlock(error) {
+  if (!error) return "";
+  if (typeof error !== "object") return html`<pre class="stack">${String(error)}</pre>`;
+  const title = `${error.name || "Error"}: ${error.message || ""}`;
+  return html`<div class="error-title">${title}</div>
+    ${error.stack ? html`<pre class="stack">${error.stack.trimEnd()}</pre>` : ""}`;
+}
+
+/** Ask before a change; resolves true when confirmed. */
+function confirmAction(text, yes) {
+  const dialog = $("#confirm");
+  $("#confirm-text").textContent = text;
+  $("#confirm-yes").textContent = yes;
+  dialog.returnValue = "";
+  dialog.showModal();
+  return new Promise(resolve => dialog.addEventListener(
+    "close", () => resolve(dialog.returnValue === "yes"), { once: true }));
+}
+
+function notice(root, text, bad = false) {
+  const box = $(".notices", root);
+  if (box) box.innerHTML = html`<div class="notice ${bad ? "bad" : ""}">${text}</div>`;
+}
+
+// --- routing and live updates --------------------------------------------------------------
+
+const ROUTES = [
+  [/^\/(?:runs)?$/, "runs", () => pageRuns({ failedOnly: false })],
+  [/^\/failed$/, "failed", () => pageRuns({ failedOnly: true })],
+  [/^\/runs\/([^/]+)$/, "runs", id => pageRun(id)],
+  [/^\/events$/, "events", () => pageEvents()],
+  [/^\/events\/([^/]+)$/, "events", id => pageEvent(id)],
+  [/^\/functions$/, "functions", () => pageFunctions()],
+  [/^\/workers$/, "workers", () => pageWorkers()],
+];
+let current = { refresh: null, generation: 0 };
+
+function navigate(url, { replace = false } = {}) {
+  if (replace) history.replaceState(null, "", url); else history.pushState(null, "", url);
+  render();
+}
+
+async function render() {
+  const generation = ++current.generation;
+  current.refresh = null;
+  const path = location.pathname;
+  const page = $("#page");
+  for (const [pattern, section, make] of ROUTES) {
+    const match = path.match(pattern);
+    if (!match) continue;
+    document.querySelectorAll("header nav a").forEach(a =>
+      a.classList.toggle("active", a.dataset.section === section));
+    const arg = match[1] ? decodeURIComponent(match[1]) : undefined;
+    try {
+      const refresh = await make(arg);
+      if (generation !== current.generation) return;
+      current.refresh = refresh || null;
+      if (refresh) await refresh();
+      setLive("live");
+    } catch (error) {
+      if (generation !== current.generation) return;
+      page.innerHTML = html`<div class="notice bad">${error.message}</div>`;
+    }
+    return;
+  }
+  page.innerHTML = html`<h1>Not found</h1><p>No page at ${path}. <a href="/runs">Runs</a></p>`;
+}
+
+function setLive(state) {
+  const live = $("#live");
+  live.className = state === "live" ? "" : state;
+  live.textContent = state === "live" ? "live" : state === "paused" ? "paused" : "offline";
+}
+
+async function tick() {
+  if (document.visibilityState !== "visible") { setLive("paused"); return; }
+  const refresh = current.refresh;
+  const generation = current.generation;
+  if (refresh) {
+    try { await refresh(); if (generation === current.generation) setLive("live"); }
+    catch { setLive("error"); }
+  }
+  await warnUnserved();
+}
+
+/** The banner over every page: due runs that no live worker serves. */
+async function warnUnserved() {
+  const box = $("#warning");
+  try {
+    const { unserved } = await api("/api/v1/workers");
+    if (!unserved.length) { box.hidden = true; return; }
+    box.hidden = false;
+    box.innerHTML = html`<b>Runs are waiting for a worker.</b>
+      ${unserved.map(u => html` ${u.queued} queued run${u.queued === 1 ? "" : "s"} of
+        <a href="/runs?function=${encodeURIComponent(u.function_id)}&status=queued"
+           class="mono">${u.function_id}</a> (app ${u.app_id}, oldest ${ago(u.oldest_at)});`)}
+      no live worker serves ${unserved.length === 1 ? "this function" : "these functions"}.
+      Start one (<code>stepwise worker MODULE:APP</code>) or see <a href="/workers">workers</a>.`;
+  } catch { box.hidden = true; }
+}
+
+document.addEventListener("click", event => {
+  const link = event.target.closest("a[href]");
+  if (!link || event.defaultPrevented || event.button !== 0 || event.metaKey ||
+      event.ctrlKey || event.shiftKey || link.target) return;
+  const url = new URL(link.href);
+  if (url.origin !== location.origin || url.pathname.startsWith("/api/") ||
+      url.pathname.startsWith("/docs") || url.pathname === "/metrics") return;
+  event.preventDefault();
+  navigate(url.pathname + url.search);
+});
+window.addEventListener("popstate", render);
+setInterval(tick, 2000);
+
+// --- runs and failed runs --------------------------------------------------------------------
+
+const RUN_FILTERS = ["status", "function", "event_name", "event_data", "since", "until"];
+
+/** `datetime-local` values are local time; the API takes ISO 8601 with a zone. */
+const toIso = local => local ? new Date(local).toISOString() : "";
+const toLocal = iso => {
+  if (!iso) return "";
+  const d = new Date(iso);
+  if (isNaN(d)) return "";
+  return new Date(d.getTime() - d.getTimezoneOffset() * 60000).toISOString().slice(0, 16);
+};
+
+async function pageRuns({ failedOnly }) {
+  const query = new URLSearchParams(location.search);
+  if (failedOnly) query.set("status", "failed");
+  const { functions } = await api("/api/v1/functions");
+  const ids = [...new Set(functions.map(f => f.id))].sort();
+  const value = name => query.get(name) || "";
+  const page = $("#page");
+  page.innerHTML = html`
+    <h1>${failedOnly ? "Failed runs" : "Runs"}
+      ${failedOnly ? html`<span class="muted" style="font-size:.85rem;font-weight:400">the
+        dead-letter list: runs whose retries ran out, until replayed</span>` : ""}</h1>
+    <form class="filters" id="filters">
+      ${failedOnly ? "" : html`<label>Status<select name="status"><option value="">any</option>
+        ${STATUSES.map(s => html`<option ${s === value("status") ? "selected" : ""}>${s}</option>`)}
+        </select></label>`}
+      <label>Function<select name="function"><option value="">any</option>
+        ${ids.map(id => html`<option ${id === value("function") ? "selected" : ""}>${id}</option>`)}
+        </select></label>
+      <label>Event name<input name="event_name" value="${value("event_name")}"
+        placeholder="user.signup"></label>
+      <label>Event data<input name="event_data" value="${value("event_data")}"
+        placeholder="user_id=42" size="14"></label>
+      <label>Created after<input type="datetime-local" name="since"
+        value="${toLocal(value("since"))}"></label>
+      <label>Created before<input type="datetime-local" name="until"
+        value="${toLocal(value("until"))}"></label>
+      <button>Search</button>
+      <a href="${failedOnly ? "/failed" : "/runs"}">clear</a>
+    </form>
+    <div class="actions">
+      <button type="button" id="bulk-replay" class="secondary">Replay all matching…</button>
+      ${failedOnly ? "" : html`<button type="button" id="bulk-cancel" class="danger">Cancel all
+        matching…</button>`}
+    </div>
+    <div class="notices"></div>
+    <div id="list"><p class="muted">Loading…</p></div>`;
+
+  $("#filters").addEventListener("submit", event => {
+    event.preventDefault();
+    const form = new FormData(event.target);
+    const next = new URLSearchParams();
+    for (const name of RUN_FILTERS) {
+      let v = (form.get(name) || "").trim();
+      if (name === "since" || name === "until") v = toIso(v);
+      if (v) next.set(name, v);
+    }
+    if (failedOnly) next.delete("status");
+    navigate(location.pathname + (next.toString() ? "?" + next : ""));
+  });
+
+  const filter = {};
+  for (const name of RUN_FILTERS) if (query.get(name)) filter[name] = query.get(name);
+  const bulk = async (action, verb) => {
+    const { matched } = await api(`/api/v1/runs/${action}`, { method: "POST",
+                                  body: { ...filter, dry_run: true } });
+    if (!matched) { notice(page, `No run matching this filter can be ${verb}.`); return; }
+    const what = action === "replay" ? "failed, cancelled or skipped" : "unfinished";
+    if (!await confirmAction(`${action === "replay" ? "Replay" : "Cancel"} ${matched} ${what} ` +
+        `run${matched === 1 ? "" : "s"} matching this filter?`,
+        `${action === "replay" ? "Replay" : "Cancel"} ${matched}`)) return;
+    let changed = 0, more = true;
+    while (more) {
+      const result = await api(`/api/v1/runs/${action}`, { method: "POST", body: filter });
+      changed += result.changed;
+      more = result.more && result.changed > 0;
+      notice(page, `${verb[0].toUpperCase() + verb.slice(1)} ${changed} of ${matched}…`);
+    }
+    notice(page, `${verb[0].toUpperCase() + verb.slice(1)} ${changed} run` +
+      `${changed === 1 ? "" : "s"}.`);
+    if (current.refresh) await current.refresh();
+  };
+  const guard = f => async () => { try { await f(); } catch (e) { notice(page, e.message, true); } };
+  $("#bulk-replay").addEventListener("click", guard(() => bulk("replay", "replayed")));
+  const cancel = $("#bulk-cancel");
+  if (cancel) cancel.addEventListener("click", guard(() => bulk("cancel", "cancelled")));
+
+  return async () => {
+    const params = new URLSearchParams(filter);
+    if (query.get("before")) params.set("before", query.get("before"));
+    params.set("limit", "50");
+    const { runs, next } = await api("/api/v1/runs?" + params);
+    const older = new URLSearchParams(query);
+    if (failedOnly) older.delete("status");
+    if (next) older.set("before", next);
+    const newest = new URLSearchParams(query);
+    newest.delete("before");
+    if (failedOnly) newest.delete("status");
+    $("#list").innerHTML = runs.length ? html`
+      <table id="runs"><thead><tr><th>Run</th><th>Function</th><th>Status</th>
+        <th class="num">Failed attempts</th><th>Created</th><th class="num">Duration</th>
+        <th>Error</th></tr></thead>
+      <tbody>${runs.map(run => html`<tr data-id="${run.id}">
+        <td>${runLink(run.id)}</td><td class="mono">${run.function_id}</td>
+        <td>${badge(run.status)}</td>
+        <td class="num">${run.failed_attempts || ""}</td>
+        <td>${when(run.created_at)}</td>
+        <td class="num">${run.ended_at ? duration(ms(run.ended_at) - ms(run.created_at)) :
+                          run.started_at ? "running" : ""}</td>
+        <td>${run.error ? html`<span class="muted">${run.error.name}:
+          ${String(run.error.message || "").slice(0, 90)}</span>` : ""}</td>
+      </tr>`)}</tbody></table>
+      <div class="pager">
+        ${query.get("before") ? html`<a href="${location.pathname}?${newest}">← newest</a>` : ""}
+        ${next ? html`<a href="${location.pathname}?${older}" id="older">older →</a>` : ""}
+        <span class="muted">${runs.length} shown${query.get("before") ? "" :
+          " · updates live"}</span>
+      </div>` : html`<p class="muted">No runs match.</p>`;
+  };
+}
+
+// --- one run --------------------------------------------------------------------------------
+
+async function pageRun(id) {
+  const page = $("#page");
+  page.innerHTML = html`<div id="run"><p class="muted">Loading…</p></div>`;
+  let last = "";
+  const act = async (what, label) => {
+    try {
+      const run = await api(`/api/v1/runs/${encodeURIComponent(id)}/${what}`,
+                            { method: "POST" });
+      if (what === "rerun") { navigate(`/runs/${encodeURIComponent(run.id)}`); return; }
+      notice(page, `${label}.`);
+      last = "";
+      await refresh();
+    } catch (e) { notice(page, e.message, true); }
+  };
+  const refresh = async () => {
+    const run = await api(`/api/v1/runs/${encodeURIComponent(id)}`);
+    const text = JSON.stringify(run);
+    if (text === last) return;  // unchanged: keep the page (and any text selection) as is
+    last = text;
+    const notices = $(".notices", page);
+    const kept = notices ? notices.innerHTML : "";
+    $("#run").innerHTML = runView(run);
+    $(".notices", page).innerHTML = kept;
+    const on = (sel, f) => { const b = $(sel, page); if (b) b.addEventListener("click", f); };
+    on("#replay", () => act("replay", "Replaying: a new attempt started"));
+    on("#rerun", () => act("rerun", "Re-run started"));
+    on("#cancel", async () => {
+      if (await confirmAction(`Cancel run ${id}? It stops at its next step.`, "Cancel run")) {
+        await act("cancel", "Cancelled");
+      }
+    });
+  };
+  return refresh;
+}
+
+function runView(run) {
+  const created = ms(run.created_at), ended = ms(run.ended_at);
+  const links = [];
+  if (run.parent_run_id) links.push(html`<div><span>Invoked by</span>${runLink(run.parent_run_id)}</div>`);
+  if (run.origin_run_id) links.push(html`<div><span>Handles the failure of</span>
+    ${runLink(run.origin_run_id)}</div>`);
+  if (run.rerun_of) links.push(html`<div><span>Re-run of</span>${runLink(run.rerun_of)}</div>`);
+  return html`
+    <h1><span class="title-id">${run.function_id}</span> ${badge(run.status)}
+      <span class="actions">
+        ${REPLAYABLE.has(run.status) ? html`<button id="replay">Replay</button>` : ""}
+        ${TERMINAL.has(run.status) ? html`<button id="rerun" class="secondary"
+          title="A new run with the same event">Re-run</button>` : ""}
+        ${TERMINAL.has(run.status) ? "" : html`<button id="cancel" class="danger">Cancel</button>`}
+      </span></h1>
+    <div class="notices"></div>
+    <div class="card facts">
+      <div><span>Run</span><span class="mono" style="color:inherit">${run.id}</span></div>
+      <div><span>App</span>${run.app_id}</div>
+      <div><span>Event</span>${run.event ? html`${eventLink(run.event.id)}
+        <span class="mono" style="display:inline;color:inherit">${run.event.name}</span>` : "–"}</div>
+      <div><span>Created</span>${when(run.created_at)}</div>
+      <div><span>Started</span>${when(run.started_at)}</div>
+      <div><span>Ended</span>${when(run.ended_at)}</div>
+      <div><span>Duration</span>${duration((ended || Date.now()) - created)}${ended ? "" : " so far"}</div>
+      <div><span>Attempts (replays + 1)</span>${run.attempts}</div>
+      <div><span>Failed attempts</span>${run.failed_attempts ?? 0}</div>
+      ${links}
+    </div>
+    ${run.status === "failed" || run.error ? html`<h2>Error</h2><div class="card" id="run-error">
+      ${errorBlock(run.error)}</div>` : ""}
+    <h2>Timeline</h2>${timeline(run)}
+    <h2>Steps</h2>${stepsTable(run)}
+    ${run.status === "completed" ? html`<h2>Output</h2><pre id="output">${json(run.output)}</pre>`
+      : ""}
+    <h2>Log</h2>${run.logs.length ? html`<table id="logs"><thead><tr><th>Time</th><th>Level</th>
+      <th>Step</th><th>Message</th></tr></thead><tbody>${run.logs.map(line => html`<tr>
+      <td>${when(line.at)}</td><td>${line.level}</td><td class="mono">${line.step_id ?? ""}</td>
+      <td><pre style="max-height:10rem">${line.message}</pre></td></tr>`)}</tbody></table>`
+      : html`<p class="muted">No <code>ctx.logger</code> lines.</p>`}
+    ${run.event ? html`<h2>Event <span class="mono muted">${run.event.name}</span></h2>
+      <pre id="event-data">${json(run.event.data)}</pre>` : ""}
+    ${run.children.length ? html`<h2>Related runs</h2><table><thead><tr><th>Run</th>
+      <th>Function</th><th>Relation</th><th>Status</th><th>Created</th></tr></thead><tbody>
+      ${run.children.map(child => html`<tr><td>${runLink(child.id)}</td>
+        <td class="mono">${child.function_id}</td>
+        <td>${child.parent_run_id === run.id ? "invoked by this run" :
+              child.origin_run_id === run.id ? "on_failure handler" : "re-run of this run"}</td>
+        <td>${badge(child.status)}</td><td>${when(child.created_at)}</td></tr>`)}
+      </tbody></table>` : ""}`;
+}
+
+/** Each step as a bar over the run's time span; failed attempts (retries) as red bars on
+ *  their step's row, the function body's own failures on a row of their own. */
+function timeline(run) {
+  const now = Date.now();
+  const start = ms(run.created_at);
+  const rows = new Map();
+  const row = name => {
+    if (!rows.has(name)) rows.set(name, { bars: [], failed: 0, duration: null });
+    return rows.get(name);
+  };
+  const lastFailure = new Map();
+  for (const step of run.steps) row(step.id);  // rows in step order
+  for (const failure of run.failures) {
+    const name = failure.step_id ?? "(function body)";
+    const to = ms(failure.ended_at);
+    const from = ms(failure.started_at) ?? to;
+    const r = row(name);
+    r.bars.push({ from, to, kind: "failed", title: `attempt ${failure.attempt} failed: ` +
+      `${failure.error?.name}: ${failure.error?.message}` });
+    r.failed += 1;
+    r.duration = to - from;
+    lastFailure.set(name, Math.max(lastFailure.get(name) ?? 0, to));
+  }
+  for (const step of run.steps) {
+    if (step.status === "failed") continue;  // its failed attempts are drawn already
+    const r = row(step.id);
+    // After a failed attempt, the attempt that succeeded began after it (the wait between
+    // them is a timer, not work): draw the bar from there.
+    const from = Math.max(ms(step.started_at) ?? ms(step.ended_at) ?? now,
+                          lastFailure.get(step.id) ?? 0);
+    const to = step.status === "running" ? now : (ms(step.ended_at) ?? now);
+    r.bars.push({ from, to, kind: step.status, title: `${step.id}: ${step.status}` });
+    r.duration = to - from;
+  }
+  if (!rows.size) return html`<p class="muted">No steps yet.</p>`;
+  const bars = [...rows.values()].flatMap(r => r.bars);
+  const end = Math.max(ms(run.ended_at) ?? now, ...bars.map(b => b.to));
+  const span = Math.max(1, end - start);
+  const pos = t => Math.max(0, Math.min(100, ((t - start) / span) * 100));
+  return html`<div class="timeline" id="timeline">
+    ${[...rows.entries()].map(([name, r]) => html`<div class="tl-row" data-step="${name}">
+      <div class="tl-name" title="${name}">${name}</div>
+      <div class="tl-track">${r.bars.map(b => html`<div class="tl-bar ${b.kind}"
+        title="${b.title}" style="left:${pos(b.from).toFixed(2)}%;width:${Math.max(0,
+        pos(b.to) - pos(b.from)).toFixed(2)}%"></div>`)}</div>
+      <div class="tl-dur">${r.failed ? `${r.failed}× failed · ` : ""}${duration(r.duration)}</div>
+    </div>`)}
+    <div class="tl-axis"><span>${when(run.created_at)}</span><span>+${duration(span)}</span></div>
+    <div class="legend"><span><i style="background:#37b26c"></i>completed</span>
+      <span><i style="background:#e5484d"></i>failed attempt</span>
+      <span><i style="background:#b9a6f5"></i>sleeping / waiting / invoking</span>
+      <span><i style="background:#f0b429"></i>running</span></div>
+  </div>`;
+}
+
+function stepsTable(run) {
+  if (!run.steps.length) return html`<p class="muted">No steps recorded.</p>`;
+  return html`<table id="steps"><thead><tr><th>Step</th><th>Status</th><th class="num">Attempts</th>
+    <th>Started</th><th class="num">Took</th><th>Output or error</th></tr></thead><tbody>
+    ${run.steps.map(step => html`<tr data-step="${step.id}">
+      <td class="mono">${step.id}</td><td>${badge(step.status)}</td>
+      <td class="num">${step.attempts}</td><td>${when(step.started_at)}</td>
+      <td class="num">${step.ended_at && step.started_at ?
+        duration(ms(step.ended_at) - ms(step.started_at)) : ""}</td>
+      <td>${step.error ? errorBlock(step.error) :
+        html`<pre style="max-height:12rem">${json(step.output)}</pre>`}</td></tr>`)}
+    </tbody></table>`;
+}
+
+// --- events --------------------------------------------------------------------------------
+
+async function pageEvents() {
+  const query = new URLSearchParams(location.search);
+  const page = $("#page");
+  page.innerHTML = html`
+    <h1>Events</h1>
+    <div class="grid2">
+      <div>
+        <form class="filters" id="filters">
+          <label>Name<input name="name" value="${query.get("name") || ""}"
+            placeholder="user.signup"></label>
+          <button>Search</button> <a href="/events">clear</a>
+        </form>
+        <div id="list"><p class="muted">Loading…</p></div>
+      </div>
+      <div class="card">
+        <h2 style="margin-top:0">Send a test event</h2>
+        <form id="send">
+          <label class="muted" style="font-size:.8rem">Name<br>
+            <input name="name" required placeholder="user.signup" style="width:100%"></label>
+          <label class="muted" style="font-size:.8rem">Data (JSON object)<br>
+            <textarea name="data" rows="8">{}</textarea></label>
+          <div class="actions"><button>Send</button></div>
+          <div class="notices"></div>
+        </form>
+      </div>
+    </div>`;
+  $("#filters").addEventListener("submit", event => {
+    event.preventDefault();
+    const name = new FormData(event.target).get("name").trim();
+    navigate("/events" + (name ? "?name=" + encodeURIComponent(name) : ""));
+  });
+  $("#send").addEventListener("submit", async event => {
+    event.preventDefault();
+    const form = new FormData(event.target);
+    let data;
+    try { data = JSON.parse(form.get("data") || "{}"); }
+    catch (e) { notice($("#send"), `Data is not JSON: ${e.message}`, true); return; }
+    try {
+      const { ids } = await api("/api/v1/events", { method: "POST",
+        body: { name: form.get("name").trim(), data } });
+      navigate(`/events/${encodeURIComponent(ids[0])}`);
+    } catch (e) { notice($("#send"), e.message, true); }
+  });
+  return async () => {
+    const params = new URLSearchParams({ limit: "50" });
+    for (const k of ["name", "before"]) if (query.get(k)) params.set(k, query.get(k));
+    const { events, next } = await api("/api/v1/events?" + params);
+    const older = new URLSearchParams(query);
+    if (next) older.set("before", next);
+    $("#list").innerHTML = events.length ? html`<table id="events"><thead><tr><th>Event</th>
+      <th>Name</th><th>Received</th><th>Data</th></tr></thead><tbody>
+      ${events.map(e => html`<tr><td>${eventLink(e.id)}</td><td class="mono">${e.name}</td>
+        <td>${when(e.received_at)}</td><td><code>${e.data_truncated ? "(over 1 KiB)" :
+        JSON.stringify(e.data).slice(0, 80)}</code></td></tr>`)}</tbody></table>
+      <div class="pager">${query.get("before") ? html`<a href="/events${query.get("name") ?
+        "?name=" + encodeURIComponent(query.get("name")) : ""}">← newest</a>` : ""}
+        ${next ? html`<a href="/events?${older}">older →</a>` : ""}</div>`
+      : html`<p class="muted">No events yet. Send one with the form, or
+        <code>stepwise send NAME JSON</code>.</p>`;
+  };
+}
+
+async function pageEvent(id) {
+  const page = $("#page");
+  page.innerHTML = html`<div id="event"><p class="muted">Loading…</p></div>`;
+  let last = "";
+  return async () => {
+    const event = await api(`/api/v1/events/${encodeURIComponent(id)}`);
+    const text = JSON.stringify(event);
+    if (text === last) return;
+    last = text;
+    $("#event").innerHTML = html`
+      <h1><span class="title-id">${event.name}</span>
+        <span class="actions"><button id="again" class="secondary"
+          title="Send a new event with the same name and data">Send again</button></span></h1>
+      <div class="notices"></div>
+      <div class="card facts">
+        <div><span>Event</span><span class="mono" style="color:inherit">${event.id}</span></div>
+        <div><span>Timestamp (ts)</span>${when(new Date(event.ts).toISOString())}</div>
+        <div><span>Received</span>${when(event.received_at)}</div>
+        <div><span>Runs started</span>${event.runs.length}</div>
+      </div>
+      <h2>Data</h2><pre id="event-data">${json(event.data)}</pre>
+      <h2>Runs it started</h2>
+      ${event.runs.length ? html`<table id="event-runs"><thead><tr><th>Run</th><th>Function</th>
+        <th>Status</th><th>Created</th><th class="num">Duration</th></tr></thead><tbody>
+        ${event.runs.map(run => html`<tr><td>${runLink(run.id)}</td>
+          <td class="mono">${run.function_id}</td><td>${badge(run.status)}</td>
+          <td>${when(run.created_at)}</td><td class="num">${run.ended_at ?
+          duration(ms(run.ended_at) - ms(run.created_at)) : ""}</td></tr>`)}</tbody></table>`
+        : html`<p class="muted">None: no function listens to <code>${event.name}</code>
+          (or the event was delivered to a waiting run).</p>`}`;
+    $("#again").addEventListener("click", async () => {
+      try {
+        const { ids } = await api("/api/v1/events", { method: "POST",
+          body: { name: event.name, data: event.data } });
+        navigate(`/events/${encodeURIComponent(ids[0])}`);
+      } catch (e) { notice(page, e.message, true); }
+    });
+  };
+}
+
+// --- functions -----------------------------------------------------------------------------
+
+function flowSummary(fn) {
+  const flow = fn.flow || {};
+  const parts = [];
+  for (const c of flow.concurrency || []) {
+    parts.push(`concurrency ${c.limit}${c.key ? ` per ${c.key}` : ""}${c.scope === "app" ?
+      " (app)" : ""}`);
+  }
+  const named = { throttle: "throttle", rate_limit: "rate limit", debounce: "debounce",
+                  batch: "batch", priority: "priority", timeouts: "timeouts" };
+  for (const [key, label] of Object.entries(named)) {
+    if (flow[key]) parts.push(`${label} ${JSON.stringify(flow[key])}`);
+  }
+  if (flow.idempotency) parts.push(`idempotency ${flow.idempotency}`);
+  for (const c of flow.cancel_on || []) parts.push(`cancel on ${c.event}`);
+  return parts;
+}
+
+async function pageFunctions() {
+  const page = $("#page");
+  const hours = Number(new URLSearchParams(location.search).get("hours")) || 24;
+  page.innerHTML = html`<h1>Functions
+    <span class="actions" style="font-size:.85rem;font-weight:400">over the last
+    ${[1, 24, 24 * 7].map(h => html`<a href="/functions?hours=${h}" ${h === hours ?
+      raw('style="font-weight:700"') : ""}>${h === 1 ? "hour" : h === 24 ? "day" : "week"}</a>`)}
+    </span></h1><div id="functions"><p class="muted">Loading…</p></div>`;
+  const charts = new Map();
+  return async () => {
+    const [{ functions }, stats] = await Promise.all([
+      api("/api/v1/functions"), api(`/api/v1/stats/functions?hours=${hours}&buckets=24`)]);
+    const box = $("#functions");
+    const key = fn => `${fn.app_id}/${fn.id}`;
+    if (!box.dataset.drawn || box.dataset.drawn !== functions.map(key).join()) {
+      box.dataset.drawn = functions.map(key).join();
+      charts.clear();
+      box.innerHTML = functions.length ? html`<div class="fn-grid">${functions.map(fn => html`
+        <div class="card fn" data-function="${fn.id}">
+          <h3>${fn.id}</h3>
+          <div class="muted" style="font-size:.8rem">app ${fn.app_id} ·
+            ${fn.triggers.length ? fn.triggers.map(t => t.event ? `event ${t.event}` :
+              `cron ${t.cron} (${t.tz})`).join(", ") : fn.handles_failure_of ?
+              `on_failure of ${fn.handles_failure_of}` : "invoked only"}</div>
+          <div class="settings">retries ${fn.retries} · attempt timeout
+            ${duration(fn.attempt_timeout_ms)}${fn.on_failure ? ` · on_failure ${fn.on_failure}`
+            : ""}${flowSummary(fn).map(p => ` · ${p}`).join("")}</div>
+          <div class="counts"></div>
+          <div class="chart-title">runs finished per ${duration(stats.bucket_ms)}:
+            <i class="key" style="background:#1a7f4b"></i>completed
+            <i class="key" style="background:#c0262d"></i>failed</div>
+          <div class="chart-counts"></div>
+          <div class="chart-title">run duration (creation to end):
+            <i class="key" style="background:#3b5bdb"></i>p50
+            <i class="key" style="background:#a15c07"></i>p95</div>
+          <div class="chart-durations"></div>
+          <div><a href="/runs?function=${encodeURIComponent(fn.id)}">runs</a> ·
+            <a href="/failed?function=${encodeURIComponent(fn.id)}">failed</a></div>
+        </div>`)}</div>` : html`<p class="muted">No functions registered yet: start a worker
+          (<code>stepwise worker MODULE:APP</code>) or <code>stepwise dev MODULE:APP</code>.</p>`;
+    }
+    const since = ms(stats.since);
+    const xs = Array.from({ length: stats.buckets }, (_, i) =>
+      (since + (i + 0.5) * stats.bucket_ms) / 1000);  // bucket centres
+    for (const fn of functions) {
+      const card = box.querySelector(`[data-function="${CSS.escape(fn.id)}"]`);
+      if (!card) continue;
+      const s = stats.functions[fn.id] || { completed: xs.map(() => 0),
+        failed: xs.map(() => 0), p50_ms: xs.map(() => null), p95_ms: xs.map(() => null) };
+      const sum = a => a.reduce((x, y) => x + y, 0);
+      const done = sum(s.completed), failed = sum(s.failed);
+      const p = list => { const v = list.filter(x => x !== null); return v.length ?
+        Math.max(...v) : null; };
+      $(".counts", card).innerHTML = html`
+        <div><b style="color:var(--ok)">${done}</b><span class="muted">completed</span></div>
+        <div><b style="color:var(--bad)">${failed}</b><span class="muted">failed</span></div>
+        <div><b>${done + failed ? Math.round((100 * failed) / (done + failed)) + "%" : "–"}</b>
+          <span class="muted">failure rate</span></div>
+        <div><b>${duration(p(s.p95_ms))}</b><span class="muted">worst p95</span></div>`;
+      drawChart(charts, `${key(fn)}:counts`, $(".chart-counts", card), [xs, s.completed, s.failed],
+        [{ label: "completed", stroke: "#1a7f4b", fill: "rgba(26,127,75,.55)", points: NO_POINTS,
+           paths: bars && bars({ size: [0.45, 16], align: -1 }) },
+         { label: "failed", stroke: "#c0262d", fill: "rgba(192,38,45,.6)", points: NO_POINTS,
+           paths: bars && bars({ size: [0.45, 16], align: 1 }) }], v => Math.round(v),
+        { step: stats.bucket_ms / 1000, integers: true });
+      drawChart(charts, `${key(fn)}:durations`, $(".chart-durations", card),
+        [xs, s.p50_ms, s.p95_ms],
+        [{ label: "p50", stroke: "#3b5bdb", points: { size: 4 } },
+         { label: "p95", stroke: "#a15c07", dash: [4, 3], points: { size: 4 } }],
+        v => v === null ? "–" : duration(v), { step: stats.bucket_ms / 1000 });
+    }
+  };
+}
+
+const NO_POINTS = { show: false };
+const bars = typeof uPlot === "undefined" ? null : uPlot.paths.bars;
+
+/** A small uPlot chart, created once and then fed new data. */
+function drawChart(charts, key, element, data, series, format, { step, integers = false }) {
+  if (typeof uPlot === "undefined") { element.textContent = "(charts unavailable)"; return; }
+  const existing = charts.get(key);
+  if (existing) { existing.setData(data); return; }
+  const width = Math.max(280, element.clientWidth || 380);
+  const chart = new uPlot({
+    width, height: 110, legend: { show: false }, cursor: { y: false },
+    // Half a bucket of room on each side, so the first and last bars are whole.
+    scales: { x: { time: true, range: (u, min, max) => [min - step / 2, max + step / 2] } },
+    axes: [{ size: 26, font: "11px system-ui" },
+           { size: 58, font: "11px system-ui", values: (u, values) => values.map(format),
+             ...(integers ? { incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000,
+                                      10000, 50000, 100000] } : {}) }],
+    series: [{}, ...series.map(s => ({ width: 1.5, spanGaps: false, ...s,
+      value: (u, v) => v === null || v === undefined ? "–" : format(v) }))],
+  }, data, element);
+  charts.set(key, chart);
+}
+
+// --- workers -------------------------------------------------------------------------------
+
+async function pageWorkers() {
+  $("#page").innerHTML = html`<h1>Workers</h1><div id="workers"><p class="muted">Loading…</p>
+    </div>`;
+  return async () => {
+    const { workers, unserved } = await api("/api/v1/workers");
+    $("#workers").innerHTML = html`
+      ${unserved.length ? html`<div class="notice bad" id="unserved">${unserved.map(u => html`
+        <div><b>${u.queued}</b> due run${u.queued === 1 ? "" : "s"} of <code>${u.function_id}</code>
+        (app ${u.app_id}) waiting since ${when(u.oldest_at)}: no live worker serves it.</div>`)}
+        </div>` : ""}
+      ${workers.length ? html`<table id="worker-list"><thead><tr><th>Worker</th><th>App</th>
+        <th>State</th><th>Slots in use</th><th>Last heartbeat</th><th>Started</th>
+        <th>Functions it serves</th></tr></thead><tbody>
+        ${workers.map(w => html`<tr class="${w.live ? "" : "muted"}">
+          <td class="mono">${w.id}</td><td>${w.app_id}</td>
+          <td>${w.live ? html`<span class="badge s-completed">live</span>` :
+                html`<span class="badge s-cancelled">gone</span>`}</td>
+          <td><span class="bar-slots"><i style="width:${Math.round(100 * w.in_use /
+            Math.max(1, w.slots))}%"></i></span>${w.in_use} / ${w.slots}</td>
+          <td>${ago(w.heartbeat_at)}</td><td>${when(w.started_at)}</td>
+          <td class="mono" style="font-size:12px">${w.functions.join(", ")}</td></tr>`)}
+        </tbody></table>
+        <p class="muted">A worker is live while it heart-beats (every third of its lease);
+          one that stops is shown as gone for a day.</p>`
+        : html`<p class="muted">No worker has reported. Start one with
+          <code>stepwise worker MODULE:APP</code>.</p>`}`;
+  };
+}
+
+render().then(warnUnserved);
