@@ -134,6 +134,7 @@ class Worker:
         self.poll_interval = poll_interval
         self.isolate = isolate
         self.id = f"{socket.gethostname()}:{os.getpid()}:{new_id()[-8:]}"
+        self._functions = list(app.functions)
         self._active: dict[str, asyncio.Task[None]] = {}
         self._running: dict[str, Running] = {}
         self._user_loop: UserLoop | None = None
@@ -224,7 +225,8 @@ class Worker:
                 if free > 0:
                     self._leasing = True
                     asked = time.monotonic()
-                    leased = await self.engine.lease(self.app.id, self.id, free, self.lease_ms)
+                    leased = await self.engine.lease(self.app.id, self._functions, self.id,
+                                                     free, self.lease_ms)
                     for run_id in leased:
                         self._active[run_id] = asyncio.create_task(
                             self._execute(run_id, asked + self.lease_seconds))
@@ -266,7 +268,7 @@ class Worker:
         try:
             await self.engine.heartbeat(
                 {"id": self.id, "app_id": self.app.id, "host": socket.gethostname(),
-                 "pid": os.getpid(), "functions": list(self.app.functions),
+                 "pid": os.getpid(), "functions": self._functions,
                  "slots": self.concurrency, "in_use": len(self._active)}, self.lease_ms)
         except Exception as exc:
             log.warning("worker %s: heartbeat not recorded: %s", self.id, exc)
@@ -363,7 +365,8 @@ class Worker:
                 return
             function = self.app.get(state.run["function_id"])
             if function is None:
-                log.error("run %s: function %r is not in app %r; releasing it for a minute",
+                log.error("run %s: function %r is not in app %r (it was leased before this "
+                          "worker stopped serving it); releasing it for a minute",
                           run_id, state.run["function_id"], self.app.id)
                 await self.engine.release(run_id, self.id, 60_000)
                 return

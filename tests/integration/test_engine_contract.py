@@ -29,6 +29,7 @@ from stepwise.payloads import loads
 from stepwise.storage import Tx, open_storage
 
 APP = "contract"
+FUNCTIONS = ["f", "g"]
 LEASE_MS = 1000
 ERROR: ErrorInfo = {"name": "ValueError", "message": "nope"}
 
@@ -59,7 +60,7 @@ def done(engine: Engine, step_id: str, seq: int, output: str) -> StepCompleted:
 
 async def start_run(engine: Engine, owner: str = "A", event_id: str = "e1") -> str:
     await engine.ingest([StoredEvent(event_id, "go", '{"user": 1}', now(engine))])
-    leased = await engine.lease(APP, owner, 10, LEASE_MS)
+    leased = await engine.lease(APP, FUNCTIONS, owner, 10, LEASE_MS)
     assert len(leased) == 1
     return leased[0]
 
@@ -79,7 +80,7 @@ async def status(engine: Engine, run_id: str) -> str:
 async def test_a_stale_lease_holder_is_refused_and_changes_nothing(engine: Engine) -> None:
     run_id = await start_run(engine, "A")
     engine.clock.advance(2)  # A stopped renewing; its lease expired
-    assert await engine.lease(APP, "B", 10, LEASE_MS) == [run_id]
+    assert await engine.lease(APP, FUNCTIONS, "B", 10, LEASE_MS) == [run_id]
     before = await snapshot(engine)
     t = now(engine)
     for outcomes, last in (([done(engine, "s", 0, "1")], False),
@@ -135,7 +136,7 @@ async def test_status_transitions_the_engine_allows(engine: Engine) -> None:
     parked = await engine.apply(run_id, "A", [SleepUntil("nap", 0, t + 60_000, t)], last=True)
     assert parked.run_status == "sleeping" == await status(engine, run_id)
     engine.clock.advance(61)
-    assert await engine.lease(APP, "A", 10, LEASE_MS) == [run_id]
+    assert await engine.lease(APP, FUNCTIONS, "A", 10, LEASE_MS) == [run_id]
     run = await engine.get_run(run_id)
     assert run["status"] == "running" and run["steps"][0]["status"] == "completed"
 
@@ -147,7 +148,7 @@ async def test_status_transitions_the_engine_allows(engine: Engine) -> None:
     assert await status(engine, run_id) == "waiting"
     await engine.ingest([StoredEvent("p2", "invoice.paid", '{"user": 1}', t)])
     assert await status(engine, run_id) == "queued"  # woken at once
-    assert await engine.lease(APP, "A", 10, LEASE_MS) == [run_id]
+    assert await engine.lease(APP, FUNCTIONS, "A", 10, LEASE_MS) == [run_id]
     paid = (await engine.get_run(run_id))["steps"][1]
     assert paid["status"] == "completed" and '"p2"' in str(paid["output"])
 
@@ -155,12 +156,12 @@ async def test_status_transitions_the_engine_allows(engine: Engine) -> None:
     assert retried.run_status == "queued"
     assert (await engine.get_run(run_id))["retry"] == 1
     engine.clock.advance(2)
-    assert await engine.lease(APP, "A", 10, LEASE_MS) == [run_id]
+    assert await engine.lease(APP, FUNCTIONS, "A", 10, LEASE_MS) == [run_id]
     failed = await engine.apply(run_id, "A", [RunFailed(ERROR, retriable=False)], last=True)
     assert failed.run_status == "failed" == await status(engine, run_id)
 
     assert (await engine.replay(run_id))["status"] == "queued"
-    assert await engine.lease(APP, "A", 10, LEASE_MS) == [run_id]
+    assert await engine.lease(APP, FUNCTIONS, "A", 10, LEASE_MS) == [run_id]
     await engine.apply(run_id, "A", [RunCompleted("3")], last=True)
     run = await engine.get_run(run_id)
     assert run["status"] == "completed" and run["output"] == "3" and run["attempts"] == 2
@@ -177,7 +178,7 @@ async def test_status_transitions_the_engine_refuses(engine: Engine) -> None:
     with pytest.raises(Conflict, match="already cancelled"):
         await engine.cancel(run_id)
     assert (await engine.replay(run_id))["status"] == "queued"
-    assert await engine.lease(APP, "A", 10, LEASE_MS) == [run_id]
+    assert await engine.lease(APP, FUNCTIONS, "A", 10, LEASE_MS) == [run_id]
     before = await snapshot(engine)
     with pytest.raises(ValueError, match="after the run finished"):  # refused whole
         await engine.apply(run_id, "A", [RunCompleted("1"), done(engine, "late", 0, "1")],
@@ -227,7 +228,7 @@ async def test_waits_and_invokes_expire_when_the_run_is_leased(engine: Engine) -
     child = [r for r in await engine.list_runs({"function": "g"})]
     assert len(child) == 1 and child[0]["parent_run_id"] == run_id
     engine.clock.advance(2)
-    assert run_id in await engine.lease(APP, "A", 10, LEASE_MS)
+    assert run_id in await engine.lease(APP, FUNCTIONS, "A", 10, LEASE_MS)
     steps = {s["id"]: s for s in (await engine.get_run(run_id))["steps"]}
     assert steps["w"]["status"] == "completed" and steps["w"]["output"] is None
     assert steps["i"]["status"] == "failed"
@@ -295,16 +296,16 @@ async def test_a_run_that_keeps_losing_its_worker_fails_after_the_takeover_limit
     # An execution that ends normally resets the count: park once after two takeovers.
     for n in (1, 2):
         engine.clock.advance(2)
-        assert await engine.lease(APP, f"w{n}", 10, LEASE_MS) == [run_id]
+        assert await engine.lease(APP, FUNCTIONS, f"w{n}", 10, LEASE_MS) == [run_id]
     t = now(engine)
     await engine.apply(run_id, "w2", [SleepUntil("nap", 0, t + 1, t)], last=True)
     engine.clock.advance(1)
-    assert await engine.lease(APP, "x0", 10, LEASE_MS) == [run_id]
+    assert await engine.lease(APP, FUNCTIONS, "x0", 10, LEASE_MS) == [run_id]
     for n in range(1, MAX_TAKEOVERS + 1):  # the lease expires again and again
         engine.clock.advance(2)
-        assert await engine.lease(APP, f"x{n}", 10, LEASE_MS) == [run_id], n
+        assert await engine.lease(APP, FUNCTIONS, f"x{n}", 10, LEASE_MS) == [run_id], n
     engine.clock.advance(2)
-    assert await engine.lease(APP, "last", 10, LEASE_MS) == []
+    assert await engine.lease(APP, FUNCTIONS, "last", 10, LEASE_MS) == []
     run = await engine.get_run(run_id)
     assert run["status"] == "failed"
     error = loads(run["error"] or "{}")

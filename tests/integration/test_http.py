@@ -256,7 +256,13 @@ async def test_health_metrics_openapi_and_dashboard(db: str) -> None:
         body = spec["paths"]["/api/v1/events"]["post"]["requestBody"]
         assert "oneOf" in json.dumps(body)
         assert "/api/v1/runs/{run_id}/replay" in spec["paths"]
-        page = await h.http.get("/")
-        assert page.status_code == 200 and "stepwise runs" in page.text
+        for path in ("/", "/runs", "/runs/some-id", "/failed", "/events", "/events/x",
+                     "/functions", "/workers"):
+            page = await h.http.get(path)
+            assert page.status_code == 200 and '<main id="page">' in page.text, path
+        script = await h.http.get("/assets/app.js")
+        assert script.status_code == 200 and "javascript" in script.headers["content-type"]
+        assert (await h.http.get("/assets/vendor/uPlot.iife.min.js")).status_code == 200
+        assert (await h.http.get("/assets/nope.js")).status_code == 404
         functions = (await h.http.get("/api/v1/functions")).json()["functions"]
         assert [f["id"] for f in functions] == ["echo"]

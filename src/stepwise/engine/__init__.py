@@ -23,6 +23,7 @@ from .. import metrics
 from ..clock import Clock
 from ..definition import FunctionDefinition
 from ..events import StoredEvent
+from ..payloads import dumps
 from ..storage import Storage
 from ..storage.rows import EventRow, RunDetail, RunRow
 from . import admin, definitions, ingest, leasing, lifecycle, runs, workers
@@ -56,10 +57,13 @@ class Engine:
 
     # --- executors ---------------------------------------------------------------------------
 
-    async def lease(self, app_id: str, owner: str, limit: int, lease_ms: int) -> list[str]:
+    async def lease(self, app_id: str, functions: list[str], owner: str, limit: int,
+                    lease_ms: int) -> list[str]:
+        """Take due runs of `functions` (those the caller can execute) of app `app_id`."""
         now = self.clock.now_ms()
         leased, taken_over, first_starts = await self.storage.write(
-            leasing.lease, app_id, owner, now, now + lease_ms, limit, durable=False)
+            leasing.lease, app_id, dumps(sorted(functions), "functions"), owner, now,
+            now + lease_ms, limit, durable=False)
         if taken_over:
             metrics.LEASE_TAKEOVERS.inc(taken_over)
         for function_id in first_starts:

@@ -197,7 +197,7 @@ def rerun(tx: Tx, run_id: str, now: int) -> RunDetail:
 
 def function_stats(tx: Tx, since: int, now: int, buckets: int) -> dict[str, Any]:
     """Per function: completed and failed runs and p50/p95 durations (creation to end), in
-    `buckets` equal slices of [since, now), from at most STATS_ROWS recent runs."""
+    `buckets` equal slices of [since, now], from at most STATS_ROWS recent runs."""
     width = max(1, (now - since + buckets - 1) // buckets)
     rows = tx.all("finished_since", since=since, now=now, limit=STATS_ROWS)
     out: dict[str, Any] = {}

@@ -21,14 +21,16 @@ from . import definitions, flow_control, lifecycle, runs
 MAX_TAKEOVERS = 5
 
 
-def lease(tx: Tx, app_id: str, owner: str, now: int, until: int, limit: int
+def lease(tx: Tx, app_id: str, functions: str, owner: str, now: int, until: int, limit: int
           ) -> tuple[list[str], int, list[str]]:
-    """Take up to `limit` due runs of the app for `owner` until `until`: their ids, how
+    """Take up to `limit` due runs of the app's `functions` (a JSON list: those the worker
+    serves) for `owner` until `until`: their ids, how
     many of the candidates were taken over from an expired lease, and the function of each
     run that starts for the first time."""
     fire_schedules(tx, app_id, now)
     expire_deadlines(tx, app_id, now)
-    candidates = tx.all("lease_candidates", app_id=app_id, now=now, window=limit * 4 + 32)
+    candidates = tx.all("lease_candidates", app_id=app_id, functions=functions, now=now,
+                        window=limit * 4 + 32)
     keys = {c["run_id"]: tx.all("run_keys", run_id=c["run_id"]) for c in candidates if c["keyed"]}
     inflight: dict[str, int] = {}
     for key in sorted({k["key"] for rows in keys.values() for k in rows}):
@@ -54,8 +56,8 @@ def lease(tx: Tx, app_id: str, owner: str, now: int, until: int, limit: int
     if picked:
         ids = dumps(picked, "run ids")
         tx.exec("take", ids=ids, owner=owner, until=until)
-        first_starts = [r["function_id"] for r in tx.all("mark_running_many", ids=ids, now=now)
-                        if r["started_at"] == now]
+        first_starts = [r["function_id"] for r in tx.all("mark_first_start", ids=ids, now=now)]
+        tx.exec("mark_running_many", ids=ids)
         tx.exec("close_groups_of_runs", ids=ids)  # a debounce or batch closes as it starts
         settle_due_steps(tx, ids, now)
     return picked, taken_over, first_starts

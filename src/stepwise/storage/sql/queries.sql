@@ -45,10 +45,12 @@ VALUES (:run_id, :app_id, :function_id, :available_at, :priority);
 
 -- name: lease_candidates
 -- Priority P (seconds) ranks a run as if it had been queued P seconds earlier. A run with a
--- lease_owner here is being taken over: its lease expired.
+-- lease_owner here is being taken over: its lease expired. :functions (a JSON list) are the
+-- functions the worker serves: runs of others wait for a worker that has them.
 SELECT run_id, keyed, lease_owner FROM queue
 WHERE app_id = :app_id AND available_at <= :now
   AND (lease_expires_at IS NULL OR lease_expires_at <= :now)
+  AND function_id IN (SELECT value FROM json_each(:functions))
 ORDER BY available_at - priority * 1000, run_id
 LIMIT :window;
 
@@ -56,6 +58,7 @@ LIMIT :window;
 SELECT run_id, keyed, lease_owner FROM queue
 WHERE app_id = :app_id AND available_at <= :now
   AND (lease_expires_at IS NULL OR lease_expires_at <= :now)
+  AND function_id IN (SELECT jsonb_array_elements_text(CAST(:functions AS jsonb)))
 ORDER BY available_at - priority * 1000, run_id
 LIMIT :window
 FOR UPDATE SKIP LOCKED;
@@ -69,18 +72,26 @@ WHERE run_id IN (SELECT value FROM json_each(:ids));
 UPDATE queue SET lease_owner = :owner, lease_expires_at = :until, nudged = 0
 WHERE run_id IN (SELECT jsonb_array_elements_text(CAST(:ids AS jsonb)));
 
+-- name: mark_first_start
+-- The runs of :ids starting for the first time: their functions (for runs-started counts).
+UPDATE runs SET started_at = :now
+WHERE id IN (SELECT value FROM json_each(:ids)) AND started_at IS NULL
+RETURNING function_id;
+
+-- name: mark_first_start @postgres
+UPDATE runs SET started_at = :now
+WHERE id IN (SELECT jsonb_array_elements_text(CAST(:ids AS jsonb))) AND started_at IS NULL
+RETURNING function_id;
+
 -- name: mark_running_many
--- Returns each run's function and start time: started_at = :now is a first start.
-UPDATE runs SET status = 'running', started_at = COALESCE(started_at, :now)
+UPDATE runs SET status = 'running'
 WHERE id IN (SELECT value FROM json_each(:ids))
-  AND status IN ({unfinished_runs})
-RETURNING function_id, started_at;
+  AND status IN ({unfinished_runs});
 
 -- name: mark_running_many @postgres
-UPDATE runs SET status = 'running', started_at = COALESCE(started_at, :now)
+UPDATE runs SET status = 'running'
 WHERE id IN (SELECT jsonb_array_elements_text(CAST(:ids AS jsonb)))
-  AND status IN ({unfinished_runs})
-RETURNING function_id, started_at;
+  AND status IN ({unfinished_runs});
 
 -- name: close_groups_of_runs
 DELETE FROM pending_groups WHERE run_id IN (SELECT value FROM json_each(:ids));
@@ -445,9 +456,9 @@ WHERE available_at <= :now AND (lease_expires_at IS NULL OR lease_expires_at <= 
 GROUP BY app_id, function_id;
 
 -- name: finished_since
--- Runs that ended in [since, now), for counts and durations over time.
+-- Runs that ended in [since, now], for counts and durations over time.
 SELECT function_id, status, created_at, started_at, ended_at FROM runs
-WHERE ended_at >= :since AND ended_at < :now AND status IN ('completed', 'failed')
+WHERE ended_at >= :since AND ended_at <= :now AND status IN ('completed', 'failed')
 ORDER BY ended_at DESC
 LIMIT :limit;
 

@@ -1,0 +1,159 @@
+"""What operators do from the dashboard, through the API: bulk replay and cancel by filter
+(with a dry-run count), re-running a finished run, the workers view and its warning about
+runs nobody serves, per-function counts and durations, and the runs-started counter."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import stepwise
+from stepwise import metrics
+from stepwise.definition import EventTrigger, FunctionDefinition
+from stepwise.testing import Harness
+
+BROKEN = {"charge": True}
+
+
+def make_app() -> stepwise.App:
+    app = stepwise.App("ops")
+
+    def charge(order: int) -> dict[str, Any]:
+        if BROKEN["charge"]:
+            raise stepwise.NonRetriableError(f"card declined for order {order}")
+        return {"charged": order}
+
+    @app.function(id="checkout", trigger=stepwise.on_event("order.placed"), retries=0,
+                  idempotency="event.data.order")
+    async def checkout(ctx: stepwise.Context) -> Any:
+        return await ctx.step.run("charge", charge, ctx.event.data["order"])
+
+    @app.function(id="slow", trigger=stepwise.on_event("job.slow"))
+    async def slow(ctx: stepwise.Context) -> Any:
+        await ctx.step.sleep("wait", timedelta(hours=1))
+        return "done"
+
+    return app
+
+
+def _started(function_id: str) -> float:
+    value = metrics.REGISTRY.get_sample_value("stepwise_runs_started_total",
+                                              {"function": function_id})
+    return value or 0.0
+
+
+async def test_bulk_replay_counts_first_then_replays_only_the_filtered_failed_runs(
+        db: str) -> None:
+    BROKEN["charge"] = True
+    started_before = _started("checkout")
+    async with Harness(make_app(), db) as h:
+        batch = [await h.send("order.placed", {"order": n, "batch": "b1"}) for n in range(3)]
+        other = await h.send("order.placed", {"order": 99, "batch": "b2"})
+        await h.settle()
+        failed = await h.runs(function="checkout", status="failed")
+        assert len(failed) == 4
+        assert _started("checkout") - started_before == 4
+        body = {"function": "checkout", "event_data": "batch=b1"}
+        dry = await h.http.post("/api/v1/runs/replay", json={**body, "dry_run": True})
+        assert dry.status_code == 200 and dry.json() == {"matched": 3, "changed": 0,
+                                                          "more": False}
+        assert len(await h.runs(function="checkout", status="failed")) == 4  # nothing moved
+        BROKEN["charge"] = False
+        done = await h.http.post("/api/v1/runs/replay", json=body)
+        assert done.json() == {"matched": 3, "changed": 3, "more": False}
+        await h.settle()
+        for event_id in batch:
+            run = await h.run_for(event_id, "checkout")
+            assert run["status"] == "completed" and run["attempts"] == 2
+        assert (await h.run_for(other, "checkout"))["status"] == "failed"
+        # A replay is not a new start.
+        assert _started("checkout") - started_before == 4
+        again = await h.http.post("/api/v1/runs/replay", json=body)
+        assert again.json() == {"matched": 0, "changed": 0, "more": False}
+
+
+async def test_bulk_cancel_touches_only_unfinished_runs_and_rejects_bad_filters(
+        db: str) -> None:
+    BROKEN["charge"] = True
+    async with Harness(make_app(), db) as h:
+        sleepers = [await h.send("job.slow", {"n": n}) for n in range(2)]
+        await h.send("order.placed", {"order": 1})
+        await h.settle(advance=False)
+        dry = (await h.http.post("/api/v1/runs/cancel", json={"dry_run": True})).json()
+        assert dry["matched"] == 2  # the sleeping ones; the failed checkout is finished
+        assert (await h.http.post("/api/v1/runs/cancel",
+                                  json={"status": "failed"})).json()["matched"] == 0
+        result = (await h.http.post("/api/v1/runs/cancel", json={"function": "slow"})).json()
+        assert result == {"matched": 2, "changed": 2, "more": False}
+        for event_id in sleepers:
+            assert (await h.run_for(event_id, "slow"))["status"] == "cancelled"
+        for bad, word in (({"status": "nope"}, "status"), ({"since": "yesterday"}, "since"),
+                          ({"event_data": "no equals"}, "event_data"),
+                          ({"unknown": 1}, "unknown")):
+            answer = await h.http.post("/api/v1/runs/cancel", json=bad)
+            assert answer.status_code == 400 and word in answer.json()["error"], (bad, answer)
+
+
+async def test_rerun_starts_a_new_run_with_the_same_event_despite_idempotency(db: str) -> None:
+    BROKEN["charge"] = False
+    async with Harness(make_app(), db) as h:
+        event_id = await h.send("order.placed", {"order": 5})
+        await h.settle()
+        first = await h.run_for(event_id, "checkout")
+        assert first["status"] == "completed"
+        answer = await h.http.post(f"/api/v1/runs/{first['id']}/rerun")
+        assert answer.status_code == 200
+        second = answer.json()
+        assert second["id"] != first["id"] and second["rerun_of"] == first["id"]
+        assert second["event_id"] == event_id
+        await h.settle()
+        assert (await h.run(second["id"]))["output"] == {"charged": 5}
+        original = await h.run(first["id"])
+        assert [c["id"] for c in original["children"]] == [second["id"]]
+        sleeping = await h.send("job.slow", {})
+        await h.settle(advance=False)
+        running = await h.run_for(sleeping, "slow")
+        conflict = await h.http.post(f"/api/v1/runs/{running['id']}/rerun")
+        assert conflict.status_code == 409 and "still" in conflict.json()["error"]
+        missing = await h.http.post("/api/v1/runs/nope/rerun")
+        assert missing.status_code == 404
+
+
+async def test_workers_view_lists_live_workers_and_warns_of_unserved_runs(db: str) -> None:
+    async with Harness(make_app(), db) as h:
+        view = (await h.http.get("/api/v1/workers")).json()
+        assert len(view["workers"]) == 1
+        worker = view["workers"][0]
+        assert worker["live"] and worker["app_id"] == "ops" and worker["slots"] >= 1
+        assert sorted(worker["functions"]) == ["checkout", "slow"]
+        assert view["unserved"] == []
+        # A function stored for this app that no live worker serves any more (as after a
+        # deploy that removed it) with a queued run: the view warns about it.
+        gone = FunctionDefinition(id="retired", app_id="ops",
+                                  triggers=(EventTrigger("legacy.event"),))
+        await h.engine.register("ops", [*(f.definition() for f in
+                                          make_app().functions.values()), gone])
+        await h.send("legacy.event", {})
+        view = (await h.http.get("/api/v1/workers")).json()
+        assert [(u["function_id"], u["queued"]) for u in view["unserved"]] == [("retired", 1)]
+
+
+async def test_function_stats_count_runs_and_durations_per_bucket(db: str) -> None:
+    BROKEN["charge"] = False
+    async with Harness(make_app(), db) as h:
+        for n in range(3):
+            await h.send("order.placed", {"order": n})
+        await h.settle()
+        BROKEN["charge"] = True
+        await h.send("order.placed", {"order": 10})
+        await h.settle()
+        stats = (await h.http.get("/api/v1/stats/functions",
+                                  params={"hours": 1, "buckets": 6})).json()
+        checkout = stats["functions"]["checkout"]
+        assert sum(checkout["completed"]) == 3 and sum(checkout["failed"]) == 1
+        assert len(checkout["completed"]) == 6 and stats["bucket_ms"] == 600_000
+        assert checkout["completed"][-1] == 3  # all in the newest bucket
+        assert checkout["p50_ms"][-1] is not None and checkout["p95_ms"][-1] is not None
+        assert checkout["p50_ms"][0] is None
+        bad = await h.http.get("/api/v1/stats/functions", params={"hours": 0})
+        assert bad.status_code == 400
