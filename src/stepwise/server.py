@@ -193,8 +193,10 @@ class RunFilter(BaseModel):
     status: RunStatus | None = None
     event_name: str | None = Field(None, max_length=256, pattern=NO_NUL)
     event_data: str | None = Field(None, max_length=1024, pattern=DATA_MATCH)
-    since: str | None = Field(None, max_length=64, description="Created at or after (ISO 8601)")
-    until: str | None = Field(None, max_length=64, description="Created before (ISO 8601)")
+    since: str | None = Field(None, max_length=64, description="Created at or after (ISO 8601)",
+                              json_schema_extra={"format": "date-time"})
+    until: str | None = Field(None, max_length=64, description="Created before (ISO 8601)",
+                              json_schema_extra={"format": "date-time"})
     dry_run: bool = Field(False, description="Only count the runs it would touch")
 
 
@@ -605,8 +607,12 @@ def _openapi(api: FastAPI) -> dict[str, Any]:
             responses.setdefault("400", {"description": _ERROR_TEXT[400], **error_ref})
             responses.setdefault("503", {"description": "Busy (see Retry-After) or storage "
                                                         "unavailable", **error_ref})
-    schema.setdefault("components", {}).setdefault("schemas", {})["ErrorOut"] = (
-        ErrorOut.model_json_schema())
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    components["ErrorOut"] = ErrorOut.model_json_schema()
+    for name, model in _BODY_MODELS.items():
+        body = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        components.update(body.pop("$defs", {}))
+        components[name] = body
     for unused in ("HTTPValidationError", "ValidationError"):
         schema["components"]["schemas"].pop(unused, None)
     return schema
@@ -646,9 +652,14 @@ async def read_model(request: Request, model: type[ModelT]) -> ModelT:
         raise ApiError(400, describe_validation_error(exc)) from None
 
 
+#: Models of request bodies read by `read_model`, added to the schema's components.
+_BODY_MODELS: dict[str, type[BaseModel]] = {}
+
+
 def _body_schema(model: type[BaseModel]) -> dict[str, Any]:
-    return {"requestBody": {"required": True, "content": {
-        "application/json": {"schema": model.model_json_schema()}}}}
+    _BODY_MODELS[model.__name__] = model
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": {
+        "$ref": f"#/components/schemas/{model.__name__}"}}}}}
 
 
 async def read_body(request: Request, limit: int) -> bytes:

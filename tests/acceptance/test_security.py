@@ -70,6 +70,9 @@ MANAGEMENT = [
     ("GET", "/api/v1/runs"), ("GET", "/api/v1/runs/01ABC"), ("POST", "/api/v1/runs/01ABC/cancel"),
     ("POST", "/api/v1/runs/01ABC/replay"), ("POST", "/api/v1/functions/echo/cancel"),
     ("GET", "/api/v1/functions"), ("GET", "/api/v1/events"), ("GET", "/api/v1/events/e1"),
+    ("POST", "/api/v1/runs/01ABC/rerun"), ("POST", "/api/v1/runs/replay"),
+    ("POST", "/api/v1/runs/cancel"), ("GET", "/api/v1/workers"),
+    ("GET", "/api/v1/stats/functions"), ("GET", "/runs/01ABC"), ("GET", "/assets/app.js"),
     ("GET", "/metrics"), ("GET", "/"), ("GET", "/docs"),
     ("GET", "/openapi.json"), ("GET", "/no/such/page"),
 ]
@@ -92,6 +95,24 @@ def test_every_endpoint_but_events_and_health_needs_the_api_key(server: str) -> 
                                 headers={**json_type, "authorization": good})
             assert status not in (401, 403), (method, path, status)
     assert call("GET", server + "/healthz")[0] == 200
+
+
+def test_a_change_posted_from_another_site_is_refused_even_with_the_saved_login(
+        server: str) -> None:
+    """A browser logged in to the dashboard sends its Basic credential with any request to
+    the server, also a form posted by another site: such a change is refused."""
+    basic = "Basic " + base64.b64encode(f"admin:{API_KEY}".encode()).decode()
+    for origin_headers in ({"origin": "https://evil.example"}, {"origin": "null"},
+                           {"sec-fetch-site": "cross-site"}):
+        for path in ("/api/v1/runs/cancel", "/api/v1/runs/01ABC/cancel"):
+            status, _, text = call("POST", server + path, body=b"{}", headers={
+                "authorization": basic, "content-type": "application/json", **origin_headers})
+            assert status == 403 and "cross-site" in json.loads(text)["error"]
+    same_site = call("POST", server + "/api/v1/runs/cancel", body=b'{"dry_run": true}', headers={
+        "authorization": basic, "content-type": "application/json", "origin": server})
+    assert same_site[0] == 200
+    assert call("GET", server + "/api/v1/runs", headers={
+        "authorization": basic, "origin": "https://evil.example"})[0] == 200  # reads: CORS
 
 
 def test_events_take_the_event_key_or_the_api_key(server: str) -> None:
