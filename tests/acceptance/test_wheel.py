@@ -38,7 +38,7 @@ def test_the_wheel_installs_and_runs_an_example(tmp_path: Path) -> None:
 
     app_dir = tmp_path / "app"
     app_dir.mkdir()
-    shutil.copy(ROOT / "examples" / "signup.py", app_dir / "signup.py")
+    shutil.copytree(ROOT / "examples" / "signup", app_dir / "signup")
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     with open(tmp_path / "dev.log", "w") as log:
@@ -64,6 +64,9 @@ def test_the_wheel_installs_and_runs_an_example(tmp_path: Path) -> None:
         began = time.monotonic()
         wait_until(welcomed, 60, "the welcome email run")
         assert time.monotonic() - began < 60
+        for asset in ("/runs", "/assets/app.js", "/assets/vendor/uPlot.iife.min.js"):
+            with urllib.request.urlopen(base + asset, timeout=5) as response:
+                assert response.status == 200 and response.read(), asset  # in the wheel
     finally:
         proc.terminate()
         proc.wait(30)

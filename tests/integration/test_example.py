@@ -1,9 +1,8 @@
-"""The example app in examples/signup.py behaves as its docstring says."""
+"""The example app in examples/signup/ behaves as its docstring says."""
 
 from __future__ import annotations
 
 from examples import signup
-
 from stepwise.testing import Harness
 
 
