@@ -69,18 +69,22 @@ class _ReplayQuietLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
 @dataclass(frozen=True)
 class StepOptions:
     """A step id with options of its own: `ctx.step.run(StepOptions("charge", retries=10), fn)`
-    retries that step 10 times whatever the function's `retries`."""
+    retries that step 10 times whatever the function's `retries`; `returns=Order` rebuilds
+    its result as an `Order` where `fn` has no return annotation (a lambda)."""
 
     id: str
     retries: int | None = None
+    #: The type the step's result is rebuilt as, when `fn` does not declare it (see `results`).
+    returns: Any = None
 
     def __post_init__(self) -> None:
         if self.retries is not None:
             check_retries(f"step {self.id!r}", self.retries)
 
 
-def _split(step: str | StepOptions) -> tuple[str, int | None]:
-    return (step.id, step.retries) if isinstance(step, StepOptions) else (step, None)
+def _split(step: str | StepOptions) -> tuple[str, int | None, Any]:
+    return ((step.id, step.retries, step.returns) if isinstance(step, StepOptions)
+            else (step, None, None))
 
 
 class AsyncStep:
@@ -95,7 +99,8 @@ class AsyncStep:
 
         A sync `fn` runs on the worker's event loop: keep it short or make it async.
         """
-        call, stored = self._ex.start_step(*_split(step_id), fn)
+        sid, retries, returns = _split(step_id)
+        call, stored = self._ex.start_step(sid, retries, fn, returns)
         if call is None:
             return stored
         self._ex.enter()
@@ -161,7 +166,8 @@ class SyncStep:
             **kwargs: Any) -> Any:
         """Run `fn(*args, **kwargs)` once for this run; later executions get its stored result."""
         ex = self._ex
-        call, stored = ex.start_step(*_split(step_id), fn)
+        sid, retries, returns = _split(step_id)
+        call, stored = ex.start_step(sid, retries, fn, returns)
         if call is None:
             return stored
         token = CURRENT_STEP.set(call.sid)  # this step's code logs as this step

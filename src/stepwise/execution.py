@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
-from . import expressions, tracing
+from . import expressions, results, tracing
 from .context import CURRENT_STEP, Context
 from .engine import Engine, RunState
 from .engine.outcomes import (
@@ -50,7 +50,7 @@ from .errors import (
 )
 from .events import Event, StoredEvent, coerce_events
 from .metrics import Metrics
-from .payloads import Limits, PayloadError, dumps, loads
+from .payloads import Limits, PayloadError, PayloadTooLarge, dumps, loads
 from .status import RunStatus, StepStatus
 from .storage.rows import StepRow
 
@@ -111,6 +111,7 @@ class StepCall:
     attempt: int
     started: int
     retries: int | None
+    kind: Any = None  # the declared result type (`results`), None: the stored JSON
     began: float = 0.0  # time.monotonic(): attempt timeouts count real time, not engine time
     span: Any = None  # the attempt's trace span, when tracing is on
 
@@ -252,20 +253,21 @@ class Execution:
 
     # --- step.run: the whole protocol; the async and sync tools only call `fn` --------------
 
-    def start_step(self, step_id: str, retries: int | None, fn: object
+    def start_step(self, step_id: str, retries: int | None, fn: object, returns: Any = None
                    ) -> tuple[StepCall | None, Any]:
         """(None, stored result) when memoized, else (the call to make, None)."""
         if not callable(fn):
             raise TypeError(f"step.run({step_id!r}, fn): fn must be callable, got {fn!r}")
         sid, seq, row = self.claim(step_id)
+        kind = results.declared_type(fn, returns)
         if row is not None and row["status"] != StepStatus.retrying:
-            return None, self.memoized(sid, row)
+            return None, results.rebuild(self.memoized(sid, row), kind, sid)
         if time.monotonic() > self.lease_until - self.lease_margin:
             raise LeaseLost(f"run {self.run_id}: this worker's lease is about to expire "
                             f"(renewals are late); step {sid!r} is left to the next owner")
         attempt = int(row["attempts"]) if row is not None else 0
         self.ctx.attempt = attempt
-        call = StepCall(sid, seq, attempt, self.now_ms(), retries, time.monotonic())
+        call = StepCall(sid, seq, attempt, self.now_ms(), retries, kind, time.monotonic())
         if self.span is not None:
             call.span = tracing.start_step(self.span, sid, attempt)
         self.calls[sid] = call
@@ -284,10 +286,12 @@ class Execution:
                 outcome = StepCompleted(call.sid, call.seq, dumps(
                     result, f"output of step {call.sid!r}", self.env.limits.step_output_bytes),
                     call.started, now, call.attempt)
+            except PayloadTooLarge as problem:
+                exc = StepOutputError(f"{problem}: pass large data by reference (store it "
+                                      "elsewhere, e.g. a file or object store, and return its "
+                                      "path or key)")
             except PayloadError as problem:
-                exc = StepOutputError(
-                    f"{problem}. Return JSON-serializable data; pass large data by reference "
-                    "(store it elsewhere and return its key).")
+                exc = StepOutputError(str(problem))
         if exc is not None:
             outcome = StepFailed(
                 call.sid, call.seq, describe_exception(exc, call.sid), call.started, now,
@@ -302,7 +306,8 @@ class Execution:
             self.env.metrics.step_finished(self.function.id, StepStatus.completed, call.started,
                                            now)
             stored = applied.outputs[call.sid]
-            return None if stored is None else loads(stored)
+            return results.rebuild(None if stored is None else loads(stored), call.kind,
+                                   call.sid)
         message = outcome.error.get("message", "") if isinstance(outcome, StepFailed) else ""
         if call.sid in applied.failed:
             self.env.metrics.step_finished(self.function.id, StepStatus.failed, call.started,

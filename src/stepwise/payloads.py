@@ -8,6 +8,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic_core import PydanticSerializationError, to_jsonable_python
+
 MiB = 1024 * 1024
 
 
@@ -35,7 +37,21 @@ class PayloadTooLarge(PayloadError):
     """A value is over its size limit."""
 
 
-_encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+def _rich(value: Any) -> Any:
+    """JSON for the rich values a step or function may return: pydantic models, dataclasses,
+    datetimes (ISO 8601), decimals and UUIDs (strings), enums (their value), sets and tuples
+    (lists). A declared return type turns them back (see `results`)."""
+    try:
+        return to_jsonable_python(value)
+    except PydanticSerializationError:
+        kind = type(value)
+        raise TypeError(f"a {kind.__module__}.{kind.__qualname__} cannot be stored (JSON "
+                        "values, pydantic models, dataclasses, datetimes, decimals, UUIDs, "
+                        "enums and sets can)") from None
+
+
+_encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"),
+                            default=_rich)
 
 #: The deepest nesting of objects and lists accepted in stored JSON (event data, step and run
 #: outputs): deeper values are refused when they come in, so none can break a listing later.

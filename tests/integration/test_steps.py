@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+import decimal
+import enum
 import itertools
+import uuid
 from collections import Counter
-from datetime import timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+import pydantic
 import pytest
 
 import stepwise
@@ -207,9 +212,12 @@ async def test_backoff_grows_between_attempts(db: str) -> None:
 async def test_step_result_that_is_not_json_is_a_clear_error(db: str) -> None:
     app = stepwise.App("t")
 
+    class Connection:
+        pass
+
     @app.function(id="f", trigger=stepwise.on_event("go"))
     async def f(ctx: stepwise.Context) -> None:
-        await ctx.step.run("make-set", lambda: {1, 2})
+        await ctx.step.run("open-connection", Connection)
 
     async with Harness(app, db) as h:
         event_id = await h.send("go")
@@ -217,8 +225,70 @@ async def test_step_result_that_is_not_json_is_a_clear_error(db: str) -> None:
         run = await h.run_for(event_id, "f")
     assert run["status"] == "failed"
     assert run["error"]["name"] == "StepOutputError"
-    assert "step 'make-set'" in run["error"]["message"]
-    assert "not JSON-serializable" in run["error"]["message"]
+    message = run["error"]["message"]
+    assert "step 'open-connection'" in message and "not JSON-serializable" in message
+    assert "Connection cannot be stored" in message  # names the type
+    assert "by reference" not in message  # size advice only for what is too large
+
+
+class Plan(enum.Enum):
+    free = "free"
+    pro = "pro"
+
+
+class Customer(pydantic.BaseModel):
+    id: uuid.UUID
+    plan: Plan
+    balance: decimal.Decimal
+    since: datetime
+
+
+@dataclasses.dataclass
+class Invoice:
+    number: int
+    due: date
+    lines: tuple[str, ...]
+
+
+def load_customer() -> Customer:
+    return Customer(id=uuid.UUID(int=7), plan=Plan.pro, balance=decimal.Decimal("12.30"),
+                    since=datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC))
+
+
+def make_invoices() -> list[Invoice]:
+    return [Invoice(1, date(2026, 2, 1), ("a", "b"))]
+
+
+async def test_rich_step_results_round_trip_as_declared_on_first_run_and_replay(
+        db: str) -> None:
+    app = stepwise.App("t")
+    seen: list[tuple[Any, ...]] = []
+
+    @app.function(id="f", trigger=stepwise.on_event("go"))
+    async def f(ctx: stepwise.Context) -> Any:
+        customer = await ctx.step.run("customer", load_customer)
+        invoices = await ctx.step.run("invoices", make_invoices)
+        when = await ctx.step.run(stepwise.StepOptions("when", returns=datetime),
+                                  lambda: datetime(2026, 5, 6, tzinfo=UTC))
+        untyped = await ctx.step.run("untyped", lambda: {"at": date(2026, 1, 1), "n": {3}})
+        seen.append((customer, invoices, when, untyped))
+        await ctx.step.sleep("nap", timedelta(hours=1))  # the next execution replays them
+        return customer  # a run's output may be rich too
+
+    async with Harness(app, db) as h:
+        event_id = await h.send("go")
+        await h.settle()
+        run = await h.run_for(event_id, "f")
+    assert run["status"] == "completed" and len(seen) == 2
+    assert seen[0] == seen[1]  # the first execution and the replay see the same values
+    customer, invoices, when, untyped = seen[1]
+    assert customer == load_customer() and isinstance(customer.balance, decimal.Decimal)
+    assert invoices == make_invoices() and isinstance(invoices[0].lines, tuple)
+    assert when == datetime(2026, 5, 6, tzinfo=UTC)
+    assert untyped == {"at": "2026-01-01", "n": [3]}  # no declared type: the stored JSON
+    assert run["output"] == {"id": "00000000-0000-0000-0000-000000000007", "plan": "pro",
+                             "balance": "12.30", "since": "2026-01-02T03:04:05Z"}
+
 
 
 async def test_step_output_over_the_limit_names_step_and_limit(db: str) -> None:
