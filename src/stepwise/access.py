@@ -33,6 +33,8 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 OPEN_PATHS = frozenset({"/healthz"})
 EVENT_PATHS = frozenset({"/api/v1/events"})
+#: The Inngest SDKs' event route: `POST /e/<event key>`.
+SDK_EVENT_PREFIX = "/e/"
 _BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH", b"DELETE"})
 
 
@@ -141,6 +143,12 @@ class Gate:
                 return None
             return 401, ("missing or wrong event key: send 'Authorization: Bearer <event key>'"
                          ), [(b"www-authenticate", b'Bearer realm="stepwise events"')]
+        if path.startswith(SDK_EVENT_PREFIX) and scope["method"] == "POST":
+            key = path[len(SDK_EVENT_PREFIX):]  # the SDKs put the event key in the path
+            keys = [k for k in (access.event_key, access.api_key) if k is not None]
+            if not keys or any(_matches(key, k) for k in keys):
+                return None
+            return 401, "wrong event key in the URL (/e/<event key>)", []
         if access.api_key is None or (given is not None and _matches(given, access.api_key)):
             return None
         return 401, ("missing or wrong API key: send 'Authorization: Bearer <API key>' (in a "

@@ -173,7 +173,11 @@ def main(verbose: bool) -> None:
 
 
 @main.command()
-@click.argument("app_spec", metavar="MODULE:APP")
+@click.argument("app_spec", metavar="[MODULE:APP]", required=False)
+@click.option("-u", "--sdk-url", "sdk_urls", multiple=True, metavar="URL",
+              help="The serve URL of an app written with an Inngest SDK (e.g. "
+                   "http://127.0.0.1:3000/api/inngest; repeatable): asked to sync, then its "
+                   "functions run here")
 @click.option("--port", type=click.IntRange(1, 65535), default=8288, show_default=True)
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on; anything but a loopback address needs --insecure")
@@ -190,7 +194,8 @@ def main(verbose: bool) -> None:
 @limits_options
 @max_in_flight_option
 @grace_option
-def dev(app_spec: str, port: int, host: str, allow_hosts: tuple[str, ...], insecure: bool,
+def dev(app_spec: str | None, sdk_urls: tuple[str, ...], port: int, host: str,
+        allow_hosts: tuple[str, ...], insecure: bool,
         db: str | None, concurrency: int, lease_seconds: float, poll_seconds: float,
         max_in_flight: int, grace_seconds: float, **limits: int) -> None:
     """Server, worker and dashboard in one process, on embedded SQLite by default.
@@ -202,12 +207,15 @@ def dev(app_spec: str, port: int, host: str, allow_hosts: tuple[str, ...], insec
         raise click.UsageError(f"dev mode has no credentials: listening on {host!r} would let "
                                "anyone who reaches it read and control every run. Use "
                                "`stepwise server` with keys, or pass --insecure on purpose.")
-    app = load_app(app_spec)
+    for url in sdk_urls:
+        if not url.startswith(("http://", "https://")):
+            raise click.BadParameter(f"{url!r} is not an http(s) URL", param_hint="--sdk-url")
+    app = load_app(app_spec) if app_spec else None
     access = Access.dev(frozenset(h.lower() for h in allow_hosts))
     asyncio.run(_serve(app=app, db=db, host=host, port=port, access=access,
                        concurrency=concurrency, lease_seconds=lease_seconds,
                        poll_seconds=poll_seconds, with_http=True, limits=_limits(limits),
-                       max_in_flight=max_in_flight, grace=grace_seconds))
+                       max_in_flight=max_in_flight, grace=grace_seconds, sdk_urls=sdk_urls))
 
 
 def _loopback(host: str) -> bool:
@@ -301,7 +309,9 @@ async def _serve(*, app: App | None, db: str | None, host: str, port: int,
                  access: Access, concurrency: int, lease_seconds: float,
                  poll_seconds: float, with_http: bool, limits: Limits,
                  max_in_flight: int = DEFAULT_MAX_IN_FLIGHT, grace: float = DEFAULT_GRACE_S,
-                 max_stuck: int | None = None) -> None:
+                 max_stuck: int | None = None, sdk_urls: tuple[str, ...] | None = None
+                 ) -> None:
+    """`sdk_urls` (dev only; may be empty): run the functions of synced SDK apps here too."""
     import uvicorn
 
     from .server import create_server
@@ -325,6 +335,13 @@ async def _serve(*, app: App | None, db: str | None, host: str, port: int,
             click.echo(f"stepwise worker {worker_.id}: app {app.id!r} with "
                        f"{len(app.functions)} functions, concurrency {concurrency}")
         if with_http:
+            from .remote.executor import RemoteApps
+
+            remote = RemoteApps(storage, sdk_urls or (), concurrency=concurrency,
+                                lease_seconds=lease_seconds, poll_interval=poll_seconds,
+                                limits=limits)
+            remote_task = (asyncio.create_task(remote.run(), name="stepwise-sdk-apps")
+                           if sdk_urls is not None else None)
             config = uvicorn.Config(create_server(storage, access=access, limits=limits,
                                                   max_in_flight=max_in_flight),
                                     host=host, port=port, log_level="warning", lifespan="off",
@@ -332,7 +349,14 @@ async def _serve(*, app: App | None, db: str | None, host: str, port: int,
             http = uvicorn.Server(config)
             click.echo(f"stepwise is running: dashboard and API at http://{host}:{port}/",
                        err=False)
-            await http.serve()
+            try:
+                await http.serve()
+            finally:
+                if remote_task is not None:
+                    remote_task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await remote_task
+                    await remote.stop(grace)
             if not http.started:
                 raise click.ClickException(f"could not listen on {host}:{port}")
         else:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import schedules
+from . import expressions, schedules
 from .errors import DefinitionError
 from .flow import FlowOptions
 
@@ -24,16 +24,33 @@ MAX_RETRIES = 100
 
 @dataclass(frozen=True)
 class EventTrigger:
-    """Start a run for every event named `event`."""
+    """Start a run for every event named `event` (for which the CEL `expression` over
+    `event`, when given, is true)."""
 
     event: str
+    expression: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.event, str) or not self.event.strip():
             raise DefinitionError("on_event() needs a non-empty event name")
+        if self.expression is not None:
+            try:
+                expressions.compile_expression(self.expression)
+            except expressions.ExpressionError as exc:
+                raise DefinitionError(f"trigger on {self.event!r}: {exc}") from None
+
+    def matches(self, event: dict[str, Any]) -> bool:
+        if self.expression is None:
+            return True
+        try:
+            return expressions.evaluate(self.expression, {"event": event}) is True
+        except expressions.ExpressionError:
+            return False
 
     def to_json(self) -> dict[str, Any]:
-        return {"event": self.event}
+        if self.expression is None:
+            return {"event": self.event}
+        return {"event": self.event, "expression": self.expression}
 
 
 @dataclass(frozen=True)
@@ -90,9 +107,11 @@ class FunctionDefinition:
     flow: FlowOptions = field(default_factory=FlowOptions)
     #: The longest one step attempt (or one stretch of the body between steps) may run.
     attempt_timeout_ms: int = DEFAULT_ATTEMPT_TIMEOUT_MS
+    #: Where an SDK app serves this function (`stepwise.remote`); None: Python in a worker.
+    url: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "id": self.id,
             "app_id": self.app_id,
             "triggers": [t.to_json() for t in self.triggers],
@@ -104,6 +123,9 @@ class FunctionDefinition:
             "flow": self.flow.to_json(),
             "attempt_timeout_ms": self.attempt_timeout_ms,
         }
+        if self.url is not None:
+            out["url"] = self.url
+        return out
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> FunctionDefinition:
@@ -111,7 +133,7 @@ class FunctionDefinition:
         defaults = RetryPolicy()
         return cls(
             id=raw["id"], app_id=raw["app_id"],
-            triggers=tuple(EventTrigger(t["event"]) if "event" in t
+            triggers=tuple(EventTrigger(t["event"], t.get("expression")) if "event" in t
                            else CronTrigger(t["cron"], t.get("tz", "UTC"))
                            for t in raw.get("triggers", ())),
             retry=RetryPolicy(raw.get("retries", DEFAULT_RETRIES),
@@ -119,4 +141,5 @@ class FunctionDefinition:
                               backoff.get("max_ms", defaults.backoff_max_ms)),
             on_failure=raw.get("on_failure"), handles_failure_of=raw.get("handles_failure_of"),
             flow=FlowOptions.from_json(raw.get("flow")),
-            attempt_timeout_ms=int(raw.get("attempt_timeout_ms", DEFAULT_ATTEMPT_TIMEOUT_MS)))
+            attempt_timeout_ms=int(raw.get("attempt_timeout_ms", DEFAULT_ATTEMPT_TIMEOUT_MS)),
+            url=raw.get("url"))

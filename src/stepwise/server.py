@@ -31,6 +31,7 @@ from .payloads import (
     loads,
     new_id,
 )
+from .remote import registration
 from .status import RunStatus, StepStatus
 from .storage import Storage, StorageUnavailable
 from .storage.rows import EventRow, RunRow
@@ -399,6 +400,50 @@ def create_server(storage: Storage, *, access: Access | None = None,
         ids = await engine.ingest(events)
         metrics.EVENTS_RECEIVED.inc(len(ids))
         return {"ids": ids}
+
+    # The Inngest SDKs' own routes: their protocol is Inngest's, not part of this API's schema.
+    @api.post("/fn/register", include_in_schema=False)
+    async def register_sdk_app(request: Request) -> dict[str, Any]:
+        """Sync an SDK app: store its functions, each with the URL that runs it."""
+        try:
+            body = loads(await read_body(request, limits.request_bytes))
+        except PayloadError as exc:
+            raise ApiError(400, f"request body is not valid JSON: {exc}") from None
+        expected = request.headers.get("x-inngest-expected-server-kind")
+        if expected not in (None, "", "dev"):
+            raise ApiError(400, f"this is a dev-kind server, not {expected!r}")
+        try:
+            synced = registration.parse(body)
+        except registration.RegistrationError as exc:
+            raise ApiError(400, f"cannot sync the app: {exc}") from None
+        await engine.register(synced.app_id, synced.functions)
+        log.info("synced SDK app %s (%s, %s) at %s: %d functions", synced.app_id, synced.sdk,
+                 synced.framework, synced.url, len(synced.functions))
+        return {"ok": True, "modified": True, "app_id": synced.app_id}
+
+    @api.post("/e/{event_key}", include_in_schema=False)
+    async def sdk_events(event_key: Annotated[str, Path(pattern=NO_NUL)],
+                         request: Request) -> JSONResponse:
+        """Events as the SDKs send them; answers `{"ids", "status"}` like Inngest."""
+        del event_key  # checked by the access gate
+        try:
+            raw = loads(await read_body(request, limits.request_bytes))
+        except PayloadError as exc:
+            return JSONResponse({"ids": [], "status": 400,
+                                 "error": f"request body is not valid JSON: {exc}"}, 400)
+        items = raw if isinstance(raw, list) else [raw]
+        # The SDKs also send `user` and `v`: accepted, not stored.
+        items = [{k: v for k, v in item.items() if k not in ("user", "v")}
+                 if isinstance(item, dict) else item for item in items]
+        try:
+            events = validate_events(items if isinstance(raw, list) else items[0], limits,
+                                     clock.now_ms())
+        except ApiError as exc:
+            return JSONResponse({"ids": [], "status": exc.status, "error": exc.message},
+                                exc.status)
+        ids = await engine.ingest(events)
+        metrics.EVENTS_RECEIVED.inc(len(ids))
+        return JSONResponse({"ids": ids, "status": 200})
 
     @api.get("/api/v1/runs", response_model=RunList, summary="Search runs, newest first",
              responses=_errors(401))

@@ -163,14 +163,18 @@ class Worker:
 
     async def start(self) -> None:
         self.storage.on_new_work(self.notify)
-        await self.engine.register(self.app.id, [f.definition() for f in
-                                                 self.app.functions.values()])
+        await self._prepare()
         await self._say_alive()
         if self.isolate:
             self._user_loop = UserLoop(f"stepwise-user-{self._generation}")
         self._tasks = [asyncio.create_task(self._lease_loop(), name="stepwise-lease"),
                        asyncio.create_task(self._heartbeat_loop(), name="stepwise-heartbeat"),
                        asyncio.create_task(self._watch_loop(), name="stepwise-watchdog")]
+
+    async def _prepare(self) -> None:
+        """Before leasing: store the app's definitions, so servers route its events."""
+        await self.engine.register(self.app.id, [f.definition() for f in
+                                                 self.app.functions.values()])
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stop leasing; wait up to `grace` seconds for executions, then abandon them: their

@@ -3,6 +3,9 @@ to the runs waiting for it, all in the caller's transaction."""
 
 from __future__ import annotations
 
+from typing import Any
+
+from ..definition import EventTrigger
 from ..events import StoredEvent
 from ..flow import FlowOptions
 from ..storage import Tx
@@ -13,17 +16,28 @@ def ingest_events(tx: Tx, events: list[StoredEvent] | tuple[StoredEvent, ...],
                   now: int) -> list[str]:
     """Store events not stored yet (an id already stored is an idempotent resend) and start
     their runs; return every event's id."""
-    routes: dict[str, list[tuple[str, str, FlowOptions]]] = {}
+    routes: dict[str, list[tuple[str, str, FlowOptions, list[EventTrigger]]]] = {}
     waited: dict[str, bool] = {}
     for ev in events:
         if tx.exec("insert_event", id=ev.id, name=ev.name, data=ev.data, ts=ev.ts, now=now,
                    trace=ev.trace) == 0:
             continue
         if ev.name not in routes:
-            routes[ev.name] = [(r["app_id"], r["function_id"],
-                                definitions.decode(r["definition"]).flow)
-                               for r in tx.all("functions_for_event", name=ev.name)]
-        for app_id, function_id, flow in routes[ev.name]:
+            routes[ev.name] = []
+            for r in tx.all("functions_for_event", name=ev.name):
+                definition = definitions.decode(r["definition"])
+                triggers = [t for t in definition.triggers
+                            if isinstance(t, EventTrigger) and t.event == ev.name]
+                routes[ev.name].append((r["app_id"], r["function_id"], definition.flow,
+                                        triggers))
+        event_doc: dict[str, Any] | None = None
+        for app_id, function_id, flow, triggers in routes[ev.name]:
+            if any(t.expression is not None for t in triggers):  # an SDK trigger's filter
+                if event_doc is None:
+                    event_doc = waits.event_json({"name": ev.name, "data": ev.data,
+                                                  "id": ev.id, "ts": ev.ts})
+                if not any(t.matches(event_doc) for t in triggers):
+                    continue
             flow_control.create_run(tx, app_id, function_id, ev.id, max(now, ev.ts), now,
                                     flow=flow)
             for cancel in flow.cancel_on:

@@ -1,0 +1,172 @@
+"""The HTTP executor: a worker for one SDK app. It leases the runs of the app's functions like
+any worker (same leases, takeovers and fencing) and runs each by calling the app's serve URL:
+every answer becomes engine outcomes. A step's result is applied at once and the app is called
+again with it memoized, until the app answers with the run's end or a step that parks the run
+(a retry, a sleep, a wait)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import httpx
+
+from ..app import App
+from ..definition import FunctionDefinition
+from ..engine import Engine
+from ..engine.outcomes import Outcome, RunFailed, StepCompleted
+from ..errors import ExecutionStopped, LeaseLost
+from ..payloads import loads
+from ..storage import Storage
+from ..worker import Running, Worker
+from . import protocol
+
+log = logging.getLogger("stepwise.remote")
+
+
+class RemoteWorker(Worker):
+    """Runs the functions an SDK app registered (`stepwise.remote.registration`)."""
+
+    def __init__(self, app_id: str, storage: Storage, **options: Any) -> None:
+        options["isolate"] = False  # no user code here: only HTTP calls on the worker's loop
+        super().__init__(App(app_id), storage, **options)
+        self.definitions: dict[str, FunctionDefinition] = {}
+        self.client = httpx.AsyncClient(follow_redirects=False)
+        self.version = -1
+
+    async def _prepare(self) -> None:
+        await self.refresh()
+
+    async def refresh(self) -> None:
+        """Take the app's functions as last synced (a re-sync may add or remove some)."""
+        self.definitions = {
+            f["id"]: FunctionDefinition.from_json(f) for f in await self.engine.list_functions()
+            if f["app_id"] == self.app.id and f.get("url")}
+        self._functions = sorted(self.definitions)
+
+    async def stop(self, grace: float = 5.0) -> None:
+        await super().stop(grace)
+        await self.client.aclose()
+
+    async def _execution(self, running: Running) -> None:
+        run_id = running.run_id
+        try:
+            state = await self.engine.load(run_id)
+            if state is None:
+                return
+            definition = self.definitions.get(state.run["function_id"])
+            if definition is None or definition.url is None:
+                log.error("run %s: function %r is no longer served by app %r; releasing it "
+                          "for a minute", run_id, state.run["function_id"], self.app.id)
+                await self.engine.release(run_id, self.id, 60_000)
+                return
+            calls = protocol.memo(state)
+            while not running.abandoned:
+                result = await self._call(definition, state, calls)
+                done = result[0]
+                if isinstance(done, StepCompleted):
+                    applied = await self.engine.apply(run_id, self.id, result, last=False)
+                    if done.step_id in applied.outputs:  # what is stored (the first result)
+                        stored = applied.outputs[done.step_id]
+                        calls.steps[done.step_id] = None if stored is None else loads(stored)
+                    elif done.step_id in applied.failed:
+                        calls.steps[done.step_id] = {"error": applied.failed[done.step_id]}
+                    else:  # not settled here: start again from what is stored
+                        await self.engine.apply(run_id, self.id, [], last=True)
+                        return
+                    calls.stack.append(done.step_id)
+                    calls.attempts.pop(done.step_id, None)
+                    continue
+                await self.engine.apply(run_id, self.id, result, last=True)
+                return
+        except LeaseLost as exc:
+            log.warning("run %s: %s; this execution stops", run_id, exc)
+        except ExecutionStopped:
+            pass
+        except Exception:
+            log.exception("run %s: execution failed; its lease will expire and it will be "
+                          "retried", run_id)
+
+    async def _call(self, definition: FunctionDefinition, state: Any,
+                    calls: protocol.CallState) -> list[Outcome]:
+        """One call to the app, as outcomes (a failure to reach it is a retried failure)."""
+        url = str(definition.url)
+        body = protocol.request_body(state, calls, definition.retry.retries + 1, self.version)
+        headers = {"X-Inngest-Server-Kind": "dev", "X-Run-ID": state.run["id"]}
+        if self.version != -1:
+            headers["X-Inngest-Req-Version"] = str(self.version)
+        started = self.clock.now_ms()
+        try:
+            response = await self.client.post(
+                url, json=body, headers=headers,
+                timeout=httpx.Timeout(definition.attempt_timeout_ms / 1000, connect=10.0))
+        except httpx.HTTPError as exc:
+            return [RunFailed({"name": "AppUnreachable", "message": (
+                f"could not call the app at {url}: {type(exc).__name__}: {exc}")})]
+        version = response.headers.get("x-inngest-req-version", "")
+        if version.lstrip("-").isdigit():
+            self.version = int(version)
+        try:
+            return protocol.outcomes(response.status_code,
+                                     {k.lower(): v for k, v in response.headers.items()},
+                                     response.content, calls, started, self.clock.now_ms())
+        except protocol.ProtocolError as exc:
+            return [RunFailed({"name": "ProtocolError", "message": (
+                f"the app at {url} answered outside the protocol: {exc}")}, retriable=False)]
+
+
+class RemoteApps:
+    """In `stepwise dev`: asks the SDK apps at `urls` to sync (a `PUT` to its serve URL makes
+    an SDK register itself with this server) until each has, and keeps one `RemoteWorker` per
+    synced app, refreshed as apps re-sync."""
+
+    def __init__(self, storage: Storage, urls: tuple[str, ...] = (), *,
+                 check_every: float = 1.0, **worker_options: Any) -> None:
+        self.storage = storage
+        self.engine = Engine(storage)
+        self.pending = list(urls)
+        self.check_every = check_every
+        self.worker_options = worker_options
+        self.workers: dict[str, RemoteWorker] = {}
+        self._warned: set[str] = set()
+
+    async def tick(self) -> None:
+        """One round: sync what has not synced, start or refresh the apps' workers."""
+        if self.pending:
+            async with httpx.AsyncClient(timeout=10.0) as client:
+                for url in list(self.pending):
+                    try:
+                        answer = await client.put(url)
+                        answer.raise_for_status()
+                    except httpx.HTTPError as exc:
+                        if url not in self._warned:
+                            log.warning("SDK app at %s did not sync yet (%s); trying again",
+                                        url, exc)
+                            self._warned.add(url)
+                        continue
+                    self.pending.remove(url)
+                    log.info("asked the SDK app at %s to sync", url)
+        functions = await self.engine.list_functions()
+        for app_id in sorted({f["app_id"] for f in functions if f.get("url")}):
+            worker = self.workers.get(app_id)
+            if worker is None:
+                worker = RemoteWorker(app_id, self.storage, **self.worker_options)
+                await worker.start()
+                self.workers[app_id] = worker
+                log.info("serving SDK app %s: %s", app_id, ", ".join(worker.definitions))
+            else:
+                await worker.refresh()
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.tick()
+            except Exception:
+                log.exception("SDK apps: refresh failed; trying again")
+            await asyncio.sleep(self.check_every)
+
+    async def stop(self, grace: float) -> None:
+        for worker in self.workers.values():
+            await worker.stop(grace)
+

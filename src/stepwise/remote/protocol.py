@@ -1,0 +1,185 @@
+"""The SDKs' call protocol: what stepwise sends to an app's serve URL to run one function, and
+how the app's answer becomes engine outcomes.
+
+A run's steps are stored under the SDK's hashed step ids. A `StepRun` result is stored as the
+memo the SDK expects back (`{"data": ...}`), a wait's as the event (or null), a sleep's as
+null, so the memo map is the stored outputs as they are. A step failed for good is passed back
+as `{"error": ...}`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from ..engine import RunState
+from ..engine.outcomes import (
+    Outcome,
+    RunCompleted,
+    RunFailed,
+    SleepUntil,
+    StepCompleted,
+    StepFailed,
+    WaitForEvent,
+)
+from ..errors import ErrorInfo
+from ..payloads import PayloadError, dumps, loads
+from ..status import StepStatus
+from .registration import RegistrationError, duration
+
+#: Opcodes this version understands; any other answer fails the run with a clear error.
+SUPPORTED_OPS = ("StepRun", "StepError", "StepFailed", "Sleep", "WaitForEvent")
+#: How long a wait with no timeout lasts (the SDKs always send one).
+DEFAULT_WAIT_MS = 7 * 24 * 3600 * 1000
+
+
+class ProtocolError(ValueError):
+    """The app answered something that is not the protocol."""
+
+
+@dataclass
+class CallState:
+    """The memo map and completion order of one execution, updated as steps complete."""
+
+    steps: dict[str, Any]
+    stack: list[str]
+    #: Failed attempts so far of steps being retried: the next attempt's number.
+    attempts: dict[str, int]
+
+
+def memo(state: RunState) -> CallState:
+    steps: dict[str, Any] = {}
+    done = sorted((s for s in state.steps.values()
+                   if s["status"] in (StepStatus.completed, StepStatus.failed)),
+                  key=lambda s: (s["seq"], s["ended_at"] or 0))
+    for step in done:
+        if step["status"] == StepStatus.completed:
+            steps[step["id"]] = None if step["output"] is None else loads(step["output"])
+        else:
+            steps[step["id"]] = {"error": loads(step["error"] or "{}")}
+    retrying = {s["id"]: int(s["attempts"]) for s in state.steps.values()
+                if s["status"] == StepStatus.retrying}
+    return CallState(steps, [s["id"] for s in done], retrying)
+
+
+def _event(row: Any) -> dict[str, Any]:
+    return {"name": row["name"], "data": loads(row["data"]), "id": row["id"], "ts": row["ts"],
+            "user": {}}
+
+
+def request_body(state: RunState, calls: CallState, max_attempts: int, version: int
+                 ) -> dict[str, Any]:
+    event = _event(state.event) if state.event is not None else {
+        "name": "inngest/function.invoked", "data": {}, "id": "", "ts": 0, "user": {}}
+    events = [_event(e) for e in state.batch] or [event]
+    return {"event": event, "events": events, "steps": calls.steps,
+            "ctx": {"run_id": state.run["id"], "attempt": int(state.run["retry"]),
+                    "max_attempts": max_attempts, "disable_immediate_execution": False,
+                    "use_api": False,
+                    "stack": {"stack": list(calls.stack), "current": len(calls.stack)}},
+            "version": version, "use_api": False}
+
+
+def _error(raw: Any, fallback: str) -> ErrorInfo:
+    if not isinstance(raw, dict):
+        return {"name": "Error", "message": fallback}
+    error: ErrorInfo = {"name": str(raw.get("name") or "Error"),
+                        "message": str(raw.get("message") or fallback)}
+    if raw.get("stack"):
+        error["stack"] = str(raw["stack"])
+    return error
+
+
+def _retry_after_ms(value: str | None, now: int) -> int | None:
+    """`Retry-After`: seconds, an ISO date (Python SDK) or an HTTP date."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return int(value) * 1000
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        from email.utils import parsedate_to_datetime
+
+        try:
+            moment = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return max(0, int(moment.timestamp() * 1000) - now)
+
+
+def outcomes(status: int, headers: dict[str, str], body: bytes, calls: CallState,
+             started: int, now: int) -> list[Outcome]:
+    """The app's answer to one call, as outcomes (one step's, or the run's end)."""
+    no_retry = headers.get("x-inngest-no-retry", "").lower() == "true"
+    retry_after = _retry_after_ms(headers.get("retry-after"), now)
+    try:
+        answer = loads(body) if body else None
+    except PayloadError as exc:
+        if status >= 300:
+            answer = None
+        else:
+            raise ProtocolError(f"the app answered {status} with a body that is not JSON: "
+                                f"{exc}") from None
+    if status == 200:
+        return [RunCompleted(dumps(answer, "function output"))]
+    if status == 206:
+        ops = answer if isinstance(answer, list) else [answer]
+        if len(ops) != 1:
+            raise ProtocolError(f"the app planned {len(ops)} steps at once (parallel steps): "
+                                "not supported yet")
+        return [_op(ops[0], calls, started, now)]
+    if status >= 400:
+        return [RunFailed(_error(answer, f"the app answered HTTP {status}"),
+                          retriable=not no_retry and (status >= 500 or status == 429),
+                          retry_after_ms=retry_after)]
+    raise ProtocolError(f"the app answered HTTP {status}, which the protocol does not use")
+
+
+def _op(op: Any, calls: CallState, started: int, now: int) -> Outcome:
+    if not isinstance(op, dict) or not isinstance(op.get("op"), str) or \
+            not isinstance(op.get("id"), str) or not op["id"]:
+        raise ProtocolError(f"an opcode must be an object with op and id, got {op!r}"[:300])
+    kind, sid = op["op"], op["id"]
+    seq = len(calls.stack)
+    opts = op.get("opts") or {}
+    attempt = calls.attempts.get(sid, 0)
+    if kind == "StepRun":
+        return StepCompleted(sid, seq, dumps({"data": op.get("data")}, f"step {sid}"),
+                             started, now, attempt)
+    if kind in ("StepError", "StepFailed"):
+        return StepFailed(sid, seq, _error(op.get("error"), "step failed") | {"step_id": sid},
+                          started, now, attempt, retriable=kind == "StepError")
+    if kind == "Sleep":
+        return SleepUntil(sid, seq, _sleep_until(opts.get("duration") or op.get("name"), now),
+                          started)
+    if kind == "WaitForEvent":
+        event = opts.get("event") or op.get("name")
+        if not isinstance(event, str) or not event:
+            raise ProtocolError("WaitForEvent without an event name")
+        timeout = opts.get("timeout")
+        expires = now + (int(duration(timeout, "WaitForEvent timeout").total_seconds() * 1000)
+                         if timeout else DEFAULT_WAIT_MS)
+        return WaitForEvent(sid, seq, event, expires, started, if_=opts.get("if") or None)
+    raise ProtocolError(f"opcode {kind} is not supported yet (supported: "
+                        f"{', '.join(SUPPORTED_OPS)})")
+
+
+def _sleep_until(value: Any, now: int) -> int:
+    """A Sleep's end: an ISO timestamp (Python SDK) or a duration such as "2s" (JS SDK)."""
+    if not isinstance(value, str) or not value:
+        raise ProtocolError(f"Sleep without a time or duration, got {value!r}")
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        try:
+            return now + int(duration(value, "Sleep").total_seconds() * 1000)
+        except RegistrationError as exc:
+            raise ProtocolError(str(exc)) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)

@@ -1,0 +1,62 @@
+"""An app written with Inngest's official Python SDK, served by FastAPI, unchanged: stepwise
+runs its functions over HTTP (`stepwise dev -u http://127.0.0.1:PORT/api/inngest`).
+INNGEST_DEV points the SDK at the stepwise server."""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+import fastapi
+import inngest
+import inngest.fast_api
+
+client = inngest.Inngest(app_id="py-shop", is_production=False)
+_attempts: dict[str, int] = {}
+
+
+async def load_user(user_id: int) -> dict[str, Any]:
+    return {"id": user_id, "email": f"user{user_id}@example.com"}
+
+
+async def subscribe(email: str) -> str:
+    """Fails on its first attempt for each address, then works."""
+    _attempts[email] = _attempts.get(email, 0) + 1
+    if _attempts[email] == 1:
+        raise ConnectionError("mailing-list API timed out")
+    return f"subscribed {email} after {_attempts[email]} attempts"
+
+
+@client.create_function(fn_id="signup", trigger=inngest.TriggerEvent(event="user.signup"),
+                        retries=3)
+async def signup(ctx: inngest.Context) -> dict[str, Any]:
+    user = await ctx.step.run("load-user", load_user, ctx.event.data["user_id"])
+    subscribed = await ctx.step.run("subscribe", subscribe, user["email"])
+    again = await ctx.step.run("load-user", load_user, 0)  # a repeated step id
+    return {"email": user["email"], "subscribed": subscribed, "again": again["id"]}
+
+
+@client.create_function(fn_id="drip", trigger=inngest.TriggerEvent(event="user.signup"))
+async def drip(ctx: inngest.Context) -> str:
+    booking = await ctx.step.wait_for_event(
+        "first-booking", event="booking.created",
+        if_exp="event.data.user_id == async.data.user_id",
+        timeout=datetime.timedelta(days=3))
+    return f"booked {booking.data['booking_id']}" if booking else "no booking"
+
+
+@client.create_function(fn_id="vip-only",
+                        trigger=inngest.TriggerEvent(event="user.signup",
+                                                     expression="event.data.vip == true"))
+async def vip_only(ctx: inngest.Context) -> str:
+    return "welcome, VIP"
+
+
+@client.create_function(fn_id="refuses", trigger=inngest.TriggerEvent(event="order.bad"),
+                        retries=0)
+async def refuses(ctx: inngest.Context) -> None:
+    raise inngest.NonRetriableError("order cannot be processed")
+
+
+app = fastapi.FastAPI()
+inngest.fast_api.serve(app, client, [signup, drip, vip_only, refuses])

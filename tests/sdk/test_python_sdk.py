@@ -1,0 +1,146 @@
+"""Apps written with Inngest's official Python SDK (PyPI `inngest`, served by FastAPI) run
+unchanged on `stepwise dev -u URL`: real processes, the SDK's own sync, event and call
+traffic."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import urllib.error
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.acceptance.procs import free_port, http, start, stop, wait_healthy, wait_until
+
+ROOT = Path(__file__).resolve().parents[2]
+if os.environ.get("CI") == "true":
+    import inngest  # the test extra installs it: in CI its absence is a failure
+else:
+    inngest = pytest.importorskip("inngest", reason="pip install -e '.[test]' brings inngest")
+
+
+class Shop:
+    def __init__(self, base: str) -> None:
+        self.base = base
+
+    def send(self, *events: dict[str, Any]) -> list[str]:
+        answer = http("POST", self.base + "/e/NO_EVENT_KEY_SET", list(events))
+        assert answer["status"] == 200
+        return list(answer["ids"])
+
+    def run_of(self, event_id: str, function_id: str, status: str) -> dict[str, Any]:
+        def found() -> dict[str, Any] | None:
+            runs = http("GET", f"{self.base}/api/v1/events/{event_id}")["runs"]
+            run = next((r for r in runs if r["function_id"] == function_id), None)
+            return run if run is not None and run["status"] == status else None
+        run = wait_until(found, 60, f"{function_id} {status} for {event_id}")
+        return dict(http("GET", self.base + run["url"]))
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shop]:
+    tmp = tmp_path_factory.mktemp("sdk")
+    port, app_port = free_port(), free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = {"INNGEST_DEV": base, "PYTHONPATH": str(ROOT)}
+    with open(tmp / "app.log", "w") as log:  # the SDK app, as its team would serve it
+        app_proc = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "tests.sdk.py_app:app", "--port", str(app_port)],
+            cwd=tmp, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env},
+            start_new_session=True, text=True)
+    dev = start(["dev", "-u", f"http://127.0.0.1:{app_port}/api/inngest", "--port", str(port),
+                 "--db", str(tmp / "dev.db")], tmp, env)
+    try:
+        wait_healthy(base, dev)
+
+        def synced() -> bool:
+            return len(http("GET", base + "/api/v1/functions")["functions"]) == 4
+        wait_until(synced, 60, "the SDK app's sync")
+        yield Shop(base)
+    finally:
+        stop(dev)
+        stop(app_proc)
+
+
+def test_the_sdk_app_syncs_its_functions(shop: Shop) -> None:
+    functions = {f["id"]: f for f in http("GET", shop.base + "/api/v1/functions")["functions"]}
+    assert sorted(functions) == ["py-shop-drip", "py-shop-refuses", "py-shop-signup",
+                                 "py-shop-vip-only"]
+    signup = functions["py-shop-signup"]
+    assert signup["app_id"] == "py-shop" and signup["retries"] == 3
+    assert signup["url"].endswith("/api/inngest?fnId=py-shop-signup&stepId=step")
+    assert functions["py-shop-vip-only"]["triggers"] == [
+        {"event": "user.signup", "expression": "event.data.vip == true"}]
+
+
+def test_steps_are_memoized_and_a_failing_step_is_retried(shop: Shop) -> None:
+    (vip,) = shop.send({"name": "user.signup", "data": {"user_id": 7, "vip": True},
+                        "user": {}, "v": "1"})
+    run = shop.run_of(vip, "py-shop-signup", "completed")
+    assert run["output"] == {"email": "user7@example.com",
+                             "subscribed": "subscribed user7@example.com after 2 attempts",
+                             "again": 0}
+    assert run["failed_attempts"] == 1
+    assert "mailing-list API timed out" in json.dumps(run["failures"])
+    assert [(s["status"], s["attempts"]) for s in run["steps"]] == [
+        ("completed", 1), ("completed", 2), ("completed", 1)]
+    assert shop.run_of(vip, "py-shop-vip-only", "completed")["output"] == "welcome, VIP"
+    (plain,) = shop.send({"name": "user.signup", "data": {"user_id": 8, "vip": False}})
+    shop.run_of(plain, "py-shop-signup", "completed")
+    runs = http("GET", f"{shop.base}/api/v1/events/{plain}")["runs"]
+    assert "py-shop-vip-only" not in [r["function_id"] for r in runs]  # expression false
+
+
+def test_wait_for_event_with_a_condition(shop: Shop) -> None:
+    (signup,) = shop.send({"name": "user.signup", "data": {"user_id": 21}})
+    shop.run_of(signup, "py-shop-drip", "waiting")
+    shop.send({"name": "booking.created", "data": {"user_id": 99, "booking_id": "other"}})
+    shop.send({"name": "booking.created", "data": {"user_id": 21, "booking_id": "b-1"}})
+    run = shop.run_of(signup, "py-shop-drip", "completed")
+    assert run["output"] == "booked b-1"
+
+
+def test_a_non_retriable_error_fails_the_run_at_once(shop: Shop) -> None:
+    (bad,) = shop.send({"name": "order.bad", "data": {}})
+    run = shop.run_of(bad, "py-shop-refuses", "failed")
+    assert run["error"]["name"] == "NonRetriableError"
+    assert run["error"]["message"] == "order cannot be processed"
+    assert run["failed_attempts"] == 0  # a body failure for good: no retried attempt
+
+
+def test_events_sent_by_the_sdk_client_start_runs(shop: Shop, monkeypatch: pytest.MonkeyPatch
+                                                  ) -> None:
+    monkeypatch.setenv("INNGEST_DEV", shop.base)
+    client = inngest.Inngest(app_id="sender", is_production=False)
+    try:
+        (event_id,) = client.send_sync(inngest.Event(name="order.bad", data={"from": "sdk"}))
+    finally:  # the SDK keeps its HTTP clients open; close them (no ResourceWarning)
+        client._http_client._http_client_sync.close()
+    assert shop.run_of(event_id, "py-shop-refuses", "failed")
+
+
+def test_registration_and_events_refuse_what_they_cannot_honour(shop: Shop) -> None:
+    body = {"appName": "x", "url": "http://127.0.0.1:1/api", "v": "0.1", "sdk": "js",
+            "framework": "express", "functions": [{
+                "id": "x-f", "name": "f", "triggers": [{"event": "e"}],
+                "singleton": {"key": "event.data.id", "mode": "skip"},
+                "steps": {"step": {"id": "step", "name": "step", "runtime": {
+                    "type": "http", "url": "http://127.0.0.1:1/api?fnId=x-f&stepId=step"}}}}]}
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        http("POST", shop.base + "/fn/register", body)
+    assert refused.value.code == 400
+    assert "singleton is not supported" in json.loads(refused.value.read())["error"]
+    with pytest.raises(urllib.error.HTTPError) as bad_event:
+        http("POST", shop.base + "/e/NO_EVENT_KEY_SET", [{"data": {}}])
+    answer = json.loads(bad_event.value.read())
+    assert bad_event.value.code == 400 and answer["status"] == 400 and "name" in answer["error"]
+    for path in ("/fn/register", "/e/NO_EVENT_KEY_SET"):  # garbage: a 4xx naming it, no 5xx
+        for garbage in ([1, 2], "text", {"functions": "no"}, [[{"deep": []}]], None):
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                http("POST", shop.base + path, garbage)
+            assert refused.value.code == 400, (path, garbage)
+            assert json.loads(refused.value.read())["error"]

@@ -1,0 +1,118 @@
+"""The Inngest SDK protocol pieces without a network: registration translation and the
+answers of an app as outcomes (against the recorded SDK traffic where it exists)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from stepwise.engine.outcomes import (
+    RunCompleted,
+    RunFailed,
+    SleepUntil,
+    StepCompleted,
+    StepFailed,
+    WaitForEvent,
+)
+from stepwise.remote import protocol, registration
+
+CAPTURES = Path(__file__).resolve().parents[3] / "shared" / "inngest-captures"
+NOW = 1_800_000_000_000
+
+
+def calls() -> protocol.CallState:
+    return protocol.CallState(steps={}, stack=["a" * 40], attempts={"b" * 40: 2})
+
+
+def test_durations_crons_and_scopes_translate() -> None:
+    assert registration.duration("1h30m", "x") == timedelta(hours=1, minutes=30)
+    assert registration.duration("100ms", "x") == timedelta(milliseconds=100)
+    with pytest.raises(registration.RegistrationError, match="not a duration"):
+        registration.duration("5 minutes", "debounce.period")
+    body = {"appName": "a", "url": "http://h/api", "functions": [{
+        "id": "a-f", "name": "f", "triggers": [{"cron": "TZ=Europe/Paris 0 9 * * *"}],
+        "concurrency": [{"limit": 2, "key": "event.data.u", "scope": "account"}],
+        "throttle": {"limit": 5, "period": "10s", "burst": 1},
+        "steps": {"step": {"id": "step", "name": "step", "retries": {"attempts": 7},
+                           "runtime": {"type": "http", "url": "http://h/api?fnId=a-f"}}}}]}
+    (fn,) = registration.parse(body).functions
+    assert fn.triggers[0].to_json() == {"cron": "0 9 * * *", "tz": "Europe/Paris"}
+    assert fn.flow.concurrency[0].scope == "app" and fn.retry.retries == 7
+    assert fn.flow.throttle is not None and fn.flow.throttle.period == timedelta(seconds=10)
+
+
+@pytest.mark.parametrize(("change", "named"), [
+    ({"singleton": {"key": "k"}}, "singleton"), ({"colour": 1}, "colour"),
+    ({"batchEvents": {"maxSize": 2, "timeout": "1s", "if": "x"}}, "batchEvents.if"),
+    ({"throttle": {"limit": 1, "period": "1s", "burst": 3}}, "burst"),
+    ({"debounce": {"period": "soon"}}, "debounce.period"),
+    ({"triggers": [{"cron": "*/61 * * * *"}]}, "cron"),
+])
+def test_what_cannot_be_honoured_is_refused_by_name(change: dict[str, object],
+                                                    named: str) -> None:
+    function = {"id": "a-f", "triggers": [{"event": "e"}], "steps": {"step": {
+        "runtime": {"type": "http", "url": "http://h/api"}}}, **change}
+    with pytest.raises(registration.RegistrationError, match=named):
+        registration.parse({"appname": "a", "url": "http://h/api", "functions": [function]})
+
+
+def test_the_recorded_python_sync_translates_except_what_is_refused() -> None:
+    sync = CAPTURES / "py" / "001_in_POST_fn_register.json"
+    if not sync.exists():
+        pytest.skip("the recorded SDK traffic is not beside this checkout")
+    body = json.loads(sync.read_text())["request"]["body"]
+    with pytest.raises(registration.RegistrationError, match="not supported yet"):
+        registration.parse(body)  # it uses throttle burst 2 and singleton
+    body["functions"] = [f for f in body["functions"]
+                         if "throttle" not in f and "singleton" not in f]
+    synced = registration.parse(body)
+    assert synced.app_id == "py-capture-app" and synced.sdk == "py:v0.5.19"
+
+
+def test_answers_become_outcomes() -> None:
+    done = protocol.outcomes(200, {}, b'"ok"', calls(), NOW, NOW)
+    assert done == [RunCompleted('"ok"')]
+    step = protocol.outcomes(206, {}, json.dumps([{"op": "StepRun", "id": "b" * 40,
+                                                   "data": {"x": 1}}]).encode(),
+                             calls(), NOW, NOW + 5)
+    assert step == [StepCompleted("b" * 40, 1, '{"data":{"x":1}}', NOW, NOW + 5, 2)]
+    error = protocol.outcomes(206, {}, json.dumps({"op": "StepError", "id": "c" * 40,
+                                                   "error": {"name": "E", "message": "m"}})
+                              .encode(), calls(), NOW, NOW)
+    assert isinstance(error[0], StepFailed) and error[0].retriable
+    sleep = protocol.outcomes(206, {}, json.dumps([{"op": "Sleep", "id": "d" * 40,
+                                                    "name": "2s"}]).encode(), calls(), NOW, NOW)
+    assert sleep == [SleepUntil("d" * 40, 1, NOW + 2000, NOW)]
+    iso = protocol.outcomes(206, {}, json.dumps([{"op": "Sleep", "id": "d" * 40,
+                                                  "name": "2027-01-15T08:00:00.000Z"}]).encode(),
+                            calls(), NOW, NOW)
+    until = datetime(2027, 1, 15, 8, tzinfo=UTC).timestamp() * 1000
+    assert isinstance(iso[0], SleepUntil) and iso[0].until == until
+    wait = protocol.outcomes(206, {}, json.dumps([{"op": "WaitForEvent", "id": "e" * 40,
+                                                   "name": "booking.created", "opts": {
+                                                       "if": "event.data.u == async.data.u",
+                                                       "timeout": "1h"}}]).encode(),
+                             calls(), NOW, NOW)
+    assert wait == [WaitForEvent("e" * 40, 1, "booking.created", NOW + 3_600_000, NOW,
+                                 if_="event.data.u == async.data.u")]
+
+
+def test_errors_follow_the_no_retry_header_and_retry_after() -> None:
+    body = json.dumps({"name": "NonRetriableError", "message": "no"}).encode()
+    final = protocol.outcomes(500, {"x-inngest-no-retry": "true"}, body, calls(), NOW, NOW)
+    assert final == [RunFailed({"name": "NonRetriableError", "message": "no"}, retriable=False)]
+    again = protocol.outcomes(500, {"retry-after": "30"}, body, calls(), NOW, NOW)
+    assert isinstance(again[0], RunFailed) and again[0].retriable
+    assert again[0].retry_after_ms == 30_000
+    client_error = protocol.outcomes(400, {}, body, calls(), NOW, NOW)
+    assert isinstance(client_error[0], RunFailed) and not client_error[0].retriable
+    with pytest.raises(protocol.ProtocolError, match="parallel"):
+        protocol.outcomes(206, {}, b'[{"op": "StepPlanned", "id": "a"}, '
+                                   b'{"op": "StepPlanned", "id": "b"}]', calls(), NOW, NOW)
+    with pytest.raises(protocol.ProtocolError, match="InvokeFunction is not supported"):
+        protocol.outcomes(206, {}, b'{"op": "InvokeFunction", "id": "a"}', calls(), NOW, NOW)
+    with pytest.raises(protocol.ProtocolError, match="not JSON"):
+        protocol.outcomes(206, {}, b"<html>", calls(), NOW, NOW)
