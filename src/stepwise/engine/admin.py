@@ -85,13 +85,12 @@ def replay_run(tx: Tx, run_id: str, now: int) -> RunDetail:
     if run["status"] not in REPLAYABLE_RUN:
         raise Conflict(f"run {run_id} is {run['status']}; only "
                        f"{', '.join(sorted(REPLAYABLE_RUN))} runs replay")
-    _replay(tx, run_id, now)
+    _replay(tx, run, now)
     return get_run(tx, run_id)
 
 
-def _replay(tx: Tx, run_id: str, now: int) -> None:
-    run = lifecycle.get_run(tx, run_id)
-    assert run is not None
+def _replay(tx: Tx, run: RunRow, now: int) -> None:
+    run_id = run["id"]
     tx.exec("replay_run", run_id=run_id)
     tx.exec("delete_failed_steps", run_id=run_id)
     tx.exec("enqueue", run_id=run_id, app_id=run["app_id"], function_id=run["function_id"],
@@ -165,7 +164,9 @@ def bulk(tx: Tx, action: str, filters: dict[str, Any], now: int, dry_run: bool
     by_function: dict[str, int] = {}
     for row in rows:
         if action == "replay":
-            _replay(tx, row["id"], now)
+            run = lifecycle.get_run(tx, row["id"])
+            assert run is not None  # just matched, in this transaction
+            _replay(tx, run, now)
         elif not lifecycle.cancel(tx, row["id"], now, reason="bulk cancel"):
             continue
         by_function[row["function_id"]] = by_function.get(row["function_id"], 0) + 1

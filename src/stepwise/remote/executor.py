@@ -38,11 +38,13 @@ class RemoteWorker(Worker):
     async def _prepare(self) -> None:
         await self.refresh()
 
-    async def refresh(self) -> None:
-        """Take the app's functions as last synced (a re-sync may add or remove some)."""
-        self.definitions = {
-            f["id"]: FunctionDefinition.from_json(f) for f in await self.engine.list_functions()
-            if f["app_id"] == self.app.id and f.get("url")}
+    async def refresh(self, functions: list[dict[str, Any]] | None = None) -> None:
+        """Take the app's functions as last synced (a re-sync may add or remove some), from
+        `functions` (every stored definition) when the caller has read them already."""
+        if functions is None:
+            functions = await self.engine.list_functions()
+        self.definitions = {f["id"]: FunctionDefinition.from_json(f) for f in functions
+                            if f["app_id"] == self.app.id and f.get("url")}
         self._functions = sorted(self.definitions)
 
     async def stop(self, grace: float = 5.0) -> None:
@@ -156,7 +158,7 @@ class RemoteApps:
                 self.workers[app_id] = worker
                 log.info("serving SDK app %s: %s", app_id, ", ".join(worker.definitions))
             else:
-                await worker.refresh()
+                await worker.refresh(functions)
 
     async def run(self) -> None:
         while True:
