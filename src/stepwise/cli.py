@@ -167,6 +167,8 @@ def main(verbose: bool) -> None:
     """stepwise: durable background functions made of memoized steps."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not verbose:  # one line per call to an SDK app would drown the console
+        logging.getLogger("httpx").setLevel(logging.WARNING)
     from . import tracing
 
     tracing.configure()  # off unless OTEL_* variables ask for traces
