@@ -73,6 +73,7 @@ MANAGEMENT = [
     ("POST", "/api/v1/runs/01ABC/rerun"), ("POST", "/api/v1/runs/replay"),
     ("POST", "/api/v1/runs/cancel"), ("GET", "/api/v1/workers"),
     ("GET", "/api/v1/stats/functions"), ("GET", "/runs/01ABC"), ("GET", "/assets/app.js"),
+    ("POST", "/fn/register"),
     ("GET", "/metrics"), ("GET", "/"), ("GET", "/docs"),
     ("GET", "/openapi.json"), ("GET", "/no/such/page"),
 ]
@@ -118,6 +119,11 @@ def test_a_change_posted_from_another_site_is_refused_even_with_the_saved_login(
 def test_events_take_the_event_key_or_the_api_key(server: str) -> None:
     event = json.dumps({"name": "ping"}).encode()
     json_type = {"content-type": "application/json"}
+    # The Inngest SDKs' route carries the key in its path.
+    for key, expected in (("NO_EVENT_KEY_SET", 401), ("wrong", 401), (EVENT_KEY, 200),
+                          (API_KEY, 200)):
+        status, _, _ = call("POST", f"{server}/e/{key}", body=event, headers=json_type)
+        assert status == expected, key
     status, _, text = call("POST", server + "/api/v1/events", body=event, headers=json_type)
     assert status == 401 and "event key" in json.loads(text)["error"]
     for key in (EVENT_KEY, API_KEY):
