@@ -19,7 +19,8 @@ from stepwise.engine.outcomes import (
 )
 from stepwise.remote import protocol, registration
 
-CAPTURES = Path(__file__).resolve().parents[3] / "shared" / "inngest-captures"
+#: A sync recorded between the real Python SDK (inngest 0.5.19, FastAPI) and a server.
+RECORDED_SYNC = Path(__file__).parent / "data" / "inngest_py_register.json"
 NOW = 1_800_000_000_000
 
 
@@ -60,10 +61,7 @@ def test_what_cannot_be_honoured_is_refused_by_name(change: dict[str, object],
 
 
 def test_the_recorded_python_sync_translates_except_what_is_refused() -> None:
-    sync = CAPTURES / "py" / "001_in_POST_fn_register.json"
-    if not sync.exists():
-        pytest.skip("the recorded SDK traffic is not beside this checkout")
-    body = json.loads(sync.read_text())["request"]["body"]
+    body = json.loads(RECORDED_SYNC.read_text())["request"]["body"]
     with pytest.raises(registration.RegistrationError, match="not supported yet"):
         registration.parse(body)  # it uses throttle burst 2 and singleton
     body["functions"] = [f for f in body["functions"]
