@@ -52,8 +52,13 @@ async def vip_only(ctx: inngest.Context) -> str:
     return "welcome, VIP"
 
 
+async def record_refusal(ctx: inngest.Context) -> str:
+    """The onFailure handler: triggered by `inngest/function.failed` for `refuses`."""
+    return f"handled: {ctx.event.data['error']['message']}"
+
+
 @client.create_function(fn_id="refuses", trigger=inngest.TriggerEvent(event="order.bad"),
-                        retries=0)
+                        retries=0, on_failure=record_refusal)
 async def refuses(ctx: inngest.Context) -> None:
     raise inngest.NonRetriableError("order cannot be processed")
 

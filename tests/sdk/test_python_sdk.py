@@ -58,7 +58,7 @@ def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shop]:
         wait_healthy(base, dev)
 
         def synced() -> bool:
-            return len(http("GET", base + "/api/v1/functions")["functions"]) == 4
+            return len(http("GET", base + "/api/v1/functions")["functions"]) == 5
         wait_until(synced, 60, "the SDK app's sync")
         yield Shop(base)
     finally:
@@ -68,8 +68,8 @@ def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shop]:
 
 def test_the_sdk_app_syncs_its_functions(shop: Shop) -> None:
     functions = {f["id"]: f for f in http("GET", shop.base + "/api/v1/functions")["functions"]}
-    assert sorted(functions) == ["py-shop-drip", "py-shop-refuses", "py-shop-signup",
-                                 "py-shop-vip-only"]
+    assert sorted(functions) == ["py-shop-drip", "py-shop-refuses", "py-shop-refuses-failure",
+                                 "py-shop-signup", "py-shop-vip-only"]
     signup = functions["py-shop-signup"]
     assert signup["app_id"] == "py-shop" and signup["retries"] == 3
     assert signup["url"].endswith("/api/inngest?fnId=py-shop-signup&stepId=step")
@@ -110,6 +110,19 @@ def test_a_non_retriable_error_fails_the_run_at_once(shop: Shop) -> None:
     assert run["error"]["name"] == "NonRetriableError"
     assert run["error"]["message"] == "order cannot be processed"
     assert run["failed_attempts"] == 0  # a body failure for good: no retried attempt
+    # The run's end is announced as Inngest does; the SDK's onFailure handler is triggered
+    # by `inngest/function.failed` for this function (its trigger expression) and runs once.
+    failed = http("GET", f"{shop.base}/api/v1/events?name=inngest/function.failed")["events"]
+    announced = [e for e in failed if e["data"]["run_id"] == run["id"]]
+    assert len(announced) == 1
+    data = announced[0]["data"]
+    assert data["function_id"] == "py-shop-refuses" and data["event"]["id"] == bad
+    assert data["error"]["message"] == "order cannot be processed"
+    handler = shop.run_of(announced[0]["id"], "py-shop-refuses-failure", "completed")
+    assert handler["output"] == "handled: order cannot be processed"
+    finished = http("GET", f"{shop.base}/api/v1/events?name=inngest/function.finished")
+    assert any(e["data"]["run_id"] == run["id"] and e["data"]["_inngest"]["status"] == "failed"
+               for e in finished["events"])
 
 
 def test_events_sent_by_the_sdk_client_start_runs(shop: Shop, monkeypatch: pytest.MonkeyPatch

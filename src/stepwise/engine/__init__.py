@@ -11,7 +11,8 @@ methods run one engine operation each in one storage transaction:
 - `lifecycle`: fencing and the run state transitions every operation shares;
 - `waits`, `definitions`, `retries`, `admin`: waits for events, stored definitions, retry
   decisions, operators' actions;
-- `workers`: which workers are alive and what they serve.
+- `workers`: which workers are alive and what they serve;
+- `sdk_events`: the lifecycle events a run of an SDK function emits when it ends.
 """
 
 from __future__ import annotations

@@ -78,7 +78,12 @@ def finish(tx: Tx, run_id: str, status: RunStatus, output: str | None, error: Er
     tx.exec("delete_run_groups", run_id=run_id)
     tx.wake_workers()  # its concurrency slot is free
     run = get_run(tx, run_id)
-    if run is None or not run["parent_run_id"]:
+    if run is None:
+        return
+    from . import sdk_events  # above this module: it ingests events
+
+    sdk_events.announce(tx, run, status, output, error, now)
+    if not run["parent_run_id"]:
         return
     if status == RunStatus.cancelled:
         status, error = RunStatus.failed, {"name": "RunCancelled",

@@ -1,0 +1,54 @@
+"""The lifecycle events Inngest emits when a run of an SDK function ends, which SDK apps rely
+on: `inngest/function.finished` for every end, and `inngest/function.failed` (what an SDK's
+`onFailure` handler is triggered by) or `inngest/function.cancelled`. They are ingested in the
+transaction that ends the run, so a handler can never miss one. Python functions get none:
+their `on_failure` is stepwise's own."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import ErrorInfo
+from ..events import StoredEvent
+from ..payloads import dumps, loads
+from ..status import RunStatus
+from ..storage import Tx
+from ..storage.rows import RunRow
+from . import definitions, ingest, waits
+
+FINISHED = "inngest/function.finished"
+FAILED = "inngest/function.failed"
+CANCELLED = "inngest/function.cancelled"
+
+
+def announce(tx: Tx, run: RunRow, status: RunStatus, output: str | None,
+             error: ErrorInfo | None, now: int) -> None:
+    row = tx.one("get_function", app_id=run["app_id"], id=run["function_id"])
+    if row is None or '"url"' not in row["definition"] or \
+            definitions.decode(row["definition"]).url is None:
+        return  # not an SDK function
+    stored = tx.one("get_event", id=run["event_id"]) if run["event_id"] else None
+    base: dict[str, Any] = {"function_id": run["function_id"], "run_id": run["id"],
+                            "event": waits.event_json(stored) if stored else None}
+    sdk_error = _sdk_error(error) if status != RunStatus.completed else None
+    ended = ({"result": None if output is None else loads(output)} if sdk_error is None
+             else {"error": sdk_error})
+    key = f"{run['id']}:{run['attempts']}"  # one set per end: a replayed run ends again
+    events = [StoredEvent(f"{key}:finished", FINISHED, dumps(
+        {**base, **ended, "_inngest": {"status": str(status)}}, FINISHED), now)]
+    if status == RunStatus.failed:
+        events.append(StoredEvent(f"{key}:failed", FAILED,
+                                  dumps({**base, "error": sdk_error}, FAILED), now))
+    elif status == RunStatus.cancelled:
+        events.append(StoredEvent(f"{key}:cancelled", CANCELLED, dumps(base, CANCELLED), now))
+    ingest.ingest_events(tx, events, now)
+
+
+def _sdk_error(error: ErrorInfo | None) -> dict[str, Any]:
+    """An error as the SDKs read it: `error` is the one-line summary."""
+    error = error or {"name": "Error", "message": "the run ended without a result"}
+    name, message = error.get("name", "Error"), error.get("message", "")
+    out: dict[str, Any] = {"error": f"{name}: {message}", "name": name, "message": message}
+    if error.get("stack"):
+        out["stack"] = error["stack"]
+    return out
