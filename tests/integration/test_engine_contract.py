@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from stepwise.clock import ManualClock
-from stepwise.definition import EventTrigger, FunctionDefinition, RetryPolicy
+from stepwise.definition import CronTrigger, EventTrigger, FunctionDefinition, RetryPolicy
 from stepwise.engine import Conflict, Engine, NotFound
 from stepwise.engine.outcomes import (
     EventsSent,
@@ -311,3 +311,35 @@ async def test_a_run_that_keeps_losing_its_worker_fails_after_the_takeover_limit
     error = loads(run["error"] or "{}")
     assert error["name"] == "WorkerLost" and f"{MAX_TAKEOVERS + 1} times" in error["message"]
     assert [f["step_id"] for f in run["failures"]] == [None]  # type: ignore[typeddict-item]
+
+
+async def test_sdk_functions_get_inngest_events_for_cron_ticks_and_their_end(
+        engine: Engine) -> None:
+    """A function registered by an SDK app (it has a URL): its cron runs start with
+    `inngest/scheduled.timer`, and its end is announced (`inngest/function.finished`, and
+    `.failed` for a failure) in the same transaction, while a Python function gets none."""
+    clock = engine.clock
+    assert isinstance(clock, ManualClock)
+    sdk = FunctionDefinition("sdk-tick", "sdk", (CronTrigger("* * * * *"),),
+                             RetryPolicy(0), url="http://127.0.0.1:1/api/inngest?fnId=sdk-tick")
+    await engine.register("sdk", [sdk])
+    clock.advance(61)
+    (run_id,) = await engine.lease("sdk", ["sdk-tick"], "A", 10, LEASE_MS)
+    run = await engine.get_run(run_id)
+    assert run["event"] is not None and run["event"]["name"] == "inngest/scheduled.timer"
+    timer = loads(run["event"]["data"])
+    assert timer["cron"] == "* * * * *" and timer["scheduledAt"].endswith("Z")
+    await engine.apply(run_id, "A", [RunFailed(ERROR, retriable=False)], last=True)
+    finished = await engine.list_events({"name": "inngest/function.finished"})
+    failed = await engine.list_events({"name": "inngest/function.failed"})
+    assert [loads(e["data"])["run_id"] for e in finished] == [run_id]
+    (announcement,) = [loads(e["data"]) for e in failed]
+    assert announcement["function_id"] == "sdk-tick"
+    assert announcement["error"]["error"] == "ValueError: nope"
+    assert announcement["event"]["name"] == "inngest/scheduled.timer"
+    # A Python function's end announces nothing.
+    native = await engine.ingest([StoredEvent("n1", "go", "{}", 0)])
+    (native_run,) = await engine.lease(APP, FUNCTIONS, "A", 10, LEASE_MS)
+    await engine.apply(native_run, "A", [RunCompleted("1")], last=True)
+    assert native == ["n1"]
+    assert len(await engine.list_events({"name": "inngest/function.finished"})) == 1

@@ -8,6 +8,8 @@ concurrency limits; every worker and server meets here (see `lease_candidates` a
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from .. import schedules
 from ..errors import ErrorInfo
 from ..events import StoredEvent
@@ -16,6 +18,8 @@ from ..status import TERMINAL_RUN, StepStatus
 from ..storage import Tx
 from . import definitions, flow_control, lifecycle, runs
 
+#: The event of an SDK function's cron run, as Inngest names it.
+SDK_TIMER = "inngest/scheduled.timer"
 #: A run whose executions lose their worker this many times in a row (crash, kill, a frozen
 #: process: the lease expired) fails instead of being taken over again.
 MAX_TAKEOVERS = 5
@@ -123,9 +127,14 @@ def fire_schedules(tx: Tx, app_id: str, now: int) -> int:
     for row in tx.all("due_schedules", app_id=app_id, now=now):
         cron, tz = row["cron"], row["tz"]
         tick = max(int(row["next_at"]), schedules.latest_tick(cron, tz, now))
-        event = StoredEvent(id=f"cron:{app_id}:{row['function_id']}:{tick}", name="stepwise/cron",
-                            data=dumps({"cron": cron, "tz": tz, "tick": tick}, "cron event"),
-                            ts=tick)
+        definition = definitions.get(tx, app_id, row["function_id"])
+        if definition is not None and definition.url is not None:  # an SDK function
+            name, data = SDK_TIMER, {"cron": cron if tz == "UTC" else f"TZ={tz} {cron}",
+                                     "scheduledAt": _iso(tick), "fireAt": _iso(now)}
+        else:
+            name, data = "stepwise/cron", {"cron": cron, "tz": tz, "tick": tick}
+        event = StoredEvent(id=f"cron:{app_id}:{row['function_id']}:{tick}", name=name,
+                            data=dumps(data, "cron event"), ts=tick)
         if tx.exec("insert_event", id=event.id, name=event.name, data=event.data, ts=event.ts,
                    now=now, trace=None):
             flow_control.create_run(tx, app_id, row["function_id"], event.id, now, now)
@@ -133,6 +142,11 @@ def fire_schedules(tx: Tx, app_id: str, now: int) -> int:
         tx.exec("set_schedule_next", app_id=app_id, function_id=row["function_id"], cron=cron,
                 tz=tz, next_at=schedules.next_tick(cron, tz, now))
     return fired
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z")
 
 
 def expire_deadlines(tx: Tx, app_id: str, now: int) -> None:
