@@ -63,5 +63,21 @@ async def refuses(ctx: inngest.Context) -> None:
     raise inngest.NonRetriableError("order cannot be processed")
 
 
+async def price(item: str) -> int:
+    return {"tea": 3, "cake": 5}[item]
+
+
+@client.create_function(fn_id="basket", trigger=inngest.TriggerEvent(event="basket.checked"))
+async def basket(ctx: inngest.Context) -> dict[str, Any]:
+    tea, cake = await ctx.group.parallel((lambda: ctx.step.run("price-tea", price, "tea"),
+                                          lambda: ctx.step.run("price-cake", price, "cake")))
+    total = await ctx.step.run("total", lambda: _sum(tea, cake))
+    return {"tea": tea, "cake": cake, "total": total}
+
+
+async def _sum(*values: int) -> int:
+    return sum(values)
+
+
 app = fastapi.FastAPI()
-inngest.fast_api.serve(app, client, [signup, drip, vip_only, refuses])
+inngest.fast_api.serve(app, client, [signup, drip, vip_only, refuses, basket])

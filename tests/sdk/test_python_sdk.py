@@ -58,7 +58,7 @@ def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shop]:
         wait_healthy(base, dev)
 
         def synced() -> bool:
-            return len(http("GET", base + "/api/v1/functions")["functions"]) == 5
+            return len(http("GET", base + "/api/v1/functions")["functions"]) == 6
         wait_until(synced, 60, "the SDK app's sync")
         yield Shop(base)
     finally:
@@ -68,8 +68,8 @@ def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shop]:
 
 def test_the_sdk_app_syncs_its_functions(shop: Shop) -> None:
     functions = {f["id"]: f for f in http("GET", shop.base + "/api/v1/functions")["functions"]}
-    assert sorted(functions) == ["py-shop-drip", "py-shop-refuses", "py-shop-refuses-failure",
-                                 "py-shop-signup", "py-shop-vip-only"]
+    assert sorted(functions) == ["py-shop-basket", "py-shop-drip", "py-shop-refuses",
+                                 "py-shop-refuses-failure", "py-shop-signup", "py-shop-vip-only"]
     signup = functions["py-shop-signup"]
     assert signup["app_id"] == "py-shop" and signup["retries"] == 3
     assert signup["url"].endswith("/api/inngest?fnId=py-shop-signup&stepId=step")
@@ -93,6 +93,14 @@ def test_steps_are_memoized_and_a_failing_step_is_retried(shop: Shop) -> None:
     shop.run_of(plain, "py-shop-signup", "completed")
     runs = http("GET", f"{shop.base}/api/v1/events/{plain}")["runs"]
     assert "py-shop-vip-only" not in [r["function_id"] for r in runs]  # expression false
+
+
+def test_parallel_steps_run_each_once_then_the_function_goes_on(shop: Shop) -> None:
+    (event_id,) = shop.send({"name": "basket.checked", "data": {}})
+    run = shop.run_of(event_id, "py-shop-basket", "completed")
+    assert run["output"] == {"tea": 3, "cake": 5, "total": 8}
+    assert sorted(s["output"]["data"] for s in run["steps"]) == [3, 5, 8]
+    assert all(s["attempts"] == 1 for s in run["steps"])
 
 
 def test_wait_for_event_with_a_condition(shop: Shop) -> None:

@@ -107,9 +107,17 @@ def test_errors_follow_the_no_retry_header_and_retry_after() -> None:
     assert again[0].retry_after_ms == 30_000
     client_error = protocol.outcomes(400, {}, body, calls(), NOW, NOW)
     assert isinstance(client_error[0], RunFailed) and not client_error[0].retriable
-    with pytest.raises(protocol.ProtocolError, match="parallel"):
+    planned = protocol.outcomes(206, {}, b'[{"op": "StepPlanned", "id": "a"}, '
+                                         b'{"op": "StepPlanned", "id": "b"}]', calls(), NOW, NOW)
+    assert planned == protocol.Planned(["a", "b"])
+    with pytest.raises(protocol.ProtocolError, match="not all StepPlanned"):
         protocol.outcomes(206, {}, b'[{"op": "StepPlanned", "id": "a"}, '
-                                   b'{"op": "StepPlanned", "id": "b"}]', calls(), NOW, NOW)
+                                   b'{"op": "StepRun", "id": "b"}]', calls(), NOW, NOW)
+    with pytest.raises(protocol.ProtocolError, match="distinct ids"):
+        protocol.outcomes(206, {}, b'[{"op": "StepPlanned", "id": "a"}, '
+                                   b'{"op": "StepPlanned", "id": "a"}]', calls(), NOW, NOW)
+    assert protocol.targeted("http://h:1/api/inngest?fnId=a-f&stepId=step", "abc") == (
+        "http://h:1/api/inngest?fnId=a-f&stepId=abc")
     with pytest.raises(protocol.ProtocolError, match="InvokeFunction is not supported"):
         protocol.outcomes(206, {}, b'{"op": "InvokeFunction", "id": "a"}', calls(), NOW, NOW)
     with pytest.raises(protocol.ProtocolError, match="not JSON"):

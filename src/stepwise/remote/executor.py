@@ -15,7 +15,7 @@ import httpx
 from ..app import App
 from ..definition import FunctionDefinition
 from ..engine import Engine
-from ..engine.outcomes import Outcome, RunFailed, StepCompleted
+from ..engine.outcomes import Outcome, RunFailed, StepCompleted, StepFailed
 from ..errors import ExecutionStopped, LeaseLost
 from ..payloads import loads
 from ..storage import Storage
@@ -65,20 +65,20 @@ class RemoteWorker(Worker):
                 return
             calls = protocol.memo(state)
             while not running.abandoned:
-                result = await self._call(definition, state, calls)
+                answer = await self._call(definition, state, calls)
+                if isinstance(answer, protocol.Planned):  # parallel steps: one call each
+                    answer = await self._run_planned(definition, state, calls, answer)
+                    if all(isinstance(o, StepCompleted) for o in answer):
+                        if not await self._memoize(run_id, calls, answer):
+                            return
+                        continue
+                    await self.engine.apply(run_id, self.id, answer, last=True)
+                    return
+                result = answer
                 done = result[0]
                 if isinstance(done, StepCompleted):
-                    applied = await self.engine.apply(run_id, self.id, result, last=False)
-                    if done.step_id in applied.outputs:  # what is stored (the first result)
-                        stored = applied.outputs[done.step_id]
-                        calls.steps[done.step_id] = None if stored is None else loads(stored)
-                    elif done.step_id in applied.failed:
-                        calls.steps[done.step_id] = {"error": applied.failed[done.step_id]}
-                    else:  # not settled here: start again from what is stored
-                        await self.engine.apply(run_id, self.id, [], last=True)
+                    if not await self._memoize(run_id, calls, result):
                         return
-                    calls.stack.append(done.step_id)
-                    calls.attempts.pop(done.step_id, None)
                     continue
                 await self.engine.apply(run_id, self.id, result, last=True)
                 return
@@ -90,10 +90,56 @@ class RemoteWorker(Worker):
             log.exception("run %s: execution failed; its lease will expire and it will be "
                           "retried", run_id)
 
+    async def _memoize(self, run_id: str, calls: protocol.CallState,
+                       completed: list[Outcome]) -> bool:
+        """Store completed steps and add what is stored to the memo map; False when one was
+        not settled by this call (the run then starts again from what is stored)."""
+        applied = await self.engine.apply(run_id, self.id, completed, last=False)
+        for outcome in completed:
+            assert isinstance(outcome, StepCompleted)
+            sid = outcome.step_id
+            if sid in applied.outputs:  # what is stored (the first result)
+                stored = applied.outputs[sid]
+                calls.steps[sid] = None if stored is None else loads(stored)
+            elif sid in applied.failed:
+                calls.steps[sid] = {"error": applied.failed[sid]}
+            else:
+                await self.engine.apply(run_id, self.id, [], last=True)
+                return False
+            calls.stack.append(sid)
+            calls.attempts.pop(sid, None)
+        return True
+
+    async def _run_planned(self, definition: FunctionDefinition, state: Any,
+                           calls: protocol.CallState, planned: protocol.Planned
+                           ) -> list[Outcome]:
+        """Call the app once for each planned step, at once; each answer is that step's
+        outcome (a planned step answering anything else fails the run)."""
+        base = len(calls.stack)
+        answers = await asyncio.gather(*(
+            self._call(definition, state, calls, step_id=sid, seq=base + i)
+            for i, sid in enumerate(planned.step_ids)))
+        out: list[Outcome] = []
+        for sid, answer in zip(planned.step_ids, answers, strict=True):
+            if isinstance(answer, protocol.Planned) or not isinstance(
+                    answer[0], StepCompleted | StepFailed):
+                failed = answer[0] if not isinstance(answer, protocol.Planned) else None
+                if isinstance(failed, RunFailed):
+                    return [failed]  # the app is unreachable or answered an error
+                return [RunFailed({"name": "ProtocolError", "message": (
+                    f"the planned step {sid} answered something other than its result")},
+                    retriable=False)]
+            out.append(answer[0])
+        return out
+
     async def _call(self, definition: FunctionDefinition, state: Any,
-                    calls: protocol.CallState) -> list[Outcome]:
-        """One call to the app, as outcomes (a failure to reach it is a retried failure)."""
+                    calls: protocol.CallState, step_id: str | None = None,
+                    seq: int | None = None) -> list[Outcome] | protocol.Planned:
+        """One call to the app (for one planned step: `step_id`), as outcomes (a failure to
+        reach it is a retried failure)."""
         url = str(definition.url)
+        if step_id is not None:
+            url = protocol.targeted(url, step_id)
         body = protocol.request_body(state, calls, definition.retry.retries + 1, self.version)
         headers = {"X-Inngest-Server-Kind": "dev", "X-Run-ID": state.run["id"]}
         if self.version != -1:
@@ -112,7 +158,8 @@ class RemoteWorker(Worker):
         try:
             return protocol.outcomes(response.status_code,
                                      {k.lower(): v for k, v in response.headers.items()},
-                                     response.content, calls, started, self.clock.now_ms())
+                                     response.content, calls, started, self.clock.now_ms(),
+                                     seq)
         except protocol.ProtocolError as exc:
             return [RunFailed({"name": "ProtocolError", "message": (
                 f"the app at {url} answered outside the protocol: {exc}")}, retriable=False)]

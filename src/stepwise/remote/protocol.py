@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ..engine import RunState
 from ..engine.outcomes import (
@@ -29,7 +30,7 @@ from ..status import StepStatus
 from .registration import RegistrationError, duration
 
 #: Opcodes this version understands; any other answer fails the run with a clear error.
-SUPPORTED_OPS = ("StepRun", "StepError", "StepFailed", "Sleep", "WaitForEvent")
+SUPPORTED_OPS = ("StepRun", "StepError", "StepFailed", "StepPlanned", "Sleep", "WaitForEvent")
 #: How long a wait with no timeout lasts (the SDKs always send one).
 DEFAULT_WAIT_MS = 7 * 24 * 3600 * 1000
 
@@ -112,9 +113,24 @@ def _retry_after_ms(value: str | None, now: int) -> int | None:
     return max(0, int(moment.timestamp() * 1000) - now)
 
 
+@dataclass(frozen=True)
+class Planned:
+    """The app planned steps to run in parallel: call it once for each (`stepId=<id>`)."""
+
+    step_ids: list[str]
+
+
+def targeted(url: str, step_id: str) -> str:
+    """The function's URL with `stepId` set to one planned step."""
+    parts = urlsplit(url)
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "stepId"]
+    return urlunsplit(parts._replace(query=urlencode([*query, ("stepId", step_id)])))
+
+
 def outcomes(status: int, headers: dict[str, str], body: bytes, calls: CallState,
-             started: int, now: int) -> list[Outcome]:
-    """The app's answer to one call, as outcomes (one step's, or the run's end)."""
+             started: int, now: int, seq: int | None = None) -> list[Outcome] | Planned:
+    """The app's answer to one call, as outcomes (one step's, or the run's end), or the steps
+    it planned. `seq`: the step's position, for a targeted call."""
     no_retry = headers.get("x-inngest-no-retry", "").lower() == "true"
     retry_after = _retry_after_ms(headers.get("retry-after"), now)
     try:
@@ -128,11 +144,18 @@ def outcomes(status: int, headers: dict[str, str], body: bytes, calls: CallState
     if status == 200:
         return [RunCompleted(dumps(answer, "function output"))]
     if status == 206:
-        ops = answer if isinstance(answer, list) else [answer]
+        ops: list[Any] = answer if isinstance(answer, list) else [answer]
+        if not ops:
+            raise ProtocolError("the app answered 206 with no opcode")
+        if all(isinstance(op, dict) and op.get("op") == "StepPlanned" for op in ops):
+            ids = [op.get("id") for op in ops]
+            if not all(isinstance(i, str) and i for i in ids) or len(set(ids)) != len(ids):
+                raise ProtocolError(f"planned steps need distinct ids, got {ids!r}"[:300])
+            return Planned([str(i) for i in ids])
         if len(ops) != 1:
-            raise ProtocolError(f"the app planned {len(ops)} steps at once (parallel steps): "
-                                "not supported yet")
-        return [_op(ops[0], calls, started, now)]
+            raise ProtocolError(f"the app answered {len(ops)} opcodes that are not all "
+                                "StepPlanned")
+        return [_op(ops[0], calls, started, now, seq)]
     if status >= 400:
         return [RunFailed(_error(answer, f"the app answered HTTP {status}"),
                           retriable=not no_retry and (status >= 500 or status == 429),
@@ -140,12 +163,12 @@ def outcomes(status: int, headers: dict[str, str], body: bytes, calls: CallState
     raise ProtocolError(f"the app answered HTTP {status}, which the protocol does not use")
 
 
-def _op(op: Any, calls: CallState, started: int, now: int) -> Outcome:
+def _op(op: Any, calls: CallState, started: int, now: int, seq: int | None = None) -> Outcome:
     if not isinstance(op, dict) or not isinstance(op.get("op"), str) or \
             not isinstance(op.get("id"), str) or not op["id"]:
         raise ProtocolError(f"an opcode must be an object with op and id, got {op!r}"[:300])
     kind, sid = op["op"], op["id"]
-    seq = len(calls.stack)
+    seq = len(calls.stack) if seq is None else seq
     opts = op.get("opts") or {}
     attempt = calls.attempts.get(sid, 0)
     if kind == "StepRun":
