@@ -114,23 +114,24 @@ class RemoteWorker(Worker):
                            calls: protocol.CallState, planned: protocol.Planned
                            ) -> list[Outcome]:
         """Call the app once for each planned step, at once; each answer is that step's
-        outcome (a planned step answering anything else fails the run)."""
+        outcome. A call that failed (the app unreachable, an error answer, anything but the
+        step's result) fails the body after the other steps' results are kept."""
         base = len(calls.stack)
         answers = await asyncio.gather(*(
             self._call(definition, state, calls, step_id=sid, seq=base + i)
             for i, sid in enumerate(planned.step_ids)))
-        out: list[Outcome] = []
+        steps: list[Outcome] = []
+        failure: RunFailed | None = None
         for sid, answer in zip(planned.step_ids, answers, strict=True):
-            if isinstance(answer, protocol.Planned) or not isinstance(
-                    answer[0], StepCompleted | StepFailed):
-                failed = answer[0] if not isinstance(answer, protocol.Planned) else None
-                if isinstance(failed, RunFailed):
-                    return [failed]  # the app is unreachable or answered an error
-                return [RunFailed({"name": "ProtocolError", "message": (
-                    f"the planned step {sid} answered something other than its result")},
-                    retriable=False)]
-            out.append(answer[0])
-        return out
+            first = None if isinstance(answer, protocol.Planned) else answer[0]
+            if isinstance(first, StepCompleted | StepFailed):
+                steps.append(first)
+            elif failure is None:
+                failure = first if isinstance(first, RunFailed) else RunFailed(
+                    {"name": "ProtocolError", "message": (
+                        f"the planned step {sid} answered something other than its result")},
+                    retriable=False)
+        return steps if failure is None else [*steps, failure]
 
     async def _call(self, definition: FunctionDefinition, state: Any,
                     calls: protocol.CallState, step_id: str | None = None,
