@@ -30,7 +30,7 @@ from typing import Any
 
 from .app import App
 from .clock import Clock
-from .engine import Engine
+from .engine import Engine, RunState
 from .engine.outcomes import Outcome
 from .errors import ExecutionStopped, LeaseLost, RunCancelled
 from .execution import Execution, ExecutorEnv
@@ -361,26 +361,19 @@ class Worker:
             self.notify()
 
     async def _execution(self, running: Running) -> None:
-        """One execution of a run, on the user loop."""
+        """One execution of a run (on the user loop, when there is one)."""
         run_id = running.run_id
         try:
             state = await self.engine.load(run_id)
             if state is None:
                 return
-            function = self.app.get(state.run["function_id"])
-            if function is None:
-                log.error("run %s: function %r is not in app %r (it was leased before this "
-                          "worker stopped serving it); releasing it for a minute",
-                          run_id, state.run["function_id"], self.app.id)
+            if not self._serves(state.run["function_id"]):
+                log.error("run %s: function %r is not served by this worker of app %r (it "
+                          "was leased before the worker stopped serving it); releasing it "
+                          "for a minute", run_id, state.run["function_id"], self.app.id)
                 await self.engine.release(run_id, self.id, 60_000)
                 return
-            execution = Execution(self.env, function, state)
-            execution.threads = running.threads
-            execution.lease_until = running.lease_until
-            execution.lease_margin = self.lease_seconds / 3
-            running.execution = execution
-            if not running.abandoned:
-                await execution.run()
+            await self._execute_state(running, state)
         except LeaseLost as exc:
             log.warning("run %s: %s; this execution stops", run_id, exc)
             with contextlib.suppress(Exception, ExecutionStopped):
@@ -392,3 +385,18 @@ class Worker:
         except Exception:
             log.exception("run %s: execution failed; its lease will expire and it will be "
                           "retried", run_id)
+
+    def _serves(self, function_id: str) -> bool:
+        return self.app.get(function_id) is not None
+
+    async def _execute_state(self, running: Running, state: RunState) -> None:
+        """Run the function's Python code in process (a remote executor calls an app)."""
+        function = self.app.get(state.run["function_id"])
+        assert function is not None  # checked by `_serves`
+        execution = Execution(self.env, function, state)
+        execution.threads = running.threads
+        execution.lease_until = running.lease_until
+        execution.lease_margin = self.lease_seconds / 3
+        running.execution = execution
+        if not running.abandoned:
+            await execution.run()

@@ -14,9 +14,8 @@ import httpx
 
 from ..app import App
 from ..definition import FunctionDefinition
-from ..engine import Engine
+from ..engine import Engine, RunState
 from ..engine.outcomes import Outcome, RunFailed, StepCompleted, StepFailed
-from ..errors import ExecutionStopped, LeaseLost
 from ..payloads import loads
 from ..storage import Storage
 from ..worker import Running, Worker
@@ -51,44 +50,29 @@ class RemoteWorker(Worker):
         await super().stop(grace)
         await self.client.aclose()
 
-    async def _execution(self, running: Running) -> None:
+    def _serves(self, function_id: str) -> bool:
+        definition = self.definitions.get(function_id)
+        return definition is not None and definition.url is not None
+
+    async def _execute_state(self, running: Running, state: RunState) -> None:
+        """Call the app until it answers the run's end or a step that parks the run."""
         run_id = running.run_id
-        try:
-            state = await self.engine.load(run_id)
-            if state is None:
-                return
-            definition = self.definitions.get(state.run["function_id"])
-            if definition is None or definition.url is None:
-                log.error("run %s: function %r is no longer served by app %r; releasing it "
-                          "for a minute", run_id, state.run["function_id"], self.app.id)
-                await self.engine.release(run_id, self.id, 60_000)
-                return
-            calls = protocol.memo(state)
-            while not running.abandoned:
-                answer = await self._call(definition, state, calls)
-                if isinstance(answer, protocol.Planned):  # parallel steps: one call each
-                    answer = await self._run_planned(definition, state, calls, answer)
-                    if all(isinstance(o, StepCompleted) for o in answer):
-                        if not await self._memoize(run_id, calls, answer):
-                            return
-                        continue
-                    await self.engine.apply(run_id, self.id, answer, last=True)
-                    return
-                result = answer
-                done = result[0]
-                if isinstance(done, StepCompleted):
-                    if not await self._memoize(run_id, calls, result):
+        definition = self.definitions[state.run["function_id"]]
+        calls = protocol.memo(state)
+        while not running.abandoned:
+            answer = await self._call(definition, state, calls)
+            if isinstance(answer, protocol.Planned):  # parallel steps: one call each
+                answer = await self._run_planned(definition, state, calls, answer)
+                if all(isinstance(o, StepCompleted) for o in answer):
+                    if not await self._memoize(run_id, calls, answer):
                         return
                     continue
-                await self.engine.apply(run_id, self.id, result, last=True)
-                return
-        except LeaseLost as exc:
-            log.warning("run %s: %s; this execution stops", run_id, exc)
-        except ExecutionStopped:
-            pass
-        except Exception:
-            log.exception("run %s: execution failed; its lease will expire and it will be "
-                          "retried", run_id)
+            elif isinstance(answer[0], StepCompleted):
+                if not await self._memoize(run_id, calls, answer):
+                    return
+                continue
+            await self.engine.apply(run_id, self.id, answer, last=True)
+            return
 
     async def _memoize(self, run_id: str, calls: protocol.CallState,
                        completed: list[Outcome]) -> bool:
@@ -110,7 +94,7 @@ class RemoteWorker(Worker):
             calls.attempts.pop(sid, None)
         return True
 
-    async def _run_planned(self, definition: FunctionDefinition, state: Any,
+    async def _run_planned(self, definition: FunctionDefinition, state: RunState,
                            calls: protocol.CallState, planned: protocol.Planned
                            ) -> list[Outcome]:
         """Call the app once for each planned step, at once; each answer is that step's
@@ -133,7 +117,7 @@ class RemoteWorker(Worker):
                     retriable=False)
         return steps if failure is None else [*steps, failure]
 
-    async def _call(self, definition: FunctionDefinition, state: Any,
+    async def _call(self, definition: FunctionDefinition, state: RunState,
                     calls: protocol.CallState, step_id: str | None = None,
                     seq: int | None = None) -> list[Outcome] | protocol.Planned:
         """One call to the app (for one planned step: `step_id`), as outcomes (a failure to
