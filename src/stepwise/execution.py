@@ -386,7 +386,11 @@ class Execution:
 
     async def invoke(self, step_id: str, function: Any, data: dict[str, Any] | None,
                      timeout: timedelta | datetime | None) -> Any:
-        target = self.function.app.resolve(function)
+        # An id this app does not define may be another app's (an SDK function's
+        # `<app>-<fn>`): the engine resolves it, and fails the step when nothing has it.
+        target_id = function if isinstance(function, str) and \
+            function not in self.function.app.functions else \
+            self.function.app.resolve(function).id
         now = self.now_ms()
         expires = None if timeout is None else to_ms(timeout, now, f"invoke {step_id!r} timeout")
         sid, seq, row = self.claim(step_id)
@@ -400,7 +404,7 @@ class Execution:
             payload = dumps(data or {}, f"invoke({sid!r}) data", self.env.limits.event_bytes)
         except PayloadError as exc:
             raise NonRetriableError(str(exc)) from None
-        self.wait_for(Invoke(sid, seq, target.id, payload, now, expires,
+        self.wait_for(Invoke(sid, seq, target_id, payload, now, expires,
                              tracing.traceparent(self.span)))
 
     async def parallel(self, branches: list[Awaitable[Any]]) -> list[Any]:

@@ -79,5 +79,21 @@ async def _sum(*values: int) -> int:
     return sum(values)
 
 
+@client.create_function(fn_id="checkout", trigger=inngest.TriggerEvent(event="order.placed"))
+async def checkout(ctx: inngest.Context) -> dict[str, Any]:
+    """Invokes across apps: a Python-native function and a Flask app's function."""
+    amount = ctx.event.data["amount"]
+    taxed = await ctx.step.invoke_by_id("tax", app_id="billing", function_id="tax",
+                                        data={"amount": amount})
+    receipt = await ctx.step.invoke_by_id("receipt", app_id="py-mailer",
+                                          function_id="render-receipt",
+                                          data={"items": {"amount": amount, **taxed}})
+    try:
+        await ctx.step.invoke_by_id("missing", app_id="nowhere", function_id="nothing")
+    except inngest.StepError as exc:
+        return {"taxed": taxed, "receipt": receipt, "missing": exc.message}
+    return {"taxed": taxed, "receipt": receipt, "missing": None}
+
+
 app = fastapi.FastAPI()
-inngest.fast_api.serve(app, client, [signup, drip, vip_only, refuses, basket])
+inngest.fast_api.serve(app, client, [signup, drip, vip_only, refuses, basket, checkout])

@@ -43,33 +43,46 @@ class Shop:
 
 @pytest.fixture(scope="module")
 def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shop]:
+    """`stepwise dev` serving a Python-native app (`native_app.py`) and two SDK apps: one on
+    FastAPI (`py_app.py`), one on Flask (`flask_app.py`)."""
     tmp = tmp_path_factory.mktemp("sdk")
-    port, app_port = free_port(), free_port()
+    port, app_port, flask_port = free_port(), free_port(), free_port()
     base = f"http://127.0.0.1:{port}"
     env = {"INNGEST_DEV": base, "PYTHONPATH": str(ROOT)}
-    with open(tmp / "app.log", "w") as log:  # the SDK app, as its team would serve it
-        app_proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "tests.sdk.py_app:app", "--port", str(app_port)],
-            cwd=tmp, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env},
-            start_new_session=True, text=True)
-    dev = start(["dev", "-u", f"http://127.0.0.1:{app_port}/api/inngest", "--port", str(port),
-                 "--db", str(tmp / "dev.db")], tmp, env)
+    apps = []
+    with open(tmp / "app.log", "w") as log:  # the SDK apps, as their teams would serve them
+        for command in (["uvicorn", "tests.sdk.py_app:app", "--port", str(app_port)],
+                        ["flask", "--app", "tests.sdk.flask_app:app", "run", "--port",
+                         str(flask_port)]):
+            apps.append(subprocess.Popen(
+                [sys.executable, "-m", *command], cwd=tmp, stdout=log,
+                stderr=subprocess.STDOUT, env={**os.environ, **env}, start_new_session=True,
+                text=True))
+    dev = start(["dev", "tests.sdk.native_app:app",
+                 "-u", f"http://127.0.0.1:{app_port}/api/inngest",
+                 "-u", f"http://127.0.0.1:{flask_port}/api/inngest",
+                 "--port", str(port), "--db", str(tmp / "dev.db")], tmp, env)
     try:
         wait_healthy(base, dev)
 
         def synced() -> bool:
-            return len(http("GET", base + "/api/v1/functions")["functions"]) == 6
-        wait_until(synced, 60, "the SDK app's sync")
+            return len(http("GET", base + "/api/v1/functions")["functions"]) == 11
+        wait_until(synced, 60, "the SDK apps' sync")
         yield Shop(base)
     finally:
         stop(dev)
-        stop(app_proc)
+        for proc in apps:
+            stop(proc)
 
 
 def test_the_sdk_app_syncs_its_functions(shop: Shop) -> None:
     functions = {f["id"]: f for f in http("GET", shop.base + "/api/v1/functions")["functions"]}
-    assert sorted(functions) == ["py-shop-basket", "py-shop-drip", "py-shop-refuses",
-                                 "py-shop-refuses-failure", "py-shop-signup", "py-shop-vip-only"]
+    assert sorted(functions) == [
+        "greet-signup", "py-mailer-render-receipt", "py-mailer-welcome", "py-shop-basket",
+        "py-shop-checkout", "py-shop-drip", "py-shop-refuses", "py-shop-refuses-failure",
+        "py-shop-signup", "py-shop-vip-only", "tax"]
+    assert functions["py-mailer-welcome"]["app_id"] == "py-mailer"
+    assert functions["tax"]["app_id"] == "billing" and "url" not in functions["tax"]
     signup = functions["py-shop-signup"]
     assert signup["app_id"] == "py-shop" and signup["retries"] == 3
     assert signup["url"].endswith("/api/inngest?fnId=py-shop-signup&stepId=step")
@@ -165,3 +178,25 @@ def test_registration_and_events_refuse_what_they_cannot_honour(shop: Shop) -> N
                 http("POST", shop.base + path, garbage)
             assert refused.value.code == 400, (path, garbage)
             assert json.loads(refused.value.read())["error"]
+
+
+def test_invoke_across_apps_and_languages(shop: Shop) -> None:
+    """The FastAPI app invokes a Python-native function and a Flask app's function; a
+    Python-native function invokes the Flask app's; an unknown function fails the step."""
+    (event_id,) = shop.send({"name": "order.placed", "data": {"amount": 50}})
+    run = shop.run_of(event_id, "py-shop-checkout", "completed")
+    assert run["output"]["taxed"] == {"tax": 10}
+    assert run["output"]["receipt"] == {"receipt": "amount: 50\ntax: 10",
+                                        "source": "py-shop-checkout"}
+    assert "no function 'nowhere-nothing' is registered" in run["output"]["missing"]
+    children = http("GET", shop.base + "/api/v1/runs?function=tax")["runs"]
+    assert [c["parent_run_id"] for c in children] == [run["id"]]
+
+
+def test_one_event_starts_functions_of_every_app(shop: Shop) -> None:
+    (event_id,) = shop.send({"name": "user.signup", "data": {"user_id": 9}})
+    greeted = shop.run_of(event_id, "greet-signup", "completed")
+    assert greeted["output"] == {"user": 9, "rendered": {
+        "receipt": "plan: pro", "source": "greet-signup"}}
+    assert shop.run_of(event_id, "py-mailer-welcome", "completed")["output"] == \
+        "welcome user 9"

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from stepwise.engine.outcomes import (
+    Invoke,
     RunCompleted,
     RunFailed,
     SleepUntil,
@@ -118,7 +119,22 @@ def test_errors_follow_the_no_retry_header_and_retry_after() -> None:
                                    b'{"op": "StepPlanned", "id": "a"}]', calls(), NOW, NOW)
     assert protocol.targeted("http://h:1/api/inngest?fnId=a-f&stepId=step", "abc") == (
         "http://h:1/api/inngest?fnId=a-f&stepId=abc")
-    with pytest.raises(protocol.ProtocolError, match="InvokeFunction is not supported"):
-        protocol.outcomes(206, {}, b'{"op": "InvokeFunction", "id": "a"}', calls(), NOW, NOW)
+    with pytest.raises(protocol.ProtocolError, match="AIGateway is not supported"):
+        protocol.outcomes(206, {}, b'{"op": "AIGateway", "id": "a"}', calls(), NOW, NOW)
     with pytest.raises(protocol.ProtocolError, match="not JSON"):
         protocol.outcomes(206, {}, b"<html>", calls(), NOW, NOW)
+
+
+def test_invoke_function_names_any_apps_function_with_a_timeout() -> None:
+    op = (b'{"op": "InvokeFunction", "id": "h", "opts": {"function_id": "billing-tax", '
+          b'"payload": {"data": {"amount": 5}, "v": null}, "timeout": "1m"}}')
+    (invoke,) = protocol.outcomes(206, {}, op, calls(), NOW, NOW)
+    assert invoke == Invoke("h", len(calls().stack), "billing-tax", '{"amount":5}', NOW, NOW + 60_000)
+    (no_timeout,) = protocol.outcomes(206, {}, op.replace(b'"1m"', b"null"), calls(), NOW, NOW)
+    assert isinstance(no_timeout, Invoke) and no_timeout.expires_at is None
+    for bad, why in ((b'"function_id": ""', "function_id"),
+                     (b'"function_id": "billing-tax", "payload": {"data": [1]}', "object"),
+                     (b'"function_id": "f", "timeout": "soon"', "duration")):
+        with pytest.raises(protocol.ProtocolError, match=why):
+            protocol.outcomes(206, {}, b'{"op": "InvokeFunction", "id": "h", "opts": {' + bad +
+                              b"}}", calls(), NOW, NOW)

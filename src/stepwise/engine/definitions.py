@@ -48,6 +48,24 @@ def get(tx: Tx, app_id: str, function_id: str) -> FunctionDefinition | None:
     return None if row is None else decode(row["definition"])
 
 
+def find(tx: Tx, app_id: str, function_id: str) -> tuple[str, FunctionDefinition] | None:
+    """The function an invoke names, and its app: one of `app_id`'s own, else the one
+    function of any app with that id (SDK ids are already `<app>-<fn>`), else `<app>-<fn>`
+    read as a function of another app (how an SDK names a Python function)."""
+    own = get(tx, app_id, function_id)
+    if own is not None:
+        return app_id, own
+    rows = tx.all("functions_with_id", id=function_id)
+    if len(rows) == 1:
+        return str(rows[0]["app_id"]), decode(rows[0]["definition"])
+    for at, char in enumerate(function_id):
+        if char == "-" and 0 < at < len(function_id) - 1:
+            found = get(tx, function_id[:at], function_id[at + 1:])
+            if found is not None:
+                return function_id[:at], found
+    return None
+
+
 def list_all(tx: Tx) -> list[dict[str, Any]]:
     """Every registered function as the API shows it."""
     return [{**loads(r["definition"]), "updated_at": r["updated_at"]}

@@ -66,8 +66,8 @@ class WaitForEvent:
 
 @dataclass(frozen=True, slots=True)
 class Invoke:
-    """Start `function_id` of the same app with `data` as its event data; its output (or its
-    failure) becomes this step's."""
+    """Start `function_id` (of the same app, or another app's: `engine.definitions.find`) with
+    `data` as its event data; its output (or its failure) becomes this step's."""
 
     step_id: str
     seq: int

@@ -20,7 +20,7 @@ from ..payloads import dumps, loads
 from ..status import TERMINAL_RUN, RunStatus, StepStatus
 from ..storage import Tx
 from ..storage.rows import EventRow, GuardRow, RunRow, StepRow
-from . import definitions, flow_control, ingest, lifecycle, retries, waits
+from . import definitions, flow_control, ingest, lifecycle, retries, sdk_events, waits
 from .outcomes import (
     Applied,
     EventsSent,
@@ -333,30 +333,36 @@ def _add_wait(b: _Batch, wait: WaitForEvent) -> None:
 
 def _start_invoked(b: _Batch, invoke: Invoke) -> None:
     tx, now = b.tx, b.now
-    app_id = b.run["app_id"]
-    definition = definitions.get(tx, app_id, invoke.function_id)
-    if definition is None:
+    found = definitions.find(tx, b.run["app_id"], invoke.function_id)
+    if found is None:
         lifecycle.settle_step(tx, b.run_id, invoke.step_id, StepStatus.invoking,
                               StepStatus.failed, None, {
                                   "name": "InvokeFailed", "step_id": invoke.step_id,
-                                  "message": f"function {invoke.function_id!r} is not "
-                                             f"registered in app {app_id!r}"}, now)
+                                  "message": f"no function {invoke.function_id!r} is "
+                                             f"registered (in app {b.run['app_id']!r} or any "
+                                             "other)"}, now)
         return
-    event = StoredEvent(id=f"invoke:{b.run_id}:{invoke.step_id}",
-                        name="stepwise/function.invoked", data=invoke.data, ts=now,
-                        trace=invoke.trace)
+    app_id, definition = found
+    name, data = "stepwise/function.invoked", invoke.data
+    if definition.url is not None:  # an SDK function reads Inngest's invocation event
+        name = sdk_events.INVOKED
+        data = sdk_events.invoked_data(invoke.data, definition.id, b.run["function_id"],
+                                       f"{b.run_id}.{invoke.step_id}")
+    event = StoredEvent(id=f"invoke:{b.run_id}:{invoke.step_id}", name=name, data=data,
+                        ts=now, trace=invoke.trace)
     if not tx.exec("insert_event", id=event.id, name=event.name, data=event.data, ts=event.ts,
                    now=now, trace=event.trace):
         return
     child = lifecycle.get_run(tx, flow_control.create_run(
-        tx, app_id, invoke.function_id, event.id, now, now, flow=definition.flow,
+        tx, app_id, definition.id, event.id, now, now, flow=definition.flow,
         parent_run_id=b.run_id, parent_step_id=invoke.step_id))
     if child is not None and child["status"] in TERMINAL_RUN:
         # Skipped, or an idempotent run already done: the step settles at once.
         ok = child["status"] == RunStatus.completed
         lifecycle.settle_step(
             tx, b.run_id, invoke.step_id, StepStatus.invoking,
-            StepStatus.completed if ok else StepStatus.failed, child["output"],
+            StepStatus.completed if ok else StepStatus.failed,
+            sdk_events.invoke_result(tx, b.run_id, child["output"]) if ok else None,
             None if ok else (loads(child["error"]) if child["error"] else {
                 "name": "InvokeFailed",
                 "message": f"invoked run {child['id']} is {child['status']}"}), now)

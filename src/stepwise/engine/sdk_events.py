@@ -19,13 +19,38 @@ from . import definitions, ingest, waits
 FINISHED = "inngest/function.finished"
 FAILED = "inngest/function.failed"
 CANCELLED = "inngest/function.cancelled"
+#: The event an invoked SDK function starts with.
+INVOKED = "inngest/function.invoked"
+
+
+def is_sdk(tx: Tx, app_id: str, function_id: str) -> bool:
+    row = tx.one("get_function", app_id=app_id, id=function_id)
+    return row is not None and '"url"' in row["definition"] and \
+        definitions.decode(row["definition"]).url is not None
+
+
+def invoked_data(data: str, fn_id: str, source_fn_id: str, correlation_id: str) -> str:
+    """An invoked SDK function's event data: the payload plus Inngest's `_inngest` block."""
+    payload = loads(data)
+    if not isinstance(payload, dict):
+        payload = {}
+    payload["_inngest"] = {"fn_id": fn_id, "source_fn_id": source_fn_id,
+                           "correlation_id": correlation_id}
+    return dumps(payload, INVOKED)
+
+
+def invoke_result(tx: Tx, parent_run_id: str, output: str | None) -> str | None:
+    """An invoked run's output as its invoking run stores it: an SDK run keeps step results
+    as the memo its SDK reads back (`{"data": ...}`), a Python run keeps the value itself."""
+    parent = tx.one("get_run", run_id=parent_run_id)
+    if parent is None or not is_sdk(tx, parent["app_id"], parent["function_id"]):
+        return output
+    return '{"data":' + (output if output is not None else "null") + "}"
 
 
 def announce(tx: Tx, run: RunRow, status: RunStatus, output: str | None,
              error: ErrorInfo | None, now: int) -> None:
-    row = tx.one("get_function", app_id=run["app_id"], id=run["function_id"])
-    if row is None or '"url"' not in row["definition"] or \
-            definitions.decode(row["definition"]).url is None:
+    if not is_sdk(tx, run["app_id"], run["function_id"]):
         return  # not an SDK function
     stored = tx.one("get_event", id=run["event_id"]) if run["event_id"] else None
     base: dict[str, Any] = {"function_id": run["function_id"], "run_id": run["id"],

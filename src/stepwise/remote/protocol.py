@@ -16,6 +16,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ..engine import RunState
 from ..engine.outcomes import (
+    Invoke,
     Outcome,
     RunCompleted,
     RunFailed,
@@ -30,7 +31,8 @@ from ..status import StepStatus
 from .registration import RegistrationError, duration
 
 #: Opcodes this version understands; any other answer fails the run with a clear error.
-SUPPORTED_OPS = ("StepRun", "StepError", "StepFailed", "StepPlanned", "Sleep", "WaitForEvent")
+SUPPORTED_OPS = ("StepRun", "StepError", "StepFailed", "StepPlanned", "Sleep", "WaitForEvent",
+                 "InvokeFunction")
 #: How long a wait with no timeout lasts (the SDKs always send one).
 DEFAULT_WAIT_MS = 7 * 24 * 3600 * 1000
 
@@ -58,7 +60,10 @@ def memo(state: RunState) -> CallState:
         if step["status"] == StepStatus.completed:
             steps[step["id"]] = None if step["output"] is None else loads(step["output"])
         else:
-            steps[step["id"]] = {"error": loads(step["error"] or "{}")}
+            error = loads(step["error"] or "{}")
+            if isinstance(error, dict) and error.get("name") == "InvokeTimeout":
+                error["name"] = "InngestInvokeTimeoutError"  # what the SDKs look for
+            steps[step["id"]] = {"error": error}
     retrying = {s["id"]: int(s["attempts"]) for s in state.steps.values()
                 if s["status"] == StepStatus.retrying}
     return CallState(steps, [s["id"] for s in done], retrying)
@@ -188,8 +193,31 @@ def _op(op: Any, calls: CallState, started: int, now: int, seq: int | None = Non
         expires = now + (int(duration(timeout, "WaitForEvent timeout").total_seconds() * 1000)
                          if timeout else DEFAULT_WAIT_MS)
         return WaitForEvent(sid, seq, event, expires, started, if_=opts.get("if") or None)
+    if kind == "InvokeFunction":
+        return _invoke(sid, seq, opts, started, now)
     raise ProtocolError(f"opcode {kind} is not supported yet (supported: "
                         f"{', '.join(SUPPORTED_OPS)})")
+
+
+def _invoke(sid: str, seq: int, opts: Any, started: int, now: int) -> Invoke:
+    """`step.invoke`: the function by its full id (`<app>-<fn>`, any app), the payload's
+    `data` as the invoked run's event data, an optional timeout (a duration)."""
+    function_id = opts.get("function_id")
+    if not isinstance(function_id, str) or not function_id:
+        raise ProtocolError(f"InvokeFunction needs opts.function_id, got {function_id!r}"[:300])
+    payload = opts.get("payload") or {}
+    data = payload.get("data") if isinstance(payload, dict) else None
+    if data is not None and not isinstance(data, dict):
+        raise ProtocolError(f"InvokeFunction payload.data must be an object, got "
+                            f"{type(data).__name__}")
+    timeout = opts.get("timeout")
+    try:
+        expires = None if not timeout else now + int(
+            duration(timeout, "InvokeFunction timeout").total_seconds() * 1000)
+        return Invoke(sid, seq, function_id, dumps(data or {}, "invoke data"), started,
+                      expires)
+    except (RegistrationError, PayloadError) as exc:
+        raise ProtocolError(str(exc)) from None
 
 
 def _sleep_until(value: Any, now: int) -> int:

@@ -296,6 +296,9 @@ SELECT MIN(next_at) AS due FROM schedules WHERE app_id = :app_id;
 -- name: get_function
 SELECT definition FROM functions WHERE app_id = :app_id AND id = :id;
 
+-- name: functions_with_id
+SELECT app_id, definition FROM functions WHERE id = :id ORDER BY app_id LIMIT 2;
+
 -- name: insert_skipped_run
 INSERT INTO runs (id, app_id, function_id, event_id, status, error, created_at, ended_at)
 VALUES (:id, :app_id, :function_id, :event_id, 'skipped', :error, :now, :now);
