@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from . import signing
+
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -35,6 +37,9 @@ OPEN_PATHS = frozenset({"/healthz"})
 EVENT_PATHS = frozenset({"/api/v1/events"})
 #: The Inngest SDKs' event route: `POST /e/<event key>`.
 SDK_EVENT_PREFIX = "/e/"
+#: What an SDK app calls with its signing key's hash as bearer: its sync, and its run data
+#: (`use_api`); the API key works there too.
+SDK_KEY_PATHS = ("/fn/register", "/v0/runs/")
 _BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH", b"DELETE"})
 
 
@@ -49,10 +54,20 @@ class Access:
     allowed_hosts: frozenset[str] | None = None
     #: Refuse requests that a browser marks as coming from another site.
     same_origin_only: bool = False
+    #: The Inngest signing key SDK apps share with this server (see `signing`).
+    signing_key: str | None = None
+    #: Dev mode (`stepwise dev`): SDK apps see a dev server, not a "cloud" one.
+    dev_mode: bool = False
+
+    @property
+    def server_kind(self) -> str:
+        """What SDK apps are told this server is (`X-Inngest-Server-Kind`)."""
+        return "dev" if self.dev_mode else "cloud"
 
     @classmethod
     def dev(cls, extra_hosts: frozenset[str] = frozenset()) -> Access:
-        return cls(allowed_hosts=LOCAL_HOSTS | extra_hosts, same_origin_only=True)
+        return cls(allowed_hosts=LOCAL_HOSTS | extra_hosts, same_origin_only=True,
+                   dev_mode=True)
 
 
 def mask(key: str) -> str:
@@ -151,6 +166,15 @@ class Gate:
             return 401, "wrong event key in the URL (/e/<event key>)", []
         if access.api_key is None or (given is not None and _matches(given, access.api_key)):
             return None
+        if path.startswith(SDK_KEY_PATHS):
+            if access.signing_key is not None and given is not None and \
+                    signing.accepts_bearer(given, access.signing_key):
+                return None
+            return 401, ("missing or wrong API key or signing key: an SDK app syncs with the "
+                         "hash of the signing key this server was started with "
+                         "(--signing-key) as 'Authorization: Bearer <hash>', so set "
+                         "INNGEST_SIGNING_KEY in the app to that key"
+                         ), [(b"www-authenticate", b'Bearer realm="stepwise sdk"')]
         return 401, ("missing or wrong API key: send 'Authorization: Bearer <API key>' (in a "
                      "browser, log in with any user name and the API key as password)"
                      ), [(b"www-authenticate", b'Basic realm="stepwise", charset="UTF-8"')]

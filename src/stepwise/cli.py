@@ -146,6 +146,29 @@ DEFAULT_GRACE_S = 10.0
 #: Exit status when the worker restarts itself to shed stuck threads (EX_TEMPFAIL).
 EXIT_RESTART = 75
 
+def signing_key_options(command: Any) -> Any:
+    command = click.option(
+        "--signing-key-file", envvar="STEPWISE_SIGNING_KEY_FILE", default=None,
+        help="Read the signing key from this file  [env STEPWISE_SIGNING_KEY_FILE]")(command)
+    return click.option(
+        "--signing-key", envvar="STEPWISE_SIGNING_KEY", default=None,
+        help="The Inngest signing key shared with SDK apps (their INNGEST_SIGNING_KEY): calls "
+             "to apps are signed with it and their answers checked  [env "
+             "STEPWISE_SIGNING_KEY]")(command)
+
+
+def _signing_key(value: str | None, file: str | None) -> str | None:
+    from .signing import SigningKeyError, check_key
+
+    key = _key(value, file, "signing key")
+    if key is None:
+        return None
+    try:
+        return check_key(key)
+    except SigningKeyError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
 grace_option = click.option(
     "--grace-seconds", type=float, default=DEFAULT_GRACE_S, show_default=True,
     callback=_positive, envvar="STEPWISE_GRACE_SECONDS",
@@ -245,17 +268,22 @@ def _loopback(host: str) -> bool:
 @click.option("--insecure", is_flag=True,
               help="Start without keys: anyone who reaches the port can read and control "
                    "every run. Only for a network you fully trust.")
+@signing_key_options
 @limits_options
 @max_in_flight_option
 def server(db: str | None, port: int, host: str, api_key: str | None,
            api_key_file: str | None, event_key: str | None, event_key_file: str | None,
+           signing_key: str | None, signing_key_file: str | None,
            insecure: bool, max_in_flight: int, **limits: int) -> None:
     """The HTTP API and dashboard alone (run workers separately).
 
     Needs two keys, from flags, environment or files: the API key (management API,
     dashboard, metrics, docs) and the event key (sending events only). Without them it refuses
-    to start, unless told --insecure. Keys are never printed whole.
+    to start, unless told --insecure. Keys are never printed whole. Inngest SDK apps sync
+    with the signing key (--signing-key), and send events to /e/<event key>; their runs are
+    executed by `stepwise worker --sdk` with the same signing key.
     """
+    signing_key = _signing_key(signing_key, signing_key_file)
     api_key = _key(api_key, api_key_file, "API key")
     event_key = _key(event_key, event_key_file, "event key")
     if (api_key is None or event_key is None) and not insecure:
@@ -275,20 +303,26 @@ def server(db: str | None, port: int, host: str, api_key: str | None,
                    err=True)
     else:
         click.echo(f"API key {mask(api_key or '')}, event key {mask(event_key or '')}")
-    access = Access(api_key=api_key, event_key=event_key)
+    access = Access(api_key=api_key, event_key=event_key, signing_key=signing_key)
     asyncio.run(_serve(app=None, db=db, host=host, port=port, access=access,
                        concurrency=1, lease_seconds=30.0, poll_seconds=1.0, with_http=True,
                        limits=_limits(limits), max_in_flight=max_in_flight))
 
 
 @main.command("new-key")
-def new_key() -> None:
-    """Print a new random key (for --api-key or --event-key)."""
-    click.echo(secrets.token_urlsafe(32))
+@click.option("--signing", is_flag=True,
+              help="A signing key for SDK apps (signkey-prod-<64 hex digits>)")
+def new_key(signing: bool) -> None:
+    """Print a new random key (for --api-key or --event-key, or --signing-key)."""
+    click.echo(f"signkey-prod-{secrets.token_hex(32)}" if signing else
+               secrets.token_urlsafe(32))
 
 
 @main.command()
-@click.argument("app_spec", metavar="MODULE:APP")
+@click.argument("app_spec", metavar="[MODULE:APP]", required=False)
+@click.option("--sdk", "sdk_apps", is_flag=True,
+              help="Also execute the runs of every synced Inngest SDK app (over HTTP)")
+@signing_key_options
 @db_option
 @concurrency_option
 @lease_option
@@ -296,26 +330,37 @@ def new_key() -> None:
 @limits_options
 @grace_option
 @max_stuck_option
-def worker(app_spec: str, db: str | None, concurrency: int, lease_seconds: float,
-           poll_seconds: float, grace_seconds: float, max_stuck_threads: int,
-           **limits: int) -> None:
-    """A worker alone: executes the app's runs from the database."""
-    app = load_app(app_spec)
+def worker(app_spec: str | None, sdk_apps: bool, signing_key: str | None,
+           signing_key_file: str | None, db: str | None, concurrency: int,
+           lease_seconds: float, poll_seconds: float, grace_seconds: float,
+           max_stuck_threads: int, **limits: int) -> None:
+    """A worker alone: executes the app's runs from the database, and with --sdk the runs of
+    SDK apps (signed with --signing-key, which a `stepwise server` with a signing key needs)."""
+    if app_spec is None and not sdk_apps:
+        raise click.UsageError("name an app (MODULE:APP), or pass --sdk to execute SDK apps' "
+                               "runs, or both")
+    signing_key = _signing_key(signing_key, signing_key_file)
+    if signing_key is not None and not sdk_apps:
+        raise click.UsageError("--signing-key is for SDK apps: add --sdk")
+    app = load_app(app_spec) if app_spec else None
     asyncio.run(_serve(app=app, db=db, host="", port=0, access=Access(),
                        concurrency=concurrency, lease_seconds=lease_seconds,
                        poll_seconds=poll_seconds, with_http=False, limits=_limits(limits),
-                       grace=grace_seconds, max_stuck=max_stuck_threads))
+                       grace=grace_seconds, max_stuck=max_stuck_threads,
+                       sdk_urls=() if sdk_apps else None, signing_key=signing_key))
 
 
 async def _serve(*, app: App | None, db: str | None, host: str, port: int,
                  access: Access, concurrency: int, lease_seconds: float,
                  poll_seconds: float, with_http: bool, limits: Limits,
                  max_in_flight: int = DEFAULT_MAX_IN_FLIGHT, grace: float = DEFAULT_GRACE_S,
-                 max_stuck: int | None = None, sdk_urls: tuple[str, ...] | None = None
-                 ) -> None:
-    """`sdk_urls` (dev only; may be empty): run the functions of synced SDK apps here too."""
+                 max_stuck: int | None = None, sdk_urls: tuple[str, ...] | None = None,
+                 signing_key: str | None = None) -> None:
+    """`sdk_urls` (None: no SDK apps here; may be empty): execute the runs of synced SDK apps
+    in this process too, after asking the apps at these URLs to sync."""
     import uvicorn
 
+    from .remote.executor import RemoteApps
     from .server import create_server
     from .storage import open_storage
     from .worker import Worker
@@ -328,6 +373,8 @@ async def _serve(*, app: App | None, db: str | None, host: str, port: int,
     except (OSError, RuntimeError, sqlite3.Error) as exc:
         raise click.ClickException(f"cannot open the database {_shown(db)}: {exc}") from None
     worker_ = None
+    remote: RemoteApps | None = None
+    remote_task: asyncio.Task[None] | None = None
     exit_code = 0
     try:
         if app is not None:
@@ -336,14 +383,15 @@ async def _serve(*, app: App | None, db: str | None, host: str, port: int,
             await worker_.start()
             click.echo(f"stepwise worker {worker_.id}: app {app.id!r} with "
                        f"{len(app.functions)} functions, concurrency {concurrency}")
-        if with_http:
-            from .remote.executor import RemoteApps
-
-            remote = RemoteApps(storage, sdk_urls or (), concurrency=concurrency,
+        if sdk_urls is not None:
+            remote = RemoteApps(storage, sdk_urls, concurrency=concurrency,
                                 lease_seconds=lease_seconds, poll_interval=poll_seconds,
-                                limits=limits)
-            remote_task = (asyncio.create_task(remote.run(), name="stepwise-sdk-apps")
-                           if sdk_urls is not None else None)
+                                limits=limits, signing_key=signing_key)
+            remote_task = asyncio.create_task(remote.run(), name="stepwise-sdk-apps")
+            if not with_http:
+                click.echo("stepwise worker: executing the runs of synced SDK apps" +
+                           (" (signed calls)" if signing_key else ""))
+        if with_http:
             config = uvicorn.Config(create_server(storage, access=access, limits=limits,
                                                   max_in_flight=max_in_flight),
                                     host=host, port=port, log_level="warning", lifespan="off",
@@ -351,21 +399,17 @@ async def _serve(*, app: App | None, db: str | None, host: str, port: int,
             http = uvicorn.Server(config)
             click.echo(f"stepwise is running: dashboard and API at http://{host}:{port}/",
                        err=False)
-            try:
-                await http.serve()
-            finally:
-                if remote_task is not None:
-                    remote_task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await remote_task
-                    await remote.stop(grace)
+            await http.serve()
             if not http.started:
                 raise click.ClickException(f"could not listen on {host}:{port}")
-        else:
-            assert worker_ is not None
-            if await _until_signal_or_stuck(worker_, max_stuck):
-                exit_code = EXIT_RESTART
+        elif await _until_signal_or_stuck(worker_, max_stuck):
+            exit_code = EXIT_RESTART
     finally:
+        if remote_task is not None and remote is not None:
+            remote_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await remote_task
+            await remote.stop(grace)
         if worker_ is not None:
             await worker_.stop(grace)
         await storage.close()
@@ -384,7 +428,7 @@ def _shown(db: str | None) -> str:
     return redact_url(db) if db else ".stepwise/stepwise.db"
 
 
-async def _until_signal_or_stuck(worker: Any, max_stuck: int | None) -> bool:
+async def _until_signal_or_stuck(worker: Any | None, max_stuck: int | None) -> bool:
     """Wait for SIGTERM or SIGINT; True if instead too many threads got stuck in user code."""
     import signal
 
@@ -396,7 +440,7 @@ async def _until_signal_or_stuck(worker: Any, max_stuck: int | None) -> bool:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), 2.0)
             return False
-        stuck = worker.stuck_threads
+        stuck = worker.stuck_threads if worker is not None else 0
         if max_stuck is not None and stuck > max_stuck:
             logging.getLogger("stepwise.worker").error(
                 "%d threads are stuck in user code past their attempt timeout (more than "

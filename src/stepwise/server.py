@@ -344,6 +344,7 @@ def create_server(storage: Storage, *, access: Access | None = None,
     """The ASGI app: the API behind the access gate (credentials, hosts, body types) and the
     admission bound. Without `access`, everything is open (tests, dev mode sets its own)."""
     limits = limits or Limits()
+    access = access or Access(dev_mode=True)
     engine = Engine(storage, clock or Clock())
     clock = engine.clock
     api = FastAPI(title="stepwise", version="1", docs_url="/docs", redoc_url=None,
@@ -410,8 +411,10 @@ def create_server(storage: Storage, *, access: Access | None = None,
         except PayloadError as exc:
             raise ApiError(400, f"request body is not valid JSON: {exc}") from None
         expected = request.headers.get("x-inngest-expected-server-kind")
-        if expected not in (None, "", "dev"):
-            raise ApiError(400, f"this is a dev-kind server, not {expected!r}")
+        if expected not in (None, "", access.server_kind):
+            raise ApiError(400, f"the app expects a {expected!r} server; this one is "
+                                f"{access.server_kind!r} (`stepwise dev` is 'dev', "
+                                "`stepwise server` 'cloud')")
         try:
             synced = registration.parse(body)
         except registration.RegistrationError as exc:
@@ -620,7 +623,7 @@ def create_server(storage: Storage, *, access: Access | None = None,
 
     schema = _openapi(api)
     api.openapi = lambda: schema  # type: ignore[method-assign]
-    return Admission(Gate(api, access or Access()), max_in_flight)
+    return Admission(Gate(api, access), max_in_flight)
 
 
 _ERROR_TEXT = {

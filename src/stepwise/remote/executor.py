@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 
+from .. import signing
 from ..app import App
 from ..definition import FunctionDefinition
 from ..engine import Engine, RunState
@@ -27,9 +28,12 @@ log = logging.getLogger("stepwise.remote")
 class RemoteWorker(Worker):
     """Runs the functions an SDK app registered (`stepwise.remote.registration`)."""
 
-    def __init__(self, app_id: str, storage: Storage, **options: Any) -> None:
+    def __init__(self, app_id: str, storage: Storage, *, signing_key: str | None = None,
+                 **options: Any) -> None:
         options["isolate"] = False  # no user code here: only HTTP calls on the worker's loop
         super().__init__(App(app_id), storage, **options)
+        #: With a key (outside dev mode), calls are signed and answers must be.
+        self.signing_key = signing_key
         self.definitions: dict[str, FunctionDefinition] = {}
         self.client = httpx.AsyncClient(follow_redirects=False)
         self.version = -1
@@ -125,18 +129,33 @@ class RemoteWorker(Worker):
         url = str(definition.url)
         if step_id is not None:
             url = protocol.targeted(url, step_id)
-        body = protocol.request_body(state, calls, definition.retry.retries + 1, self.version)
-        headers = {"X-Inngest-Server-Kind": "dev", "X-Run-ID": state.run["id"]}
+        body = signing.canonical(protocol.request_body(
+            state, calls, definition.retry.retries + 1, self.version))
+        headers = {"Content-Type": "application/json", "X-Run-ID": state.run["id"],
+                   "X-Inngest-Server-Kind": "dev" if self.signing_key is None else "cloud"}
+        if self.signing_key is not None:
+            headers["X-Inngest-Signature"] = signing.sign(body, self.signing_key,
+                                                          self.clock.now_ms() // 1000)
         if self.version != -1:
             headers["X-Inngest-Req-Version"] = str(self.version)
         started = self.clock.now_ms()
         try:
             response = await self.client.post(
-                url, json=body, headers=headers,
+                url, content=body, headers=headers,
                 timeout=httpx.Timeout(definition.attempt_timeout_ms / 1000, connect=10.0))
         except httpx.HTTPError as exc:
             return [RunFailed({"name": "AppUnreachable", "message": (
                 f"could not call the app at {url}: {type(exc).__name__}: {exc}")})]
+        if self.signing_key is not None:
+            unsigned = signing.verify(response.content,
+                                      response.headers.get("x-inngest-signature"),
+                                      self.signing_key, self.clock.now_ms() // 1000)
+            if unsigned is not None:  # not the app's answer, or the keys differ: retried
+                return [RunFailed({"name": "AnswerNotSigned", "message": (
+                    f"the app at {url} answered HTTP {response.status_code} and "
+                    f"{unsigned}; " + ("it refused this server's signature: " if
+                                       response.status_code == 401 else "") +
+                    "the app's INNGEST_SIGNING_KEY must be this server's --signing-key")})]
         version = response.headers.get("x-inngest-req-version", "")
         if version.lstrip("-").isdigit():
             self.version = int(version)

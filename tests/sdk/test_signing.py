@@ -1,0 +1,119 @@
+"""Outside dev mode, SDK apps and stepwise trust each other through the signing key: a real
+Python SDK app in cloud mode, `stepwise server --signing-key` and `stepwise worker --sdk`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from tests.acceptance.procs import free_port, http, start, stop, wait_healthy, wait_until
+
+from stepwise import signing
+
+ROOT = Path(__file__).resolve().parents[2]
+if os.environ.get("CI") != "true":
+    pytest.importorskip("inngest", reason="pip install -e '.[test]' brings inngest")
+
+API_KEY, EVENT_KEY = "api-" + "a" * 40, "event-" + "e" * 40
+SIGNING_KEY = "signkey-prod-" + "5e" * 32
+
+
+def test_signing_key_helpers_match_the_sdks() -> None:
+    from inngest._internal import net, transforms
+
+    assert signing.bearer(SIGNING_KEY) == transforms.hash_signing_key(SIGNING_KEY)
+    assert signing.accepts_bearer("signkey-prod-" + signing.bearer(SIGNING_KEY), SIGNING_KEY)
+    assert not signing.accepts_bearer(signing.bearer("5f" * 32), SIGNING_KEY)
+    body = signing.canonical({"b": 1.5, "a": ["é", None]})
+    assert body == b'{"a":["\xc3\xa9",null],"b":1.5}'
+    assert signing.sign(body, SIGNING_KEY, 1_700_000_000) == net.sign_request(
+        body, SIGNING_KEY, 1_700_000_000)
+    answer = b'"ok"'
+    header = net.sign_response(answer, SIGNING_KEY, 1_700_000_000)
+    assert signing.verify(answer, header, SIGNING_KEY, 1_700_000_100) is None
+    assert "does not match" in str(signing.verify(b'"forged"', header, SIGNING_KEY,
+                                                  1_700_000_100))
+    assert "clock" in str(signing.verify(answer, header, SIGNING_KEY, 1_700_009_000))
+    assert "not signed" in str(signing.verify(answer, None, SIGNING_KEY, 1_700_000_000))
+    with pytest.raises(signing.SigningKeyError):
+        signing.check_key("signkey-prod-not-hex")
+
+
+def _post(url: str, body: object, headers: dict[str, str] | None = None) -> int:
+    request = urllib.request.Request(url, json.dumps(body).encode(), method="POST", headers={
+        "Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return int(answer.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_a_cloud_mode_sdk_app_syncs_and_runs_only_with_the_signing_key(tmp_path: Path) -> None:
+    port, app_port = free_port(), free_port()
+    base = f"http://127.0.0.1:{port}"
+    app_url = f"http://127.0.0.1:{app_port}/api/inngest"
+    db = str(tmp_path / "s.db")
+    server = start(["server", "--port", str(port), "--host", "127.0.0.1", "--db", db,
+                    "--api-key", API_KEY, "--event-key", EVENT_KEY,
+                    "--signing-key", SIGNING_KEY], tmp_path)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INNGEST_")}
+    env.update(INNGEST_BASE_URL=base, INNGEST_SIGNING_KEY=SIGNING_KEY,
+               INNGEST_EVENT_KEY=EVENT_KEY, PYTHONPATH=str(ROOT))
+    with open(tmp_path / "app.log", "w") as log:
+        app = subprocess.Popen([sys.executable, "-m", "uvicorn", "tests.sdk.py_signed_app:app",
+                                "--port", str(app_port)], cwd=tmp_path, stdout=log,
+                               stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    wrong = start(["worker", "--sdk", "--db", db, "--signing-key", "5f" * 32], tmp_path)
+    worker = None
+    try:
+        wait_healthy(base, server)
+        register = {"appName": "intruder", "url": "http://127.0.0.1:1/api", "v": "0.1",
+                    "sdk": "js", "framework": "express", "functions": []}
+        assert _post(base + "/fn/register", register) == 401  # unsigned
+        assert _post(base + "/fn/register", register,
+                     {"Authorization": f"Bearer {signing.bearer('5f' * 32)}"}) == 401
+
+        def app_synced() -> bool:  # a deploy script's PUT makes the app sync itself
+            try:
+                urllib.request.urlopen(urllib.request.Request(app_url, method="PUT"),
+                                       timeout=5).close()
+            except OSError:
+                return False
+            return any(f["id"] == "py-signed-charge" for f in http(
+                "GET", base + "/api/v1/functions", headers=auth)["functions"])
+        auth = {"Authorization": f"Bearer {API_KEY}"}
+        wait_until(app_synced, 60, "the signed sync")
+        assert _post(base + "/e/wrong-key", {"name": "payment.due", "data": {}}) == 401
+        answer = http("POST", f"{base}/e/{EVENT_KEY}",
+                      {"name": "payment.due", "data": {"order": "o-1"}})
+        (event_id,) = answer["ids"]
+
+        def refused() -> dict[str, object] | None:  # a worker with another key: refused
+            runs = http("GET", f"{base}/api/v1/events/{event_id}", headers=auth)["runs"]
+            run = http("GET", base + runs[0]["url"], headers=auth) if runs else None
+            return run if run and run.get("failures") else None
+        run = wait_until(refused, 60, "the wrongly signed call refused")
+        failure = json.dumps(run["failures"])
+        assert "AnswerNotSigned" in failure and "refused this server's signature" in failure
+        stop(wrong)
+        worker = start(["worker", "--sdk", "--db", db, "--signing-key", SIGNING_KEY],
+                       tmp_path)
+
+        def completed() -> dict[str, object] | None:
+            got = http("GET", f"{base}/api/v1/runs/{run['id']}", headers=auth)
+            return got if got["status"] == "completed" else None
+        done = wait_until(completed, 90, "the signed run")
+        assert done["output"] == "charged 42 for o-1"
+    finally:
+        for proc in (worker, wrong, server):
+            if proc is not None:
+                stop(proc)
+        app.terminate()
+        app.wait(10)
