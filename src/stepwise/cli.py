@@ -631,6 +631,16 @@ def events(name: str | None, since: str | None, limit: int, as_json: bool, url: 
 @click.argument("run_id")
 @url_option
 @api_key_option
+def wake(run_id: str, url: str, api_key: str | None) -> None:
+    """End a sleeping run's sleeps now; it goes on at once (waits keep waiting)."""
+    run = _call(url, "POST", f"/api/v1/runs/{run_id}/wake", key=api_key)
+    click.echo(f"{run['id']} {run['status']}")
+
+
+@main.command()
+@click.argument("run_id")
+@url_option
+@api_key_option
 def replay(run_id: str, url: str, api_key: str | None) -> None:
     """Start a failed or cancelled run again (completed steps keep their results)."""
     run = _call(url, "POST", f"/api/v1/runs/{run_id}/replay", key=api_key)

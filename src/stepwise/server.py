@@ -494,6 +494,12 @@ def create_server(storage: Storage, *, access: Access | None = None,
     async def replay_run(run_id: RunId) -> dict[str, Any]:
         return run_json(await engine.replay(run_id))
 
+    @api.post("/api/v1/runs/{run_id}/wake", response_model=RunDetail,
+              summary="End a sleeping run's sleeps now (its waits go on waiting)",
+              responses=_errors(401, 404, 409, 415))
+    async def wake_run(run_id: RunId) -> dict[str, Any]:
+        return run_json(await engine.wake(run_id))
+
     @api.post("/api/v1/runs/{run_id}/rerun", response_model=RunDetail,
               summary="Start a new run of a finished run's function with the same event",
               responses=_errors(401, 404, 409, 415))

@@ -119,6 +119,23 @@ async def test_rerun_starts_a_new_run_with_the_same_event_despite_idempotency(db
         assert missing.status_code == 404
 
 
+async def test_wake_ends_a_sleep_now_and_only_for_a_sleeping_run(db: str) -> None:
+    async with Harness(make_app(), db) as h:
+        event_id = await h.send("job.slow", {})
+        await h.settle(advance=False)
+        run = await h.run_for(event_id, "slow")
+        assert run["status"] == "sleeping"
+        woken = await h.http.post(f"/api/v1/runs/{run['id']}/wake")
+        assert woken.status_code == 200 and woken.json()["status"] == "queued"
+        await h.settle(advance=False)  # no time passes: the hour-long sleep was ended
+        done = await h.run(run["id"])
+        assert done["status"] == "completed" and done["output"] == "done"
+        assert [s["status"] for s in done["steps"]] == ["completed"]
+        again = await h.http.post(f"/api/v1/runs/{run['id']}/wake")
+        assert again.status_code == 409 and "no sleep to end" in again.json()["error"]
+        assert (await h.http.post("/api/v1/runs/nope/wake")).status_code == 404
+
+
 async def test_workers_view_lists_live_workers_and_warns_of_unserved_runs(db: str) -> None:
     async with Harness(make_app(), db) as h:
         view = (await h.http.get("/api/v1/workers")).json()

@@ -129,7 +129,8 @@ def test_invoke_function_names_any_apps_function_with_a_timeout() -> None:
     op = (b'{"op": "InvokeFunction", "id": "h", "opts": {"function_id": "billing-tax", '
           b'"payload": {"data": {"amount": 5}, "v": null}, "timeout": "1m"}}')
     (invoke,) = protocol.outcomes(206, {}, op, calls(), NOW, NOW)
-    assert invoke == Invoke("h", len(calls().stack), "billing-tax", '{"amount":5}', NOW, NOW + 60_000)
+    assert invoke == Invoke("h", len(calls().stack), "billing-tax", '{"amount":5}', NOW,
+                            NOW + 60_000)
     (no_timeout,) = protocol.outcomes(206, {}, op.replace(b'"1m"', b"null"), calls(), NOW, NOW)
     assert isinstance(no_timeout, Invoke) and no_timeout.expires_at is None
     for bad, why in ((b'"function_id": ""', "function_id"),

@@ -118,6 +118,9 @@ class Engine:
     async def replay(self, run_id: str) -> RunDetail:
         return await self.storage.write(admin.replay_run, run_id, self.clock.now_ms())
 
+    async def wake(self, run_id: str) -> RunDetail:
+        return await self.storage.write(admin.wake_run, run_id, self.clock.now_ms())
+
     async def cancel_function_runs(self, app_id: str, function_id: str, after: int,
                                    before: int) -> int:
         return await self.storage.write(admin.cancel_function_runs, app_id, function_id, after,

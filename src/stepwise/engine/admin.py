@@ -89,6 +89,18 @@ def replay_run(tx: Tx, run_id: str, now: int) -> RunDetail:
     return get_run(tx, run_id)
 
 
+def wake_run(tx: Tx, run_id: str, now: int) -> RunDetail:
+    """End a sleeping run's sleeps now (an operator's "go on": a 4-day pause skipped); its
+    waits and invokes go on waiting."""
+    run = lifecycle.get_run(tx, run_id)
+    if run is None:
+        raise NotFound(f"run {run_id} not found")
+    if not tx.exec("end_sleeps", run_id=run_id, now=now):
+        raise Conflict(f"run {run_id} is {run['status']}, with no sleep to end")
+    lifecycle.wake(tx, run_id, now)
+    return get_run(tx, run_id)
+
+
 def _replay(tx: Tx, run: RunRow, now: int) -> None:
     run_id = run["id"]
     tx.exec("replay_run", run_id=run_id)

@@ -341,6 +341,7 @@ async function pageRun(id) {
     const on = (sel, f) => { const b = $(sel, page); if (b) b.addEventListener("click", f); };
     on("#replay", () => act("replay", "Replaying: a new attempt started"));
     on("#rerun", () => act("rerun", "Re-run started"));
+    on("#wake", () => act("wake", "Sleep ended: the run goes on"));
     on("#cancel", async () => {
       if (await confirmAction(`Cancel run ${id}? It stops at its next step.`, "Cancel run")) {
         await act("cancel", "Cancelled");
@@ -361,6 +362,8 @@ function runView(run) {
     <h1><span class="title-id">${run.function_id}</span> ${badge(run.status)}
       <span class="actions">
         ${REPLAYABLE.has(run.status) ? html`<button id="replay">Replay</button>` : ""}
+        ${run.status === "sleeping" ? html`<button id="wake" class="secondary"
+          title="End its sleeps now; waits go on waiting">End sleep now</button>` : ""}
         ${TERMINAL.has(run.status) ? html`<button id="rerun" class="secondary"
           title="A new run with the same event">Re-run</button>` : ""}
         ${TERMINAL.has(run.status) ? "" : html`<button id="cancel" class="danger">Cancel</button>`}

@@ -261,6 +261,10 @@ DELETE FROM waits WHERE run_id = :run_id AND step_id = :step_id;
 -- name: delete_run_waits
 DELETE FROM waits WHERE run_id = :run_id;
 
+-- name: end_sleeps
+UPDATE steps SET status = 'completed', ended_at = :now
+WHERE run_id = :run_id AND status = 'sleeping';
+
 -- name: resolve_step
 UPDATE steps SET status = :status, output = :output, error = :error, ended_at = :now
 WHERE run_id = :run_id AND id = :id AND status = :expected;
