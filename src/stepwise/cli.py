@@ -632,7 +632,7 @@ def events(name: str | None, since: str | None, limit: int, as_json: bool, url: 
 @url_option
 @api_key_option
 def wake(run_id: str, url: str, api_key: str | None) -> None:
-    """End a sleeping run's sleeps now; it goes on at once (waits keep waiting)."""
+    """End a run's sleeps and waits now, as if their time had come (a wait gets no event)."""
     run = _call(url, "POST", f"/api/v1/runs/{run_id}/wake", key=api_key)
     click.echo(f"{run['id']} {run['status']}")
 

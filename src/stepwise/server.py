@@ -99,6 +99,8 @@ class RunOut(BaseModel):
                                   "this one replays")
     rerun_of: str | None = Field(default=None,
                                  description="The finished run this one re-runs (same event)")
+    worker: str | None = Field(default=None, description=(
+        "The worker executing it now (host:pid:id), for a running run; in one run's detail"))
     output_truncated: bool = Field(
         default=False, description=f"In lists: the output is over {LIST_PREVIEW_CHARS} "
                                    "characters and left out; GET the run's url for it")
@@ -282,6 +284,8 @@ def run_json(row: RunRow, preview: int | None = None) -> dict[str, Any]:
         "parent_run_id": row["parent_run_id"], "origin_run_id": row["origin_run_id"],
         "rerun_of": row.get("rerun_of"),
     }
+    if row["status"] == RunStatus.running and row.get("lease_owner"):
+        out["worker"] = row.get("lease_owner")
     if "failed_attempts" in row:
         out["failed_attempts"] = int(row["failed_attempts"])  # type: ignore[typeddict-item]
     elif "failures" in row:
@@ -495,7 +499,7 @@ def create_server(storage: Storage, *, access: Access | None = None,
         return run_json(await engine.replay(run_id))
 
     @api.post("/api/v1/runs/{run_id}/wake", response_model=RunDetail,
-              summary="End a sleeping run's sleeps now (its waits go on waiting)",
+              summary="End a run's sleeps and waits now, as if their time had come",
               responses=_errors(401, 404, 409, 415))
     async def wake_run(run_id: RunId) -> dict[str, Any]:
         return run_json(await engine.wake(run_id))

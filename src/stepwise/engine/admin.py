@@ -90,13 +90,13 @@ def replay_run(tx: Tx, run_id: str, now: int) -> RunDetail:
 
 
 def wake_run(tx: Tx, run_id: str, now: int) -> RunDetail:
-    """End a sleeping run's sleeps now (an operator's "go on": a 4-day pause skipped); its
-    waits and invokes go on waiting."""
+    """End a run's sleeps and waits now, as if their time had come (an operator's "go on": a
+    4-day pause skipped; a wait ends with no event, as at its timeout). Invokes go on."""
     run = lifecycle.get_run(tx, run_id)
     if run is None:
         raise NotFound(f"run {run_id} not found")
-    if not tx.exec("end_sleeps", run_id=run_id, now=now):
-        raise Conflict(f"run {run_id} is {run['status']}, with no sleep to end")
+    if not tx.exec("end_timers_now", run_id=run_id, now=now):
+        raise Conflict(f"run {run_id} is {run['status']}, with no sleep or wait to end")
     lifecycle.wake(tx, run_id, now)
     return get_run(tx, run_id)
 

@@ -37,8 +37,10 @@ MAX_SDK_RETRIES = 20
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000,
             "w": 604_800_000}
+# featureObservations: which SDK features the app used (telemetry for Inngest), read by no one.
 _KNOWN_APP_FIELDS = {"url", "v", "sdk", "framework", "functions", "capabilities", "appName",
-                     "appname", "deployType", "deploy_type", "appVersion", "app_version"}
+                     "appname", "deployType", "deploy_type", "appVersion", "app_version",
+                     "featureObservations"}
 _KNOWN_FUNCTION_FIELDS = {"id", "name", "triggers", "steps", "concurrency", "throttle",
                           "rateLimit", "debounce", "batchEvents", "priority", "cancel",
                           "timeouts", "idempotency", "singleton"}

@@ -26,6 +26,7 @@ class RunRow(TypedDict):
     created_at: int
     started_at: int | None
     ended_at: int | None
+    lease_owner: NotRequired[str | None]  # read for one run only
 
 
 class StepRow(TypedDict):

@@ -341,7 +341,7 @@ async function pageRun(id) {
     const on = (sel, f) => { const b = $(sel, page); if (b) b.addEventListener("click", f); };
     on("#replay", () => act("replay", "Replaying: a new attempt started"));
     on("#rerun", () => act("rerun", "Re-run started"));
-    on("#wake", () => act("wake", "Sleep ended: the run goes on"));
+    on("#wake", () => act("wake", "Woken: the run goes on"));
     on("#cancel", async () => {
       if (await confirmAction(`Cancel run ${id}? It stops at its next step.`, "Cancel run")) {
         await act("cancel", "Cancelled");
@@ -358,12 +358,14 @@ function runView(run) {
   if (run.origin_run_id) links.push(html`<div><span>Handles the failure of</span>
     ${runLink(run.origin_run_id)}</div>`);
   if (run.rerun_of) links.push(html`<div><span>Re-run of</span>${runLink(run.rerun_of)}</div>`);
+  if (run.worker) links.push(html`<div><span>Worker</span><span class="mono">${run.worker}</span></div>`);
   return html`
     <h1><span class="title-id">${run.function_id}</span> ${badge(run.status)}
       <span class="actions">
         ${REPLAYABLE.has(run.status) ? html`<button id="replay">Replay</button>` : ""}
-        ${run.status === "sleeping" ? html`<button id="wake" class="secondary"
-          title="End its sleeps now; waits go on waiting">End sleep now</button>` : ""}
+        ${run.status === "sleeping" || run.status === "waiting" ? html`<button id="wake"
+          class="secondary" title="End its sleeps and waits now, as if their time had come (a
+          wait gets no event)">Wake now</button>` : ""}
         ${TERMINAL.has(run.status) ? html`<button id="rerun" class="secondary"
           title="A new run with the same event">Re-run</button>` : ""}
         ${TERMINAL.has(run.status) ? "" : html`<button id="cancel" class="danger">Cancel</button>`}

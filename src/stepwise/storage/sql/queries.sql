@@ -142,7 +142,8 @@ WHERE r.id = :run_id;
 
 -- name: get_run
 SELECT id, app_id, function_id, event_id, status, output, error, attempts, retry,
-       origin_run_id, parent_run_id, parent_step_id, rerun_of, created_at, started_at, ended_at
+       origin_run_id, parent_run_id, parent_step_id, rerun_of, created_at, started_at, ended_at,
+       (SELECT lease_owner FROM queue WHERE queue.run_id = runs.id) AS lease_owner
 FROM runs WHERE id = :run_id;
 
 -- name: get_event
@@ -261,9 +262,9 @@ DELETE FROM waits WHERE run_id = :run_id AND step_id = :step_id;
 -- name: delete_run_waits
 DELETE FROM waits WHERE run_id = :run_id;
 
--- name: end_sleeps
-UPDATE steps SET status = 'completed', ended_at = :now
-WHERE run_id = :run_id AND status = 'sleeping';
+-- name: end_timers_now
+UPDATE steps SET ended_at = :now
+WHERE run_id = :run_id AND status IN ('sleeping', 'waiting');
 
 -- name: resolve_step
 UPDATE steps SET status = :status, output = :output, error = :error, ended_at = :now
