@@ -68,6 +68,8 @@ class ApiError(Exception):
 
 class StepOut(BaseModel):
     id: str
+    name: str = Field(description="The step's name in the code: its id, except for SDK steps, "
+                                  "whose id is a hash of the name")
     status: StepStatus
     attempts: int
     output: Any = None
@@ -296,7 +298,8 @@ def run_json(row: RunRow, preview: int | None = None) -> dict[str, Any]:
         out[f"{name}_truncated"] = cut
     if "steps" in row:
         out["steps"] = [{
-            "id": s["id"], "status": s["status"], "attempts": s["attempts"],
+            "id": s["id"], "name": s.get("name") or s["id"], "status": s["status"],
+            "attempts": s["attempts"],
             "output": stored(s["output"]), "error": stored(s["error"]),
             "started_at": iso(s["started_at"]), "ended_at": iso(s["ended_at"]),
         } for s in row["steps"]]  # type: ignore[typeddict-item]

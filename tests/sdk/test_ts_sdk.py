@@ -4,6 +4,8 @@ Node process (tsx), beside a Python-native app, through `stepwise dev -u URL`.""
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import os
 import shutil
 import subprocess
@@ -12,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.acceptance.procs import free_port, http, start, stop, wait_healthy, wait_until
+from tests.acceptance.procs import free_port, http, kill9, start, stop, wait_healthy, wait_until
 
 TS = Path(__file__).resolve().parent / "ts"
 ROOT = TS.parents[2]
@@ -117,6 +119,9 @@ def test_signup_fans_out_and_a_step_failing_twice_then_succeeds(stack: Stack) ->
     signup = stack.run_of(event_id, "ts-shop-signup", "completed")
     assert signup["output"] == {"email": "user1@example.com",
                                 "subscribed": "subscribed user1@example.com after 3 attempts"}
+    # Steps are stored under the SDK's hashed ids and shown with the code's names.
+    assert [s["name"] for s in signup["steps"]] == ["load-user", "subscribe"]
+    assert signup["steps"][0]["id"] == hashlib.sha1(b"load-user").hexdigest()
     failed = [f for f in signup["failures"] if f["step_id"]]
     assert len(failed) == 2 and "mailing-list API timed out" in failed[0]["error"]["message"]
     assert stack.run_of(event_id, "ts-shop-welcome", "completed")["output"] == \
@@ -193,7 +198,7 @@ def test_concurrency_with_a_key_runs_one_at_a_time_per_key(stack: Stack) -> None
         stack.run_of(event_id, "ts-shop-export", "completed")
     spans = sorted(stack.app_state()["spans"]["acme"])
     assert len(spans) == 3
-    assert all(earlier[1] <= later[0] for earlier, later in zip(spans, spans[1:], strict=False))
+    assert all(earlier[1] <= later[0] for earlier, later in itertools.pairwise(spans))
 
 
 def test_debounce_runs_once_with_the_last_event(stack: Stack) -> None:
@@ -213,3 +218,63 @@ def test_cancel_on_a_matching_event(stack: Stack) -> None:
     stack.send({"name": "trial.converted", "data": {"user_id": 2}})
     stack.run_of(cancelled, "ts-shop-trial", "cancelled")
     assert stack.run_of(kept, "ts-shop-trial", "sleeping")["status"] == "sleeping"
+
+
+def test_cloud_mode_on_postgresql_with_two_workers_survives_kill_9(
+        pg_schema: str, tmp_path: Path) -> None:
+    """The TypeScript app in cloud mode (signing key) against `stepwise server` on PostgreSQL
+    and two `stepwise worker --sdk`: the worker executing a run is killed with SIGKILL mid-run,
+    the other takes the run over, and the steps that had completed do not run again."""
+    node_apps_ready()
+    api_key, event_key = "api-" + "a" * 40, "event-" + "e" * 40
+    signing_key = "signkey-prod-" + "7a" * 32
+    port, shop_port = free_port(), free_port()
+    base = f"http://127.0.0.1:{port}"
+    auth = {"Authorization": f"Bearer {api_key}"}
+    server = start(["server", "--db", pg_schema, "--port", str(port), "--host", "127.0.0.1",
+                    "--api-key", api_key, "--event-key", event_key,
+                    "--signing-key", signing_key], tmp_path)
+    shop = start_node_app("shop.ts", shop_port, {
+        "INNGEST_BASE_URL": base, "INNGEST_SIGNING_KEY": signing_key,
+        "INNGEST_EVENT_KEY": event_key}, tmp_path / "shop.log")
+    shop_url = f"http://127.0.0.1:{shop_port}/api/inngest"
+    workers = [start(["worker", "--sdk", "--db", pg_schema, "--signing-key", signing_key,
+                      "--lease-seconds", "2"], tmp_path) for _ in range(2)]
+    try:
+        wait_healthy(base, server)
+
+        def synced() -> bool:  # the deploy's PUT: the app syncs itself with its key
+            http("PUT", shop_url)
+            return any(f["id"] == "ts-shop-long" for f in http(
+                "GET", base + "/api/v1/functions", headers=auth)["functions"])
+        wait_until(synced, 90, "the signed sync")
+        answer = http("POST", f"{base}/e/{event_key}", {"name": "long.job", "data": {}})
+        (event_id,) = answer["ids"]
+
+        def midway() -> dict[str, Any] | None:
+            runs = http("GET", f"{base}/api/v1/events/{event_id}", headers=auth)["runs"]
+            if not runs:
+                return None
+            run = http("GET", base + runs[0]["url"], headers=auth)
+            done = [s for s in run["steps"] if s["status"] == "completed"]
+            return run if len(done) >= 2 and run.get("worker") else None
+        run = wait_until(midway, 60, "two steps done")
+        pid = int(run["worker"].split(":")[1])
+        victim = next(w for w in workers if w.pid == pid)
+        kill9(victim)
+        done_before = {s["name"] for s in run["steps"] if s["status"] == "completed"}
+
+        def completed() -> dict[str, Any] | None:
+            got = http("GET", f"{base}/api/v1/runs/{run['id']}", headers=auth)
+            return got if got["status"] == "completed" else None
+        final = wait_until(completed, 90, "the run taken over")
+        assert final["output"] == [0, 1, 2, 3, 4, 5]
+        executions = http("GET", shop_url.replace("/api/inngest", "/test/state"))["executions"]
+        counts = {key.split("/")[1]: n for key, n in executions.items()
+                  if key.startswith(run["id"])}
+        assert all(counts[name] == 1 for name in done_before), (done_before, counts)
+        assert sorted(counts) == [f"part-{i}" for i in range(6)]
+        assert sum(counts.values()) <= 7  # only the step in flight at the kill may run twice
+    finally:
+        for proc in (*workers, server, shop):
+            stop(proc)

@@ -24,6 +24,7 @@ class StepCompleted:
     started_at: int
     ended_at: int
     attempt: int = 0  # the attempt that succeeded; 0 is the first
+    name: str | None = None  # the code's name for a step whose id is a hash (SDK steps)
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +41,7 @@ class StepFailed:
     retriable: bool = True
     retry_after_ms: int | None = None  # instead of the policy's backoff
     retries: int | None = None  # this step's own retry count, instead of the function's
+    name: str | None = None  # the code's name for a step whose id is a hash (SDK steps)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +50,7 @@ class SleepUntil:
     seq: int
     until: int
     started_at: int
+    name: str | None = None  # the code's name for a step whose id is a hash (SDK steps)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +65,7 @@ class WaitForEvent:
     started_at: int
     match: str | None = None
     if_: str | None = None
+    name: str | None = None  # the code's name for a step whose id is a hash (SDK steps)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +80,7 @@ class Invoke:
     started_at: int
     expires_at: int | None = None
     trace: str | None = None  # traceparent of the invoking run, for the invoked run's spans
+    name: str | None = None  # the code's name for a step whose id is a hash (SDK steps)
 
 
 @dataclass(frozen=True, slots=True)

@@ -123,12 +123,13 @@ class _Batch:
     def report_stored(self, stored: StepRow) -> None:
         _report_stored(self.applied, stored)
 
-    def insert_pending(self, step_id: str, seq: int, status: StepStatus, started_at: int,
+    def insert_pending(self, step: SleepUntil | WaitForEvent | Invoke, status: StepStatus,
                        due: int | None) -> bool:
         """A sleep, wait or invoke step, created once: True when this call created it."""
         return bool(self.tx.exec(
-            "insert_step", run_id=self.run_id, id=step_id, seq=seq, status=status, attempts=1,
-            output=None, error=None, started_at=started_at, ended_at=due))
+            "insert_step", run_id=self.run_id, id=step.step_id, seq=step.seq, status=status,
+            attempts=1, output=None, error=None, started_at=step.started_at, ended_at=due,
+            name=step.name))
 
 
 def apply(tx: Tx, run_id: str, owner: str, outcomes: list[Outcome], now: int,
@@ -167,7 +168,8 @@ def _save_completed(tx: Tx, run_id: str, done: StepCompleted) -> bool:
     """Store a completed step unless a final result is stored already."""
     return bool(tx.exec("save_step", run_id=run_id, id=done.step_id, seq=done.seq,
                         status=_COMPLETED, attempts=done.attempt + 1, output=done.output,
-                        error=None, started_at=done.started_at, ended_at=done.ended_at))
+                        error=None, started_at=done.started_at, ended_at=done.ended_at,
+                        name=done.name))
 
 
 def _one_completed_step(tx: Tx, run_id: str, guard: GuardRow, done: StepCompleted) -> Applied:
@@ -197,29 +199,26 @@ def _apply_one(b: _Batch, outcome: Outcome) -> None:
             if outcome.until <= now:  # already over: completes at once
                 stored = b.stored_final({
                     "id": outcome.step_id, "seq": outcome.seq, "status": StepStatus.completed,
-                    "attempts": 1, "output": None, "error": None,
+                    "attempts": 1, "output": None, "error": None, "name": outcome.name,
                     "started_at": outcome.started_at, "ended_at": outcome.started_at})
                 if stored is None:
                     b.applied.outputs[outcome.step_id] = None
                 else:
                     b.report_stored(stored)
             else:
-                b.insert_pending(outcome.step_id, outcome.seq, StepStatus.sleeping,
-                                 outcome.started_at, outcome.until)
+                b.insert_pending(outcome, StepStatus.sleeping, outcome.until)
         case WaitForEvent():
-            if b.insert_pending(outcome.step_id, outcome.seq, StepStatus.waiting,
-                                outcome.started_at, outcome.expires_at):
+            if b.insert_pending(outcome, StepStatus.waiting, outcome.expires_at):
                 _add_wait(b, outcome)
         case Invoke():
-            if b.insert_pending(outcome.step_id, outcome.seq, StepStatus.invoking,
-                                outcome.started_at, outcome.expires_at):
+            if b.insert_pending(outcome, StepStatus.invoking, outcome.expires_at):
                 _start_invoked(b, outcome)
         case EventsSent():
             output = dumps({"ids": [e.id for e in outcome.events]}, "ids")
             stored = b.stored_final({
                 "id": outcome.step_id, "seq": outcome.seq, "status": StepStatus.completed,
                 "attempts": 1, "output": output, "error": None, "started_at": outcome.at,
-                "ended_at": outcome.at})
+                "ended_at": outcome.at, "name": None})
             if stored is None:  # the events commit with the step, or neither does
                 ingest.ingest_events(tx, outcome.events, now)
                 b.applied.outputs[outcome.step_id] = output
@@ -261,7 +260,8 @@ def _step_failed(b: _Batch, failed: StepFailed) -> None:
                                retry_after_ms=failed.retry_after_ms, retries=failed.retries)
     row: dict[str, object] = {
         "id": failed.step_id, "seq": failed.seq, "attempts": attempts, "output": None,
-        "error": dumps(failed.error, "step error"), "started_at": failed.started_at}
+        "error": dumps(failed.error, "step error"), "started_at": failed.started_at,
+        "name": failed.name}
     if delay is None:
         stored = b.stored_final({**row, "status": StepStatus.failed,
                                  "ended_at": failed.ended_at})

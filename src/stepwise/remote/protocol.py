@@ -9,7 +9,7 @@ as `{"error": ...}`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -173,18 +173,19 @@ def _op(op: Any, calls: CallState, started: int, now: int, seq: int | None = Non
             not isinstance(op.get("id"), str) or not op["id"]:
         raise ProtocolError(f"an opcode must be an object with op and id, got {op!r}"[:300])
     kind, sid = op["op"], op["id"]
+    name = _step_name(op)
     seq = len(calls.stack) if seq is None else seq
     opts = op.get("opts") or {}
     attempt = calls.attempts.get(sid, 0)
     if kind == "StepRun":
         return StepCompleted(sid, seq, dumps({"data": op.get("data")}, f"step {sid}"),
-                             started, now, attempt)
+                             started, now, attempt, name=name)
     if kind in ("StepError", "StepFailed"):
         return StepFailed(sid, seq, _error(op.get("error"), "step failed") | {"step_id": sid},
-                          started, now, attempt, retriable=kind == "StepError")
+                          started, now, attempt, retriable=kind == "StepError", name=name)
     if kind == "Sleep":
         return SleepUntil(sid, seq, _sleep_until(opts.get("duration") or op.get("name"), now),
-                          started)
+                          started, name=name)
     if kind == "WaitForEvent":
         event = opts.get("event") or op.get("name")
         if not isinstance(event, str) or not event:
@@ -192,11 +193,26 @@ def _op(op: Any, calls: CallState, started: int, now: int, seq: int | None = Non
         timeout = opts.get("timeout")
         expires = now + (int(duration(timeout, "WaitForEvent timeout").total_seconds() * 1000)
                          if timeout else DEFAULT_WAIT_MS)
-        return WaitForEvent(sid, seq, event, expires, started, if_=opts.get("if") or None)
+        return WaitForEvent(sid, seq, event, expires, started, if_=opts.get("if") or None,
+                            name=name)
     if kind == "InvokeFunction":
-        return _invoke(sid, seq, opts, started, now)
+        return replace(_invoke(sid, seq, opts, started, now), name=name)
     raise ProtocolError(f"opcode {kind} is not supported yet (supported: "
                         f"{', '.join(SUPPORTED_OPS)})")
+
+
+def _step_name(op: dict[str, Any]) -> str | None:
+    """The code's name for the step (its id is a hash): `displayName`, else `userland.id` with
+    `:<n>` for the n-th repeat of an id."""
+    raw = op.get("userland")
+    userland: dict[str, Any] = raw if isinstance(raw, dict) else {}
+    name = op.get("displayName") or userland.get("id")
+    if not isinstance(name, str) or not name:
+        return None
+    index = userland.get("index")
+    if isinstance(index, int) and index > 0 and not op.get("displayName"):
+        name = f"{name}:{index}"
+    return name[:200]
 
 
 def _invoke(sid: str, seq: int, opts: Any, started: int, now: int) -> Invoke:

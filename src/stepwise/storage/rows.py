@@ -38,6 +38,7 @@ class StepRow(TypedDict):
     error: str | None
     started_at: int | None
     ended_at: int | None
+    name: NotRequired[str | None]
 
 
 class EventRow(TypedDict):

@@ -418,6 +418,8 @@ function timeline(run) {
     return rows.get(name);
   };
   const lastFailure = new Map();
+  // Rows are keyed by step id and labelled with the code's name (an SDK step's id is a hash).
+  const label = new Map(run.steps.map(step => [step.id, step.name ?? step.id]));
   for (const step of run.steps) row(step.id);  // rows in step order
   for (const failure of run.failures) {
     const name = failure.step_id ?? "(function body)";
@@ -438,7 +440,7 @@ function timeline(run) {
     const from = Math.max(ms(step.started_at) ?? ms(step.ended_at) ?? now,
                           lastFailure.get(step.id) ?? 0);
     const to = step.status === "running" ? now : (ms(step.ended_at) ?? now);
-    r.bars.push({ from, to, kind: step.status, title: `${step.id}: ${step.status}` });
+    r.bars.push({ from, to, kind: step.status, title: `${label.get(step.id)}: ${step.status}` });
     r.duration = to - from;
   }
   if (!rows.size) return html`<p class="muted">No steps yet.</p>`;
@@ -448,7 +450,7 @@ function timeline(run) {
   const pos = t => Math.max(0, Math.min(100, ((t - start) / span) * 100));
   return html`<div class="timeline" id="timeline">
     ${[...rows.entries()].map(([name, r]) => html`<div class="tl-row" data-step="${name}">
-      <div class="tl-name" title="${name}">${name}</div>
+      <div class="tl-name" title="${name}">${label.get(name) ?? name}</div>
       <div class="tl-track">${r.bars.map(b => html`<div class="tl-bar ${b.kind}"
         title="${b.title}" style="left:${pos(b.from).toFixed(2)}%;width:${Math.max(0,
         pos(b.to) - pos(b.from)).toFixed(2)}%"></div>`)}</div>
@@ -467,7 +469,7 @@ function stepsTable(run) {
   return html`<table id="steps"><thead><tr><th>Step</th><th>Status</th><th class="num">Attempts</th>
     <th>Started</th><th class="num">Took</th><th>Output or error</th></tr></thead><tbody>
     ${run.steps.map(step => html`<tr data-step="${step.id}">
-      <td class="mono">${step.id}</td><td>${badge(step.status)}</td>
+      <td class="mono" title="${step.id}">${step.name ?? step.id}</td><td>${badge(step.status)}</td>
       <td class="num">${step.attempts}</td><td>${when(step.started_at)}</td>
       <td class="num">${step.ended_at && step.started_at ?
         duration(ms(step.ended_at) - ms(step.started_at)) : ""}</td>

@@ -150,13 +150,13 @@ FROM runs WHERE id = :run_id;
 SELECT id, name, data, ts, received_at, trace FROM events WHERE id = :id;
 
 -- name: get_steps
-SELECT id, seq, status, attempts, output, error, started_at, ended_at
+SELECT id, seq, status, attempts, output, error, started_at, ended_at, name
 FROM steps WHERE run_id = :run_id ORDER BY seq;
 
 -- name: save_step
 -- A completed or failed step is never overwritten, and an attempt reported twice is stored once.
-INSERT INTO steps (run_id, id, seq, status, attempts, output, error, started_at, ended_at)
-VALUES (:run_id, :id, :seq, :status, :attempts, :output, :error, :started_at, :ended_at)
+INSERT INTO steps (run_id, id, seq, status, attempts, output, error, started_at, ended_at, name)
+VALUES (:run_id, :id, :seq, :status, :attempts, :output, :error, :started_at, :ended_at, :name)
 ON CONFLICT (run_id, id) DO UPDATE SET
     status = excluded.status, attempts = excluded.attempts, output = excluded.output,
     error = excluded.error, ended_at = excluded.ended_at
@@ -164,8 +164,8 @@ WHERE steps.status NOT IN ({final_steps}) AND steps.attempts < excluded.attempts
 
 -- name: insert_step
 -- A pending step (sleep, wait, invoke) is created once; reporting it again changes nothing.
-INSERT INTO steps (run_id, id, seq, status, attempts, output, error, started_at, ended_at)
-VALUES (:run_id, :id, :seq, :status, :attempts, :output, :error, :started_at, :ended_at)
+INSERT INTO steps (run_id, id, seq, status, attempts, output, error, started_at, ended_at, name)
+VALUES (:run_id, :id, :seq, :status, :attempts, :output, :error, :started_at, :ended_at, :name)
 ON CONFLICT (run_id, id) DO NOTHING;
 
 -- name: get_step
