@@ -31,7 +31,7 @@ from .payloads import (
     loads,
     new_id,
 )
-from .remote import registration
+from .remote import protocol, registration
 from .status import RunStatus, StepStatus
 from .storage import Storage, StorageUnavailable
 from .storage.rows import EventRow, RunRow
@@ -430,6 +430,22 @@ def create_server(storage: Storage, *, access: Access | None = None,
         log.info("synced SDK app %s (%s, %s) at %s: %d functions", synced.app_id, synced.sdk,
                  synced.framework, synced.url, len(synced.functions))
         return {"ok": True, "modified": True, "app_id": synced.app_id}
+
+    @api.get("/v0/runs/{run_id}/batch", include_in_schema=False)
+    async def sdk_run_events(run_id: RunId) -> list[dict[str, Any]]:
+        """For an SDK told `use_api`: the run's events."""
+        state = await engine.load(run_id)
+        if state is None:
+            raise ApiError(404, f"run {run_id} not found")
+        return protocol.run_events(state)
+
+    @api.get("/v0/runs/{run_id}/actions", include_in_schema=False)
+    async def sdk_run_steps(run_id: RunId) -> dict[str, Any]:
+        """For an SDK told `use_api`: the run's memoized steps, by hashed id."""
+        state = await engine.load(run_id)
+        if state is None:
+            raise ApiError(404, f"run {run_id} not found")
+        return protocol.memo(state).steps
 
     @api.post("/e/{event_key}", include_in_schema=False)
     async def sdk_events(event_key: Annotated[str, Path(pattern=NO_NUL)],

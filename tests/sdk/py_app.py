@@ -95,5 +95,13 @@ async def checkout(ctx: inngest.Context) -> dict[str, Any]:
     return {"taxed": taxed, "receipt": receipt, "missing": None}
 
 
+@client.create_function(fn_id="big", trigger=inngest.TriggerEvent(event="report.big"))
+async def big(ctx: inngest.Context) -> dict[str, Any]:
+    """Its memo outgrows a call (over 1 MiB): later calls make the SDK read it (use_api)."""
+    blob = await ctx.step.run("blob", lambda: "x" * 1_200_000)
+    size = await ctx.step.run("size", lambda: len(blob))
+    return {"size": size, "head": blob[:3]}
+
+
 app = fastapi.FastAPI()
-inngest.fast_api.serve(app, client, [signup, drip, vip_only, refuses, basket, checkout])
+inngest.fast_api.serve(app, client, [signup, drip, vip_only, refuses, basket, checkout, big])

@@ -66,7 +66,7 @@ def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shop]:
         wait_healthy(base, dev)
 
         def synced() -> bool:
-            return len(http("GET", base + "/api/v1/functions")["functions"]) == 11
+            return len(http("GET", base + "/api/v1/functions")["functions"]) == 12
         wait_until(synced, 60, "the SDK apps' sync")
         yield Shop(base)
     finally:
@@ -79,8 +79,8 @@ def test_the_sdk_app_syncs_its_functions(shop: Shop) -> None:
     functions = {f["id"]: f for f in http("GET", shop.base + "/api/v1/functions")["functions"]}
     assert sorted(functions) == [
         "greet-signup", "py-mailer-render-receipt", "py-mailer-welcome", "py-shop-basket",
-        "py-shop-checkout", "py-shop-drip", "py-shop-refuses", "py-shop-refuses-failure",
-        "py-shop-signup", "py-shop-vip-only", "tax"]
+        "py-shop-big", "py-shop-checkout", "py-shop-drip", "py-shop-refuses",
+        "py-shop-refuses-failure", "py-shop-signup", "py-shop-vip-only", "tax"]
     assert functions["py-mailer-welcome"]["app_id"] == "py-mailer"
     assert functions["tax"]["app_id"] == "billing" and "url" not in functions["tax"]
     signup = functions["py-shop-signup"]
@@ -200,3 +200,19 @@ def test_one_event_starts_functions_of_every_app(shop: Shop) -> None:
         "receipt": "plan: pro", "source": "greet-signup"}}
     assert shop.run_of(event_id, "py-mailer-welcome", "completed")["output"] == \
         "welcome user 9"
+
+
+def test_a_large_memo_is_read_by_the_sdk_from_the_api(shop: Shop) -> None:
+    """Past 1 MiB of step data, calls leave the memo out (`use_api`) and the SDK reads it from
+    `/v0/runs/{id}/actions` and `/batch`."""
+    (event_id,) = shop.send({"name": "report.big", "data": {"n": 1}})
+    run = shop.run_of(event_id, "py-shop-big", "completed")
+    assert run["output"] == {"size": 1_200_000, "head": "xxx"}
+    steps = http("GET", f"{shop.base}/v0/runs/{run['id']}/actions")
+    assert sorted(len(str(v)) > 1_000_000 for v in steps.values()) == [False, True]
+    (event,) = http("GET", f"{shop.base}/v0/runs/{run['id']}/batch")
+    assert event["id"] == event_id and event["data"] == {"n": 1}
+    with pytest.raises(urllib.error.HTTPError) as missing:
+        http("GET", f"{shop.base}/v0/runs/nope/actions")
+    assert missing.value.code == 404
+    missing.value.close()

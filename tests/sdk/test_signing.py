@@ -52,6 +52,7 @@ def _post(url: str, body: object, headers: dict[str, str] | None = None) -> int:
         with urllib.request.urlopen(request, timeout=10) as answer:
             return int(answer.status)
     except urllib.error.HTTPError as exc:
+        exc.close()
         return exc.code
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -139,3 +140,21 @@ def test_invoke_function_names_any_apps_function_with_a_timeout() -> None:
         with pytest.raises(protocol.ProtocolError, match=why):
             protocol.outcomes(206, {}, b'{"op": "InvokeFunction", "id": "h", "opts": {' + bad +
                               b"}}", calls(), NOW, NOW)
+
+
+def test_a_large_memo_is_left_out_of_the_call_for_the_sdk_to_fetch() -> None:
+    from stepwise.engine import RunState
+
+    run: Any = {"id": "r1", "retry": 0}
+    event: Any = {"name": "e", "data": '{"k":1}', "id": "ev1", "ts": NOW}
+    small = protocol.CallState({"a" * 40: {"data": "x"}}, ["a" * 40], {})
+    body = protocol.request_body(RunState(run, event), small, 3, -1)
+    assert body["use_api"] is False and body["steps"] == small.steps
+    assert body["events"] == [{"name": "e", "data": {"k": 1}, "id": "ev1", "ts": NOW,
+                               "user": {}}]
+    large = protocol.CallState({"a" * 40: {"data": "x" * protocol.USE_API_BYTES}},
+                               ["a" * 40], {})
+    body = protocol.request_body(RunState(run, event), large, 3, 2)
+    assert body["use_api"] is True and body["ctx"]["use_api"] is True
+    assert body["steps"] == {} and body["events"] == []
+    assert body["event"]["id"] == "ev1" and body["ctx"]["stack"]["stack"] == ["a" * 40]

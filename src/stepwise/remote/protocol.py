@@ -33,6 +33,9 @@ from .registration import RegistrationError, duration
 #: Opcodes this version understands; any other answer fails the run with a clear error.
 SUPPORTED_OPS = ("StepRun", "StepError", "StepFailed", "StepPlanned", "Sleep", "WaitForEvent",
                  "InvokeFunction")
+#: Above this size of memoized step data and events, a call leaves them out and the SDK reads
+#: them from `/v0/runs/{id}/actions` and `/batch` (`use_api`), keeping each call small.
+USE_API_BYTES = 1024 * 1024
 #: How long a wait with no timeout lasts (the SDKs always send one).
 DEFAULT_WAIT_MS = 7 * 24 * 3600 * 1000
 
@@ -69,22 +72,36 @@ def memo(state: RunState) -> CallState:
     return CallState(steps, [s["id"] for s in done], retrying)
 
 
-def _event(row: Any) -> dict[str, Any]:
+def event_json(row: Any) -> dict[str, Any]:
+    """A stored event as the SDKs read it."""
     return {"name": row["name"], "data": loads(row["data"]), "id": row["id"], "ts": row["ts"],
             "user": {}}
 
 
+def run_events(state: RunState) -> list[dict[str, Any]]:
+    """The run's events (a batch's, or its one event): `/v0/runs/{id}/batch` answers this."""
+    return [event_json(e) for e in state.batch] or (
+        [event_json(state.event)] if state.event is not None else [])
+
+
 def request_body(state: RunState, calls: CallState, max_attempts: int, version: int
                  ) -> dict[str, Any]:
-    event = _event(state.event) if state.event is not None else {
+    """The call's body. When the memo and events are large (over `USE_API_BYTES`), they are
+    left out and `use_api` tells the SDK to fetch them (`/v0/runs/{id}/actions|batch`)."""
+    event = event_json(state.event) if state.event is not None else {
         "name": "inngest/function.invoked", "data": {}, "id": "", "ts": 0, "user": {}}
-    events = [_event(e) for e in state.batch] or [event]
-    return {"event": event, "events": events, "steps": calls.steps,
+    events = run_events(state) or [event]
+    steps = calls.steps
+    use_api = len(dumps(steps, "memo")) + sum(len(e["data"]) for e in [
+        *state.batch, *([state.event] if state.event is not None else [])]) > USE_API_BYTES
+    if use_api:
+        steps, events = {}, []
+    return {"event": event, "events": events, "steps": steps,
             "ctx": {"run_id": state.run["id"], "attempt": int(state.run["retry"]),
                     "max_attempts": max_attempts, "disable_immediate_execution": False,
-                    "use_api": False,
+                    "use_api": use_api,
                     "stack": {"stack": list(calls.stack), "current": len(calls.stack)}},
-            "version": version, "use_api": False}
+            "version": version, "use_api": use_api}
 
 
 def _error(raw: Any, fallback: str) -> ErrorInfo:
