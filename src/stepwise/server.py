@@ -426,10 +426,11 @@ def create_server(storage: Storage, *, access: Access | None = None,
             synced = registration.parse(body)
         except registration.RegistrationError as exc:
             raise ApiError(400, f"cannot sync the app: {exc}") from None
-        await engine.register(synced.app_id, synced.functions)
-        log.info("synced SDK app %s (%s, %s) at %s: %d functions", synced.app_id, synced.sdk,
-                 synced.framework, synced.url, len(synced.functions))
-        return {"ok": True, "modified": True, "app_id": synced.app_id}
+        modified = await engine.register(synced.app_id, synced.functions)
+        if modified:
+            log.info("synced SDK app %s (%s, %s) at %s: %d functions", synced.app_id,
+                     synced.sdk, synced.framework, synced.url, len(synced.functions))
+        return {"ok": True, "modified": modified, "app_id": synced.app_id}
 
     @api.get("/v0/runs/{run_id}/batch", include_in_schema=False)
     async def sdk_run_events(run_id: RunId) -> list[dict[str, Any]]:

@@ -49,9 +49,11 @@ class Engine:
         """Store events durably and start their runs; answers once committed and synced."""
         return await self.storage.write(ingest.ingest_events, events, self.clock.now_ms())
 
-    async def register(self, app_id: str, functions: list[FunctionDefinition]) -> None:
-        """Replace an app's stored definitions, so any server can route its events."""
-        await self.storage.write(definitions.register, app_id, functions, self.clock.now_ms())
+    async def register(self, app_id: str, functions: list[FunctionDefinition]) -> bool:
+        """Replace an app's stored definitions, so any server can route its events; False when
+        they were stored already as they are."""
+        return await self.storage.write(definitions.register, app_id, functions,
+                                        self.clock.now_ms())
 
     async def list_functions(self) -> list[dict[str, Any]]:
         return await self.storage.read(definitions.list_all)

@@ -17,12 +17,17 @@ def decode(text: str) -> FunctionDefinition:
     return FunctionDefinition.from_json(loads(text))
 
 
-def register(tx: Tx, app_id: str, definitions: list[FunctionDefinition], now: int) -> None:
+def register(tx: Tx, app_id: str, definitions: list[FunctionDefinition], now: int) -> bool:
     """Replace the app's definitions; keep the next tick of schedules that did not change.
+    False (and nothing written) when they are the same as stored.
 
     Registrations of one app are serialized (workers and servers start together), so two
     never interleave their deletes and inserts."""
     tx.one("lock_key", key=f"stepwise.register:{app_id}")
+    wanted_rows = sorted((d.id, dumps(d.to_json(), "function definition")) for d in definitions)
+    if [(r["id"], r["definition"]) for r in tx.all("app_definitions", app_id=app_id)] == \
+            wanted_rows:
+        return False
     tx.exec("delete_app_triggers", app_id=app_id)
     tx.exec("delete_app_functions", app_id=app_id)
     wanted = set()
@@ -41,6 +46,7 @@ def register(tx: Tx, app_id: str, definitions: list[FunctionDefinition], now: in
         if (row["function_id"], row["cron"], row["tz"]) not in wanted:
             tx.exec("delete_schedule", app_id=app_id, **row)
     tx.wake_workers()  # schedules may be due sooner than a worker thought
+    return True
 
 
 def get(tx: Tx, app_id: str, function_id: str) -> FunctionDefinition | None:

@@ -23,15 +23,20 @@ from ..worker import Running, Worker
 from . import protocol
 
 log = logging.getLogger("stepwise.remote")
+#: Calls to one app at once from one process.
+MAX_CALLS_PER_APP = 16
 
 
 class RemoteWorker(Worker):
     """Runs the functions an SDK app registered (`stepwise.remote.registration`)."""
 
     def __init__(self, app_id: str, storage: Storage, *, signing_key: str | None = None,
-                 **options: Any) -> None:
+                 max_calls: int = MAX_CALLS_PER_APP, **options: Any) -> None:
         options["isolate"] = False  # no user code here: only HTTP calls on the worker's loop
         super().__init__(App(app_id), storage, **options)
+        #: At most this many calls to the app at once from this process (runs times their
+        #: parallel steps could be far more); the others wait their turn.
+        self.calls = asyncio.Semaphore(max_calls)
         #: With a key (outside dev mode), calls are signed and answers must be.
         self.signing_key = signing_key
         self.definitions: dict[str, FunctionDefinition] = {}
@@ -124,6 +129,12 @@ class RemoteWorker(Worker):
     async def _call(self, definition: FunctionDefinition, state: RunState,
                     calls: protocol.CallState, step_id: str | None = None,
                     seq: int | None = None) -> list[Outcome] | protocol.Planned:
+        async with self.calls:  # signed once its turn came: a signature is good for minutes
+            return await self._call_now(definition, state, calls, step_id, seq)
+
+    async def _call_now(self, definition: FunctionDefinition, state: RunState,
+                        calls: protocol.CallState, step_id: str | None = None,
+                        seq: int | None = None) -> list[Outcome] | protocol.Planned:
         """One call to the app (for one planned step: `step_id`), as outcomes (a failure to
         reach it is a retried failure)."""
         url = str(definition.url)
@@ -170,36 +181,32 @@ class RemoteWorker(Worker):
 
 
 class RemoteApps:
-    """In `stepwise dev`: asks the SDK apps at `urls` to sync (a `PUT` to its serve URL makes
-    an SDK register itself with this server) until each has, and keeps one `RemoteWorker` per
-    synced app, refreshed as apps re-sync."""
+    """Keeps one `RemoteWorker` per synced SDK app, refreshed as apps re-sync. In `stepwise dev`
+    it also asks the apps at `urls` to sync (a `PUT` to its serve URL makes an SDK register
+    itself with this server) at start and every `resync_every` seconds after, so an app that
+    restarted with other functions is re-synced (an unchanged sync writes nothing)."""
 
     def __init__(self, storage: Storage, urls: tuple[str, ...] = (), *,
-                 check_every: float = 1.0, **worker_options: Any) -> None:
+                 check_every: float = 1.0, resync_every: float = 5.0,
+                 **worker_options: Any) -> None:
         self.storage = storage
         self.engine = Engine(storage)
-        self.pending = list(urls)
+        self.urls = list(urls)
         self.check_every = check_every
+        self.resync_every = resync_every
         self.worker_options = worker_options
         self.workers: dict[str, RemoteWorker] = {}
-        self._warned: set[str] = set()
+        self._synced_at: dict[str, float] = {}  # URL -> when it last answered a sync
+        self._down: set[str] = set()  # URLs that did not answer since they last did
 
     async def tick(self) -> None:
-        """One round: sync what has not synced, start or refresh the apps' workers."""
-        if self.pending:
+        """One round: sync the apps that are due, start or refresh the apps' workers."""
+        now = asyncio.get_running_loop().time()
+        due = [url for url in self.urls
+               if now - self._synced_at.get(url, -self.resync_every) >= self.resync_every]
+        if due:
             async with httpx.AsyncClient(timeout=10.0) as client:
-                for url in list(self.pending):
-                    try:
-                        answer = await client.put(url)
-                        answer.raise_for_status()
-                    except httpx.HTTPError as exc:
-                        if url not in self._warned:
-                            log.warning("SDK app at %s did not sync yet (%s); trying again",
-                                        url, exc)
-                            self._warned.add(url)
-                        continue
-                    self.pending.remove(url)
-                    log.info("asked the SDK app at %s to sync", url)
+                await asyncio.gather(*(self._sync(client, url, now) for url in due))
         functions = await self.engine.list_functions()
         for app_id in sorted({f["app_id"] for f in functions if f.get("url")}):
             worker = self.workers.get(app_id)
@@ -210,6 +217,24 @@ class RemoteApps:
                 log.info("serving SDK app %s: %s", app_id, ", ".join(worker.definitions))
             else:
                 await worker.refresh(functions)
+
+    async def _sync(self, client: httpx.AsyncClient, url: str, now: float) -> None:
+        try:
+            answer = await client.put(url)
+            answer.raise_for_status()
+        except httpx.HTTPError as exc:
+            if url not in self._down:
+                log.warning("SDK app at %s %s (%s); trying again", url,
+                            "is not reachable" if url in self._synced_at else
+                            "did not sync yet", exc)
+                self._down.add(url)
+            return
+        if url not in self._synced_at:
+            log.info("asked the SDK app at %s to sync", url)
+        elif url in self._down:
+            log.info("SDK app at %s is back and synced", url)
+        self._down.discard(url)
+        self._synced_at[url] = now
 
     async def run(self) -> None:
         while True:

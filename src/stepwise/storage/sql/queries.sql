@@ -298,6 +298,9 @@ WHERE app_id = :app_id AND function_id = :function_id AND cron = :cron AND tz = 
 -- name: next_schedule
 SELECT MIN(next_at) AS due FROM schedules WHERE app_id = :app_id;
 
+-- name: app_definitions
+SELECT id, definition FROM functions WHERE app_id = :app_id ORDER BY id;
+
 -- name: get_function
 SELECT definition FROM functions WHERE app_id = :app_id AND id = :id;
 
