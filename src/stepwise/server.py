@@ -20,6 +20,7 @@ from .access import Access, Gate
 from .admission import DEFAULT_MAX_IN_FLIGHT, Admission
 from .clock import Clock
 from .engine import FOREVER, Conflict, Engine, NotFound
+from .engine.definitions import AppSource
 from .events import EventIn, StoredEvent, describe_validation_error
 from .payloads import (
     MAX_DEPTH,
@@ -233,6 +234,21 @@ class UnservedOut(BaseModel):
     oldest_at: str | None
 
 
+class AppOut(BaseModel):
+    id: str
+    sdk: str = Field(description="The SDK and version that synced it (`stepwise-python` for a "
+                                 "Python app registered by its workers)")
+    url: str | None = Field(description="Where its functions are called (SDK apps)")
+    framework: str | None = None
+    synced_at: str | None = Field(description="Its last sync (or Python worker start)")
+    changed_at: str | None = Field(description="When its functions last changed")
+    functions: list[str]
+
+
+class AppList(BaseModel):
+    apps: list[AppOut]
+
+
 class WorkerList(BaseModel):
     workers: list[WorkerOut]
     unserved: list[UnservedOut] = Field(
@@ -426,7 +442,8 @@ def create_server(storage: Storage, *, access: Access | None = None,
             synced = registration.parse(body)
         except registration.RegistrationError as exc:
             raise ApiError(400, f"cannot sync the app: {exc}") from None
-        modified = await engine.register(synced.app_id, synced.functions)
+        modified = await engine.register(synced.app_id, synced.functions, AppSource(
+            synced.sdk, synced.url, synced.framework))
         if modified:
             log.info("synced SDK app %s (%s, %s) at %s: %d functions", synced.app_id,
                      synced.sdk, synced.framework, synced.url, len(synced.functions))
@@ -556,6 +573,13 @@ def create_server(storage: Storage, *, access: Access | None = None,
               openapi_extra=_body_schema(RunFilter), responses=_errors(401, 413, 415))
     async def bulk_cancel(request: Request) -> dict[str, Any]:
         return await bulk("cancel", request)
+
+    @api.get("/api/v1/apps", response_model=AppList,
+             summary="Apps: SDK apps (URL, SDK, framework) and Python apps, with last sync",
+             responses=_errors(401))
+    async def list_apps() -> dict[str, Any]:
+        return {"apps": [{**a, "synced_at": iso(a["synced_at"]),
+                          "changed_at": iso(a["changed_at"])} for a in await engine.list_apps()]}
 
     @api.get("/api/v1/workers", response_model=WorkerList,
              summary="Workers (live and recently gone) and runs no live worker serves",

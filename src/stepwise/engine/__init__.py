@@ -49,11 +49,15 @@ class Engine:
         """Store events durably and start their runs; answers once committed and synced."""
         return await self.storage.write(ingest.ingest_events, events, self.clock.now_ms())
 
-    async def register(self, app_id: str, functions: list[FunctionDefinition]) -> bool:
+    async def register(self, app_id: str, functions: list[FunctionDefinition],
+                       source: definitions.AppSource = definitions.PYTHON_APP) -> bool:
         """Replace an app's stored definitions, so any server can route its events; False when
         they were stored already as they are."""
         return await self.storage.write(definitions.register, app_id, functions,
-                                        self.clock.now_ms())
+                                        self.clock.now_ms(), source)
+
+    async def list_apps(self) -> list[dict[str, Any]]:
+        return await self.storage.read(definitions.list_apps)
 
     async def list_functions(self) -> list[dict[str, Any]]:
         return await self.storage.read(definitions.list_all)

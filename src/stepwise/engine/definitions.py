@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -17,16 +18,33 @@ def decode(text: str) -> FunctionDefinition:
     return FunctionDefinition.from_json(loads(text))
 
 
-def register(tx: Tx, app_id: str, definitions: list[FunctionDefinition], now: int) -> bool:
+@dataclass(frozen=True)
+class AppSource:
+    """Where an app's functions came from: an SDK's sync (its URL, SDK, framework) or a
+    Python app's worker."""
+
+    sdk: str
+    url: str | None = None
+    framework: str | None = None
+
+
+PYTHON_APP = AppSource("stepwise-python")
+
+
+def register(tx: Tx, app_id: str, definitions: list[FunctionDefinition], now: int,
+             source: AppSource = PYTHON_APP) -> bool:
     """Replace the app's definitions; keep the next tick of schedules that did not change.
-    False (and nothing written) when they are the same as stored.
+    False when they are the same as stored (then only the app's sync time is written).
 
     Registrations of one app are serialized (workers and servers start together), so two
     never interleave their deletes and inserts."""
     tx.one("lock_key", key=f"stepwise.register:{app_id}")
     wanted_rows = sorted((d.id, dumps(d.to_json(), "function definition")) for d in definitions)
-    if [(r["id"], r["definition"]) for r in tx.all("app_definitions", app_id=app_id)] == \
-            wanted_rows:
+    changed = [(r["id"], r["definition"]) for r in tx.all(
+        "app_definitions", app_id=app_id)] != wanted_rows
+    tx.exec("upsert_app", id=app_id, url=source.url, sdk=source.sdk,
+            framework=source.framework, now=now, changed=int(changed))
+    if not changed:
         return False
     tx.exec("delete_app_triggers", app_id=app_id)
     tx.exec("delete_app_functions", app_id=app_id)
@@ -70,6 +88,14 @@ def find(tx: Tx, app_id: str, function_id: str) -> tuple[str, FunctionDefinition
             if found is not None:
                 return function_id[:at], found
     return None
+
+
+def list_apps(tx: Tx) -> list[dict[str, Any]]:
+    """Every app with the ids of its functions."""
+    functions: dict[str, list[str]] = {}
+    for row in tx.all("list_functions"):
+        functions.setdefault(row["app_id"], []).append(row["id"])
+    return [{**row, "functions": functions.get(row["id"], [])} for row in tx.all("list_apps")]
 
 
 def list_all(tx: Tx) -> list[dict[str, Any]]:

@@ -219,15 +219,15 @@ def _op(op: Any, calls: CallState, started: int, now: int, seq: int | None = Non
 
 
 def _step_name(op: dict[str, Any]) -> str | None:
-    """The code's name for the step (its id is a hash): `displayName`, else `userland.id` with
-    `:<n>` for the n-th repeat of an id."""
+    """The code's name for the step (its id is a hash): `displayName`, else `userland.id`;
+    the n-th repeat of an id gets `:<n>`, as its hash does."""
     raw = op.get("userland")
     userland: dict[str, Any] = raw if isinstance(raw, dict) else {}
     name = op.get("displayName") or userland.get("id")
     if not isinstance(name, str) or not name:
         return None
     index = userland.get("index")
-    if isinstance(index, int) and index > 0 and not op.get("displayName"):
+    if isinstance(index, int) and index > 0 and name == userland.get("id"):
         name = f"{name}:{index}"
     return name[:200]
 

@@ -109,6 +109,7 @@ const ROUTES = [
   [/^\/events$/, "events", () => pageEvents()],
   [/^\/events\/([^/]+)$/, "events", id => pageEvent(id)],
   [/^\/functions$/, "functions", () => pageFunctions()],
+  [/^\/apps$/, "apps", () => pageApps()],
   [/^\/workers$/, "workers", () => pageWorkers()],
 ];
 let current = { refresh: null, generation: 0 };
@@ -696,6 +697,30 @@ function drawChart(charts, key, element, data, series, format, { step, integers 
       value: (u, v) => v === null || v === undefined ? "–" : format(v) }))],
   }, data, element);
   charts.set(key, chart);
+}
+
+// --- apps ----------------------------------------------------------------------------------
+
+async function pageApps() {
+  $("#page").innerHTML = html`<h1>Apps</h1><div id="apps"><p class="muted">Loading…</p></div>`;
+  return async () => {
+    const { apps } = await api("/api/v1/apps");
+    $("#apps").innerHTML = apps.length ? html`<table id="app-list"><thead><tr><th>App</th>
+      <th>SDK</th><th>Served at</th><th>Last sync</th><th>Functions changed</th>
+      <th>Functions</th></tr></thead><tbody>
+      ${apps.map(a => html`<tr data-app="${a.id}"><td class="mono">${a.id}</td>
+        <td>${a.sdk}${a.framework ? html` <span class="muted">(${a.framework})</span>` : ""}</td>
+        <td class="mono" style="font-size:12px">${a.url ?? html`<span class="muted">Python
+          workers</span>`}</td>
+        <td>${ago(a.synced_at)}</td><td>${when(a.changed_at)}</td>
+        <td class="mono" style="font-size:12px">${a.functions.map((f, i) => html`${i ? ", " : ""}<a
+          href="/runs?function=${encodeURIComponent(f)}">${f}</a>`)}</td></tr>`)}
+      </tbody></table>
+      <p class="muted">SDK apps sync with <code>stepwise dev -u URL</code> (re-synced every few
+        seconds) or by a <code>PUT</code> to their serve URL; a Python app registers when its
+        worker starts.</p>`
+      : html`<p class="muted">No app has registered yet.</p>`;
+  };
 }
 
 // --- workers -------------------------------------------------------------------------------

@@ -298,6 +298,16 @@ WHERE app_id = :app_id AND function_id = :function_id AND cron = :cron AND tz = 
 -- name: next_schedule
 SELECT MIN(next_at) AS due FROM schedules WHERE app_id = :app_id;
 
+-- name: upsert_app
+INSERT INTO apps (id, url, sdk, framework, synced_at, changed_at)
+VALUES (:id, :url, :sdk, :framework, :now, :now)
+ON CONFLICT (id) DO UPDATE SET url = excluded.url, sdk = excluded.sdk,
+  framework = excluded.framework, synced_at = excluded.synced_at,
+  changed_at = CASE WHEN :changed = 1 THEN excluded.changed_at ELSE apps.changed_at END;
+
+-- name: list_apps
+SELECT id, url, sdk, framework, synced_at, changed_at FROM apps ORDER BY id;
+
 -- name: app_definitions
 SELECT id, definition FROM functions WHERE app_id = :app_id ORDER BY id;
 

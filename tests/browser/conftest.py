@@ -1,0 +1,62 @@
+"""Browser tests: Debian's /usr/bin/chromium driven by Playwright. Screenshots go to
+`test-artifacts/dashboard/` (look at them)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "dashboard"
+
+
+def _need(thing: str, problem: str | None) -> None:
+    """Skip locally when the browser is missing; in CI (CI=true) fail instead."""
+    if problem is None:
+        return
+    message = f"{thing} unavailable: {problem} (.ci/run installs it)"
+    if os.environ.get("CI") == "true":
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError as exc:
+        _need("playwright", str(exc))
+    _need("chromium", None if shutil.which(CHROMIUM) else f"{CHROMIUM} not found")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    """A page that fails the test on any script error, or any failed request but the API's
+    own 4xx answers (which the page shows)."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    problems: list[str] = []
+    page.on("pageerror", lambda error: problems.append(f"script error: {error}"))
+    page.on("console", lambda m: problems.append(f"console: {m.text}")
+            if m.type == "error" and "Failed to load resource" not in m.text else None)
+    page.on("requestfailed", lambda r: problems.append(f"request failed: {r.url}"))
+    page.on("response", lambda r: problems.append(f"{r.status}: {r.url}")
+            if r.status >= 400 and "/api/v1/" not in r.url else None)
+    yield page
+    page.close()
+    assert problems == []
+
+
+def shot(page: Any, name: str) -> None:
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
