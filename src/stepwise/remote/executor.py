@@ -17,7 +17,7 @@ from ..app import App
 from ..definition import FunctionDefinition
 from ..engine import Engine, RunState
 from ..engine.outcomes import Outcome, RunFailed, StepCompleted, StepFailed
-from ..payloads import loads
+from ..payloads import dumps, loads
 from ..storage import Storage
 from ..worker import Running, Worker
 from . import protocol
@@ -140,8 +140,12 @@ class RemoteWorker(Worker):
         url = str(definition.url)
         if step_id is not None:
             url = protocol.targeted(url, step_id)
-        body = signing.canonical(protocol.request_body(
-            state, calls, definition.retry.retries + 1, self.version))
+        request = protocol.request_body(state, calls, definition.retry.retries + 1,
+                                        self.version)
+        # Signed calls carry canonical (JCS) JSON, which is what the SDKs check the signature
+        # against; unsigned ones (dev mode) plain compact JSON, several times faster to make.
+        body = signing.canonical(request) if self.signing_key is not None else \
+            dumps(request, "call body").encode()
         headers = {"Content-Type": "application/json", "X-Run-ID": state.run["id"],
                    "X-Inngest-Server-Kind": "dev" if self.signing_key is None else "cloud"}
         if self.signing_key is not None:
