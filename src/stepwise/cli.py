@@ -590,12 +590,14 @@ def show_run(run_id: str, as_json: bool, url: str, api_key: str | None) -> None:
         click.echo(f"output    {json.dumps(run['output'])}")
     if run["steps"]:
         click.echo("")
-        _table([[s["id"], s["status"], str(s["attempts"]), s["ended_at"] or "-",
+        _table([[s.get("name") or s["id"], s["status"], str(s["attempts"]), s["ended_at"] or "-",
                  _error_line(s["error"])] for s in run["steps"]],
                ["STEP", "STATUS", "ATTEMPTS", "ENDED", "ERROR"])
+    names = {s["id"]: s.get("name") or s["id"] for s in run["steps"]}  # SDK ids are hashes
     for failure in run.get("failures", []):
         error = failure["error"] or {}
-        where = f"step {failure['step_id']}" if failure["step_id"] else "function body"
+        where = (f"step {names.get(failure['step_id'], failure['step_id'])}"
+                 if failure["step_id"] else "function body")
         click.echo(f"\nfailed attempt {failure['attempt']} of {where} at {failure['ended_at']}: "
                    f"{error.get('name', '')}: {error.get('message', '')}")
         for line in str(error.get("stack", "")).rstrip().splitlines():

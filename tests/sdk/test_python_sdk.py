@@ -99,8 +99,12 @@ def test_steps_are_memoized_and_a_failing_step_is_retried(shop: Shop) -> None:
                              "again": 0}
     assert run["failed_attempts"] == 1
     assert "mailing-list API timed out" in json.dumps(run["failures"])
-    assert [(s["status"], s["attempts"]) for s in run["steps"]] == [
-        ("completed", 1), ("completed", 2), ("completed", 1)]
+    assert [(s["name"], s["status"], s["attempts"]) for s in run["steps"]] == [
+        ("load-user", "completed", 1), ("subscribe", "completed", 2),
+        ("load-user:1", "completed", 1)]
+    shown = subprocess.run([sys.executable, "-m", "stepwise.cli", "run", run["id"], "--url",
+                            shop.base], capture_output=True, text=True, check=True).stdout
+    assert "load-user:1" in shown and "failed attempt 1 of step subscribe" in shown
     assert shop.run_of(vip, "py-shop-vip-only", "completed")["output"] == "welcome, VIP"
     (plain,) = shop.send({"name": "user.signup", "data": {"user_id": 8, "vip": False}})
     shop.run_of(plain, "py-shop-signup", "completed")
