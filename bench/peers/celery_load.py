@@ -18,7 +18,18 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 import redis
-from common import CONCURRENCY, PYTHON, REDIS, WARMUP, p50, report, rss_mb, spawn, stop
+from common import (
+    CONCURRENCY,
+    PYTHON,
+    REDIS,
+    WARMUP,
+    p50,
+    report,
+    rss_mb,
+    sleep_lead,
+    spawn,
+    stop,
+)
 
 APP = textwrap.dedent('''
     import os
@@ -96,7 +107,7 @@ def main() -> None:
             figures = {"first_execution_p50_ms": p50([(ran[k] - at) * 1000
                                                       for k, at in sent.items()])}
         else:  # countdown tasks: Celery keeps them in the worker's memory until due
-            wake = time.time() + 20 + options.n / 2000
+            wake = time.time() + sleep_lead(options.n)
             from datetime import UTC, datetime
 
             eta = datetime.fromtimestamp(wake, UTC)

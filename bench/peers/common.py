@@ -27,6 +27,11 @@ CONCURRENCY = 8
 WARMUP = 200
 
 
+def sleep_lead(n: int) -> float:
+    """How far ahead `n` sleeping runs are due: after the slowest system has parked them all."""
+    return 15 + n / 250
+
+
 def wait(check: Callable[[], Any], timeout: float = 600, every: float = 0.02) -> Any:
     deadline = time.monotonic() + timeout
     while True:

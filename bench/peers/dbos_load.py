@@ -25,6 +25,7 @@ from common import (
     p50,
     report,
     rss_mb,
+    sleep_lead,
     spawn,
     stop,
     wait,
@@ -140,7 +141,7 @@ def main() -> None:
             figures = {"first_execution_p50_ms": p50([(h.get_result() - at) * 1000
                                                       for h, at in handles])}
         else:
-            wake = time.time() + 20 + options.n / 2000
+            wake = time.time() + sleep_lead(options.n)
             handles = [enqueue("sleeper", wake) for _ in range(options.n)]
             time.sleep(max(0.0, wake - time.time() - 3))
             memory = rss_mb(worker.pid)

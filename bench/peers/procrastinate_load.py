@@ -24,6 +24,7 @@ from common import (
     p50,
     report,
     rss_mb,
+    sleep_lead,
     spawn,
     stop,
 )
@@ -96,7 +97,7 @@ async def run(kind: str, n: int, url: str, tmp: str) -> dict[str, Any]:
                 ran = {k: float(a) for k, a in rows}
                 return {"first_execution_p50_ms": p50([(ran[k] - at) * 1000
                                                        for k, at in sent.items()])}
-            wake = time.time() + 20 + n / 2000
+            wake = time.time() + sleep_lead(n)
             from datetime import UTC, datetime
 
             when = datetime.fromtimestamp(wake, UTC)

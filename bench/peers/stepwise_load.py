@@ -27,6 +27,7 @@ from common import (
     p50,
     report,
     rss_mb,
+    sleep_lead,
     spawn,
     stop,
 )
@@ -149,7 +150,7 @@ async def workload(kind: str, n: int, stack: Stack) -> dict[str, Any]:
         lags = [(outputs[e] - at) * 1000 for e, at in sent.items()]
         return {"first_execution_p50_ms": p50(lags)}
     if kind == "sleepers":
-        until = time.time() + 20 + n / 2000  # after every run is parked
+        until = time.time() + sleep_lead(n)  # after every run is parked
         for start in range(0, n, 100):
             await stack.send("sleeper", min(100, n - start), {"until": until})
         await stack.until_done("sleeper", 0)
