@@ -30,7 +30,7 @@ from ..storage.rows import EventRow, RunDetail, RunRow
 from . import admin, definitions, ingest, leasing, lifecycle, runs, workers
 from .admin import Conflict, NotFound
 from .lifecycle import FOREVER
-from .outcomes import Applied, Outcome
+from .outcomes import Applied, Outcome, StepCompleted
 from .runs import RunState
 
 __all__ = ["FOREVER", "Applied", "Conflict", "Engine", "NotFound", "Outcome", "RunState"]
@@ -90,12 +90,18 @@ class Engine:
         return await self.storage.read(leasing.next_due, app_id)
 
     async def load(self, run_id: str) -> RunState | None:
-        return await self.storage.read(runs.load, run_id)
+        # No snapshot needed: the run is leased by the caller, its event is immutable, and a
+        # step resolved meanwhile is only seen sooner.
+        return await self.storage.read(runs.load, run_id, snapshot=False)
 
     def apply(self, run_id: str, owner: str, outcomes: list[Outcome], *, last: bool,
               inline: bool = False) -> Awaitable[Applied]:
         """Apply an executor's outcomes in one transaction (see `runs.apply`). Not a coroutine
         function of its own: this is every step's path, one frame fewer."""
+        if not last and len(outcomes) == 1 and type(outcomes[0]) is StepCompleted:
+            # A step's result mid-execution: its writes are one statement.
+            return self.storage.write(runs.apply_completed_step, run_id, owner, outcomes[0],
+                                      inline=inline, one_statement=True)
         return self.storage.write(runs.apply, run_id, owner, outcomes, self.clock.now_ms(), last,
                                   inline=inline)
 

@@ -9,6 +9,7 @@ concurrency limits; every worker and server meets here (see `lease_candidates` a
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from .. import schedules
 from ..errors import ErrorInfo
@@ -31,10 +32,17 @@ def lease(tx: Tx, app_id: str, functions: str, owner: str, now: int, until: int,
     serves) for `owner` until `until`: their ids, how
     many of the candidates were taken over from an expired lease, and the function of each
     run that starts for the first time."""
-    fire_schedules(tx, app_id, now)
-    expire_deadlines(tx, app_id, now)
-    candidates = tx.all("lease_candidates", app_id=app_id, functions=functions, now=now,
-                        window=limit * 4 + 32)
+    # Due cron ticks, due deadlines and the candidates, read together (one round trip on
+    # PostgreSQL); the candidates are read again only when a tick or a deadline changed them.
+    reads = [("due_schedules", {"app_id": app_id, "now": now}),
+             ("due_deadlines", {"app_id": app_id, "now": now}),
+             ("lease_candidates", {"app_id": app_id, "functions": functions, "now": now,
+                                   "window": limit * 4 + 32})]
+    ticks, deadlines, candidates = tx.each(reads)
+    if ticks or deadlines:
+        fire_schedules(tx, app_id, now, ticks)
+        expire_deadlines(tx, app_id, now, deadlines)
+        (candidates,) = tx.each(reads[2:])
     keys = {c["run_id"]: tx.all("run_keys", run_id=c["run_id"]) for c in candidates if c["keyed"]}
     inflight: dict[str, int] = {}
     for key in sorted({k["key"] for rows in keys.values() for k in rows}):
@@ -58,12 +66,15 @@ def lease(tx: Tx, app_id: str, functions: str, owner: str, now: int, until: int,
         if len(picked) == limit:
             break
     if picked:
-        ids = dumps(picked, "run ids")
-        tx.exec("take", ids=ids, owner=owner, until=until)
-        first_starts = [r["function_id"] for r in tx.all("mark_first_start", ids=ids, now=now)]
-        tx.exec("mark_running_many", ids=ids)
-        tx.exec("close_groups_of_runs", ids=ids)  # a debounce or batch closes as it starts
-        settle_due_steps(tx, ids, now)
+        ids = {"ids": dumps(picked, "run ids")}
+        # Independent statements over the picked runs, sent together; a debounce or batch
+        # closes as its run starts.
+        _, started, _, _, due = tx.each([
+            ("take", {**ids, "owner": owner, "until": until}),
+            ("mark_first_start", {**ids, "now": now}), ("mark_running_many", ids),
+            ("close_groups_of_runs", ids), ("due_timed_steps", {**ids, "now": now})])
+        first_starts = [r["function_id"] for r in started]
+        settle_due_steps(tx, ids["ids"], now, due)
     return picked, taken_over, first_starts
 
 
@@ -86,11 +97,14 @@ def _take_over(tx: Tx, run_id: str, now: int) -> bool:
     return False
 
 
-def settle_due_steps(tx: Tx, ids: str, now: int) -> None:
+def settle_due_steps(tx: Tx, ids: str, now: int,
+                     due: list[dict[str, Any]] | None = None) -> None:
     """Before the runs `ids` (a JSON list) execute: sleeps that ended complete, waits that
     timed out complete with no event, invokes that timed out fail. The executor then sees
-    only results."""
-    for row in tx.all("due_timed_steps", ids=ids, now=now):
+    only results. `due`: those steps, when the caller read them already."""
+    if due is None:
+        due = tx.all("due_timed_steps", ids=ids, now=now)
+    for row in due:
         status, run_id, step_id = row["status"], row["run_id"], row["id"]
         if status == StepStatus.sleeping:
             tx.exec("resolve_step", run_id=run_id, id=step_id, status=StepStatus.completed,
@@ -121,10 +135,14 @@ def next_due(tx: Tx, app_id: str) -> int | None:
     return int(min(times)) if times else None
 
 
-def fire_schedules(tx: Tx, app_id: str, now: int) -> int:
-    """Start one run per due cron tick (the most recent one when several were missed)."""
+def fire_schedules(tx: Tx, app_id: str, now: int,
+                   due: list[dict[str, Any]] | None = None) -> int:
+    """Start one run per due cron tick (the most recent one when several were missed).
+    `due`: the due schedules, when the caller read them already."""
     fired = 0
-    for row in tx.all("due_schedules", app_id=app_id, now=now):
+    if due is None:
+        due = tx.all("due_schedules", app_id=app_id, now=now)
+    for row in due:
         cron, tz = row["cron"], row["tz"]
         tick = max(int(row["next_at"]), schedules.latest_tick(cron, tz, now))
         definition = definitions.get(tx, app_id, row["function_id"])
@@ -149,9 +167,12 @@ def _iso(ms: int) -> str:
         "+00:00", "Z")
 
 
-def expire_deadlines(tx: Tx, app_id: str, now: int) -> None:
-    """Cancel runs past their start or finish timeout."""
-    for row in tx.all("due_deadlines", app_id=app_id, now=now):
+def expire_deadlines(tx: Tx, app_id: str, now: int,
+                     due: list[dict[str, Any]] | None = None) -> None:
+    """Cancel runs past their start or finish timeout (`due`: when the caller read them)."""
+    if due is None:
+        due = tx.all("due_deadlines", app_id=app_id, now=now)
+    for row in due:
         late = row["status"] not in TERMINAL_RUN and (
             row["kind"] == "finish" or row["started_at"] is None)
         tx.exec("delete_deadline", run_id=row["run_id"], kind=row["kind"])

@@ -69,20 +69,22 @@ def finish(tx: Tx, run_id: str, status: RunStatus, output: str | None, error: Er
            now: int) -> None:
     """A run reached a final status: drop everything that could still schedule it, and hand
     its result to the run that invoked it."""
-    tx.exec("finish_run", run_id=run_id, status=status, output=output,
-            error=None if error is None else dumps(error, "error"), now=now)
-    tx.exec("dequeue", run_id=run_id)
-    tx.exec("delete_queue_keys", run_id=run_id)
-    tx.exec("delete_run_waits", run_id=run_id)
-    tx.exec("delete_run_deadlines", run_id=run_id)
-    tx.exec("delete_run_groups", run_id=run_id)
+    # Independent statements, sent together: the end, the function's definition (is it an
+    # SDK's?), and dropping what could still schedule the run.
+    key = {"run_id": run_id}
+    finished, definition, *_ = tx.each([
+        ("finish_run", {**key, "status": status, "output": output, "now": now,
+                        "error": None if error is None else dumps(error, "error")}),
+        ("definition_of_run", key), ("dequeue", key), ("delete_queue_keys", key),
+        ("delete_run_waits", key), ("delete_run_deadlines", key), ("delete_run_groups", key)])
     tx.wake_workers()  # its concurrency slot is free
-    run = get_run(tx, run_id)
-    if run is None:
+    if not finished:
         return
+    run = cast(RunRow, finished[0])
     from . import sdk_events  # above this module: it ingests events
 
-    sdk_events.announce(tx, run, status, output, error, now)
+    if definition and sdk_events.is_sdk_definition(definition[0]["definition"]):
+        sdk_events.announce(tx, run, status, output, error, now)
     if not run["parent_run_id"]:
         return
     if status == RunStatus.cancelled:

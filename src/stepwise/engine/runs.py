@@ -58,18 +58,19 @@ class RunState:
 
 
 def load(tx: Tx, run_id: str) -> RunState | None:
-    run = lifecycle.get_run(tx, run_id)
-    if run is None:
+    key = {"run_id": run_id}  # four independent reads, sent together
+    found, event, steps, batch = tx.each([("get_run", key), ("event_of_run", key),
+                                          ("get_steps", key), ("get_run_events", key)])
+    if not found:
         return None
-    event = cast(EventRow | None, tx.one("get_event", id=run["event_id"])
-                 if run["event_id"] else None)
-    steps = {s["id"]: cast(StepRow, s) for s in tx.all("get_steps", run_id=run_id)}
+    run = cast(RunRow, found[0])
     origin_error = None
     if run["origin_run_id"]:
         origin = lifecycle.get_run(tx, run["origin_run_id"])
         origin_error = loads(origin["error"]) if origin and origin["error"] else None
-    batch = cast(list[EventRow], tx.all("get_run_events", run_id=run_id))
-    return RunState(run, event if not batch else batch[0], steps, origin_error, batch)
+    return RunState(run, cast(EventRow, batch[0] if batch else event[0] if event else None),
+                    {s["id"]: cast(StepRow, s) for s in steps}, origin_error,
+                    cast(list[EventRow], batch))
 
 
 class _Batch:
@@ -170,6 +171,24 @@ def _save_completed(tx: Tx, run_id: str, done: StepCompleted) -> bool:
                         status=_COMPLETED, attempts=done.attempt + 1, output=done.output,
                         error=None, started_at=done.started_at, ended_at=done.ended_at,
                         name=done.name))
+
+
+def apply_completed_step(tx: Tx, run_id: str, owner: str, done: StepCompleted) -> Applied:
+    """`apply` for one completed step mid-execution, every step's path: fenced and stored in
+    one statement (`guarded_save_step`); only when that stores nothing does it read why."""
+    row = tx.one("guarded_save_step", run_id=run_id, owner=owner, id=done.step_id,
+                 seq=done.seq, status=_COMPLETED, attempts=done.attempt + 1,
+                 output=done.output, error=None, started_at=done.started_at,
+                 ended_at=done.ended_at, name=done.name)
+    applied = Applied()
+    if row is not None:
+        if row["retry"]:
+            tx.exec("set_retry", run_id=run_id, retry=0)
+        applied.outputs[done.step_id] = done.output
+        return applied
+    lifecycle.guard(tx, run_id, owner)  # raises LeaseLost or RunCancelled
+    _report_stored(applied, _stored(tx, run_id, done.step_id))
+    return applied
 
 
 def _one_completed_step(tx: Tx, run_id: str, guard: GuardRow, done: StepCompleted) -> Applied:

@@ -25,8 +25,12 @@ INVOKED = "inngest/function.invoked"
 
 def is_sdk(tx: Tx, app_id: str, function_id: str) -> bool:
     row = tx.one("get_function", app_id=app_id, id=function_id)
-    return row is not None and '"url"' in row["definition"] and \
-        definitions.decode(row["definition"]).url is not None
+    return row is not None and is_sdk_definition(row["definition"])
+
+
+def is_sdk_definition(text: str) -> bool:
+    """Whether a stored definition is an SDK function's (it has the URL that runs it)."""
+    return '"url"' in text and definitions.decode(text).url is not None
 
 
 def invoked_data(data: str, fn_id: str, source_fn_id: str, correlation_id: str) -> str:
@@ -50,8 +54,7 @@ def invoke_result(tx: Tx, parent_run_id: str, output: str | None) -> str | None:
 
 def announce(tx: Tx, run: RunRow, status: RunStatus, output: str | None,
              error: ErrorInfo | None, now: int) -> None:
-    if not is_sdk(tx, run["app_id"], run["function_id"]):
-        return  # not an SDK function
+    """Ingest the end events of `run`, a run of an SDK function."""
     stored = tx.one("get_event", id=run["event_id"]) if run["event_id"] else None
     base: dict[str, Any] = {"function_id": run["function_id"], "run_id": run["id"],
                             "event": waits.event_json(stored) if stored else None}

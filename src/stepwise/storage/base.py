@@ -36,6 +36,11 @@ class Tx(Protocol):
     def all(self, query: str, /, **params: Any) -> list[dict[str, Any]]: ...
     def exec(self, query: str, /, **params: Any) -> int: ...
     def raw_all(self, sql: str, params: dict[str, Any]) -> list[dict[str, Any]]: ...
+    def each(self, calls: list[tuple[str, dict[str, Any]]]) -> list[list[dict[str, Any]]]:
+        """Run statements that do not depend on each other's results, in order, and return
+        each one's rows (none for a write without RETURNING); PostgreSQL sends them in one
+        round trip."""
+        ...
     def text(self, query: str, /) -> str:
         """The SQL of a named query or fragment, in this backend's dialect (to compose)."""
         ...
@@ -62,16 +67,20 @@ class Storage(ABC):
 
     @abstractmethod
     async def write(self, op: Callable[..., T], *args: Any, durable: bool = True,
-                    inline: bool = False) -> T:
+                    inline: bool = False, one_statement: bool = False) -> T:
         """Run `op(tx, *args)` in a write transaction; when `durable`, return only once synced.
 
         `inline` is a hint from a caller that is alone on its event loop (one run executing):
-        it would rather block briefly than pay a thread hop. Backends may ignore it.
+        it would rather block briefly than pay a thread hop. `one_statement` promises that
+        `op` writes with at most one statement (the rest only reads, or repeats a write that
+        is safe on its own): a backend may then skip BEGIN and COMMIT, each a round trip.
+        Backends may ignore both.
         """
 
     @abstractmethod
-    async def read(self, op: Callable[..., T], *args: Any) -> T:
-        """Run `op(tx, *args)` against a consistent snapshot."""
+    async def read(self, op: Callable[..., T], *args: Any, snapshot: bool = True) -> T:
+        """Run `op(tx, *args)` against a consistent snapshot; without `snapshot`, each of its
+        statements may see its own (PostgreSQL then skips BEGIN and COMMIT)."""
 
     def on_new_work(self, callback: Callable[[], None]) -> None:
         """Call `callback` on the caller's event loop when runs may have become available."""

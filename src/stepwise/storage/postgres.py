@@ -56,6 +56,14 @@ class _Tx:
     def raw_all(self, sql: str, params: dict[str, Any]) -> list[dict[str, Any]]:
         return self.conn.execute(queries.to_pyformat(sql), params).fetchall()
 
+    def each(self, calls: list[tuple[str, dict[str, Any]]]) -> list[list[dict[str, Any]]]:
+        """Independent statements in one round trip (psycopg's pipeline mode)."""
+        with self.conn.pipeline():
+            cursors = [self.conn.cursor() for _ in calls]
+            for cursor, (query, params) in zip(cursors, calls, strict=True):
+                cursor.execute(self.sql[query], params)
+        return [cursor.fetchall() if cursor.description else [] for cursor in cursors]
+
 
 class PostgresStorage(Storage):
     dialect = "postgres"
@@ -113,18 +121,20 @@ class PostgresStorage(Storage):
             self._executor.shutdown(wait=False)
 
     async def write(self, op: Callable[..., T], *args: Any, durable: bool = True,
-                    inline: bool = False) -> T:
-        return await self._run(op, args, durable, True)
+                    inline: bool = False, one_statement: bool = False) -> T:
+        return await self._run(op, args, durable, True, one_statement)
 
-    async def read(self, op: Callable[..., T], *args: Any) -> T:
-        return await self._run(op, args, True, False)
+    async def read(self, op: Callable[..., T], *args: Any, snapshot: bool = True) -> T:
+        return await self._run(op, args, True, False, one_statement=not snapshot)
 
     async def _run(self, op: Callable[..., T], args: tuple[Any, ...], durable: bool,
-                   write: bool) -> T:
+                   write: bool, one_statement: bool = False) -> T:
         if self.pool is None or self._executor is None:
             raise RuntimeError("storage is not open")
         loop = asyncio.get_running_loop()
         try:
+            if one_statement:
+                return await loop.run_in_executor(self._executor, self._autocommit, op, args)
             return await loop.run_in_executor(self._executor, self._transaction, op, args,
                                               durable, write)
         except PoolTimeout:
@@ -150,6 +160,19 @@ class PostgresStorage(Storage):
             if write and tx.woke:
                 self.notify_new_work()  # this process's workers need not wait for the NOTIFY
             return result
+
+    def _autocommit(self, op: Callable[..., T], args: tuple[Any, ...]) -> T:
+        """`op` writes with one statement: no BEGIN and COMMIT, which would cost a round trip
+        each (the connections are in autocommit mode: the statement commits itself)."""
+        assert self.pool is not None
+        with self.pool.connection() as conn:
+            tx = _Tx(conn, self.sql)
+            result = op(tx, *args)
+            if tx.woke:
+                conn.execute(f"NOTIFY {self._channel}")
+        if tx.woke:
+            self.notify_new_work()
+        return result
 
     def _probe(self) -> None:
         with psycopg.connect(self.url, connect_timeout=5):

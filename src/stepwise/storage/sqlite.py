@@ -61,8 +61,9 @@ class _Tx:
         return self.sql[query]
 
     def one(self, query: str, /, **params: Any) -> dict[str, Any] | None:
-        row = self.conn.execute(self.sql[query], params).fetchone()
-        return None if row is None else dict(row)
+        # fetchall: an UPDATE ... RETURNING runs to its end before the next statement.
+        rows = self.conn.execute(self.sql[query], params).fetchall()
+        return dict(rows[0]) if rows else None
 
     def all(self, query: str, /, **params: Any) -> list[dict[str, Any]]:
         return [dict(r) for r in self.conn.execute(self.sql[query], params).fetchall()]
@@ -72,6 +73,10 @@ class _Tx:
 
     def raw_all(self, sql: str, params: dict[str, Any]) -> list[dict[str, Any]]:
         return [dict(r) for r in self.conn.execute(sql, params).fetchall()]
+
+    def each(self, calls: list[tuple[str, dict[str, Any]]]) -> list[list[dict[str, Any]]]:
+        return [[dict(r) for r in self.conn.execute(self.sql[query], params).fetchall()]
+                for query, params in calls]
 
 
 _Item = tuple[Callable[..., Any], tuple[Any, ...], bool, asyncio.AbstractEventLoop,
@@ -126,7 +131,8 @@ class SQLiteStorage(Storage):
         self._local = threading.local()
 
     async def write(self, op: Callable[..., T], *args: Any, durable: bool = True,
-                    inline: bool = False) -> T:
+                    inline: bool = False, one_statement: bool = False) -> T:
+        # one_statement changes nothing here: a transaction costs no round trip.
         if self._thread is None:
             raise RuntimeError("storage is not open")
         if inline and self._queue.empty() and self._lock.acquire(blocking=False):
@@ -143,7 +149,7 @@ class SQLiteStorage(Storage):
         self._queue.put((op, args, durable, loop, fut))
         return await fut
 
-    async def read(self, op: Callable[..., T], *args: Any) -> T:
+    async def read(self, op: Callable[..., T], *args: Any, snapshot: bool = True) -> T:
         conn = getattr(self._local, "conn", None)
         if conn is None:
             conn = _connect(self.path)

@@ -162,6 +162,38 @@ ON CONFLICT (run_id, id) DO UPDATE SET
     error = excluded.error, ended_at = excluded.ended_at
 WHERE steps.status NOT IN ({final_steps}) AND steps.attempts < excluded.attempts;
 
+-- name: guarded_save_step
+-- A completed step of a run `owner` still leases, stored in one statement (a step's whole write
+-- path: fencing and storing); no row when it was not stored (the lease is lost, the run
+-- cancelled, or a final result was stored first), and the caller then finds out which.
+INSERT INTO steps (run_id, id, seq, status, attempts, output, error, started_at, ended_at, name)
+SELECT :run_id, :id, :seq, :status, :attempts, :output, :error, :started_at, :ended_at, :name
+WHERE EXISTS (SELECT 1 FROM runs r JOIN queue q ON q.run_id = r.id
+              WHERE r.id = :run_id AND q.lease_owner = :owner AND r.status <> 'cancelled')
+ON CONFLICT (run_id, id) DO UPDATE SET
+    status = excluded.status, attempts = excluded.attempts, output = excluded.output,
+    error = excluded.error, ended_at = excluded.ended_at
+WHERE steps.status NOT IN ({final_steps}) AND steps.attempts < excluded.attempts
+RETURNING 1 AS saved, (SELECT retry FROM runs WHERE id = :run_id) AS retry;
+
+-- name: guarded_save_step @postgres
+-- The same, also resetting the run's retry count, so it is one round trip without BEGIN.
+WITH saved AS (
+    INSERT INTO steps (run_id, id, seq, status, attempts, output, error, started_at, ended_at,
+                       name)
+    SELECT :run_id::text, :id::text, :seq::integer, :status::text, :attempts::integer,
+           :output::text, :error::text, :started_at::bigint, :ended_at::bigint, :name::text
+    WHERE EXISTS (SELECT 1 FROM runs r JOIN queue q ON q.run_id = r.id
+                  WHERE r.id = :run_id AND q.lease_owner = :owner AND r.status <> 'cancelled')
+    ON CONFLICT (run_id, id) DO UPDATE SET
+        status = excluded.status, attempts = excluded.attempts, output = excluded.output,
+        error = excluded.error, ended_at = excluded.ended_at
+    WHERE steps.status NOT IN ({final_steps}) AND steps.attempts < excluded.attempts
+    RETURNING 1),
+reset AS (UPDATE runs SET retry = 0
+          WHERE id = :run_id AND retry <> 0 AND EXISTS (SELECT 1 FROM saved))
+SELECT 1 AS saved, 0 AS retry FROM saved;
+
 -- name: insert_step
 -- A pending step (sleep, wait, invoke) is created once; reporting it again changes nothing.
 INSERT INTO steps (run_id, id, seq, status, attempts, output, error, started_at, ended_at, name)
@@ -216,7 +248,10 @@ UPDATE runs SET status = :status WHERE id = :run_id;
 
 -- name: finish_run
 UPDATE runs SET status = :status, output = :output, error = :error, ended_at = :now, retry = 0
-WHERE id = :run_id;
+WHERE id = :run_id
+RETURNING id, app_id, function_id, event_id, status, output, error, attempts, retry,
+          origin_run_id, parent_run_id, parent_step_id, rerun_of, created_at, started_at,
+          ended_at;
 
 -- name: dequeue
 DELETE FROM queue WHERE run_id = :run_id;
@@ -310,6 +345,14 @@ SELECT id, url, sdk, framework, synced_at, changed_at FROM apps ORDER BY id;
 
 -- name: app_definitions
 SELECT id, definition FROM functions WHERE app_id = :app_id ORDER BY id;
+
+-- name: definition_of_run
+SELECT f.definition FROM runs r JOIN functions f ON f.app_id = r.app_id AND f.id = r.function_id
+WHERE r.id = :run_id;
+
+-- name: event_of_run
+SELECT e.id, e.name, e.data, e.ts, e.received_at, e.trace
+FROM runs r JOIN events e ON e.id = r.event_id WHERE r.id = :run_id;
 
 -- name: get_function
 SELECT definition FROM functions WHERE app_id = :app_id AND id = :id;
