@@ -82,7 +82,7 @@ def main() -> None:
         while done() < count:
             if time.monotonic() > deadline:
                 raise TimeoutError("celery did not finish")
-            time.sleep(0.01)
+            time.sleep(0.05)
 
     try:
         for i in range(WARMUP):

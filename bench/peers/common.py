@@ -22,7 +22,7 @@ import psutil
 POSTGRES = os.environ.get("BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS = os.environ.get("BENCH_REDIS", "redis://127.0.0.1:6379")
 #: Worker processes and concurrency for every system (the issue's honest settings).
-CONCURRENCY = 8
+CONCURRENCY = int(os.environ.get("BENCH_CONCURRENCY", "8"))
 #: Jobs run first and left out of the figures.
 WARMUP = 200
 
@@ -32,7 +32,7 @@ def sleep_lead(n: int) -> float:
     return 15 + n / 250
 
 
-def wait(check: Callable[[], Any], timeout: float = 600, every: float = 0.02) -> Any:
+def wait(check: Callable[[], Any], timeout: float = 600, every: float = 0.05) -> Any:
     deadline = time.monotonic() + timeout
     while True:
         value = check()

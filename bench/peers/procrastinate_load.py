@@ -72,7 +72,7 @@ async def run(kind: str, n: int, url: str, tmp: str) -> dict[str, Any]:
                 while await done() < count:
                     if time.monotonic() > deadline:
                         raise TimeoutError("procrastinate did not finish")
-                    await asyncio.sleep(0.01)
+                    await asyncio.sleep(0.05)
 
             job = peer_procrastinate.job
             await job.batch_defer_async(*({"key": f"w{i}"} for i in range(WARMUP)))

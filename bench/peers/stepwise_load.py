@@ -104,7 +104,7 @@ class Stack:
                                             "'completed'") < count:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{function}: not done in time")
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.05)
 
     async def outputs(self, function: str) -> dict[str, float]:
         assert self.engine is not None

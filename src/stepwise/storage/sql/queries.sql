@@ -70,7 +70,7 @@ WHERE run_id IN (SELECT value FROM json_each(:ids));
 
 -- name: take @postgres
 UPDATE queue SET lease_owner = :owner, lease_expires_at = :until, nudged = 0
-WHERE run_id IN (SELECT jsonb_array_elements_text(CAST(:ids AS jsonb)));
+WHERE run_id = ANY (ARRAY(SELECT jsonb_array_elements_text(CAST(:ids AS jsonb))));
 
 -- name: mark_first_start
 -- The runs of :ids starting for the first time: their functions (for runs-started counts).
@@ -80,7 +80,7 @@ RETURNING function_id;
 
 -- name: mark_first_start @postgres
 UPDATE runs SET started_at = :now
-WHERE id IN (SELECT jsonb_array_elements_text(CAST(:ids AS jsonb))) AND started_at IS NULL
+WHERE id = ANY (ARRAY(SELECT jsonb_array_elements_text(CAST(:ids AS jsonb)))) AND started_at IS NULL
 RETURNING function_id;
 
 -- name: mark_running_many
@@ -90,14 +90,14 @@ WHERE id IN (SELECT value FROM json_each(:ids))
 
 -- name: mark_running_many @postgres
 UPDATE runs SET status = 'running'
-WHERE id IN (SELECT jsonb_array_elements_text(CAST(:ids AS jsonb)))
+WHERE id = ANY (ARRAY(SELECT jsonb_array_elements_text(CAST(:ids AS jsonb))))
   AND status IN ({unfinished_runs});
 
 -- name: close_groups_of_runs
 DELETE FROM pending_groups WHERE run_id IN (SELECT value FROM json_each(:ids));
 
 -- name: close_groups_of_runs @postgres
-DELETE FROM pending_groups WHERE run_id IN (SELECT jsonb_array_elements_text(CAST(:ids AS jsonb)));
+DELETE FROM pending_groups WHERE run_id = ANY (ARRAY(SELECT jsonb_array_elements_text(CAST(:ids AS jsonb))));
 
 -- name: run_keys
 SELECT key, lim FROM queue_keys WHERE run_id = :run_id;
@@ -215,7 +215,7 @@ WHERE run_id IN (SELECT value FROM json_each(:ids)) AND status IN ({timed_steps}
 
 -- name: due_timed_steps @postgres
 SELECT run_id, id, status, ended_at FROM steps
-WHERE run_id IN (SELECT jsonb_array_elements_text(CAST(:ids AS jsonb)))
+WHERE run_id = ANY (ARRAY(SELECT jsonb_array_elements_text(CAST(:ids AS jsonb))))
   AND status IN ({timed_steps}) AND ended_at <= :now;
 
 -- name: set_retry
