@@ -34,15 +34,15 @@ def lease(tx: Tx, app_id: str, functions: str, owner: str, now: int, until: int,
     run that starts for the first time."""
     # Due cron ticks, due deadlines and the candidates, read together (one round trip on
     # PostgreSQL); the candidates are read again only when a tick or a deadline changed them.
-    reads = [("due_schedules", {"app_id": app_id, "now": now}),
+    reads = [("lease_plan", {}), ("due_schedules", {"app_id": app_id, "now": now}),
              ("due_deadlines", {"app_id": app_id, "now": now}),
              ("lease_candidates", {"app_id": app_id, "functions": functions, "now": now,
                                    "window": limit * 4 + 32})]
-    ticks, deadlines, candidates = tx.each(reads)
+    _, ticks, deadlines, candidates = tx.each(reads)
     if ticks or deadlines:
         fire_schedules(tx, app_id, now, ticks)
         expire_deadlines(tx, app_id, now, deadlines)
-        (candidates,) = tx.each(reads[2:])
+        (candidates,) = tx.each(reads[3:])
     keys = {c["run_id"]: tx.all("run_keys", run_id=c["run_id"]) for c in candidates if c["keyed"]}
     inflight: dict[str, int] = {}
     for key in sorted({k["key"] for rows in keys.values() for k in rows}):

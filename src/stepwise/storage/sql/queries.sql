@@ -54,6 +54,16 @@ WHERE app_id = :app_id AND available_at <= :now
 ORDER BY available_at - priority * 1000, run_id
 LIMIT :window;
 
+-- name: lease_plan
+-- Nothing to do on SQLite, whose planner takes queue_order for lease_candidates by itself.
+SELECT 1 AS planned;
+
+-- name: lease_plan @postgres
+-- For the lease transaction: read due runs in queue_order's order instead of sorting them all.
+-- Without statistics (autovacuum off, or a queue that grew since the last ANALYZE) the
+-- planner would sort every due run of the app on each lease: 4.5 ms for 5,000.
+SELECT set_config('enable_sort', 'off', true) AS planned;
+
 -- name: lease_candidates @postgres
 SELECT run_id, keyed, lease_owner FROM queue
 WHERE app_id = :app_id AND available_at <= :now
