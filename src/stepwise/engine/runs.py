@@ -138,8 +138,6 @@ def apply(tx: Tx, run_id: str, owner: str, outcomes: list[Outcome], now: int,
     """Apply an executor's outcomes in order. `last`: the execution is over, so unless the run
     finished it parks until its earliest pending step is due (at once when none is)."""
     guard = lifecycle.guard(tx, run_id, owner)
-    if not last and len(outcomes) == 1 and type(outcomes[0]) is StepCompleted:
-        return _one_completed_step(tx, run_id, guard, outcomes[0])  # every step's path
     batch = _Batch(tx, run_id, guard, now)
     for outcome in outcomes:
         if batch.applied.run_status is not None:
@@ -188,18 +186,6 @@ def apply_completed_step(tx: Tx, run_id: str, owner: str, done: StepCompleted) -
         return applied
     lifecycle.guard(tx, run_id, owner)  # raises LeaseLost or RunCancelled
     _report_stored(applied, _stored(tx, run_id, done.step_id))
-    return applied
-
-
-def _one_completed_step(tx: Tx, run_id: str, guard: GuardRow, done: StepCompleted) -> Applied:
-    """`apply` for one completed step mid-execution, without the batch machinery."""
-    applied = Applied()
-    if not _save_completed(tx, run_id, done):
-        _report_stored(applied, _stored(tx, run_id, done.step_id))
-        return applied
-    if guard["retry"]:
-        tx.exec("set_retry", run_id=run_id, retry=0)
-    applied.outputs[done.step_id] = done.output
     return applied
 
 
