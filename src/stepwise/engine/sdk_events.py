@@ -23,11 +23,6 @@ CANCELLED = "inngest/function.cancelled"
 INVOKED = "inngest/function.invoked"
 
 
-def is_sdk(tx: Tx, app_id: str, function_id: str) -> bool:
-    row = tx.one("get_function", app_id=app_id, id=function_id)
-    return row is not None and is_sdk_definition(row["definition"])
-
-
 def is_sdk_definition(text: str) -> bool:
     """Whether a stored definition is an SDK function's (it has the URL that runs it)."""
     return '"url"' in text and definitions.decode(text).url is not None
@@ -46,8 +41,8 @@ def invoked_data(data: str, fn_id: str, source_fn_id: str, correlation_id: str) 
 def invoke_result(tx: Tx, parent_run_id: str, output: str | None) -> str | None:
     """An invoked run's output as its invoking run stores it: an SDK run keeps step results
     as the memo its SDK reads back (`{"data": ...}`), a Python run keeps the value itself."""
-    parent = tx.one("get_run", run_id=parent_run_id)
-    if parent is None or not is_sdk(tx, parent["app_id"], parent["function_id"]):
+    parent = tx.one("definition_of_run", run_id=parent_run_id)
+    if parent is None or not is_sdk_definition(parent["definition"]):
         return output
     return '{"data":' + (output if output is not None else "null") + "}"
 
