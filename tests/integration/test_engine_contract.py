@@ -25,6 +25,7 @@ from stepwise.engine.outcomes import (
 )
 from stepwise.errors import ErrorInfo, LeaseLost, RunCancelled
 from stepwise.events import StoredEvent
+from stepwise.flow import Concurrency, FlowOptions
 from stepwise.payloads import loads
 from stepwise.storage import Tx, open_storage
 
@@ -256,16 +257,24 @@ async def test_operations_that_make_work_due_wake_workers(engine: Engine) -> Non
             await asyncio.sleep(0.01)
         return False
 
-    run_id = await start_run(engine)
+    limited = FunctionDefinition("k", APP, (EventTrigger("go-k"),),
+                                 flow=FlowOptions(concurrency=(Concurrency(limit=1),)))
+    await engine.register(APP, [_definition("f", "go", retries=2), limited])
+    await engine.ingest([StoredEvent("ek", "go-k", "{}", now(engine))])
     assert await woke()  # ingest created a run
+    (limited_run,) = await engine.lease(APP, ["k"], "A", 10, LEASE_MS)
+    run_id = await start_run(engine)
     await asyncio.sleep(0.1)  # let a NOTIFY from PostgreSQL arrive before counting again
     woken.clear()
-    await engine.cancel(run_id)  # frees its concurrency slot, stops it at its next step
+    await engine.cancel(run_id)  # no limit: its end frees nothing another run waits for
+    await asyncio.sleep(0.1)
+    assert woken == []
+    await engine.cancel(limited_run)  # frees its concurrency slot
     assert await woke()
     await asyncio.sleep(0.1)
     woken.clear()
     with pytest.raises(Conflict):
-        await engine.cancel(run_id)  # rolled back: wakes nobody
+        await engine.cancel(limited_run)  # rolled back: wakes nobody
     await engine.list_runs({})
     await asyncio.sleep(0.1)
     assert woken == []

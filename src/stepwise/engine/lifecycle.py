@@ -66,33 +66,37 @@ def record_failure(tx: Tx, run_id: str, step_id: str | None, attempt: int, error
 
 
 def finish(tx: Tx, run_id: str, status: RunStatus, output: str | None, error: ErrorInfo | None,
-           now: int) -> None:
+           now: int, owner: str | None = None) -> bool:
     """A run reached a final status: drop everything that could still schedule it, and hand
-    its result to the run that invoked it."""
-    # Independent statements, sent together: the end, the function's definition (is it an
-    # SDK's?), and dropping what could still schedule the run.
+    its result to the run that invoked it. With `owner`, only while `owner` holds its lease:
+    False when it does not (the caller must then raise, rolling back what was written)."""
+    # Independent statements, sent together: the end (fenced, when the caller executes the
+    # run), the function's definition (is it an SDK's?), and dropping what could still
+    # schedule the run.
     key = {"run_id": run_id}
-    finished, definition, *_ = tx.each([
-        ("finish_run", {**key, "status": status, "output": output, "now": now,
-                        "error": None if error is None else dumps(error, "error")}),
-        ("definition_of_run", key), ("dequeue", key), ("delete_queue_keys", key),
-        ("delete_run_waits", key), ("delete_run_deadlines", key), ("delete_run_groups", key)])
-    tx.wake_workers()  # its concurrency slot is free
+    end = {**key, "status": status, "output": output, "now": now,
+           "error": None if error is None else dumps(error, "error")}
+    finished, definition, cleaned = tx.each([
+        ("finish_run", end) if owner is None else ("finish_leased_run", {**end, "owner": owner}),
+        ("definition_of_run", key), ("finish_cleanup", key)])
     if not finished:
-        return
+        return False
+    if cleaned and cleaned[0]["keys"]:
+        tx.wake_workers()  # its concurrency slot is free: a run waiting for it may start
     run = cast(RunRow, finished[0])
     from . import sdk_events  # above this module: it ingests events
 
     if definition and sdk_events.is_sdk_definition(definition[0]["definition"]):
         sdk_events.announce(tx, run, status, output, error, now)
     if not run["parent_run_id"]:
-        return
+        return True
     if status == RunStatus.cancelled:
         status, error = RunStatus.failed, {"name": "RunCancelled",
                                            "message": f"invoked run {run_id} was cancelled"}
     settle_step(tx, run["parent_run_id"], str(run["parent_step_id"]), StepStatus.invoking,
                 StepStatus(status), sdk_events.invoke_result(tx, run["parent_run_id"], output),
                 error, now)
+    return True
 
 
 def settle_step(tx: Tx, run_id: str, step_id: str, expected: StepStatus, status: StepStatus,

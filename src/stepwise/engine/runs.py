@@ -14,7 +14,7 @@ from typing import cast
 
 from .. import expressions
 from ..definition import FunctionDefinition, RetryPolicy
-from ..errors import ErrorInfo
+from ..errors import ErrorInfo, LeaseLost
 from ..events import StoredEvent
 from ..payloads import dumps, loads
 from ..status import TERMINAL_RUN, RunStatus, StepStatus
@@ -137,6 +137,9 @@ def apply(tx: Tx, run_id: str, owner: str, outcomes: list[Outcome], now: int,
           last: bool) -> Applied:
     """Apply an executor's outcomes in order. `last`: the execution is over, so unless the run
     finished it parks until its earliest pending step is due (at once when none is)."""
+    if last and outcomes and type(outcomes[-1]) is RunCompleted and \
+            all(type(o) in _BEFORE_COMPLETION for o in outcomes[:-1]):
+        return _complete(tx, run_id, owner, outcomes, now)
     guard = lifecycle.guard(tx, run_id, owner)
     batch = _Batch(tx, run_id, guard, now)
     for outcome in outcomes:
@@ -146,6 +149,36 @@ def apply(tx: Tx, run_id: str, owner: str, outcomes: list[Outcome], now: int,
     if last and batch.applied.run_status is None:
         _park(batch)
     return batch.applied
+
+
+#: What may precede a run's completion in `_complete`, the common end of an execution.
+_BEFORE_COMPLETION = (StepCompleted, Logged)
+
+
+def _complete(tx: Tx, run_id: str, owner: str, outcomes: list[Outcome], now: int) -> Applied:
+    """`apply` for an execution whose run completed, after only finished steps and log
+    lines: the run's guard is part of its finishing statement, not a read of its own. When
+    the guard refuses, raising rolls back what was written before it."""
+    applied = Applied()
+    for outcome in outcomes[:-1]:
+        if isinstance(outcome, StepCompleted):
+            if not _save_completed(tx, run_id, outcome):
+                # Stored first by another execution: this one computed its output from a
+                # result that is not the stored one, so none of it may be kept.
+                lifecycle.guard(tx, run_id, owner)
+                raise LeaseLost(f"run {run_id}: step {outcome.step_id!r} was stored by "
+                                "another execution")
+            applied.outputs[outcome.step_id] = outcome.output
+        elif isinstance(outcome, Logged):
+            _keep_log(tx, run_id, outcome.lines)
+    completed = outcomes[-1]
+    assert isinstance(completed, RunCompleted)
+    if not lifecycle.finish(tx, run_id, RunStatus.completed, completed.output, None, now,
+                            owner=owner):
+        lifecycle.guard(tx, run_id, owner)  # raises LeaseLost or RunCancelled
+        raise LeaseLost(f"run {run_id} is no longer leased by {owner}")
+    applied.run_status = RunStatus.completed
+    return applied
 
 
 def _stored(tx: Tx, run_id: str, step_id: str) -> StepRow:

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import queue
+import re
 import sqlite3
 import threading
 from collections.abc import Callable
+from functools import cache
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -75,8 +77,25 @@ class _Tx:
         return [dict(r) for r in self.conn.execute(sql, params).fetchall()]
 
     def each(self, calls: list[tuple[str, dict[str, Any]]]) -> list[list[dict[str, Any]]]:
-        return [[dict(r) for r in self.conn.execute(self.sql[query], params).fetchall()]
-                for query, params in calls]
+        return [self._rows(query, params) for query, params in calls]
+
+    def _rows(self, query: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+        """A named query's rows; a query of several statements (one PostgreSQL statement of
+        data-modifying CTEs, spelled out for SQLite) runs them in order and answers the
+        first one's rows."""
+        statements = _statements(self.sql[query])
+        rows = [dict(r) for r in self.conn.execute(statements[0], params).fetchall()]
+        for statement in statements[1:]:
+            self.conn.execute(statement, params)
+        return rows
+
+
+@cache
+def _statements(sql: str) -> list[str]:
+    return [s for s in (part.strip() for part in _STATEMENT_END.split(sql)) if s]
+
+
+_STATEMENT_END = re.compile(r";\s*\n")
 
 
 _Item = tuple[Callable[..., Any], tuple[Any, ...], bool, asyncio.AbstractEventLoop,

@@ -129,9 +129,6 @@ ON CONFLICT (run_id, key) DO NOTHING;
 -- name: mark_keyed
 UPDATE queue SET keyed = 1 WHERE run_id = :run_id;
 
--- name: delete_queue_keys
-DELETE FROM queue_keys WHERE run_id = :run_id;
-
 -- name: next_due
 -- Walks the (app_id, available_at) index to the first unleased run: cheap with millions parked.
 SELECT available_at AS due FROM queue
@@ -263,11 +260,34 @@ RETURNING id, app_id, function_id, event_id, status, output, error, attempts, re
           origin_run_id, parent_run_id, parent_step_id, rerun_of, created_at, started_at,
           ended_at;
 
--- name: dequeue
-DELETE FROM queue WHERE run_id = :run_id;
+-- name: finish_leased_run
+-- finish_run fenced by the lease (the run's guard in the same statement): no row when `owner`
+-- no longer holds the run or it was cancelled; the caller then rolls back and finds out which.
+UPDATE runs SET status = :status, output = :output, error = :error, ended_at = :now, retry = 0
+WHERE id = :run_id AND status <> 'cancelled'
+  AND EXISTS (SELECT 1 FROM queue q WHERE q.run_id = :run_id AND q.lease_owner = :owner)
+RETURNING id, app_id, function_id, event_id, status, output, error, attempts, retry,
+          origin_run_id, parent_run_id, parent_step_id, rerun_of, created_at, started_at,
+          ended_at;
 
--- name: delete_run_groups
+-- name: finish_cleanup
+-- A finished run: drop everything that could still schedule it. `keys`: the concurrency
+-- keys it held (other runs may wait for its slot). Several statements: SQLite runs them in
+-- order and answers the first one's rows.
+SELECT count(*) AS keys FROM queue_keys WHERE run_id = :run_id;
+DELETE FROM queue WHERE run_id = :run_id;
+DELETE FROM queue_keys WHERE run_id = :run_id;
+DELETE FROM waits WHERE run_id = :run_id;
+DELETE FROM deadlines WHERE run_id = :run_id;
 DELETE FROM pending_groups WHERE run_id = :run_id;
+
+-- name: finish_cleanup @postgres
+WITH queue_row AS (DELETE FROM queue WHERE run_id = :run_id),
+     keys AS (DELETE FROM queue_keys WHERE run_id = :run_id RETURNING 1),
+     run_waits AS (DELETE FROM waits WHERE run_id = :run_id),
+     run_deadlines AS (DELETE FROM deadlines WHERE run_id = :run_id),
+     run_groups AS (DELETE FROM pending_groups WHERE run_id = :run_id)
+SELECT (SELECT count(*) FROM keys) AS keys;
 
 -- name: replay_run
 UPDATE runs SET status = 'queued', output = NULL, error = NULL, ended_at = NULL, retry = 0,
@@ -303,9 +323,6 @@ WHERE event_name = :name AND match_path IS NULL;
 
 -- name: delete_wait
 DELETE FROM waits WHERE run_id = :run_id AND step_id = :step_id;
-
--- name: delete_run_waits
-DELETE FROM waits WHERE run_id = :run_id;
 
 -- name: end_timers_now
 UPDATE steps SET ended_at = :now
@@ -437,9 +454,6 @@ SELECT MIN(at) AS due FROM deadlines WHERE app_id = :app_id;
 
 -- name: delete_deadline
 DELETE FROM deadlines WHERE run_id = :run_id AND kind = :kind;
-
--- name: delete_run_deadlines
-DELETE FROM deadlines WHERE run_id = :run_id;
 
 -- name: insert_cancel_wait
 INSERT INTO waits (run_id, step_id, event_name, match_path, match_key, if_expr, trigger_event,
