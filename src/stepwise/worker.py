@@ -98,6 +98,7 @@ class Running:
     run_id: str
     user_loop: UserLoop | None  # None: on the worker's loop (the test harness)
     threads: ThreadPoolExecutor
+    state: RunState  # what executing it needs, read by the lease
     future: concurrent.futures.Future[None] | asyncio.Future[None] | None = None
     execution: Execution | None = None
     abandoned: bool = False
@@ -223,17 +224,18 @@ class Worker:
         while not self._stopping:
             self._wake.clear()
             free = self.concurrency - len(self._active)
-            leased: list[str] = []
+            leased: list[RunState] = []
             due: int | None = None
             try:
                 if free > 0:
                     self._leasing = True
                     asked = time.monotonic()
-                    leased = await self.engine.lease(self.app.id, self._functions, self.id,
-                                                     free, self.lease_ms)
-                    for run_id in leased:
+                    leased = await self.engine.lease_runs(self.app.id, self._functions,
+                                                          self.id, free, self.lease_ms)
+                    for state in leased:
+                        run_id = state.run["id"]
                         self._active[run_id] = asyncio.create_task(
-                            self._execute(run_id, asked + self.lease_seconds))
+                            self._execute(run_id, asked + self.lease_seconds, state))
                     self.activity += 1
                     self._leasing = False
                 if free > 0 and len(leased) == free:
@@ -338,8 +340,9 @@ class Worker:
         if running.future is not None:
             running.future.cancel()
 
-    async def _execute(self, run_id: str, lease_until: float) -> None:
-        running = Running(run_id, self._user_loop, self.env.threads, lease_until=lease_until)
+    async def _execute(self, run_id: str, lease_until: float, state: RunState) -> None:
+        running = Running(run_id, self._user_loop, self.env.threads, state,
+                          lease_until=lease_until)
         self._running[run_id] = running
         try:
             if running.user_loop is not None:
@@ -364,9 +367,7 @@ class Worker:
         """One execution of a run (on the user loop, when there is one)."""
         run_id = running.run_id
         try:
-            state = await self.engine.load(run_id)
-            if state is None:
-                return
+            state = running.state
             if not self._serves(state.run["function_id"]):
                 log.error("run %s: function %r is not served by this worker of app %r (it "
                           "was leased before the worker stopped serving it); releasing it "

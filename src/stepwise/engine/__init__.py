@@ -24,7 +24,6 @@ from .. import metrics
 from ..clock import Clock
 from ..definition import FunctionDefinition
 from ..events import StoredEvent
-from ..payloads import dumps
 from ..storage import Storage
 from ..storage.rows import EventRow, RunDetail, RunRow
 from . import admin, definitions, ingest, leasing, lifecycle, runs, workers
@@ -67,15 +66,25 @@ class Engine:
     async def lease(self, app_id: str, functions: list[str], owner: str, limit: int,
                     lease_ms: int) -> list[str]:
         """Take due runs of `functions` (those the caller can execute) of app `app_id`."""
+        return (await self._lease(app_id, functions, owner, limit, lease_ms, False))[0]
+
+    async def lease_runs(self, app_id: str, functions: list[str], owner: str, limit: int,
+                         lease_ms: int) -> list[RunState]:
+        """`lease`, answering what executing each run needs (as `load` would), read in the
+        lease's own transaction: an executor starts without another round trip."""
+        return (await self._lease(app_id, functions, owner, limit, lease_ms, True))[1]
+
+    async def _lease(self, app_id: str, functions: list[str], owner: str, limit: int,
+                     lease_ms: int, with_state: bool) -> tuple[list[str], list[RunState]]:
         now = self.clock.now_ms()
-        leased, taken_over, first_starts = await self.storage.write(
-            leasing.lease, app_id, dumps(sorted(functions), "functions"), owner, now,
-            now + lease_ms, limit, durable=False)
+        leased, taken_over, first_starts, states = await self.storage.write(
+            leasing.lease, app_id, sorted(functions), owner, now,
+            now + lease_ms, limit, with_state, durable=False)
         if taken_over:
             metrics.LEASE_TAKEOVERS.inc(taken_over)
         for function_id in first_starts:
             metrics.run_started(function_id)
-        return leased
+        return leased, states
 
     async def deployment_stats(self) -> tuple[list[tuple[str, str, int]], int, int]:
         """Unfinished runs by function and status, runs due now and unleased, and how long

@@ -26,12 +26,13 @@ SDK_TIMER = "inngest/scheduled.timer"
 MAX_TAKEOVERS = 5
 
 
-def lease(tx: Tx, app_id: str, functions: str, owner: str, now: int, until: int, limit: int
-          ) -> tuple[list[str], int, list[str]]:
-    """Take up to `limit` due runs of the app's `functions` (a JSON list: those the worker
-    serves) for `owner` until `until`: their ids, how
-    many of the candidates were taken over from an expired lease, and the function of each
-    run that starts for the first time."""
+def lease(tx: Tx, app_id: str, functions: list[str], owner: str, now: int, until: int, limit: int,
+          with_state: bool = False
+          ) -> tuple[list[str], int, list[str], list[runs.RunState]]:
+    """Take up to `limit` due runs of the app's `functions` (those the worker serves) for
+    `owner` until `until`: their ids, how many of the candidates were taken over from an
+    expired lease, the function of each run that starts for the first time, and
+    (`with_state`) what executing each needs, read in the same round trip as the take."""
     # Due cron ticks, due deadlines and the candidates, read together (one round trip on
     # PostgreSQL); the candidates are read again only when a tick or a deadline changed them.
     reads = [("lease_plan", {}), ("due_schedules", {"app_id": app_id, "now": now}),
@@ -52,6 +53,7 @@ def lease(tx: Tx, app_id: str, functions: str, owner: str, now: int, until: int,
     picked = []
     taken_over = 0
     first_starts: list[str] = []
+    leased: list[runs.RunState] = []
     for candidate in candidates:
         run_keys = keys.get(candidate["run_id"], [])
         if any(inflight[k["key"]] >= k["lim"] for k in run_keys):
@@ -66,16 +68,21 @@ def lease(tx: Tx, app_id: str, functions: str, owner: str, now: int, until: int,
         if len(picked) == limit:
             break
     if picked:
-        ids = {"ids": dumps(picked, "run ids")}
+        ids: dict[str, Any] = {"ids": picked}
         # Independent statements over the picked runs, sent together; a debounce or batch
         # closes as its run starts.
-        _, started, _, _, due = tx.each([
+        reads = [(query, ids) for query in runs.STATE_READS] if with_state else []
+        _, started, _, due, *state = tx.each([
             ("take", {**ids, "owner": owner, "until": until}),
-            ("mark_first_start", {**ids, "now": now}), ("mark_running_many", ids),
-            ("close_groups_of_runs", ids), ("due_timed_steps", {**ids, "now": now})])
-        first_starts = [r["function_id"] for r in started]
+            ("mark_started", {**ids, "now": now}), ("close_groups_of_runs", ids),
+            ("due_timed_steps", {**ids, "now": now}), *reads])
+        first_starts = [r["function_id"] for r in started if r["function_id"] is not None]
         settle_due_steps(tx, ids["ids"], now, due)
-    return picked, taken_over, first_starts
+        if with_state:
+            if due:  # the steps just settled: read them again, as the executor must see them
+                state[2] = tx.all("steps_of_runs", **ids)
+            leased = runs.states(tx, picked, state)
+    return picked, taken_over, first_starts, leased
 
 
 def _take_over(tx: Tx, run_id: str, now: int) -> bool:
@@ -97,9 +104,9 @@ def _take_over(tx: Tx, run_id: str, now: int) -> bool:
     return False
 
 
-def settle_due_steps(tx: Tx, ids: str, now: int,
+def settle_due_steps(tx: Tx, ids: list[str], now: int,
                      due: list[dict[str, Any]] | None = None) -> None:
-    """Before the runs `ids` (a JSON list) execute: sleeps that ended complete, waits that
+    """Before the runs `ids` execute: sleeps that ended complete, waits that
     timed out complete with no event, invokes that timed out fail. The executor then sees
     only results. `due`: those steps, when the caller read them already."""
     if due is None:

@@ -10,7 +10,7 @@ executor that no longer holds the run's lease is refused (`LeaseLost`) and chang
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Any, cast
 
 from .. import expressions
 from ..definition import FunctionDefinition, RetryPolicy
@@ -63,12 +63,35 @@ def load(tx: Tx, run_id: str) -> RunState | None:
                                           ("get_steps", key), ("get_run_events", key)])
     if not found:
         return None
-    run = cast(RunRow, found[0])
+    return _state(tx, cast(RunRow, found[0]), event[0] if event else None, steps, batch)
+
+
+STATE_READS = ("runs_of_ids", "events_of_runs", "steps_of_runs", "batch_events_of_runs")
+
+
+def states(tx: Tx, ids: list[str], rows: list[list[dict[str, Any]]]) -> list[RunState]:
+    """The states of the runs `ids`, in that order, from the rows of `STATE_READS` (read by
+    the caller together with its own statements: see `leasing.lease`)."""
+    runs_found, events, steps, batches = rows
+    by_id = {r["id"]: cast(RunRow, r) for r in runs_found}
+    event_of = {e.pop("run_id"): e for e in events}
+    steps_of: dict[str, list[dict[str, Any]]] = {}
+    for step in steps:
+        steps_of.setdefault(step.pop("run_id"), []).append(step)
+    batch_of: dict[str, list[dict[str, Any]]] = {}
+    for event in batches:
+        batch_of.setdefault(event.pop("run_id"), []).append(event)
+    return [_state(tx, by_id[run_id], event_of.get(run_id), steps_of.get(run_id, []),
+                   batch_of.get(run_id, [])) for run_id in ids if run_id in by_id]
+
+
+def _state(tx: Tx, run: RunRow, event: dict[str, Any] | None, steps: list[dict[str, Any]],
+           batch: list[dict[str, Any]]) -> RunState:
     origin_error = None
     if run["origin_run_id"]:
         origin = lifecycle.get_run(tx, run["origin_run_id"])
         origin_error = loads(origin["error"]) if origin and origin["error"] else None
-    return RunState(run, cast(EventRow, batch[0] if batch else event[0] if event else None),
+    return RunState(run, cast(EventRow, batch[0] if batch else event),
                     {s["id"]: cast(StepRow, s) for s in steps}, origin_error,
                     cast(list[EventRow], batch))
 

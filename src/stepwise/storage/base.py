@@ -30,7 +30,8 @@ class StorageUnavailable(Exception):
 
 
 class Tx(Protocol):
-    """One open transaction: run named queries (`sql/queries.sql`) with `:name` parameters."""
+    """One open transaction: run named queries (`sql/queries.sql`) with `:name` parameters.
+    A list parameter is a list of strings (ids): an array on PostgreSQL, JSON on SQLite."""
 
     def one(self, query: str, /, **params: Any) -> dict[str, Any] | None: ...
     def all(self, query: str, /, **params: Any) -> list[dict[str, Any]]: ...

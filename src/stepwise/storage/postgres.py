@@ -89,7 +89,7 @@ class PostgresStorage(Storage):
         pool: ConnectionPool[psycopg.Connection[dict[str, Any]]] = ConnectionPool(
             self.url, min_size=1, max_size=self.max_connections, open=False,
             kwargs={"row_factory": dict_row, "autocommit": True, "connect_timeout": 5},
-            name="stepwise", timeout=POOL_WAIT_S)
+            configure=_configure, name="stepwise", timeout=POOL_WAIT_S)
         try:
             # One plain connection first: its error names the cause (refused, no such
             # database, authentication), where the pool would only say it timed out.
@@ -213,6 +213,14 @@ class PostgresStorage(Storage):
                 log.warning("LISTEN connection lost (%s); polling until it is back", exc)
                 self._stop.wait(1.0)
 
+
+
+def _configure(conn: psycopg.Connection[Any]) -> None:
+    """Every pooled connection: plan each statement for its own parameters and the tables as
+    they are now. psycopg prepares a statement run five times, and PostgreSQL would then keep
+    a generic plan made while the tables were small (on a new database, with no statistics
+    yet): sequential scans that, months of history later, read every run on each lease."""
+    conn.execute("SET plan_cache_mode = force_custom_plan")
 
 
 def _connection_lost(exc: psycopg.OperationalError) -> bool:

@@ -9,6 +9,7 @@ connections and never wait for the writer (WAL snapshots).
 from __future__ import annotations
 
 import asyncio
+import json
 import queue
 import re
 import sqlite3
@@ -64,17 +65,17 @@ class _Tx:
 
     def one(self, query: str, /, **params: Any) -> dict[str, Any] | None:
         # fetchall: an UPDATE ... RETURNING runs to its end before the next statement.
-        rows = self.conn.execute(self.sql[query], params).fetchall()
+        rows = self.conn.execute(self.sql[query], _bind(params)).fetchall()
         return dict(rows[0]) if rows else None
 
     def all(self, query: str, /, **params: Any) -> list[dict[str, Any]]:
-        return [dict(r) for r in self.conn.execute(self.sql[query], params).fetchall()]
+        return [dict(r) for r in self.conn.execute(self.sql[query], _bind(params)).fetchall()]
 
     def exec(self, query: str, /, **params: Any) -> int:
-        return self.conn.execute(self.sql[query], params).rowcount
+        return self.conn.execute(self.sql[query], _bind(params)).rowcount
 
     def raw_all(self, sql: str, params: dict[str, Any]) -> list[dict[str, Any]]:
-        return [dict(r) for r in self.conn.execute(sql, params).fetchall()]
+        return [dict(r) for r in self.conn.execute(sql, _bind(params)).fetchall()]
 
     def each(self, calls: list[tuple[str, dict[str, Any]]]) -> list[list[dict[str, Any]]]:
         return [self._rows(query, params) for query, params in calls]
@@ -84,10 +85,20 @@ class _Tx:
         data-modifying CTEs, spelled out for SQLite) runs them in order and answers the
         first one's rows."""
         statements = _statements(self.sql[query])
+        params = _bind(params)
         rows = [dict(r) for r in self.conn.execute(statements[0], params).fetchall()]
         for statement in statements[1:]:
             self.conn.execute(statement, params)
         return rows
+
+
+def _bind(params: dict[str, Any]) -> dict[str, Any]:
+    """A list parameter (run ids, function ids) as the JSON array the queries read with
+    json_each; PostgreSQL binds the list as an array."""
+    for value in params.values():
+        if type(value) is list:
+            return {k: json.dumps(v) if type(v) is list else v for k, v in params.items()}
+    return params
 
 
 @cache

@@ -68,46 +68,47 @@ SELECT set_config('enable_sort', 'off', true) AS planned;
 SELECT run_id, keyed, lease_owner FROM queue
 WHERE app_id = :app_id AND available_at <= :now
   AND (lease_expires_at IS NULL OR lease_expires_at <= :now)
-  AND function_id IN (SELECT jsonb_array_elements_text(CAST(:functions AS jsonb)))
+  AND function_id = ANY (CAST(:functions AS text[]))
 ORDER BY available_at - priority * 1000, run_id
 LIMIT :window
 FOR UPDATE SKIP LOCKED;
 
 -- name: take
--- :ids is a JSON array of run ids.
+-- :ids is a list of run ids: a JSON array on SQLite (read with json_each), an array on
+-- PostgreSQL, whose planner then sees how many there are.
 UPDATE queue SET lease_owner = :owner, lease_expires_at = :until, nudged = 0
 WHERE run_id IN (SELECT value FROM json_each(:ids));
 
 -- name: take @postgres
 UPDATE queue SET lease_owner = :owner, lease_expires_at = :until, nudged = 0
-WHERE run_id = ANY (ARRAY(SELECT jsonb_array_elements_text(CAST(:ids AS jsonb))));
+WHERE run_id = ANY (CAST(:ids AS text[]));
 
--- name: mark_first_start
--- The runs of :ids starting for the first time: their functions (for runs-started counts).
+-- name: mark_started
+-- The runs of :ids start executing: status running; those starting for the first time get
+-- started_at and answer their functions (for runs-started counts). Two statements on SQLite.
 UPDATE runs SET started_at = :now
 WHERE id IN (SELECT value FROM json_each(:ids)) AND started_at IS NULL
 RETURNING function_id;
-
--- name: mark_first_start @postgres
-UPDATE runs SET started_at = :now
-WHERE id = ANY (ARRAY(SELECT jsonb_array_elements_text(CAST(:ids AS jsonb)))) AND started_at IS NULL
-RETURNING function_id;
-
--- name: mark_running_many
 UPDATE runs SET status = 'running'
 WHERE id IN (SELECT value FROM json_each(:ids))
   AND status IN ({unfinished_runs});
 
--- name: mark_running_many @postgres
-UPDATE runs SET status = 'running'
-WHERE id = ANY (ARRAY(SELECT jsonb_array_elements_text(CAST(:ids AS jsonb))))
-  AND status IN ({unfinished_runs});
+-- name: mark_started @postgres
+-- One statement, so each run gets one new row version, not two (`before` is the row as it
+-- was: its started_at tells a first start).
+UPDATE runs SET started_at = COALESCE(runs.started_at, :now),
+                status = CASE WHEN runs.status IN ({unfinished_runs}) THEN 'running'
+                              ELSE runs.status END
+FROM runs before
+WHERE runs.id = ANY (CAST(:ids AS text[]))
+  AND before.id = runs.id
+RETURNING CASE WHEN before.started_at IS NULL THEN runs.function_id END AS function_id;
 
 -- name: close_groups_of_runs
 DELETE FROM pending_groups WHERE run_id IN (SELECT value FROM json_each(:ids));
 
 -- name: close_groups_of_runs @postgres
-DELETE FROM pending_groups WHERE run_id = ANY (ARRAY(SELECT jsonb_array_elements_text(CAST(:ids AS jsonb))));
+DELETE FROM pending_groups WHERE run_id = ANY (CAST(:ids AS text[]));
 
 -- name: run_keys
 SELECT key, lim FROM queue_keys WHERE run_id = :run_id;
@@ -214,6 +215,48 @@ FROM steps WHERE run_id = :run_id AND id = :id;
 -- name: pending_steps
 SELECT status, ended_at FROM steps WHERE run_id = :run_id AND status IN ({pending_steps});
 
+-- name: runs_of_ids
+-- What executing the just-leased runs of :ids needs (`runs.states`), read in the lease's
+-- transaction: the runs, their events, their stored steps and a batch's events.
+SELECT id, app_id, function_id, event_id, status, output, error, attempts, retry,
+       origin_run_id, parent_run_id, parent_step_id, rerun_of, created_at, started_at, ended_at,
+       (SELECT lease_owner FROM queue WHERE queue.run_id = runs.id) AS lease_owner
+FROM runs WHERE id IN (SELECT value FROM json_each(:ids));
+
+-- name: runs_of_ids @postgres
+SELECT id, app_id, function_id, event_id, status, output, error, attempts, retry,
+       origin_run_id, parent_run_id, parent_step_id, rerun_of, created_at, started_at, ended_at,
+       (SELECT lease_owner FROM queue WHERE queue.run_id = runs.id) AS lease_owner
+FROM runs WHERE id = ANY (CAST(:ids AS text[]));
+
+-- name: events_of_runs
+SELECT r.id AS run_id, e.id, e.name, e.data, e.ts, e.received_at, e.trace
+FROM runs r JOIN events e ON e.id = r.event_id
+WHERE r.id IN (SELECT value FROM json_each(:ids));
+
+-- name: events_of_runs @postgres
+SELECT r.id AS run_id, e.id, e.name, e.data, e.ts, e.received_at, e.trace
+FROM runs r JOIN events e ON e.id = r.event_id
+WHERE r.id = ANY (CAST(:ids AS text[]));
+
+-- name: steps_of_runs
+SELECT run_id, id, seq, status, attempts, output, error, started_at, ended_at, name
+FROM steps WHERE run_id IN (SELECT value FROM json_each(:ids)) ORDER BY run_id, seq;
+
+-- name: steps_of_runs @postgres
+SELECT run_id, id, seq, status, attempts, output, error, started_at, ended_at, name
+FROM steps WHERE run_id = ANY (CAST(:ids AS text[]))
+ORDER BY run_id, seq;
+
+-- name: batch_events_of_runs
+SELECT r.run_id, e.id, e.name, e.data, e.ts FROM run_events r JOIN events e ON e.id = r.event_id
+WHERE r.run_id IN (SELECT value FROM json_each(:ids)) ORDER BY r.run_id, r.position;
+
+-- name: batch_events_of_runs @postgres
+SELECT r.run_id, e.id, e.name, e.data, e.ts FROM run_events r JOIN events e ON e.id = r.event_id
+WHERE r.run_id = ANY (CAST(:ids AS text[]))
+ORDER BY r.run_id, r.position;
+
 -- name: due_timed_steps
 -- Sleeps, waits and invokes of just-leased runs whose time has come.
 SELECT run_id, id, status, ended_at FROM steps
@@ -222,7 +265,7 @@ WHERE run_id IN (SELECT value FROM json_each(:ids)) AND status IN ({timed_steps}
 
 -- name: due_timed_steps @postgres
 SELECT run_id, id, status, ended_at FROM steps
-WHERE run_id = ANY (ARRAY(SELECT jsonb_array_elements_text(CAST(:ids AS jsonb))))
+WHERE run_id = ANY (CAST(:ids AS text[]))
   AND status IN ({timed_steps}) AND ended_at <= :now;
 
 -- name: set_retry
