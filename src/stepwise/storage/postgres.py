@@ -10,6 +10,7 @@ a fallback.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 from collections.abc import Callable
@@ -33,10 +34,16 @@ POOL_WAIT_S = 5.0
 
 
 class _Tx:
-    def __init__(self, conn: psycopg.Connection[dict[str, Any]], sql: dict[str, str]) -> None:
+    """`prelude`: statements that open the transaction (BEGIN, SET LOCAL), sent in one round
+    trip with the operation's first statement instead of one round trip each."""
+
+    def __init__(self, conn: psycopg.Connection[dict[str, Any]], sql: dict[str, str],
+                 prelude: tuple[str, ...] = ()) -> None:
         self.conn = conn
         self.sql = sql
         self.woke = False
+        self.prelude = prelude
+        self.began = False  # the prelude was sent: there is a transaction to end
 
     def wake_workers(self) -> None:
         self.woke = True
@@ -44,25 +51,45 @@ class _Tx:
     def text(self, query: str, /) -> str:
         return queries.load_raw("postgres")[query]  # raw_all converts the composed whole
 
+    def _execute(self, sql: str, params: dict[str, Any]) -> psycopg.Cursor[dict[str, Any]]:
+        if self.began or not self.prelude:
+            return self.conn.execute(sql, params)
+        self.began = True
+        with self.conn.pipeline():
+            for statement in self.prelude:
+                self.conn.execute(statement)
+            cursor = self.conn.execute(sql, params)
+        return cursor
+
     def one(self, query: str, /, **params: Any) -> dict[str, Any] | None:
-        return self.conn.execute(self.sql[query], params).fetchone()
+        return self._execute(self.sql[query], params).fetchone()
 
     def all(self, query: str, /, **params: Any) -> list[dict[str, Any]]:
-        return self.conn.execute(self.sql[query], params).fetchall()
+        return self._execute(self.sql[query], params).fetchall()
 
     def exec(self, query: str, /, **params: Any) -> int:
-        return self.conn.execute(self.sql[query], params).rowcount
+        return self._execute(self.sql[query], params).rowcount
 
     def raw_all(self, sql: str, params: dict[str, Any]) -> list[dict[str, Any]]:
-        return self.conn.execute(queries.to_pyformat(sql), params).fetchall()
+        return self._execute(queries.to_pyformat(sql), params).fetchall()
 
     def each(self, calls: list[tuple[str, dict[str, Any]]]) -> list[list[dict[str, Any]]]:
         """Independent statements in one round trip (psycopg's pipeline mode)."""
         with self.conn.pipeline():
+            if not self.began and self.prelude:
+                self.began = True
+                for statement in self.prelude:
+                    self.conn.execute(statement)
             cursors = [self.conn.cursor() for _ in calls]
             for cursor, (query, params) in zip(cursors, calls, strict=True):
                 cursor.execute(self.sql[query], params)
         return [cursor.fetchall() if cursor.description else [] for cursor in cursors]
+
+    def end(self, statements: list[str]) -> None:
+        """Send the closing statements (a NOTIFY, COMMIT) in one round trip."""
+        with self.conn.pipeline():
+            for statement in statements:
+                self.conn.execute(statement)
 
 
 class PostgresStorage(Storage):
@@ -150,13 +177,19 @@ class PostgresStorage(Storage):
                      write: bool) -> T:
         assert self.pool is not None
         with self.pool.connection() as conn:
-            with conn.transaction():
-                if not durable:
-                    conn.execute("SET LOCAL synchronous_commit = off")
-                tx = _Tx(conn, self.sql)
+            tx = _Tx(conn, self.sql, _BEGIN if durable else _BEGIN_NOT_DURABLE)
+            notify = [f"NOTIFY {self._channel}"] if write else []  # delivered on commit
+            try:
                 result = op(tx, *args)
-                if write and tx.woke:  # delivered to every process on commit
-                    conn.execute(f"NOTIFY {self._channel}")
+                if tx.began:
+                    tx.end([*notify, "COMMIT"] if tx.woke else ["COMMIT"])
+                elif tx.woke and notify:  # nothing written, yet someone asked for a wake
+                    tx.end(notify)
+            except BaseException:
+                if tx.began and not conn.closed:
+                    with contextlib.suppress(psycopg.Error):
+                        conn.execute("ROLLBACK")
+                raise
             if write and tx.woke:
                 self.notify_new_work()  # this process's workers need not wait for the NOTIFY
             return result
@@ -215,12 +248,19 @@ class PostgresStorage(Storage):
 
 
 
+_BEGIN = ("BEGIN",)
+_BEGIN_NOT_DURABLE = ("BEGIN", "SET LOCAL synchronous_commit = off")
+
+
 def _configure(conn: psycopg.Connection[Any]) -> None:
-    """Every pooled connection: plan each statement for its own parameters and the tables as
-    they are now. psycopg prepares a statement run five times, and PostgreSQL would then keep
-    a generic plan made while the tables were small (on a new database, with no statistics
-    yet): sequential scans that, months of history later, read every run on each lease."""
-    conn.execute("SET plan_cache_mode = force_custom_plan")
+    """Every pooled connection prefers an index to a sequential scan. Each statement the
+    engine runs has an index to use, but psycopg prepares a statement run five times and
+    PostgreSQL then keeps its generic plan: one made while the tables were empty (a worker
+    polling a new database before work arrives) scans the whole table, and goes on doing so
+    as it grows until an ANALYZE invalidates the plan (never, with autovacuum off). Measured
+    in `bench/peers.py`: every lease read all of runs, events, queue and steps (12M rows of
+    runs read for 8,000 jobs). A statement with no usable index still scans."""
+    conn.execute("SET enable_seqscan = off")
 
 
 def _connection_lost(exc: psycopg.OperationalError) -> bool:
