@@ -80,7 +80,7 @@ def lease(tx: Tx, app_id: str, functions: list[str], owner: str, now: int, until
         settle_due_steps(tx, ids["ids"], now, due)
         if with_state:
             if due:  # the steps just settled: read them again, as the executor must see them
-                state[2] = tx.all("steps_of_runs", **ids)
+                state[runs.STATE_READS.index("steps_of_runs")] = tx.all("steps_of_runs", **ids)
             leased = runs.states(tx, picked, state)
     return picked, taken_over, first_starts, leased
 
