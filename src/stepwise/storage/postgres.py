@@ -51,13 +51,18 @@ class _Tx:
     def text(self, query: str, /) -> str:
         return queries.load_raw("postgres")[query]  # raw_all converts the composed whole
 
+    def _open(self) -> None:
+        """Queue the prelude, once (the caller is in pipeline mode: it goes with what follows)."""
+        if not self.began and self.prelude:
+            self.began = True
+            for statement in self.prelude:
+                self.conn.execute(statement)
+
     def _execute(self, sql: str, params: dict[str, Any]) -> psycopg.Cursor[dict[str, Any]]:
         if self.began or not self.prelude:
             return self.conn.execute(sql, params)
-        self.began = True
         with self.conn.pipeline():
-            for statement in self.prelude:
-                self.conn.execute(statement)
+            self._open()
             cursor = self.conn.execute(sql, params)
         return cursor
 
@@ -76,10 +81,7 @@ class _Tx:
     def each(self, calls: list[tuple[str, dict[str, Any]]]) -> list[list[dict[str, Any]]]:
         """Independent statements in one round trip (psycopg's pipeline mode)."""
         with self.conn.pipeline():
-            if not self.began and self.prelude:
-                self.began = True
-                for statement in self.prelude:
-                    self.conn.execute(statement)
+            self._open()
             cursors = [self.conn.cursor() for _ in calls]
             for cursor, (query, params) in zip(cursors, calls, strict=True):
                 cursor.execute(self.sql[query], params)

@@ -64,12 +64,11 @@ class _Tx:
         return self.sql[query]
 
     def one(self, query: str, /, **params: Any) -> dict[str, Any] | None:
-        # fetchall: an UPDATE ... RETURNING runs to its end before the next statement.
-        rows = self.conn.execute(self.sql[query], _bind(params)).fetchall()
-        return dict(rows[0]) if rows else None
+        rows = self._rows(query, params)
+        return rows[0] if rows else None
 
     def all(self, query: str, /, **params: Any) -> list[dict[str, Any]]:
-        return [dict(r) for r in self.conn.execute(self.sql[query], _bind(params)).fetchall()]
+        return self._rows(query, params)
 
     def exec(self, query: str, /, **params: Any) -> int:
         return self.conn.execute(self.sql[query], _bind(params)).rowcount
@@ -86,6 +85,7 @@ class _Tx:
         first one's rows."""
         statements = _statements(self.sql[query])
         params = _bind(params)
+        # fetchall: an UPDATE ... RETURNING runs to its end before the next statement.
         rows = [dict(r) for r in self.conn.execute(statements[0], params).fetchall()]
         for statement in statements[1:]:
             self.conn.execute(statement, params)
