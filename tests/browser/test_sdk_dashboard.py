@@ -78,6 +78,6 @@ def test_sdk_run_shows_step_names_and_a_waiting_run_can_be_woken(base: str, page
     drip = run_of(base, event_id, "py-shop-drip", "waiting")
     page.goto(f"{base}/runs/{drip['id']}")
     page.locator("#wake").click()  # its 3-day wait for a booking ends now, with no event
-    page.locator(".badge.s-completed").first.wait_for()
+    page.locator("h1 .badge.s-completed").wait_for()  # the run, not its woken step
     assert http("GET", f"{base}/api/v1/runs/{drip['id']}")["output"] == "no booking"
     shot(page, "sdk-run-woken")
