@@ -87,7 +87,8 @@ async def test_a_stale_lease_holder_is_refused_and_changes_nothing(engine: Engin
     for outcomes, last in (([done(engine, "s", 0, "1")], False),
                            ([SleepUntil("s", 0, t + 60_000, t)], True),
                            ([StepFailed("s", 0, ERROR, t, t)], False),
-                           ([RunCompleted("1")], True)):
+                           ([RunCompleted("1")], True),
+                           ([done(engine, "s", 0, "1"), RunCompleted("1")], True)):
         with pytest.raises(LeaseLost):
             await engine.apply(run_id, "A", list(outcomes), last=last)
         assert await snapshot(engine) == before
@@ -106,6 +107,28 @@ async def test_a_completed_step_is_never_overwritten(engine: Engine) -> None:
                                 last=False)
     assert failed.outputs == {"s": '"first"'} and failed.failed == {}
     assert await snapshot(engine) == before
+
+
+async def test_a_completion_after_a_step_stored_by_another_execution_is_refused_whole(
+        engine: Engine) -> None:
+    run_id = await start_run(engine)
+    await engine.apply(run_id, "A", [done(engine, "s", 0, '"first"')], last=False)
+    before = await snapshot(engine)
+    with pytest.raises(LeaseLost, match="stored by another execution"):
+        await engine.apply(run_id, "A", [done(engine, "t", 1, "1"),
+                                         done(engine, "s", 0, '"second"'), RunCompleted("2")],
+                           last=True)
+    assert await snapshot(engine) == before  # neither step t nor the run's end is kept
+
+
+async def test_completing_a_cancelled_run_says_it_was_cancelled(engine: Engine) -> None:
+    run_id = await start_run(engine)
+    await engine.cancel(run_id)
+    before = await snapshot(engine)
+    for outcomes in ([RunCompleted("1")], [done(engine, "s", 0, "1"), RunCompleted("1")]):
+        with pytest.raises(RunCancelled):
+            await engine.apply(run_id, "A", outcomes, last=True)
+        assert await snapshot(engine) == before
 
 
 async def test_outcomes_applied_twice_change_nothing_the_second_time(engine: Engine) -> None:

@@ -96,7 +96,9 @@ class Engine:
                                  self.clock.now_ms() + lease_ms, durable=False)
 
     async def next_due(self, app_id: str) -> int | None:
-        return await self.storage.read(leasing.next_due, app_id)
+        # No snapshot needed: each time stands alone, and a worker that acts on a stale one
+        # only wakes early or polls.
+        return await self.storage.read(leasing.next_due, app_id, snapshot=False)
 
     async def load(self, run_id: str) -> RunState | None:
         # No snapshot needed: the run is leased by the caller, its event is immutable, and a

@@ -135,11 +135,13 @@ def _insert_run(tx: Tx, app_id: str, function_id: str, event_id: str | None, ava
                 now: int, *, origin_run_id: str | None = None, parent_run_id: str | None = None,
                 parent_step_id: str | None = None, priority: int = 0) -> str:
     run_id = new_id()
-    tx.exec("insert_run", id=run_id, app_id=app_id, function_id=function_id, event_id=event_id,
-            origin_run_id=origin_run_id, parent_run_id=parent_run_id,
-            parent_step_id=parent_step_id, now=now)
-    tx.exec("enqueue", run_id=run_id, app_id=app_id, function_id=function_id,
-            available_at=available_at, priority=priority)
+    # Deferred: nothing reads what they answer, so on PostgreSQL they travel with the
+    # transaction's next statement or its COMMIT.
+    tx.defer("insert_run", id=run_id, app_id=app_id, function_id=function_id,
+             event_id=event_id, origin_run_id=origin_run_id, parent_run_id=parent_run_id,
+             parent_step_id=parent_step_id, now=now)
+    tx.defer("enqueue", run_id=run_id, app_id=app_id, function_id=function_id,
+             available_at=available_at, priority=priority)
     tx.wake_workers()
     return run_id
 

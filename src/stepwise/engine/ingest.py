@@ -15,23 +15,33 @@ from . import definitions, flow_control, waits
 def ingest_events(tx: Tx, events: list[StoredEvent] | tuple[StoredEvent, ...],
                   now: int) -> list[str]:
     """Store events not stored yet (an id already stored is an idempotent resend) and start
-    their runs; return every event's id."""
+    their runs; return every event's id. The inserts, the functions their names trigger and
+    whether any run waits for those names are one round trip on PostgreSQL; the runs'
+    inserts go with the COMMIT (`Tx.defer`)."""
+    if not events:
+        return []
+    names = sorted({ev.name for ev in events})
+    *inserted, triggered, waited_rows = tx.each([
+        *(("insert_event", {"id": ev.id, "name": ev.name, "data": ev.data, "ts": ev.ts,
+                            "now": now, "trace": ev.trace}) for ev in events),
+        ("functions_for_events", {"names": names}), ("names_waited", {"names": names})])
+    new = {rows[0]["id"] for rows in inserted if rows}
     routes: dict[str, list[tuple[str, str, FlowOptions, list[EventTrigger]]]] = {}
-    waited: dict[str, bool] = {}
+    for r in triggered:
+        definition = definitions.decode(r["definition"])
+        triggers = [t for t in definition.triggers
+                    if isinstance(t, EventTrigger) and t.event == r["event_name"]]
+        routes.setdefault(r["event_name"], []).append(
+            (r["app_id"], r["function_id"], definition.flow, triggers))
+    # Whether a run waits for a name; missing: not known (a run started here may wait).
+    waited: dict[str, bool] = {name: False for name in names}
+    waited.update((r["name"], True) for r in waited_rows)
     for ev in events:
-        if tx.exec("insert_event", id=ev.id, name=ev.name, data=ev.data, ts=ev.ts, now=now,
-                   trace=ev.trace) == 0:
+        if ev.id not in new:
             continue
-        if ev.name not in routes:
-            routes[ev.name] = []
-            for r in tx.all("functions_for_event", name=ev.name):
-                definition = definitions.decode(r["definition"])
-                triggers = [t for t in definition.triggers
-                            if isinstance(t, EventTrigger) and t.event == ev.name]
-                routes[ev.name].append((r["app_id"], r["function_id"], definition.flow,
-                                        triggers))
+        new.discard(ev.id)  # an id repeated in one call is stored and routed once
         event_doc: dict[str, Any] | None = None
-        for app_id, function_id, flow, triggers in routes[ev.name]:
+        for app_id, function_id, flow, triggers in routes.get(ev.name, ()):
             if any(t.expression is not None for t in triggers):  # an SDK trigger's filter
                 if event_doc is None:
                     event_doc = waits.event_json({"name": ev.name, "data": ev.data,
@@ -42,7 +52,7 @@ def ingest_events(tx: Tx, events: list[StoredEvent] | tuple[StoredEvent, ...],
                                     flow=flow)
             for cancel in flow.cancel_on:
                 waited.pop(cancel.event, None)  # the run may now wait for that name
-        if ev.name not in waited:  # once per name: sends of one request do not add waits
+        if ev.name not in waited:
             waited[ev.name] = tx.one("any_wait", name=ev.name) is not None
         if waited[ev.name]:
             waits.deliver(tx, ev, now)

@@ -15,7 +15,7 @@ from .. import schedules
 from ..errors import ErrorInfo
 from ..events import StoredEvent
 from ..payloads import dumps
-from ..status import TERMINAL_RUN, StepStatus
+from ..status import TERMINAL_RUN, TIMED_STEP, StepStatus
 from ..storage import Tx
 from . import definitions, flow_control, lifecycle, runs
 
@@ -69,19 +69,27 @@ def lease(tx: Tx, app_id: str, functions: list[str], owner: str, now: int, until
             break
     if picked:
         ids: dict[str, Any] = {"ids": picked}
-        # Independent statements over the picked runs, sent together; a debounce or batch
-        # closes as its run starts.
-        reads = [(query, ids) for query in runs.STATE_READS] if with_state else []
-        _, started, _, due, *state = tx.each([
-            ("take", {**ids, "owner": owner, "until": until}),
-            ("mark_started", {**ids, "now": now}), ("close_groups_of_runs", ids),
-            ("due_timed_steps", {**ids, "now": now}), *reads])
-        first_starts = [r["function_id"] for r in started if r["function_id"] is not None]
-        settle_due_steps(tx, ids["ids"], now, due)
+        # Independent statements over the picked runs, sent together: the take, the start
+        # (answering the runs), and what executing them needs, or else only the sleeps, waits
+        # and invokes whose time came (`with_state` finds those among the steps).
+        reads = [(query, ids) for query in runs.STATE_READS] if with_state else [
+            ("due_timed_steps", {**ids, "now": now})]
+        _, started, *read = tx.each([("take", {**ids, "owner": owner, "until": until}),
+                                     ("start_runs", {**ids, "now": now}), *reads])
+        first_starts = [r["function_id"] for r in started if r["first_start"]]
+        if with_state:
+            events, steps = read
+            due = [s for s in steps if s["status"] in TIMED_STEP
+                   and s["ended_at"] is not None and s["ended_at"] <= now]
+        else:
+            (due,) = read
+        settle_due_steps(tx, picked, now, due)
         if with_state:
             if due:  # the steps just settled: read them again, as the executor must see them
-                state[runs.STATE_READS.index("steps_of_runs")] = tx.all("steps_of_runs", **ids)
-            leased = runs.states(tx, picked, state)
+                steps = tx.all("steps_of_runs", **ids)
+            order = {run_id: i for i, run_id in enumerate(picked)}
+            leased = runs.states(tx, sorted(started, key=lambda r: order[r["id"]]), events,
+                                 steps)
     return picked, taken_over, first_starts, leased
 
 
@@ -128,17 +136,17 @@ def settle_due_steps(tx: Tx, ids: list[str], now: int,
 
 
 def renew_leases(tx: Tx, owner: str, run_ids: list[str], until: int) -> None:
-    for run_id in run_ids:
-        tx.exec("renew_lease", owner=owner, run_id=run_id, until=until)
+    for run_id in run_ids:  # sent together, with the COMMIT
+        tx.defer("renew_lease", owner=owner, run_id=run_id, until=until)
 
 
 def next_due(tx: Tx, app_id: str) -> int | None:
-    """When this app next has something to do: a queued run, an expiring lease, a cron tick."""
-    times = [row["due"] for row in (tx.one("next_due", app_id=app_id),
-                                    tx.one("next_lease_expiry", app_id=app_id),
-                                    tx.one("next_schedule", app_id=app_id),
-                                    tx.one("next_deadline", app_id=app_id))
-             if row is not None and row["due"] is not None]
+    """When this app next has something to do: a queued run, an expiring lease, a cron tick
+    (four independent reads, one round trip on PostgreSQL)."""
+    key = {"app_id": app_id}
+    rows = tx.each([("next_due", key), ("next_lease_expiry", key), ("next_schedule", key),
+                    ("next_deadline", key)])
+    times = [found[0]["due"] for found in rows if found and found[0]["due"] is not None]
     return int(min(times)) if times else None
 
 
@@ -160,8 +168,8 @@ def fire_schedules(tx: Tx, app_id: str, now: int,
             name, data = "stepwise/cron", {"cron": cron, "tz": tz, "tick": tick}
         event = StoredEvent(id=f"cron:{app_id}:{row['function_id']}:{tick}", name=name,
                             data=dumps(data, "cron event"), ts=tick)
-        if tx.exec("insert_event", id=event.id, name=event.name, data=event.data, ts=event.ts,
-                   now=now, trace=None):
+        if tx.one("insert_event", id=event.id, name=event.name, data=event.data, ts=event.ts,
+                  now=now, trace=None) is not None:
             flow_control.create_run(tx, app_id, row["function_id"], event.id, now, now)
             fired += 1
         tx.exec("set_schedule_next", app_id=app_id, function_id=row["function_id"], cron=cron,

@@ -8,7 +8,7 @@ to queued (see `admin.replay_run`).
 
 from __future__ import annotations
 
-from typing import cast
+from typing import Any, cast
 
 from ..errors import ErrorInfo, LeaseLost, RunCancelled
 from ..payloads import dumps
@@ -66,21 +66,28 @@ def record_failure(tx: Tx, run_id: str, step_id: str | None, attempt: int, error
 
 
 def finish(tx: Tx, run_id: str, status: RunStatus, output: str | None, error: ErrorInfo | None,
-           now: int, owner: str | None = None) -> bool:
+           now: int, owner: str | None = None,
+           before: list[tuple[str, dict[str, Any]]] | None = None) -> bool:
     """A run reached a final status: drop everything that could still schedule it, and hand
     its result to the run that invoked it. With `owner`, only while `owner` holds its lease:
-    False when it does not (the caller must then raise, rolling back what was written)."""
+    False when it does not (the caller must then raise, rolling back what was written).
+    `before`: the caller's statements to send first, in the same round trip; each must answer
+    a row, or this raises `LeaseLost` (a step of the caller's was stored first by another
+    execution: the caller computed from a result that is not the stored one)."""
     # Independent statements, sent together: the end (fenced, when the caller executes the
     # run), the function's definition (is it an SDK's?), and dropping what could still
     # schedule the run.
     key = {"run_id": run_id}
     end = {**key, "status": status, "output": output, "now": now,
            "error": None if error is None else dumps(error, "error")}
-    finished, definition, cleaned = tx.each([
+    *answered, finished, definition, cleaned = tx.each([
+        *(before or ()),
         ("finish_run", end) if owner is None else ("finish_leased_run", {**end, "owner": owner}),
         ("definition_of_run", key), ("finish_cleanup", key)])
     if not finished:
         return False
+    if not all(answered):
+        raise LeaseLost(f"run {run_id}: a step was stored by another execution")
     if cleaned and cleaned[0]["keys"]:
         tx.wake_workers()  # its concurrency slot is free: a run waiting for it may start
     run = cast(RunRow, finished[0])

@@ -66,23 +66,31 @@ def load(tx: Tx, run_id: str) -> RunState | None:
     return _state(tx, cast(RunRow, found[0]), event[0] if event else None, steps, batch)
 
 
-STATE_READS = ("runs_of_ids", "events_of_runs", "steps_of_runs", "batch_events_of_runs")
+#: What `states` reads besides the runs (which `leasing.lease` has from starting them).
+STATE_READS = ("events_of_runs", "steps_of_runs")
 
 
-def states(tx: Tx, ids: list[str], rows: list[list[dict[str, Any]]]) -> list[RunState]:
-    """The states of the runs `ids`, in that order, from the rows of `STATE_READS` (read by
-    the caller together with its own statements: see `leasing.lease`)."""
-    runs_found, events, steps, batches = rows
-    by_id = {r["id"]: cast(RunRow, r) for r in runs_found}
-    event_of = {e.pop("run_id"): e for e in events}
+def states(tx: Tx, started: list[dict[str, Any]], events: list[dict[str, Any]],
+           steps: list[dict[str, Any]]) -> list[RunState]:
+    """The states of the runs just started (`started`: rows of `start_runs`, in lease order)
+    from the rows of `STATE_READS` (read by the caller with its own statements)."""
+    event_of: dict[str, dict[str, Any]] = {}
+    batch_of: dict[str, list[dict[str, Any]]] = {}
+    for event in sorted(events, key=lambda e: -1 if e["position"] is None else e["position"]):
+        run_id, position = event.pop("run_id"), event.pop("position")
+        if position is None:
+            event_of[run_id] = event
+        else:
+            batch_of.setdefault(run_id, []).append(event)
     steps_of: dict[str, list[dict[str, Any]]] = {}
     for step in steps:
         steps_of.setdefault(step.pop("run_id"), []).append(step)
-    batch_of: dict[str, list[dict[str, Any]]] = {}
-    for event in batches:
-        batch_of.setdefault(event.pop("run_id"), []).append(event)
-    return [_state(tx, by_id[run_id], event_of.get(run_id), steps_of.get(run_id, []),
-                   batch_of.get(run_id, [])) for run_id in ids if run_id in by_id]
+    found = []
+    for row in started:
+        run = {k: v for k, v in row.items() if k != "first_start"}
+        found.append(_state(tx, cast(RunRow, run), event_of.get(run["id"]),
+                            steps_of.get(run["id"], []), batch_of.get(run["id"], [])))
+    return found
 
 
 def _state(tx: Tx, run: RunRow, event: dict[str, Any] | None, steps: list[dict[str, Any]],
@@ -180,24 +188,22 @@ _BEFORE_COMPLETION = (StepCompleted, Logged)
 
 def _complete(tx: Tx, run_id: str, owner: str, outcomes: list[Outcome], now: int) -> Applied:
     """`apply` for an execution whose run completed, after only finished steps and log
-    lines: the run's guard is part of its finishing statement, not a read of its own. When
-    the guard refuses, raising rolls back what was written before it."""
+    lines: its steps are stored in the round trip that finishes the run, and the run's guard
+    is part of its finishing statement, not a read of its own. When either refuses (the lease
+    is lost, or a step was stored first by another execution), raising rolls back what was
+    written."""
     applied = Applied()
+    saves: list[tuple[str, dict[str, Any]]] = []
     for outcome in outcomes[:-1]:
         if isinstance(outcome, StepCompleted):
-            if not _save_completed(tx, run_id, outcome):
-                # Stored first by another execution: this one computed its output from a
-                # result that is not the stored one, so none of it may be kept.
-                lifecycle.guard(tx, run_id, owner)
-                raise LeaseLost(f"run {run_id}: step {outcome.step_id!r} was stored by "
-                                "another execution")
+            saves.append(("save_step_answering", _completed_row(run_id, outcome)))
             applied.outputs[outcome.step_id] = outcome.output
         elif isinstance(outcome, Logged):
             _keep_log(tx, run_id, outcome.lines)
     completed = outcomes[-1]
     assert isinstance(completed, RunCompleted)
     if not lifecycle.finish(tx, run_id, RunStatus.completed, completed.output, None, now,
-                            owner=owner):
+                            owner=owner, before=saves):
         lifecycle.guard(tx, run_id, owner)  # raises LeaseLost or RunCancelled
         raise LeaseLost(f"run {run_id} is no longer leased by {owner}")
     applied.run_status = RunStatus.completed
@@ -219,12 +225,15 @@ def _report_stored(applied: Applied, stored: StepRow) -> None:
         applied.retry_at[stored["id"]] = int(stored["ended_at"])
 
 
+def _completed_row(run_id: str, done: StepCompleted) -> dict[str, Any]:
+    return {"run_id": run_id, "id": done.step_id, "seq": done.seq, "status": _COMPLETED,
+            "attempts": done.attempt + 1, "output": done.output, "error": None,
+            "started_at": done.started_at, "ended_at": done.ended_at, "name": done.name}
+
+
 def _save_completed(tx: Tx, run_id: str, done: StepCompleted) -> bool:
     """Store a completed step unless a final result is stored already."""
-    return bool(tx.exec("save_step", run_id=run_id, id=done.step_id, seq=done.seq,
-                        status=_COMPLETED, attempts=done.attempt + 1, output=done.output,
-                        error=None, started_at=done.started_at, ended_at=done.ended_at,
-                        name=done.name))
+    return bool(tx.exec("save_step", **_completed_row(run_id, done)))
 
 
 def apply_completed_step(tx: Tx, run_id: str, owner: str, done: StepCompleted) -> Applied:
@@ -309,9 +318,9 @@ def _keep_log(tx: Tx, run_id: str, lines: tuple[LogLine, ...]) -> None:
         capped = seq == MAX_LOG_LINES
         message = (f"(log capped at {MAX_LOG_LINES} lines: later lines are not kept)"
                    if capped else line.message[:MAX_LOG_CHARS])
-        tx.exec("insert_run_log", run_id=run_id, seq=seq, at=line.at,
-                level="WARNING" if capped else line.level,
-                step_id=None if capped else line.step_id, message=message)
+        tx.defer("insert_run_log", run_id=run_id, seq=seq, at=line.at,
+                 level="WARNING" if capped else line.level,
+                 step_id=None if capped else line.step_id, message=message)
         seq += 1
 
 
@@ -411,9 +420,9 @@ def _start_invoked(b: _Batch, invoke: Invoke) -> None:
                                        f"{b.run_id}.{invoke.step_id}")
     event = StoredEvent(id=f"invoke:{b.run_id}:{invoke.step_id}", name=name, data=data,
                         ts=now, trace=invoke.trace)
-    if not tx.exec("insert_event", id=event.id, name=event.name, data=event.data, ts=event.ts,
-                   now=now, trace=event.trace):
-        return
+    if tx.one("insert_event", id=event.id, name=event.name, data=event.data, ts=event.ts,
+              now=now, trace=event.trace) is None:
+        return  # started already
     child = lifecycle.get_run(tx, flow_control.create_run(
         tx, app_id, definition.id, event.id, now, now, flow=definition.flow,
         parent_run_id=b.run_id, parent_step_id=invoke.step_id))

@@ -35,7 +35,8 @@ POOL_WAIT_S = 5.0
 
 class _Tx:
     """`prelude`: statements that open the transaction (BEGIN, SET LOCAL), sent in one round
-    trip with the operation's first statement instead of one round trip each."""
+    trip with the operation's first statement instead of one round trip each; `deferred`:
+    writes (`defer`) waiting to go out with the next statement or the COMMIT."""
 
     def __init__(self, conn: psycopg.Connection[dict[str, Any]], sql: dict[str, str],
                  prelude: tuple[str, ...] = ()) -> None:
@@ -44,6 +45,7 @@ class _Tx:
         self.woke = False
         self.prelude = prelude
         self.began = False  # the prelude was sent: there is a transaction to end
+        self.deferred: list[tuple[str, dict[str, Any]]] = []
 
     def wake_workers(self) -> None:
         self.woke = True
@@ -52,14 +54,19 @@ class _Tx:
         return queries.load_raw("postgres")[query]  # raw_all converts the composed whole
 
     def _open(self) -> None:
-        """Queue the prelude, once (the caller is in pipeline mode: it goes with what follows)."""
+        """Queue the prelude, once, and the deferred writes (the caller is in pipeline mode:
+        they go with what follows)."""
         if not self.began and self.prelude:
             self.began = True
             for statement in self.prelude:
                 self.conn.execute(statement)
+        if self.deferred:
+            for sql, params in self.deferred:
+                self.conn.execute(sql, params)
+            self.deferred.clear()
 
     def _execute(self, sql: str, params: dict[str, Any]) -> psycopg.Cursor[dict[str, Any]]:
-        if self.began or not self.prelude:
+        if (self.began or not self.prelude) and not self.deferred:
             return self.conn.execute(sql, params)
         with self.conn.pipeline():
             self._open()
@@ -75,6 +82,9 @@ class _Tx:
     def exec(self, query: str, /, **params: Any) -> int:
         return self._execute(self.sql[query], params).rowcount
 
+    def defer(self, query: str, /, **params: Any) -> None:
+        self.deferred.append((self.sql[query], params))
+
     def raw_all(self, sql: str, params: dict[str, Any]) -> list[dict[str, Any]]:
         return self._execute(queries.to_pyformat(sql), params).fetchall()
 
@@ -87,9 +97,16 @@ class _Tx:
                 cursor.execute(self.sql[query], params)
         return [cursor.fetchall() if cursor.description else [] for cursor in cursors]
 
+    @property
+    def pending(self) -> bool:
+        """Something was sent or waits to be: there is a transaction to end."""
+        return self.began or bool(self.deferred)
+
     def end(self, statements: list[str]) -> None:
-        """Send the closing statements (a NOTIFY, COMMIT) in one round trip."""
+        """Send the deferred writes and the closing statements (a NOTIFY, COMMIT) in one
+        round trip."""
         with self.conn.pipeline():
+            self._open()
             for statement in statements:
                 self.conn.execute(statement)
 
@@ -183,7 +200,7 @@ class PostgresStorage(Storage):
             notify = [f"NOTIFY {self._channel}"] if write else []  # delivered on commit
             try:
                 result = op(tx, *args)
-                if tx.began:
+                if tx.pending:
                     tx.end([*notify, "COMMIT"] if tx.woke else ["COMMIT"])
                 elif tx.woke and notify:  # nothing written, yet someone asked for a wake
                     tx.end(notify)
@@ -203,6 +220,9 @@ class PostgresStorage(Storage):
         with self.pool.connection() as conn:
             tx = _Tx(conn, self.sql)
             result = op(tx, *args)
+            if tx.deferred:  # no transaction holds them together: the promise was broken
+                raise RuntimeError(f"{op.__name__}: deferred writes in a one-statement "
+                                   "operation")
             if tx.woke:
                 conn.execute(f"NOTIFY {self._channel}")
         if tx.woke:

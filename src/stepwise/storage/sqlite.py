@@ -73,6 +73,9 @@ class _Tx:
     def exec(self, query: str, /, **params: Any) -> int:
         return self.conn.execute(self.sql[query], _bind(params)).rowcount
 
+    def defer(self, query: str, /, **params: Any) -> None:
+        self._rows(query, params)  # in process: nothing to save by waiting
+
     def raw_all(self, sql: str, params: dict[str, Any]) -> list[dict[str, Any]]:
         return [dict(r) for r in self.conn.execute(sql, _bind(params)).fetchall()]
 

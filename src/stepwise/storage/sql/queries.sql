@@ -24,14 +24,31 @@ ON CONFLICT DO NOTHING;
 SELECT app_id, id, definition, updated_at FROM functions ORDER BY app_id, id;
 
 -- name: insert_event
+-- Answers the id when the event is new (an id stored already is a resend: no row).
 INSERT INTO events (id, name, data, ts, received_at, trace)
 VALUES (:id, :name, :data, :ts, :now, :trace)
-ON CONFLICT (id) DO NOTHING;
+ON CONFLICT (id) DO NOTHING
+RETURNING id;
 
--- name: functions_for_event
-SELECT t.app_id, t.function_id, f.definition FROM function_triggers t
+-- name: functions_for_events
+-- The functions triggered by each of the event names :names.
+SELECT t.event_name, t.app_id, t.function_id, f.definition FROM function_triggers t
 JOIN functions f ON f.app_id = t.app_id AND f.id = t.function_id
-WHERE t.event_name = :name;
+WHERE t.event_name IN (SELECT value FROM json_each(:names));
+
+-- name: functions_for_events @postgres
+SELECT t.event_name, t.app_id, t.function_id, f.definition FROM function_triggers t
+JOIN functions f ON f.app_id = t.app_id AND f.id = t.function_id
+WHERE t.event_name = ANY (CAST(:names AS text[]));
+
+-- name: names_waited
+-- Which of the event names :names some run waits for.
+SELECT value AS name FROM json_each(:names)
+WHERE EXISTS (SELECT 1 FROM waits WHERE event_name = value);
+
+-- name: names_waited @postgres
+SELECT name FROM unnest(CAST(:names AS text[])) AS name
+WHERE EXISTS (SELECT 1 FROM waits WHERE event_name = name);
 
 -- name: insert_run
 INSERT INTO runs (id, app_id, function_id, event_id, status, origin_run_id, parent_run_id,
@@ -75,25 +92,35 @@ FOR UPDATE SKIP LOCKED;
 
 -- name: take
 -- :ids is a list of run ids: a JSON array on SQLite (read with json_each), an array on
--- PostgreSQL, whose planner then sees how many there are.
+-- PostgreSQL, whose planner then sees how many there are. A debounce or a batch closes as
+-- its run starts. Two statements on SQLite.
 UPDATE queue SET lease_owner = :owner, lease_expires_at = :until, nudged = 0
 WHERE run_id IN (SELECT value FROM json_each(:ids));
+DELETE FROM pending_groups WHERE run_id IN (SELECT value FROM json_each(:ids));
 
 -- name: take @postgres
+WITH closed AS (DELETE FROM pending_groups WHERE run_id = ANY (CAST(:ids AS text[])))
 UPDATE queue SET lease_owner = :owner, lease_expires_at = :until, nudged = 0
 WHERE run_id = ANY (CAST(:ids AS text[]));
 
--- name: mark_started
--- The runs of :ids start executing: status running; those starting for the first time get
--- started_at and answer their functions (for runs-started counts). Two statements on SQLite.
+-- name: start_runs
+-- The runs of :ids start executing: status running, and started_at on a first start.
+-- Answers each run as it is then (what executing it needs) and whether this is its first
+-- start (for runs-started counts). Three statements on SQLite, where nothing else writes
+-- meanwhile: the first reads what the other two make of each run.
+SELECT id, app_id, function_id, event_id,
+       CASE WHEN status IN ({unfinished_runs}) THEN 'running' ELSE status END AS status,
+       output, error, attempts, retry, origin_run_id, parent_run_id, parent_step_id,
+       rerun_of, created_at, COALESCE(started_at, :now) AS started_at, ended_at,
+       started_at IS NULL AS first_start
+FROM runs WHERE id IN (SELECT value FROM json_each(:ids));
 UPDATE runs SET started_at = :now
-WHERE id IN (SELECT value FROM json_each(:ids)) AND started_at IS NULL
-RETURNING function_id;
+WHERE id IN (SELECT value FROM json_each(:ids)) AND started_at IS NULL;
 UPDATE runs SET status = 'running'
 WHERE id IN (SELECT value FROM json_each(:ids))
   AND status IN ({unfinished_runs});
 
--- name: mark_started @postgres
+-- name: start_runs @postgres
 -- One statement, so each run gets one new row version, not two (`before` is the row as it
 -- was: its started_at tells a first start).
 UPDATE runs SET started_at = COALESCE(runs.started_at, :now),
@@ -102,13 +129,10 @@ UPDATE runs SET started_at = COALESCE(runs.started_at, :now),
 FROM runs before
 WHERE runs.id = ANY (CAST(:ids AS text[]))
   AND before.id = runs.id
-RETURNING CASE WHEN before.started_at IS NULL THEN runs.function_id END AS function_id;
-
--- name: close_groups_of_runs
-DELETE FROM pending_groups WHERE run_id IN (SELECT value FROM json_each(:ids));
-
--- name: close_groups_of_runs @postgres
-DELETE FROM pending_groups WHERE run_id = ANY (CAST(:ids AS text[]));
+RETURNING runs.id, runs.app_id, runs.function_id, runs.event_id, runs.status, runs.output,
+          runs.error, runs.attempts, runs.retry, runs.origin_run_id, runs.parent_run_id,
+          runs.parent_step_id, runs.rerun_of, runs.created_at, runs.started_at,
+          runs.ended_at, before.started_at IS NULL AS first_start;
 
 -- name: run_keys
 SELECT key, lim FROM queue_keys WHERE run_id = :run_id;
@@ -170,6 +194,17 @@ ON CONFLICT (run_id, id) DO UPDATE SET
     error = excluded.error, ended_at = excluded.ended_at
 WHERE steps.status NOT IN ({final_steps}) AND steps.attempts < excluded.attempts;
 
+-- name: save_step_answering
+-- save_step answering a row when it stored the step (for a caller that sends it together with
+-- other statements, where no row count comes back).
+INSERT INTO steps (run_id, id, seq, status, attempts, output, error, started_at, ended_at, name)
+VALUES (:run_id, :id, :seq, :status, :attempts, :output, :error, :started_at, :ended_at, :name)
+ON CONFLICT (run_id, id) DO UPDATE SET
+    status = excluded.status, attempts = excluded.attempts, output = excluded.output,
+    error = excluded.error, ended_at = excluded.ended_at
+WHERE steps.status NOT IN ({final_steps}) AND steps.attempts < excluded.attempts
+RETURNING 1 AS saved;
+
 -- name: guarded_save_step
 -- A completed step of a run `owner` still leases, stored in one statement (a step's whole write
 -- path: fencing and storing); no row when it was not stored (the lease is lost, the run
@@ -215,29 +250,26 @@ FROM steps WHERE run_id = :run_id AND id = :id;
 -- name: pending_steps
 SELECT status, ended_at FROM steps WHERE run_id = :run_id AND status IN ({pending_steps});
 
--- name: runs_of_ids
--- What executing the just-leased runs of :ids needs (`runs.states`), read in the lease's
--- transaction: the runs, their events, their stored steps and a batch's events.
-SELECT id, app_id, function_id, event_id, status, output, error, attempts, retry,
-       origin_run_id, parent_run_id, parent_step_id, rerun_of, created_at, started_at, ended_at,
-       (SELECT lease_owner FROM queue WHERE queue.run_id = runs.id) AS lease_owner
-FROM runs WHERE id IN (SELECT value FROM json_each(:ids));
-
--- name: runs_of_ids @postgres
-SELECT id, app_id, function_id, event_id, status, output, error, attempts, retry,
-       origin_run_id, parent_run_id, parent_step_id, rerun_of, created_at, started_at, ended_at,
-       (SELECT lease_owner FROM queue WHERE queue.run_id = runs.id) AS lease_owner
-FROM runs WHERE id = ANY (CAST(:ids AS text[]));
-
 -- name: events_of_runs
-SELECT r.id AS run_id, e.id, e.name, e.data, e.ts, e.received_at, e.trace
+-- What executing the just-leased runs of :ids needs besides the runs (`runs.states`), read in
+-- the lease's transaction: their events (position NULL) and a batch's events (position 0,
+-- 1, ...), and their stored steps.
+SELECT r.id AS run_id, NULL AS position, e.id, e.name, e.data, e.ts, e.received_at, e.trace
 FROM runs r JOIN events e ON e.id = r.event_id
-WHERE r.id IN (SELECT value FROM json_each(:ids));
+WHERE r.id IN (SELECT value FROM json_each(:ids))
+UNION ALL
+SELECT b.run_id, b.position, e.id, e.name, e.data, e.ts, e.received_at, e.trace
+FROM run_events b JOIN events e ON e.id = b.event_id
+WHERE b.run_id IN (SELECT value FROM json_each(:ids));
 
 -- name: events_of_runs @postgres
-SELECT r.id AS run_id, e.id, e.name, e.data, e.ts, e.received_at, e.trace
+SELECT r.id AS run_id, NULL AS position, e.id, e.name, e.data, e.ts, e.received_at, e.trace
 FROM runs r JOIN events e ON e.id = r.event_id
-WHERE r.id = ANY (CAST(:ids AS text[]));
+WHERE r.id = ANY (CAST(:ids AS text[]))
+UNION ALL
+SELECT b.run_id, b.position, e.id, e.name, e.data, e.ts, e.received_at, e.trace
+FROM run_events b JOIN events e ON e.id = b.event_id
+WHERE b.run_id = ANY (CAST(:ids AS text[]));
 
 -- name: steps_of_runs
 SELECT run_id, id, seq, status, attempts, output, error, started_at, ended_at, name
@@ -247,15 +279,6 @@ FROM steps WHERE run_id IN (SELECT value FROM json_each(:ids)) ORDER BY run_id, 
 SELECT run_id, id, seq, status, attempts, output, error, started_at, ended_at, name
 FROM steps WHERE run_id = ANY (CAST(:ids AS text[]))
 ORDER BY run_id, seq;
-
--- name: batch_events_of_runs
-SELECT r.run_id, e.id, e.name, e.data, e.ts FROM run_events r JOIN events e ON e.id = r.event_id
-WHERE r.run_id IN (SELECT value FROM json_each(:ids)) ORDER BY r.run_id, r.position;
-
--- name: batch_events_of_runs @postgres
-SELECT r.run_id, e.id, e.name, e.data, e.ts FROM run_events r JOIN events e ON e.id = r.event_id
-WHERE r.run_id = ANY (CAST(:ids AS text[]))
-ORDER BY r.run_id, r.position;
 
 -- name: due_timed_steps
 -- Sleeps, waits and invokes of just-leased runs whose time has come.
@@ -315,21 +338,32 @@ RETURNING id, app_id, function_id, event_id, status, output, error, attempts, re
 
 -- name: finish_cleanup
 -- A finished run: drop everything that could still schedule it. `keys`: the concurrency
--- keys it held (other runs may wait for its slot). Several statements: SQLite runs them in
--- order and answers the first one's rows.
+-- keys it held (other runs may wait for its slot). It follows finish_run in one round trip, so
+-- it acts only when the run did finish (is no longer unfinished): a fenced finish refused for
+-- a lost lease leaves the new holder's queue row alone. Several statements: SQLite runs them
+-- in order and answers the first one's rows.
 SELECT count(*) AS keys FROM queue_keys WHERE run_id = :run_id;
-DELETE FROM queue WHERE run_id = :run_id;
-DELETE FROM queue_keys WHERE run_id = :run_id;
-DELETE FROM waits WHERE run_id = :run_id;
-DELETE FROM deadlines WHERE run_id = :run_id;
-DELETE FROM pending_groups WHERE run_id = :run_id;
+DELETE FROM queue WHERE run_id = :run_id
+  AND (SELECT status FROM runs WHERE id = :run_id) NOT IN ({unfinished_runs});
+DELETE FROM queue_keys WHERE run_id = :run_id
+  AND (SELECT status FROM runs WHERE id = :run_id) NOT IN ({unfinished_runs});
+DELETE FROM waits WHERE run_id = :run_id
+  AND (SELECT status FROM runs WHERE id = :run_id) NOT IN ({unfinished_runs});
+DELETE FROM deadlines WHERE run_id = :run_id
+  AND (SELECT status FROM runs WHERE id = :run_id) NOT IN ({unfinished_runs});
+DELETE FROM pending_groups WHERE run_id = :run_id
+  AND (SELECT status FROM runs WHERE id = :run_id) NOT IN ({unfinished_runs});
 
 -- name: finish_cleanup @postgres
-WITH queue_row AS (DELETE FROM queue WHERE run_id = :run_id),
-     keys AS (DELETE FROM queue_keys WHERE run_id = :run_id RETURNING 1),
-     run_waits AS (DELETE FROM waits WHERE run_id = :run_id),
-     run_deadlines AS (DELETE FROM deadlines WHERE run_id = :run_id),
-     run_groups AS (DELETE FROM pending_groups WHERE run_id = :run_id)
+WITH finished AS (SELECT 1 FROM runs WHERE id = :run_id AND status NOT IN ({unfinished_runs})),
+     queue_row AS (DELETE FROM queue WHERE run_id = :run_id AND EXISTS (SELECT FROM finished)),
+     keys AS (DELETE FROM queue_keys WHERE run_id = :run_id AND EXISTS (SELECT FROM finished)
+              RETURNING 1),
+     run_waits AS (DELETE FROM waits WHERE run_id = :run_id AND EXISTS (SELECT FROM finished)),
+     run_deadlines AS (DELETE FROM deadlines
+                       WHERE run_id = :run_id AND EXISTS (SELECT FROM finished)),
+     run_groups AS (DELETE FROM pending_groups
+                    WHERE run_id = :run_id AND EXISTS (SELECT FROM finished))
 SELECT (SELECT count(*) FROM keys) AS keys;
 
 -- name: replay_run
