@@ -100,6 +100,7 @@ class AsyncStep:
         A sync `fn` runs on the worker's event loop: keep it short or make it async.
         """
         sid, retries, returns = _split(step_id)
+        await self._ex.saved()  # the step before is stored before this one starts
         call, stored = self._ex.start_step(sid, retries, fn, returns)
         if call is None:
             return stored

@@ -154,6 +154,9 @@ class Execution:
         self.lease_margin = 0.0
         #: ctx.logger lines not yet reported (they go with the next outcome).
         self.log_lines: list[LogLine] = []
+        #: A completed step not stored yet (`end_step`), and its write when under way.
+        self.unsaved: StepCompleted | None = None
+        self._saving: asyncio.Task[None] | None = None
         #: Where sync code runs (the worker swaps pools when one is frozen).
         self.threads = env.threads
         self.event_json: dict[str, Any] | None = None
@@ -177,13 +180,57 @@ class Execution:
         """From a sync function's thread, run a coroutine on the worker's loop and wait."""
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result()  # type: ignore[arg-type]
 
-    def report(self, outcome: Outcome) -> Awaitable[Applied]:
-        """Report a finished step now; the code goes on with what the engine stored."""
+    async def report(self, outcome: Outcome) -> Applied:
+        """Report a finished step now (after the one not stored yet); the code goes on with
+        what the engine stored."""
+        await self.saved()
+        return await self._apply(outcome)
+
+    def _apply(self, outcome: Outcome) -> Awaitable[Applied]:
         if self.fenced:
             raise Abandoned(self.run_id)
         return self.env.engine.apply(self.run_id, self.env.owner,
                                      [*self.take_log(), outcome] if self.log_lines else [outcome],
                                      last=False, inline=self.env.inline())
+
+    # --- write-behind of a completed step ---------------------------------------------------
+    # An async body's completed step is stored before the next step starts, at the next
+    # outcome, or with the run's end, whichever comes first; and in the background as soon as
+    # the code awaits anything else. A run whose last step is followed by its end stores both
+    # in one transaction instead of two. A crash before it is stored runs the step again, as a
+    # crash during the step would; no later step starts before it is stored.
+
+    def _may_defer(self) -> bool:
+        return self.function.is_async and self._parallel == 0 and not self.stopping
+
+    def _save_soon(self) -> None:
+        """The code awaited something (the loop got a turn): store the step now."""
+        if self.unsaved is not None and self._saving is None:
+            task = self._saving = self.loop.create_task(self._save())
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())  # seen by `saved`
+
+    async def _save(self) -> None:
+        outcome, self.unsaved = self.unsaved, None
+        if outcome is None:
+            return
+        applied = await self._apply(outcome)
+        if applied.outputs.get(outcome.step_id) != outcome.output:
+            # Stored first by another execution: what this one did since used another result.
+            raise LeaseLost(f"run {self.run_id}: step {outcome.step_id!r} was stored by "
+                            "another execution")
+
+    async def saved(self) -> None:
+        """Return once the completed step not stored yet (if any) is stored."""
+        task = self._saving
+        if task is None:
+            if self.unsaved is None:
+                return
+            task = self._saving = self.loop.create_task(self._save())
+        try:
+            await task
+        finally:
+            if self._saving is task:
+                self._saving = None
 
     def keep_log(self, level: int, message: str) -> None:
         """A ctx.logger line (not called while replaying: each line is kept once)."""
@@ -300,6 +347,14 @@ class Execution:
                 else None, retries=call.retries)
         if call.span is not None:
             tracing.end(call.span, exc)
+        if isinstance(outcome, StepCompleted) and self._may_defer():
+            await self.saved()  # one step at a time (a step that started before it stored)
+            self.unsaved = outcome
+            self.loop.call_soon(self._save_soon)
+            self.ctx.attempt = 0
+            self.env.metrics.step_finished(self.function.id, StepStatus.completed, call.started,
+                                           now)
+            return results.rebuild(loads(outcome.output), call.kind, call.sid)
         applied = await self.report(outcome)
         self.ctx.attempt = 0
         if call.sid in applied.outputs:
@@ -409,6 +464,7 @@ class Execution:
 
     async def parallel(self, branches: list[Awaitable[Any]]) -> list[Any]:
         """Run branches together; park or fail only once every branch has settled."""
+        await self.saved()
         self._parallel += 1
         try:
             results = await asyncio.gather(*branches, return_exceptions=True)
@@ -519,6 +575,12 @@ class Execution:
 
     async def _end(self, outcomes: list[Outcome]) -> None:
         await self._settled.wait()  # let steps already running report first
+        if self.unsaved is not None and self._saving is None and \
+                [type(o) for o in outcomes] == [RunCompleted]:
+            outcomes = [self.unsaved, *outcomes]  # stored with the run's end, or neither is
+            self.unsaved = None
+        else:
+            await self.saved()
         if self.fenced:
             raise Abandoned(self.run_id)
         applied = await self.env.engine.apply(self.run_id, self.env.owner,

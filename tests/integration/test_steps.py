@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import decimal
 import enum
@@ -464,3 +465,75 @@ async def test_a_step_can_have_its_own_retry_count(db: str) -> None:
     assert calls == {"patient": 5, "strict": 1}
     with pytest.raises(stepwise.errors.DefinitionError, match="retries"):
         stepwise.StepOptions("x", retries=-1)
+
+
+async def _until(check: Any, timeout: float = 10.0) -> Any:
+    """Poll `check()` (a coroutine function) until it answers something true."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not (found := await check()):
+        if loop.time() > deadline:
+            raise AssertionError("not reached in time")
+        await asyncio.sleep(0.01)
+    return found
+
+
+async def test_a_step_is_stored_once_the_code_awaits_and_before_the_next_step_starts(
+        db: str) -> None:
+    app = stepwise.App("t")
+    proceed = asyncio.Event()
+    stored_before_b: list[list[str]] = []
+
+    async def stored(h: Harness, run_id: str) -> list[str]:
+        return [s["id"] for s in (await h.run(run_id))["steps"] if s["status"] == "completed"]
+
+    @app.function(id="f", trigger=stepwise.on_event("go"))
+    async def f(ctx: stepwise.Context) -> int:
+        await ctx.step.run("a", lambda: 1)
+        await proceed.wait()  # code that awaits something else: step a is stored meanwhile
+
+        async def b() -> int:
+            stored_before_b.append(await stored(h, ctx.run_id))
+            return 2
+        return int(await ctx.step.run("b", b)) + 1
+
+    async with Harness(app, db) as h:
+        event_id = await h.send("go")
+        runs = await _until(lambda: h.runs(event_id=event_id, function="f"))
+        assert await _until(lambda: stored(h, runs[0]["id"])) == ["a"]
+        assert (await h.run(runs[0]["id"]))["status"] == "running"
+        proceed.set()
+        await h.settle()
+        run = await h.run(runs[0]["id"])
+    assert stored_before_b == [["a"]]
+    assert run["status"] == "completed" and run["output"] == 3
+    assert [(s["id"], s["output"]) for s in run["steps"]] == [("a", 1), ("b", 2)]
+
+
+async def test_a_last_step_is_stored_with_the_run_end(db: str) -> None:
+    app = stepwise.App("t")
+    calls: Counter[str] = Counter()
+
+    def work() -> dict[str, int]:
+        calls["work"] += 1
+        return {"n": 1}
+
+    @app.function(id="job", trigger=stepwise.on_event("go"))
+    async def job(ctx: stepwise.Context) -> dict[str, int]:
+        return dict(await ctx.step.run("work", work))
+
+    async with Harness(app, db) as h:
+        applied: list[list[str]] = []
+        apply = h.engine.apply
+
+        async def spy(run_id: str, owner: str, outcomes: list[Any], **kw: Any) -> Any:
+            applied.append([type(o).__name__ for o in outcomes])
+            return await apply(run_id, owner, outcomes, **kw)
+        h.engine.apply = spy  # type: ignore[method-assign]
+        event_id = await h.send("go")
+        await h.settle()
+        run = await h.run_for(event_id, "job")
+    assert calls["work"] == 1
+    assert run["status"] == "completed" and run["output"] == {"n": 1}
+    assert [(s["id"], s["output"]) for s in run["steps"]] == [("work", {"n": 1})]
+    assert applied == [["StepCompleted", "RunCompleted"]]  # one transaction, not two
