@@ -74,8 +74,11 @@ def lease(tx: Tx, app_id: str, functions: list[str], owner: str, now: int, until
         # and invokes whose time came (`with_state` finds those among the steps).
         reads = [(query, ids) for query in runs.STATE_READS] if with_state else [
             ("due_timed_steps", {**ids, "now": now})]
-        _, started, *read = tx.each([("take", {**ids, "owner": owner, "until": until}),
-                                     ("start_runs", {**ids, "now": now}), *reads])
+        # The take commits with them: what follows (settling due steps, reading the origin
+        # of an on_failure run) only concerns runs leased to `owner` by then.
+        _, started, *read = tx.commit_with([
+            ("take", {**ids, "owner": owner, "until": until}),
+            ("start_runs", {**ids, "now": now}), *reads])
         first_starts = [r["function_id"] for r in started if r["first_start"]]
         if with_state:
             events, steps = read

@@ -47,6 +47,13 @@ class Tx(Protocol):
         each one's rows (none for a write without RETURNING); PostgreSQL sends them in one
         round trip."""
         ...
+    def commit_with(self, calls: list[tuple[str, dict[str, Any]]]
+                    ) -> list[list[dict[str, Any]]]:
+        """`each`, and commit what the transaction wrote so far with them (PostgreSQL: in the
+        same round trip). Whatever the operation runs next is a transaction of its own. For
+        an operation whose last statements are known before their answers: one round trip
+        fewer. SQLite keeps the whole operation one transaction."""
+        ...
     def text(self, query: str, /) -> str:
         """The SQL of a named query or fragment, in this backend's dialect (to compose)."""
         ...

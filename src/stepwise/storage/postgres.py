@@ -39,10 +39,12 @@ class _Tx:
     writes (`defer`) waiting to go out with the next statement or the COMMIT."""
 
     def __init__(self, conn: psycopg.Connection[dict[str, Any]], sql: dict[str, str],
-                 prelude: tuple[str, ...] = ()) -> None:
+                 prelude: tuple[str, ...] = (), notify: str | None = None) -> None:
         self.conn = conn
         self.sql = sql
-        self.woke = False
+        self.notify = notify  # the NOTIFY that wakes every process's workers
+        self.woke = False  # the open transaction made work due
+        self.woke_before = False  # an earlier transaction of the operation did (commit_with)
         self.prelude = prelude
         self.began = False  # the prelude was sent: there is a transaction to end
         self.deferred: list[tuple[str, dict[str, Any]]] = []
@@ -88,14 +90,28 @@ class _Tx:
     def raw_all(self, sql: str, params: dict[str, Any]) -> list[dict[str, Any]]:
         return self._execute(queries.to_pyformat(sql), params).fetchall()
 
-    def each(self, calls: list[tuple[str, dict[str, Any]]]) -> list[list[dict[str, Any]]]:
-        """Independent statements in one round trip (psycopg's pipeline mode)."""
+    def each(self, calls: list[tuple[str, dict[str, Any]]],
+             closing: tuple[str, ...] = ()) -> list[list[dict[str, Any]]]:
+        """Independent statements in one round trip (psycopg's pipeline mode), and then the
+        `closing` ones."""
         with self.conn.pipeline():
             self._open()
             cursors = [self.conn.cursor() for _ in calls]
             for cursor, (query, params) in zip(cursors, calls, strict=True):
                 cursor.execute(self.sql[query], params)
+            for statement in closing:
+                self.conn.execute(statement)
         return [cursor.fetchall() if cursor.description else [] for cursor in cursors]
+
+    def commit_with(self, calls: list[tuple[str, dict[str, Any]]]
+                    ) -> list[list[dict[str, Any]]]:
+        if not self.prelude:  # no transaction (autocommit): each statement commits itself
+            return self.each(calls)
+        notify = (self.notify,) if self.woke and self.notify else ()
+        rows = self.each(calls, (*notify, "COMMIT"))
+        self.began = False  # a statement after this opens a new transaction
+        self.woke_before, self.woke = self.woke_before or self.woke, False
+        return rows
 
     @property
     def pending(self) -> bool:
@@ -196,8 +212,9 @@ class PostgresStorage(Storage):
                      write: bool) -> T:
         assert self.pool is not None
         with self.pool.connection() as conn:
-            tx = _Tx(conn, self.sql, _BEGIN if durable else _BEGIN_NOT_DURABLE)
             notify = [f"NOTIFY {self._channel}"] if write else []  # delivered on commit
+            tx = _Tx(conn, self.sql, _BEGIN if durable else _BEGIN_NOT_DURABLE,
+                     notify[0] if notify else None)
             try:
                 result = op(tx, *args)
                 if tx.pending:
@@ -209,7 +226,7 @@ class PostgresStorage(Storage):
                     with contextlib.suppress(psycopg.Error):
                         conn.execute("ROLLBACK")
                 raise
-            if write and tx.woke:
+            if write and (tx.woke or tx.woke_before):
                 self.notify_new_work()  # this process's workers need not wait for the NOTIFY
             return result
 

@@ -82,6 +82,10 @@ class _Tx:
     def each(self, calls: list[tuple[str, dict[str, Any]]]) -> list[list[dict[str, Any]]]:
         return [self._rows(query, params) for query, params in calls]
 
+    def commit_with(self, calls: list[tuple[str, dict[str, Any]]]
+                    ) -> list[list[dict[str, Any]]]:
+        return self.each(calls)  # no round trips to save: the operation stays one transaction
+
     def _rows(self, query: str, params: dict[str, Any]) -> list[dict[str, Any]]:
         """A named query's rows; a query of several statements (one PostgreSQL statement of
         data-modifying CTEs, spelled out for SQLite) runs them in order and answers the

@@ -1,0 +1,64 @@
+"""What the transaction helpers of `storage` promise the engine: deferred writes go out with
+the next statement or the commit, and `commit_with` ends the transaction it closes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from stepwise.storage import Tx, open_storage
+
+
+def event(event_id: str) -> dict[str, Any]:
+    return {"id": event_id, "name": "n", "data": "{}", "ts": 1, "now": 1, "trace": None}
+
+
+async def stored_ids(db: str) -> list[str]:
+    storage = open_storage(db)
+    await storage.open()
+    try:
+        return await storage.read(lambda tx: [r["id"] for r in tx.raw_all(
+            "SELECT id FROM events ORDER BY id", {})])
+    finally:
+        await storage.close()
+
+
+async def test_a_deferred_write_is_seen_by_the_next_statement_and_rolled_back_with_it(
+        db: str) -> None:
+    storage = open_storage(db)
+    await storage.open()
+    try:
+        def op(tx: Tx) -> int:
+            tx.defer("insert_event", **event("a"))
+            seen = len(tx.raw_all("SELECT id FROM events", {}))
+            tx.defer("insert_event", **event("b"))
+            raise RuntimeError(f"saw {seen}")
+        with pytest.raises(RuntimeError, match="saw 1"):
+            await storage.write(op)
+
+        def commit_deferred(tx: Tx) -> None:
+            tx.defer("insert_event", **event("c"))  # nothing else: it goes with the COMMIT
+        await storage.write(commit_deferred)
+    finally:
+        await storage.close()
+    assert await stored_ids(db) == ["c"]
+
+
+async def test_commit_with_ends_the_transaction_on_postgresql_and_not_on_sqlite(
+        db: str) -> None:
+    storage = open_storage(db)
+    await storage.open()
+    try:
+        def op(tx: Tx) -> None:
+            tx.defer("insert_event", **event("a"))
+            (answered,) = tx.commit_with([("insert_event", event("b"))])
+            assert answered == [{"id": "b"}]
+            tx.exec("insert_event", **event("c"))  # a transaction of its own (PostgreSQL)
+            raise RuntimeError("after the commit")
+        with pytest.raises(RuntimeError):
+            await storage.write(op)
+    finally:
+        await storage.close()
+    kept = ["a", "b"] if db.startswith("postgresql") else []
+    assert await stored_ids(db) == kept
