@@ -43,12 +43,12 @@ WHERE t.event_name = ANY (CAST(:names AS text[]));
 
 -- name: names_waited
 -- Which of the event names :names some run waits for.
-SELECT value AS name FROM json_each(:names)
-WHERE EXISTS (SELECT 1 FROM waits WHERE event_name = value);
+SELECT n.value AS name FROM json_each(:names) AS n
+WHERE EXISTS (SELECT 1 FROM waits w WHERE w.event_name = n.value);
 
 -- name: names_waited @postgres
-SELECT name FROM unnest(CAST(:names AS text[])) AS name
-WHERE EXISTS (SELECT 1 FROM waits WHERE event_name = name);
+SELECT n.name FROM unnest(CAST(:names AS text[])) AS n(name)
+WHERE EXISTS (SELECT 1 FROM waits w WHERE w.event_name = n.name);
 
 -- name: insert_run
 INSERT INTO runs (id, app_id, function_id, event_id, status, origin_run_id, parent_run_id,
