@@ -141,7 +141,7 @@ class _Batch:
     def stored_final(self, row: dict[str, object]) -> StepRow | None:
         """Store a completed or failed-for-good step; None when this call stored it, else the
         row stored first (a completed step is never overwritten)."""
-        if self.tx.exec("save_step", run_id=self.run_id, **row):
+        if self.tx.one("save_step", run_id=self.run_id, **row) is not None:
             self.set_retry(0)  # the step moved on: a later failure starts counting afresh
             return None
         return _stored(self.tx, self.run_id, str(row["id"]))
@@ -196,7 +196,7 @@ def _complete(tx: Tx, run_id: str, owner: str, outcomes: list[Outcome], now: int
     saves: list[tuple[str, dict[str, Any]]] = []
     for outcome in outcomes[:-1]:
         if isinstance(outcome, StepCompleted):
-            saves.append(("save_step_answering", _completed_row(run_id, outcome)))
+            saves.append(("save_step", _completed_row(run_id, outcome)))
             applied.outputs[outcome.step_id] = outcome.output
         elif isinstance(outcome, Logged):
             _keep_log(tx, run_id, outcome.lines)
@@ -233,7 +233,7 @@ def _completed_row(run_id: str, done: StepCompleted) -> dict[str, Any]:
 
 def _save_completed(tx: Tx, run_id: str, done: StepCompleted) -> bool:
     """Store a completed step unless a final result is stored already."""
-    return bool(tx.exec("save_step", **_completed_row(run_id, done)))
+    return tx.one("save_step", **_completed_row(run_id, done)) is not None
 
 
 def apply_completed_step(tx: Tx, run_id: str, owner: str, done: StepCompleted) -> Applied:
@@ -341,8 +341,8 @@ def _step_failed(b: _Batch, failed: StepFailed) -> None:
         b.applied.failed[failed.step_id] = failed.error
     else:
         retry_at = b.now + delay
-        if not b.tx.exec("save_step", run_id=b.run_id, **row, status=StepStatus.retrying,
-                         ended_at=retry_at):
+        if b.tx.one("save_step", run_id=b.run_id, **row, status=StepStatus.retrying,
+                    ended_at=retry_at) is None:
             b.report_stored(_stored(b.tx, b.run_id, failed.step_id))
             return
         b.applied.retry_at[failed.step_id] = retry_at

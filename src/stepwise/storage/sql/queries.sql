@@ -187,16 +187,8 @@ FROM steps WHERE run_id = :run_id ORDER BY seq;
 
 -- name: save_step
 -- A completed or failed step is never overwritten, and an attempt reported twice is stored once.
-INSERT INTO steps (run_id, id, seq, status, attempts, output, error, started_at, ended_at, name)
-VALUES (:run_id, :id, :seq, :status, :attempts, :output, :error, :started_at, :ended_at, :name)
-ON CONFLICT (run_id, id) DO UPDATE SET
-    status = excluded.status, attempts = excluded.attempts, output = excluded.output,
-    error = excluded.error, ended_at = excluded.ended_at
-WHERE steps.status NOT IN ({final_steps}) AND steps.attempts < excluded.attempts;
-
--- name: save_step_answering
--- save_step answering a row when it stored the step (for a caller that sends it together with
--- other statements, where no row count comes back).
+-- Answers a row when it stored the step (also when sent with other statements, where no row
+-- count comes back).
 INSERT INTO steps (run_id, id, seq, status, attempts, output, error, started_at, ended_at, name)
 VALUES (:run_id, :id, :seq, :status, :attempts, :output, :error, :started_at, :ended_at, :name)
 ON CONFLICT (run_id, id) DO UPDATE SET
