@@ -3,6 +3,7 @@ the next statement or the commit, and `commit_with` ends the transaction it clos
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -62,3 +63,28 @@ async def test_commit_with_ends_the_transaction_on_postgresql_and_not_on_sqlite(
         await storage.close()
     kept = ["a", "b"] if db.startswith("postgresql") else []
     assert await stored_ids(db) == kept
+
+
+async def test_statements_written_together_each_get_their_answer_and_a_bad_one_fails_alone(
+        db: str) -> None:
+    storage = open_storage(db)
+    await storage.open()
+    try:
+        answers = await asyncio.gather(
+            *(storage.write_statement("insert_event", event(f"e{i:02}")) for i in range(20)))
+        grouped = getattr(storage, "grouped_commits", None)
+        answers += await asyncio.gather(
+            *(storage.write_statement("insert_event", event(f"f{i:02}")) for i in range(5)),
+            storage.write_statement("insert_event", {**event("bad"), "name": None}),
+            storage.write_statement("insert_event", event("e00")),  # a resend: stores nothing
+            return_exceptions=True)
+    finally:
+        await storage.close()
+    assert answers[:25] == [{"id": f"{c}{i:02}"} for c, n in (("e", 20), ("f", 5))
+                            for i in range(n)]
+    assert isinstance(answers[25], Exception) and "name" in str(answers[25])
+    assert answers[26] is None
+    assert await stored_ids(db) == [f"{c}{i:02}" for c, n in (("e", 20), ("f", 5))
+                                    for i in range(n)]
+    if db.startswith("postgresql"):  # those that waited went together: fewer commits
+        assert grouped is not None and grouped >= 1

@@ -110,11 +110,21 @@ class Engine:
         """Apply an executor's outcomes in one transaction (see `runs.apply`). Not a coroutine
         function of its own: this is every step's path, one frame fewer."""
         if not last and len(outcomes) == 1 and type(outcomes[0]) is StepCompleted:
-            # A step's result mid-execution: its writes are one statement.
-            return self.storage.write(runs.apply_completed_step, run_id, owner, outcomes[0],
-                                      inline=inline, one_statement=True)
+            return self._save_step(run_id, owner, outcomes[0], inline)
         return self.storage.write(runs.apply, run_id, owner, outcomes, self.clock.now_ms(), last,
                                   inline=inline)
+
+    async def _save_step(self, run_id: str, owner: str, done: StepCompleted,
+                         inline: bool) -> Applied:
+        """A step's result mid-execution: one fenced statement; only when it stores nothing
+        is there a read of why."""
+        row = await self.storage.write_statement(
+            "guarded_save_step", runs.guarded_step(run_id, owner, done), inline=inline)
+        if row is None:
+            return await self.storage.read(runs.why_not_stored, run_id, owner, done.step_id)
+        applied = Applied()
+        applied.outputs[done.step_id] = done.output
+        return applied
 
     async def release(self, run_id: str, owner: str, delay_ms: int) -> None:
         await self.storage.write(lifecycle.release, run_id, owner,

@@ -236,21 +236,18 @@ def _save_completed(tx: Tx, run_id: str, done: StepCompleted) -> bool:
     return tx.one("save_step", **_completed_row(run_id, done)) is not None
 
 
-def apply_completed_step(tx: Tx, run_id: str, owner: str, done: StepCompleted) -> Applied:
-    """`apply` for one completed step mid-execution, every step's path: fenced and stored in
-    one statement (`guarded_save_step`); only when that stores nothing does it read why."""
-    row = tx.one("guarded_save_step", run_id=run_id, owner=owner, id=done.step_id,
-                 seq=done.seq, status=_COMPLETED, attempts=done.attempt + 1,
-                 output=done.output, error=None, started_at=done.started_at,
-                 ended_at=done.ended_at, name=done.name)
-    applied = Applied()
-    if row is not None:
-        if row["retry"]:
-            tx.exec("set_retry", run_id=run_id, retry=0)
-        applied.outputs[done.step_id] = done.output
-        return applied
+def guarded_step(run_id: str, owner: str, done: StepCompleted) -> dict[str, Any]:
+    """The parameters of `guarded_save_step`, a completed step's whole write mid-execution
+    (every step's path: one statement, fenced; `Storage.write_statement`)."""
+    return {**_completed_row(run_id, done), "owner": owner}
+
+
+def why_not_stored(tx: Tx, run_id: str, owner: str, step_id: str) -> Applied:
+    """After `guarded_save_step` stored nothing: raise if `owner` lost the run, else answer
+    what is stored (a result stored first stands)."""
     lifecycle.guard(tx, run_id, owner)  # raises LeaseLost or RunCancelled
-    _report_stored(applied, _stored(tx, run_id, done.step_id))
+    applied = Applied()
+    _report_stored(applied, _stored(tx, run_id, step_id))
     return applied
 
 

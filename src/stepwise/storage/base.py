@@ -24,6 +24,16 @@ def redact_url(url: str) -> str:
     return f"{scheme}://{user}:***@{host}" if ":" in credentials else f"{scheme}://{user}@{host}"
 
 
+def resolve_future(fut: asyncio.Future[Any], ok: bool, value: Any) -> None:
+    """Answer a caller waiting on another thread's work (unless it gave up waiting)."""
+    if fut.done():
+        return
+    if ok:
+        fut.set_result(value)
+    else:
+        fut.set_exception(value)
+
+
 class StorageUnavailable(Exception):
     """The database cannot be reached or cannot write now (down, locked, disk full). Callers
     answer 503 and try again later; nothing was written."""
@@ -90,6 +100,13 @@ class Storage(ABC):
         Backends may ignore both.
         """
 
+    async def write_statement(self, query: str, params: dict[str, Any], *,
+                              inline: bool = False) -> dict[str, Any] | None:
+        """Run one named statement that writes, committed durably on its own, and answer its
+        first row. PostgreSQL sends the ones that arrive together in one round trip and one
+        commit (every step's result takes this path)."""
+        return await self.write(_first_row, query, params, inline=inline, one_statement=True)
+
     @abstractmethod
     async def read(self, op: Callable[..., T], *args: Any, snapshot: bool = True) -> T:
         """Run `op(tx, *args)` against a consistent snapshot; without `snapshot`, each of its
@@ -121,6 +138,10 @@ class Storage(ABC):
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+
+def _first_row(tx: Tx, query: str, params: dict[str, Any]) -> dict[str, Any] | None:
+    return tx.one(query, **params)
 
 
 def open_storage(url: str | None = None) -> Storage:

@@ -22,7 +22,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from . import queries
-from .base import Storage, StorageUnavailable, redact_url
+from .base import Storage, StorageUnavailable, redact_url, resolve_future
 from .schema import apply_migrations
 
 T = TypeVar("T")
@@ -31,6 +31,12 @@ MIGRATION_LOCK = "stepwise.migrations"
 #: How long an operation waits for a pooled connection before reporting the database
 #: unavailable (an HTTP request then answers 503 instead of hanging).
 POOL_WAIT_S = 5.0
+#: Statements of `write_statement` sent in one round trip at most.
+GROUP_MAX = 64
+
+#: A statement of `write_statement` waiting to be sent: its SQL, parameters and answer.
+_Statement = tuple[str, dict[str, Any], asyncio.AbstractEventLoop,
+                   "asyncio.Future[dict[str, Any] | None]"]
 
 
 class _Tx:
@@ -141,6 +147,12 @@ class PostgresStorage(Storage):
         self._listener: threading.Thread | None = None
         self._stop = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Statements of `write_statement` waiting, and whether a thread of the executor is
+        # sending them (it takes what queued meanwhile before it stops).
+        self._waiting: list[_Statement] = []
+        self._sending = False
+        self._waiting_lock = threading.Lock()
+        self.grouped_commits = 0  # commits that carried more than one statement
 
     async def open(self) -> None:
         if self.pool is not None:
@@ -188,6 +200,81 @@ class PostgresStorage(Storage):
 
     async def read(self, op: Callable[..., T], *args: Any, snapshot: bool = True) -> T:
         return await self._run(op, args, True, False, one_statement=not snapshot)
+
+    # --- one-statement writes, sent together (every step's result) ------------------------
+    # Alone, such a statement commits itself in one round trip. Those that arrive while
+    # others are on their way wait, then go in one pipeline and one transaction: one round
+    # trip, one commit (a WAL flush) and one thread hop for them all instead of one each, as
+    # concurrent runs' steps usually do. Each answers once the transaction committed; when a
+    # statement fails the group rolls back and each is sent alone, so one bad write never
+    # takes the others with it.
+
+    async def write_statement(self, query: str, params: dict[str, Any], *,
+                              inline: bool = False) -> dict[str, Any] | None:
+        if self.pool is None or self._executor is None:
+            raise RuntimeError("storage is not open")
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[dict[str, Any] | None] = loop.create_future()
+        with self._waiting_lock:
+            self._waiting.append((self.sql[query], params, loop, fut))
+            start, self._sending = not self._sending, True
+        if start:
+            self._executor.submit(self._send_waiting)
+        try:
+            return await fut
+        except PoolTimeout:
+            raise StorageUnavailable(
+                f"no PostgreSQL connection within {POOL_WAIT_S:g} s (database down or "
+                "overloaded)") from None
+        except psycopg.OperationalError as exc:
+            if _connection_lost(exc):
+                raise StorageUnavailable(f"PostgreSQL unavailable: {exc}") from None
+            raise
+
+    def _send_waiting(self) -> None:
+        while True:
+            with self._waiting_lock:
+                group = self._waiting[:GROUP_MAX]
+                del self._waiting[:GROUP_MAX]
+                if not group:
+                    self._sending = False
+                    return
+            try:
+                answers = self._send(group)
+            except BaseException as exc:  # never leave a writer waiting for an answer
+                answers = [(False, exc)] * len(group)
+            for (_sql, _params, loop, fut), (ok, value) in zip(group, answers, strict=True):
+                if not loop.is_closed():
+                    loop.call_soon_threadsafe(resolve_future, fut, ok, value)
+
+    def _send(self, group: list[_Statement]) -> list[tuple[bool, Any]]:
+        assert self.pool is not None
+        with self.pool.connection() as conn:
+            if len(group) > 1:
+                cursors = [conn.cursor() for _ in group]
+                try:
+                    with conn.pipeline():
+                        conn.execute("BEGIN")
+                        for cursor, (sql, params, _loop, _fut) in zip(cursors, group,
+                                                                       strict=True):
+                            cursor.execute(sql, params)
+                        conn.execute("COMMIT")
+                    self.grouped_commits += 1
+                    return [(True, cursor.fetchone()) for cursor in cursors]
+                except psycopg.Error:
+                    if conn.closed:
+                        raise
+                    with contextlib.suppress(psycopg.Error):
+                        conn.execute("ROLLBACK")
+            answers: list[tuple[bool, Any]] = []
+            for sql, params, _loop, _fut in group:  # alone: each commits itself
+                try:
+                    answers.append((True, conn.execute(sql, params).fetchone()))
+                except psycopg.Error as exc:
+                    if conn.closed:
+                        raise
+                    answers.append((False, exc))
+            return answers
 
     async def _run(self, op: Callable[..., T], args: tuple[Any, ...], durable: bool,
                    write: bool, one_statement: bool = False) -> T:

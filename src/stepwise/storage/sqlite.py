@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from . import queries
-from .base import Storage, StorageUnavailable
+from .base import Storage, StorageUnavailable, resolve_future
 from .schema import apply_migrations
 
 T = TypeVar("T")
@@ -217,7 +217,7 @@ class SQLiteStorage(Storage):
                 results = self._run_batch([(op, args, durable)
                                            for op, args, durable, _, _ in batch])
             for (ok, value), (_op, _args, _d, loop, fut) in zip(results, batch, strict=True):
-                loop.call_soon_threadsafe(_resolve, fut, ok, value)
+                loop.call_soon_threadsafe(resolve_future, fut, ok, value)
             if stop:
                 return
 
@@ -270,15 +270,6 @@ def _unavailable(exc: sqlite3.OperationalError) -> bool:
     text = str(exc).lower()
     return any(word in text for word in ("locked", "busy", "disk", "full", "unable to open",
                                           "readonly"))
-
-
-def _resolve(fut: asyncio.Future[Any], ok: bool, value: Any) -> None:
-    if fut.done():
-        return
-    if ok:
-        fut.set_result(value)
-    else:
-        fut.set_exception(value)
 
 
 def migrate(conn: sqlite3.Connection) -> int:

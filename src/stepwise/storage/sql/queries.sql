@@ -198,9 +198,10 @@ WHERE steps.status NOT IN ({final_steps}) AND steps.attempts < excluded.attempts
 RETURNING 1 AS saved;
 
 -- name: guarded_save_step
--- A completed step of a run `owner` still leases, stored in one statement (a step's whole write
--- path: fencing and storing); no row when it was not stored (the lease is lost, the run
--- cancelled, or a final result was stored first), and the caller then finds out which.
+-- A completed step of a run `owner` still leases, stored with the run's retry count reset (a
+-- step's whole write path: fencing and storing); no row when it was not stored (the lease is
+-- lost, the run cancelled, or a final result was stored first), and the caller then finds out
+-- which. Two statements on SQLite: the reset follows when the step stands completed.
 INSERT INTO steps (run_id, id, seq, status, attempts, output, error, started_at, ended_at, name)
 SELECT :run_id, :id, :seq, :status, :attempts, :output, :error, :started_at, :ended_at, :name
 WHERE EXISTS (SELECT 1 FROM runs r JOIN queue q ON q.run_id = r.id
@@ -209,7 +210,12 @@ ON CONFLICT (run_id, id) DO UPDATE SET
     status = excluded.status, attempts = excluded.attempts, output = excluded.output,
     error = excluded.error, ended_at = excluded.ended_at
 WHERE steps.status NOT IN ({final_steps}) AND steps.attempts < excluded.attempts
-RETURNING 1 AS saved, (SELECT retry FROM runs WHERE id = :run_id) AS retry;
+RETURNING 1 AS saved;
+UPDATE runs SET retry = 0
+WHERE id = :run_id AND retry <> 0
+  AND EXISTS (SELECT 1 FROM queue q WHERE q.run_id = :run_id AND q.lease_owner = :owner)
+  AND EXISTS (SELECT 1 FROM steps s WHERE s.run_id = :run_id AND s.id = :id
+              AND s.status = :status AND s.attempts = :attempts);
 
 -- name: guarded_save_step @postgres
 -- The same, also resetting the run's retry count, so it is one round trip without BEGIN.
