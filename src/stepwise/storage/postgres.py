@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -220,16 +220,8 @@ class PostgresStorage(Storage):
             start, self._sending = not self._sending, True
         if start:
             self._executor.submit(self._send_waiting)
-        try:
+        with _unavailable_as_503():
             return await fut
-        except PoolTimeout:
-            raise StorageUnavailable(
-                f"no PostgreSQL connection within {POOL_WAIT_S:g} s (database down or "
-                "overloaded)") from None
-        except psycopg.OperationalError as exc:
-            if _connection_lost(exc):
-                raise StorageUnavailable(f"PostgreSQL unavailable: {exc}") from None
-            raise
 
     def _send_waiting(self) -> None:
         while True:
@@ -281,19 +273,11 @@ class PostgresStorage(Storage):
         if self.pool is None or self._executor is None:
             raise RuntimeError("storage is not open")
         loop = asyncio.get_running_loop()
-        try:
+        with _unavailable_as_503():
             if one_statement:
                 return await loop.run_in_executor(self._executor, self._autocommit, op, args)
             return await loop.run_in_executor(self._executor, self._transaction, op, args,
                                               durable, write)
-        except PoolTimeout:
-            raise StorageUnavailable(
-                f"no PostgreSQL connection within {POOL_WAIT_S:g} s (database down or "
-                "overloaded)") from None
-        except psycopg.OperationalError as exc:
-            if _connection_lost(exc):
-                raise StorageUnavailable(f"PostgreSQL unavailable: {exc}") from None
-            raise
 
     def _transaction(self, op: Callable[..., T], args: tuple[Any, ...], durable: bool,
                      write: bool) -> T:
@@ -387,6 +371,22 @@ def _configure(conn: psycopg.Connection[Any]) -> None:
     in `bench/peers.py`: every lease read all of runs, events, queue and steps (12M rows of
     runs read for 8,000 jobs). A statement with no usable index still scans."""
     conn.execute("SET enable_seqscan = off")
+
+
+@contextlib.contextmanager
+def _unavailable_as_503() -> Iterator[None]:
+    """No pooled connection in time, or a lost one: `StorageUnavailable` (callers answer 503
+    and try again later)."""
+    try:
+        yield
+    except PoolTimeout:
+        raise StorageUnavailable(
+            f"no PostgreSQL connection within {POOL_WAIT_S:g} s (database down or "
+            "overloaded)") from None
+    except psycopg.OperationalError as exc:
+        if _connection_lost(exc):
+            raise StorageUnavailable(f"PostgreSQL unavailable: {exc}") from None
+        raise
 
 
 def _connection_lost(exc: psycopg.OperationalError) -> bool:
