@@ -16,20 +16,14 @@ def event(event_id: str) -> dict[str, Any]:
 
 
 async def stored_ids(db: str) -> list[str]:
-    storage = open_storage(db)
-    await storage.open()
-    try:
+    async with open_storage(db) as storage:
         return await storage.read(lambda tx: [r["id"] for r in tx.raw_all(
             "SELECT id FROM events ORDER BY id", {})])
-    finally:
-        await storage.close()
 
 
 async def test_a_deferred_write_is_seen_by_the_next_statement_and_rolled_back_with_it(
         db: str) -> None:
-    storage = open_storage(db)
-    await storage.open()
-    try:
+    async with open_storage(db) as storage:
         def op(tx: Tx) -> int:
             tx.defer("insert_event", **event("a"))
             seen = len(tx.raw_all("SELECT id FROM events", {}))
@@ -41,16 +35,12 @@ async def test_a_deferred_write_is_seen_by_the_next_statement_and_rolled_back_wi
         def commit_deferred(tx: Tx) -> None:
             tx.defer("insert_event", **event("c"))  # nothing else: it goes with the COMMIT
         await storage.write(commit_deferred)
-    finally:
-        await storage.close()
     assert await stored_ids(db) == ["c"]
 
 
 async def test_commit_with_ends_the_transaction_on_postgresql_and_not_on_sqlite(
         db: str) -> None:
-    storage = open_storage(db)
-    await storage.open()
-    try:
+    async with open_storage(db) as storage:
         def op(tx: Tx) -> None:
             tx.defer("insert_event", **event("a"))
             (answered,) = tx.commit_with([("insert_event", event("b"))])
@@ -59,17 +49,13 @@ async def test_commit_with_ends_the_transaction_on_postgresql_and_not_on_sqlite(
             raise RuntimeError("after the commit")
         with pytest.raises(RuntimeError):
             await storage.write(op)
-    finally:
-        await storage.close()
     kept = ["a", "b"] if db.startswith("postgresql") else []
     assert await stored_ids(db) == kept
 
 
 async def test_statements_written_together_each_get_their_answer_and_a_bad_one_fails_alone(
         db: str) -> None:
-    storage = open_storage(db)
-    await storage.open()
-    try:
+    async with open_storage(db) as storage:
         answers = await asyncio.gather(
             *(storage.write_statement("insert_event", event(f"e{i:02}")) for i in range(20)))
         grouped = getattr(storage, "grouped_commits", None)
@@ -78,8 +64,6 @@ async def test_statements_written_together_each_get_their_answer_and_a_bad_one_f
             storage.write_statement("insert_event", {**event("bad"), "name": None}),
             storage.write_statement("insert_event", event("e00")),  # a resend: stores nothing
             return_exceptions=True)
-    finally:
-        await storage.close()
     assert answers[:25] == [{"id": f"{c}{i:02}"} for c, n in (("e", 20), ("f", 5))
                             for i in range(n)]
     assert isinstance(answers[25], Exception) and "name" in str(answers[25])
