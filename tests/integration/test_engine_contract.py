@@ -376,3 +376,45 @@ async def test_sdk_functions_get_inngest_events_for_cron_ticks_and_their_end(
     await engine.apply(native_run, "A", [RunCompleted("1")], last=True)
     assert native == ["n1"]
     assert len(await engine.list_events({"name": "inngest/function.finished"})) == 1
+
+
+async def test_leasing_with_state_answers_what_load_answers_in_every_case(engine: Engine) -> None:
+    """The lease that starts executors reads their state itself (on PostgreSQL in one
+    statement when no run is keyed or taken over and no timer is due): the same state as
+    `load`, whichever way it went, with due sleeps settled and takeovers counted."""
+    limited = FunctionDefinition("k", APP, (EventTrigger("go-k"),),
+                                 flow=FlowOptions(concurrency=(Concurrency(limit=1),)))
+    await engine.register(APP, [_definition("f", "go", retries=2), limited])
+
+    async def lease(owner: str, functions: list[str] = FUNCTIONS) -> list[Any]:
+        states = await engine.lease_runs(APP, functions, owner, 10, LEASE_MS)
+        for state in states:
+            loaded = await engine.load(state.run["id"])
+            assert loaded is not None
+            assert (state.event, state.steps, state.batch) == (
+                loaded.event, loaded.steps, loaded.batch)
+            assert state.run == {k: v for k, v in loaded.run.items() if k != "lease_owner"}
+            assert state.run["status"] == "running"
+        return states
+
+    await engine.ingest([StoredEvent("e1", "go", '{"n": 1}', now(engine))])
+    (first,) = await lease("A")  # plain
+    run_id = first.run["id"]
+    assert first.event is not None and first.event["data"] == '{"n": 1}' and first.steps == {}
+    t = now(engine)
+    await engine.apply(run_id, "A", [done(engine, "a", 0, '"x"'),
+                                     SleepUntil("nap", 1, t + 500, t)], last=True)
+    engine.clock.advance(1)
+    (woke,) = await lease("A")  # the sleep ended: settled before the executor sees it
+    assert woke.steps["a"]["output"] == '"x"' and woke.steps["nap"]["status"] == "completed"
+    engine.clock.advance(2)  # A's lease expired: B takes the run over
+    (taken,) = await lease("B")
+    assert taken.run["id"] == run_id and set(taken.steps) == {"a", "nap"}
+    await engine.ingest([StoredEvent("ek", "go-k", "{}", now(engine))])
+    (keyed,) = await lease("C", ["k"])  # a concurrency key to count
+    assert keyed.run["function_id"] == "k"
+    await engine.ingest([StoredEvent("ek2", "go-k", "{}", now(engine))])
+    assert await lease("C", ["k"]) == []  # at its limit
+    await engine.ingest([StoredEvent("e2", "go", "{}", now(engine))])
+    (plain_again,) = await lease("D")
+    assert plain_again.event is not None and plain_again.event["id"] == "e2"

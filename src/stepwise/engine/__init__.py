@@ -34,6 +34,9 @@ from .runs import RunState
 
 __all__ = ["FOREVER", "Applied", "Conflict", "Engine", "NotFound", "Outcome", "RunState"]
 
+#: Leases made the general way after `lease_plain` did not fit, before trying it again.
+PLAIN_LEASE_PAUSE = 20
+
 
 class Engine:
     """The engine's operations over one storage, on one clock."""
@@ -41,6 +44,7 @@ class Engine:
     def __init__(self, storage: Storage, clock: Clock | None = None) -> None:
         self.storage = storage
         self.clock = clock or Clock()
+        self._plain_misses = 0  # leases left before trying `lease_plain` again
 
     # --- events and definitions --------------------------------------------------------------
 
@@ -77,14 +81,20 @@ class Engine:
     async def _lease(self, app_id: str, functions: list[str], owner: str, limit: int,
                      lease_ms: int, with_state: bool) -> tuple[list[str], list[RunState]]:
         now = self.clock.now_ms()
-        leased, taken_over, first_starts, states = await self.storage.write(
+        found = await self.storage.write(
             leasing.lease, app_id, sorted(functions), owner, now,
-            now + lease_ms, limit, with_state, durable=False)
-        if taken_over:
-            metrics.LEASE_TAKEOVERS.inc(taken_over)
-        for function_id in first_starts:
+            now + lease_ms, limit, with_state, self._plain_misses == 0, durable=False)
+        # Where the plain lease does not fit (keyed runs, takeovers, due timers), trying it
+        # first costs a round trip: after a miss, lease the general way for a while.
+        if found.plain is False:
+            self._plain_misses = PLAIN_LEASE_PAUSE
+        elif found.plain is None and self._plain_misses:
+            self._plain_misses -= 1
+        if found.taken_over:
+            metrics.LEASE_TAKEOVERS.inc(found.taken_over)
+        for function_id in found.first_starts:
             metrics.run_started(function_id)
-        return leased, states
+        return found.ids, found.states
 
     async def deployment_stats(self) -> tuple[list[tuple[str, str, int]], int, int]:
         """Unfinished runs by function and status, runs due now and unleased, and how long

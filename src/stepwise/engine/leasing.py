@@ -8,6 +8,7 @@ concurrency limits; every worker and server meets here (see `lease_candidates` a
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,13 +27,32 @@ SDK_TIMER = "inngest/scheduled.timer"
 MAX_TAKEOVERS = 5
 
 
+@dataclass
+class Leased:
+    """What one lease took."""
+
+    ids: list[str]
+    taken_over: int  # how many of them were taken over from an expired lease
+    first_starts: list[str]  # the function of each run that starts for the first time
+    states: list[runs.RunState]  # what executing each needs (`with_state`)
+    plain: bool | None = None  # whether `lease_plain` could take them (None: not tried)
+
+
 def lease(tx: Tx, app_id: str, functions: list[str], owner: str, now: int, until: int, limit: int,
-          with_state: bool = False
-          ) -> tuple[list[str], int, list[str], list[runs.RunState]]:
+          with_state: bool = False, try_plain: bool = True) -> Leased:
     """Take up to `limit` due runs of the app's `functions` (those the worker serves) for
-    `owner` until `until`: their ids, how many of the candidates were taken over from an
-    expired lease, the function of each run that starts for the first time, and
-    (`with_state`) what executing each needs, read in the same round trip as the take."""
+    `owner` until `until`, and (`with_state`) read what executing each needs in the same
+    round trip as the take. Where statements cost round trips, `try_plain` first tries the
+    common case in one (`lease_plain`)."""
+    if with_state and try_plain and tx.round_trips:
+        _, (found,) = tx.commit_with([
+            ("lease_plan", {}),
+            ("lease_plain", {"app_id": app_id, "functions": functions, "now": now,
+                             "limit": limit, "owner": owner, "until": until})])
+        if found["plain"]:
+            return _plain_lease(tx, found, now)
+        return replace(lease(tx, app_id, functions, owner, now, until, limit, with_state, False),
+                       plain=False)
     # Due cron ticks, due deadlines and the candidates, read together (one round trip on
     # PostgreSQL); the candidates are read again only when a tick or a deadline changed them.
     reads = [("lease_plan", {}), ("due_schedules", {"app_id": app_id, "now": now}),
@@ -93,7 +113,27 @@ def lease(tx: Tx, app_id: str, functions: list[str], owner: str, now: int, until
             order = {run_id: i for i, run_id in enumerate(picked)}
             leased = runs.states(tx, sorted(started, key=lambda r: order[r["id"]]), events,
                                  steps)
-    return picked, taken_over, first_starts, leased
+    return Leased(picked, taken_over, first_starts, leased)
+
+
+def _plain_lease(tx: Tx, found: dict[str, Any], now: int) -> Leased:
+    """The runs `lease_plain` took (committed): settle their due sleeps, waits and invokes,
+    and build their states."""
+    picked: list[str] = found["ids"] or []
+    if not picked:
+        return Leased([], 0, [], [], plain=True)
+    started: list[dict[str, Any]] = found["runs"] or []
+    events: list[dict[str, Any]] = found["events"] or []
+    steps: list[dict[str, Any]] = found["steps"] or []
+    due = [s for s in steps if s["status"] in TIMED_STEP
+           and s["ended_at"] is not None and s["ended_at"] <= now]
+    if due:
+        settle_due_steps(tx, picked, now, due)
+        steps = tx.all("steps_of_runs", ids=picked)
+    order = {run_id: i for i, run_id in enumerate(picked)}
+    states = runs.states(tx, sorted(started, key=lambda r: order[r["id"]]), events, steps)
+    return Leased(picked, 0, [r["function_id"] for r in started if r["first_start"]], states,
+                  plain=True)
 
 
 def _take_over(tx: Tx, run_id: str, now: int) -> bool:

@@ -43,6 +43,10 @@ class Tx(Protocol):
     """One open transaction: run named queries (`sql/queries.sql`) with `:name` parameters.
     A list parameter is a list of strings (ids): an array on PostgreSQL, JSON on SQLite."""
 
+    #: Statements cost a round trip each unless sent together (PostgreSQL, in a
+    #: transaction): an operation may then prefer one larger statement to several.
+    round_trips: bool
+
     def one(self, query: str, /, **params: Any) -> dict[str, Any] | None: ...
     def all(self, query: str, /, **params: Any) -> list[dict[str, Any]]: ...
     def exec(self, query: str, /, **params: Any) -> int: ...

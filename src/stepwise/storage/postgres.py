@@ -54,6 +54,7 @@ class _Tx:
         self.prelude = prelude
         self.began = False  # the prelude was sent: there is a transaction to end
         self.deferred: list[tuple[str, dict[str, Any]]] = []
+        self.round_trips = bool(prelude)  # autocommit: one statement per operation anyway
 
     def wake_workers(self) -> None:
         self.woke = True

@@ -52,6 +52,8 @@ def _connect(path: str) -> sqlite3.Connection:
 
 
 class _Tx:
+    round_trips = False  # in process: a statement costs no round trip
+
     def __init__(self, conn: sqlite3.Connection, sql: dict[str, str]) -> None:
         self.conn = conn
         self.sql = sql

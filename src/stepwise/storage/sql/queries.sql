@@ -134,6 +134,55 @@ RETURNING runs.id, runs.app_id, runs.function_id, runs.event_id, runs.status, ru
           runs.parent_step_id, runs.rerun_of, runs.created_at, runs.started_at,
           runs.ended_at, before.started_at IS NULL AS first_start;
 
+-- name: lease_plain @postgres
+-- The common lease in one statement (with its COMMIT, one round trip): when none of the
+-- first :limit due runs is keyed (a concurrency or throttle key to count) or taken over (an
+-- expired lease to count), and no cron tick or deadline of the app is due, take them and
+-- answer what executing them needs (the runs as `start_runs` leaves them, their events and
+-- steps, as JSON). `plain` false: nothing was taken; the caller leases the general way.
+WITH cand AS (
+  SELECT run_id, keyed, lease_owner FROM queue
+  WHERE app_id = :app_id AND available_at <= :now
+    AND (lease_expires_at IS NULL OR lease_expires_at <= :now)
+    AND function_id = ANY (CAST(:functions AS text[]))
+  ORDER BY available_at - priority * 1000, run_id
+  LIMIT :limit
+  FOR UPDATE SKIP LOCKED),
+plain AS (
+  SELECT NOT EXISTS (SELECT 1 FROM cand WHERE keyed <> 0 OR lease_owner IS NOT NULL)
+     AND NOT EXISTS (SELECT 1 FROM schedules WHERE app_id = :app_id AND next_at <= :now)
+     AND NOT EXISTS (SELECT 1 FROM deadlines WHERE app_id = :app_id AND at <= :now) AS ok),
+pick AS (SELECT cand.run_id FROM cand, plain WHERE plain.ok),
+closed AS (DELETE FROM pending_groups WHERE run_id IN (SELECT run_id FROM pick)),
+taken AS (
+  UPDATE queue SET lease_owner = :owner, lease_expires_at = :until, nudged = 0
+  WHERE run_id IN (SELECT run_id FROM pick) RETURNING run_id),
+started AS (
+  UPDATE runs SET started_at = COALESCE(runs.started_at, :now),
+                  status = CASE WHEN runs.status IN ({unfinished_runs}) THEN 'running'
+                                ELSE runs.status END
+  FROM runs before
+  WHERE runs.id IN (SELECT run_id FROM taken) AND before.id = runs.id
+  RETURNING runs.id, runs.app_id, runs.function_id, runs.event_id, runs.status, runs.output,
+            runs.error, runs.attempts, runs.retry, runs.origin_run_id, runs.parent_run_id,
+            runs.parent_step_id, runs.rerun_of, runs.created_at, runs.started_at,
+            runs.ended_at, before.started_at IS NULL AS first_start),
+events AS (
+  SELECT r.id AS run_id, NULL::integer AS position, e.id, e.name, e.data, e.ts,
+         e.received_at, e.trace
+  FROM runs r JOIN events e ON e.id = r.event_id WHERE r.id IN (SELECT run_id FROM pick)
+  UNION ALL
+  SELECT b.run_id, b.position, e.id, e.name, e.data, e.ts, e.received_at, e.trace
+  FROM run_events b JOIN events e ON e.id = b.event_id
+  WHERE b.run_id IN (SELECT run_id FROM pick))
+SELECT (SELECT ok FROM plain) AS plain,
+       (SELECT array_agg(run_id) FROM pick) AS ids,  -- in lease order
+       (SELECT json_agg(started) FROM started) AS runs,
+       (SELECT json_agg(events) FROM events) AS events,
+       (SELECT json_agg(s ORDER BY s.run_id, s.seq) FROM (
+          SELECT run_id, id, seq, status, attempts, output, error, started_at, ended_at, name
+          FROM steps WHERE run_id IN (SELECT run_id FROM pick)) s) AS steps;
+
 -- name: run_keys
 SELECT key, lim FROM queue_keys WHERE run_id = :run_id;
 
