@@ -224,24 +224,24 @@ class Worker:
         while not self._stopping:
             self._wake.clear()
             free = self.concurrency - len(self._active)
-            leased: list[RunState] = []
             due: int | None = None
             try:
                 if free > 0:
                     self._leasing = True
                     asked = time.monotonic()
-                    leased = await self.engine.lease_runs(self.app.id, self._functions,
-                                                          self.id, free, self.lease_ms)
-                    for state in leased:
+                    found = await self.engine.lease_runs(self.app.id, self._functions,
+                                                         self.id, free, self.lease_ms)
+                    for state in found.states:
                         run_id = state.run["id"]
                         self._active[run_id] = asyncio.create_task(
                             self._execute(run_id, asked + self.lease_seconds, state))
                     self.activity += 1
                     self._leasing = False
-                if free > 0 and len(leased) == free:
-                    continue  # there may be more waiting
-                if free > 0:  # when full, only a finished execution (a wake) frees a slot
-                    due = await self.engine.next_due(self.app.id)
+                    if len(found.states) == free:
+                        continue  # there may be more waiting
+                    # When full, only a finished execution (a wake) frees a slot.
+                    due = found.next_due if found.next_due_known else \
+                        await self.engine.next_due(self.app.id)
                     if due is not None and due <= self.clock.now_ms():
                         due = None  # due but held back by a concurrency limit: wait for a wake
             except Exception:

@@ -387,7 +387,10 @@ async def test_leasing_with_state_answers_what_load_answers_in_every_case(engine
     await engine.register(APP, [_definition("f", "go", retries=2), limited])
 
     async def lease(owner: str, functions: list[str] = FUNCTIONS) -> list[Any]:
-        states = await engine.lease_runs(APP, functions, owner, 10, LEASE_MS)
+        found = await engine.lease_runs(APP, functions, owner, 10, LEASE_MS)
+        if found.next_due_known:
+            assert found.next_due == await engine.next_due(APP)
+        states = found.states
         for state in states:
             loaded = await engine.load(state.run["id"])
             assert loaded is not None

@@ -28,11 +28,13 @@ from ..storage import Storage
 from ..storage.rows import EventRow, RunDetail, RunRow
 from . import admin, definitions, ingest, leasing, lifecycle, runs, workers
 from .admin import Conflict, NotFound
+from .leasing import Leased
 from .lifecycle import FOREVER
 from .outcomes import Applied, Outcome, StepCompleted
 from .runs import RunState
 
-__all__ = ["FOREVER", "Applied", "Conflict", "Engine", "NotFound", "Outcome", "RunState"]
+__all__ = ["FOREVER", "Applied", "Conflict", "Engine", "Leased", "NotFound", "Outcome",
+           "RunState"]
 
 #: Leases made the general way after `lease_plain` did not fit, before trying it again.
 PLAIN_LEASE_PAUSE = 20
@@ -70,16 +72,17 @@ class Engine:
     async def lease(self, app_id: str, functions: list[str], owner: str, limit: int,
                     lease_ms: int) -> list[str]:
         """Take due runs of `functions` (those the caller can execute) of app `app_id`."""
-        return (await self._lease(app_id, functions, owner, limit, lease_ms, False))[0]
+        return (await self._lease(app_id, functions, owner, limit, lease_ms, False)).ids
 
     async def lease_runs(self, app_id: str, functions: list[str], owner: str, limit: int,
-                         lease_ms: int) -> list[RunState]:
-        """`lease`, answering what executing each run needs (as `load` would), read in the
-        lease's own transaction: an executor starts without another round trip."""
-        return (await self._lease(app_id, functions, owner, limit, lease_ms, True))[1]
+                         lease_ms: int) -> Leased:
+        """`lease`, answering what executing each run needs (`states`, as `load` would), read
+        in the lease's own transaction: an executor starts without another round trip; and,
+        when it came with the lease, what `next_due` would answer."""
+        return await self._lease(app_id, functions, owner, limit, lease_ms, True)
 
     async def _lease(self, app_id: str, functions: list[str], owner: str, limit: int,
-                     lease_ms: int, with_state: bool) -> tuple[list[str], list[RunState]]:
+                     lease_ms: int, with_state: bool) -> Leased:
         now = self.clock.now_ms()
         found = await self.storage.write(
             leasing.lease, app_id, sorted(functions), owner, now,
@@ -94,7 +97,7 @@ class Engine:
             metrics.LEASE_TAKEOVERS.inc(found.taken_over)
         for function_id in found.first_starts:
             metrics.run_started(function_id)
-        return found.ids, found.states
+        return found
 
     async def deployment_stats(self) -> tuple[list[tuple[str, str, int]], int, int]:
         """Unfinished runs by function and status, runs due now and unleased, and how long

@@ -36,6 +36,9 @@ class Leased:
     first_starts: list[str]  # the function of each run that starts for the first time
     states: list[runs.RunState]  # what executing each needs (`with_state`)
     plain: bool | None = None  # whether `lease_plain` could take them (None: not tried)
+    #: What `next_due` would answer after this lease, when it was read with it.
+    next_due: int | None = None
+    next_due_known: bool = False
 
 
 def lease(tx: Tx, app_id: str, functions: list[str], owner: str, now: int, until: int, limit: int,
@@ -120,8 +123,9 @@ def _plain_lease(tx: Tx, found: dict[str, Any], now: int) -> Leased:
     """The runs `lease_plain` took (committed): settle their due sleeps, waits and invokes,
     and build their states."""
     picked: list[str] = found["ids"] or []
+    due_next = None if found["next_due"] is None else int(found["next_due"])
     if not picked:
-        return Leased([], 0, [], [], plain=True)
+        return Leased([], 0, [], [], plain=True, next_due=due_next, next_due_known=True)
     started: list[dict[str, Any]] = found["runs"] or []
     events: list[dict[str, Any]] = found["events"] or []
     steps: list[dict[str, Any]] = found["steps"] or []
@@ -133,7 +137,7 @@ def _plain_lease(tx: Tx, found: dict[str, Any], now: int) -> Leased:
     order = {run_id: i for i, run_id in enumerate(picked)}
     states = runs.states(tx, sorted(started, key=lambda r: order[r["id"]]), events, steps)
     return Leased(picked, 0, [r["function_id"] for r in started if r["first_start"]], states,
-                  plain=True)
+                  plain=True, next_due=due_next, next_due_known=True)
 
 
 def _take_over(tx: Tx, run_id: str, now: int) -> bool:

@@ -139,7 +139,8 @@ RETURNING runs.id, runs.app_id, runs.function_id, runs.event_id, runs.status, ru
 -- first :limit due runs is keyed (a concurrency or throttle key to count) or taken over (an
 -- expired lease to count), and no cron tick or deadline of the app is due, take them and
 -- answer what executing them needs (the runs as `start_runs` leaves them, their events and
--- steps, as JSON). `plain` false: nothing was taken; the caller leases the general way.
+-- steps, as JSON) and when the app has something to do next (saving `next_due` its round
+-- trip). `plain` false: nothing was taken; the caller leases the general way.
 WITH cand AS (
   SELECT run_id, keyed, lease_owner FROM queue
   WHERE app_id = :app_id AND available_at <= :now
@@ -181,7 +182,18 @@ SELECT (SELECT ok FROM plain) AS plain,
        (SELECT json_agg(events) FROM events) AS events,
        (SELECT json_agg(s ORDER BY s.run_id, s.seq) FROM (
           SELECT run_id, id, seq, status, attempts, output, error, started_at, ended_at, name
-          FROM steps WHERE run_id IN (SELECT run_id FROM pick)) s) AS steps;
+          FROM steps WHERE run_id IN (SELECT run_id FROM pick)) s) AS steps,
+       -- what `next_due` answers once this lease committed (NULL: nothing ahead)
+       LEAST((SELECT available_at FROM queue
+              WHERE app_id = :app_id AND lease_owner IS NULL
+                AND run_id NOT IN (SELECT run_id FROM pick)
+              ORDER BY available_at LIMIT 1),
+             (SELECT lease_expires_at FROM queue
+              WHERE app_id = :app_id AND lease_expires_at IS NOT NULL
+              ORDER BY lease_expires_at LIMIT 1),
+             CASE WHEN EXISTS (SELECT 1 FROM pick) THEN :until END,
+             (SELECT MIN(next_at) FROM schedules WHERE app_id = :app_id),
+             (SELECT MIN(at) FROM deadlines WHERE app_id = :app_id)) AS next_due;
 
 -- name: run_keys
 SELECT key, lim FROM queue_keys WHERE run_id = :run_id;
