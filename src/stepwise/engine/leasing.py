@@ -53,7 +53,7 @@ def lease(tx: Tx, app_id: str, functions: list[str], owner: str, now: int, until
             ("lease_plain", {"app_id": app_id, "functions": functions, "now": now,
                              "limit": limit, "owner": owner, "until": until})])
         if found["plain"]:
-            return _plain_lease(tx, found, now)
+            return _plain_lease(tx, found, now, limit)
         return replace(lease(tx, app_id, functions, owner, now, until, limit, with_state, False),
                        plain=False)
     # Due cron ticks, due deadlines and the candidates, read together (one round trip on
@@ -119,11 +119,12 @@ def lease(tx: Tx, app_id: str, functions: list[str], owner: str, now: int, until
     return Leased(picked, taken_over, first_starts, leased)
 
 
-def _plain_lease(tx: Tx, found: dict[str, Any], now: int) -> Leased:
+def _plain_lease(tx: Tx, found: dict[str, Any], now: int, limit: int) -> Leased:
     """The runs `lease_plain` took (committed): settle their due sleeps, waits and invokes,
     and build their states."""
     picked: list[str] = found["ids"] or []
     due_next = None if found["next_due"] is None else int(found["next_due"])
+    known = len(picked) < limit  # else not read
     if not picked:
         return Leased([], 0, [], [], plain=True, next_due=due_next, next_due_known=True)
     started: list[dict[str, Any]] = found["runs"] or []
@@ -137,7 +138,7 @@ def _plain_lease(tx: Tx, found: dict[str, Any], now: int) -> Leased:
     order = {run_id: i for i, run_id in enumerate(picked)}
     states = runs.states(tx, sorted(started, key=lambda r: order[r["id"]]), events, steps)
     return Leased(picked, 0, [r["function_id"] for r in started if r["first_start"]], states,
-                  plain=True, next_due=due_next, next_due_known=True)
+                  plain=True, next_due=due_next, next_due_known=known)
 
 
 def _take_over(tx: Tx, run_id: str, now: int) -> bool:

@@ -183,8 +183,9 @@ SELECT (SELECT ok FROM plain) AS plain,
        (SELECT json_agg(s ORDER BY s.run_id, s.seq) FROM (
           SELECT run_id, id, seq, status, attempts, output, error, started_at, ended_at, name
           FROM steps WHERE run_id IN (SELECT run_id FROM pick)) s) AS steps,
-       -- what `next_due` answers once this lease committed (NULL: nothing ahead)
-       LEAST((SELECT available_at FROM queue
+       -- what `next_due` answers once this lease committed (NULL: nothing ahead), read
+       -- only when fewer than :limit were taken (else the caller leases again at once)
+       CASE WHEN (SELECT count(*) FROM pick) < :limit THEN LEAST((SELECT available_at FROM queue
               WHERE app_id = :app_id AND lease_owner IS NULL
                 AND run_id NOT IN (SELECT run_id FROM pick)
               ORDER BY available_at LIMIT 1),
@@ -193,7 +194,7 @@ SELECT (SELECT ok FROM plain) AS plain,
               ORDER BY lease_expires_at LIMIT 1),
              CASE WHEN EXISTS (SELECT 1 FROM pick) THEN :until END,
              (SELECT MIN(next_at) FROM schedules WHERE app_id = :app_id),
-             (SELECT MIN(at) FROM deadlines WHERE app_id = :app_id)) AS next_due;
+             (SELECT MIN(at) FROM deadlines WHERE app_id = :app_id)) END AS next_due;
 
 -- name: run_keys
 SELECT key, lim FROM queue_keys WHERE run_id = :run_id;
