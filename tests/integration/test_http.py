@@ -86,10 +86,17 @@ async def test_duplicate_event_id_is_stored_once(db: str) -> None:
                                         {"name": "ping", "id": "order-1", "data": {"n": 3}}])
         assert first.json() == {"ids": ["order-1"]}
         assert again.json() == {"ids": ["order-1", "order-1"]}
+        # A new id repeated within one request: its first occurrence is the one stored.
+        batch = await h.http.post("/api/v1/events",
+                                  json=[{"name": "ping", "id": "order-2", "data": {"n": 4}},
+                                        {"name": "ping", "id": "order-2", "data": {"n": 5}}])
+        assert batch.json() == {"ids": ["order-2", "order-2"]}
         await h.settle()
-        assert await h.storage.read(_count, "events") == 1
+        assert await h.storage.read(_count, "events") == 2
         runs = await h.runs(event_id="order-1")
         assert len(runs) == 1 and runs[0]["output"] == {"n": 1}
+        runs = await h.runs(event_id="order-2")
+        assert len(runs) == 1 and runs[0]["output"] == {"n": 4}
 
 
 async def test_batch_of_events_each_start_runs(db: str) -> None:

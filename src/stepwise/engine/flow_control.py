@@ -146,6 +146,27 @@ def _insert_run(tx: Tx, app_id: str, function_id: str, event_id: str | None, ava
     return run_id
 
 
+class PlainRuns:
+    """Runs without flow control, inserted together by one statement (`insert_runs`)."""
+
+    def __init__(self, now: int) -> None:
+        self.now = now
+        self.columns: dict[str, list[Any]] = {
+            "ids": [], "app_ids": [], "function_ids": [], "event_ids": [], "available_ats": []}
+
+    def add(self, app_id: str, function_id: str, event_id: str, available_at: int) -> None:
+        for column, value in zip(self.columns.values(),
+                                 (new_id(), app_id, function_id, event_id, available_at),
+                                 strict=True):
+            column.append(value)
+
+    def insert(self, tx: Tx) -> None:
+        """Deferred, like `_insert_run`'s, and waking the workers when there were any."""
+        if self.columns["ids"]:
+            tx.defer("insert_runs", now=self.now, **self.columns)
+            tx.wake_workers()
+
+
 def event_for(tx: Tx, event_id: str | None) -> dict[str, Any]:
     """A run's event as expressions see it (an empty one for runs without an event)."""
     row = tx.one("get_event", id=event_id) if event_id else None

@@ -15,17 +15,20 @@ from . import definitions, flow_control, waits
 def ingest_events(tx: Tx, events: list[StoredEvent] | tuple[StoredEvent, ...],
                   now: int) -> list[str]:
     """Store events not stored yet (an id already stored is an idempotent resend) and start
-    their runs; return every event's id. The inserts, the functions their names trigger and
-    whether any run waits for those names are one round trip on PostgreSQL; the runs'
-    inserts go with the COMMIT (`Tx.defer`)."""
+    their runs; return every event's id. The events' insert (one statement for them all),
+    the functions their names trigger and whether any run waits for those names are one
+    round trip on PostgreSQL; the runs' inserts (one statement for those without flow
+    control) go with the COMMIT (`Tx.defer`)."""
     if not events:
         return []
     names = sorted({ev.name for ev in events})
-    *inserted, triggered, waited_rows = tx.each([
-        *(("insert_event", {"id": ev.id, "name": ev.name, "data": ev.data, "ts": ev.ts,
-                            "now": now, "trace": ev.trace}) for ev in events),
+    inserted, triggered, waited_rows = tx.each([
+        ("insert_events", {"ids": [ev.id for ev in events], "names": [ev.name for ev in events],
+                           "datas": [ev.data for ev in events], "ts": [ev.ts for ev in events],
+                           "traces": [ev.trace for ev in events], "now": now}),
         ("functions_for_events", {"names": names}), ("names_waited", {"names": names})])
-    new = {rows[0]["id"] for rows in inserted if rows}
+    new = {row["id"] for row in inserted}
+    plain = flow_control.PlainRuns(now)
     routes: dict[str, list[tuple[str, str, FlowOptions, list[EventTrigger]]]] = {}
     for r in triggered:
         definition = definitions.decode(r["definition"])
@@ -48,12 +51,16 @@ def ingest_events(tx: Tx, events: list[StoredEvent] | tuple[StoredEvent, ...],
                                                   "id": ev.id, "ts": ev.ts})
                 if not any(t.matches(event_doc) for t in triggers):
                     continue
-            flow_control.create_run(tx, app_id, function_id, ev.id, max(now, ev.ts), now,
-                                    flow=flow)
+            if flow.empty:
+                plain.add(app_id, function_id, ev.id, max(now, ev.ts))
+            else:
+                flow_control.create_run(tx, app_id, function_id, ev.id, max(now, ev.ts), now,
+                                        flow=flow)
             for cancel in flow.cancel_on:
                 waited.pop(cancel.event, None)  # the run may now wait for that name
         if ev.name not in waited:
             waited[ev.name] = tx.one("any_wait", name=ev.name) is not None
         if waited[ev.name]:
             waits.deliver(tx, ev, now)
+    plain.insert(tx)
     return [ev.id for ev in events]

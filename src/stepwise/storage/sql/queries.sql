@@ -30,6 +30,32 @@ VALUES (:id, :name, :data, :ts, :now, :trace)
 ON CONFLICT (id) DO NOTHING
 RETURNING id;
 
+-- name: insert_events
+-- Many events in one statement: :ids, :names, :datas, :ts and :traces are parallel lists.
+-- Answers the ids of those not stored yet (an id stored already, or repeated in the lists,
+-- is a resend: its first occurrence is the one stored).
+INSERT INTO events (id, name, data, ts, received_at, trace)
+SELECT i.value, n.value, d.value, t.value, :now, r.value
+FROM json_each(:ids) i
+JOIN json_each(:names) n ON n.key = i.key
+JOIN json_each(:datas) d ON d.key = i.key
+JOIN json_each(:ts) t ON t.key = i.key
+JOIN json_each(:traces) r ON r.key = i.key
+WHERE true  -- SQLite: the ON CONFLICT below belongs to the INSERT, not to a join
+ORDER BY i.key
+ON CONFLICT (id) DO NOTHING
+RETURNING id;
+
+-- name: insert_events @postgres
+INSERT INTO events (id, name, data, ts, received_at, trace)
+SELECT e.id, e.name, e.data, e.ts, :now, e.trace
+FROM unnest(CAST(:ids AS text[]), CAST(:names AS text[]), CAST(:datas AS text[]),
+            CAST(:ts AS bigint[]), CAST(:traces AS text[])) WITH ORDINALITY
+     AS e(id, name, data, ts, trace, position)
+ORDER BY e.position
+ON CONFLICT (id) DO NOTHING
+RETURNING id;
+
 -- name: functions_for_events
 -- The functions triggered by each of the event names :names.
 SELECT t.event_name, t.app_id, t.function_id, f.definition FROM function_triggers t
@@ -59,6 +85,34 @@ VALUES (:id, :app_id, :function_id, :event_id, 'queued', :origin_run_id, :parent
 -- name: enqueue
 INSERT INTO queue (run_id, app_id, function_id, available_at, priority)
 VALUES (:run_id, :app_id, :function_id, :available_at, :priority);
+
+-- name: insert_runs
+-- Many runs without flow control, queued: :ids, :app_ids, :function_ids, :event_ids and
+-- :available_ats are parallel lists. Two statements on SQLite.
+INSERT INTO runs (id, app_id, function_id, event_id, status, created_at)
+SELECT i.value, a.value, f.value, e.value, 'queued', :now
+FROM json_each(:ids) i
+JOIN json_each(:app_ids) a ON a.key = i.key
+JOIN json_each(:function_ids) f ON f.key = i.key
+JOIN json_each(:event_ids) e ON e.key = i.key;
+INSERT INTO queue (run_id, app_id, function_id, available_at, priority)
+SELECT i.value, a.value, f.value, t.value, 0
+FROM json_each(:ids) i
+JOIN json_each(:app_ids) a ON a.key = i.key
+JOIN json_each(:function_ids) f ON f.key = i.key
+JOIN json_each(:available_ats) t ON t.key = i.key;
+
+-- name: insert_runs @postgres
+WITH r AS (
+  SELECT * FROM unnest(CAST(:ids AS text[]), CAST(:app_ids AS text[]),
+                       CAST(:function_ids AS text[]), CAST(:event_ids AS text[]),
+                       CAST(:available_ats AS bigint[]))
+       AS r(id, app_id, function_id, event_id, available_at)),
+runs_in AS (
+  INSERT INTO runs (id, app_id, function_id, event_id, status, created_at)
+  SELECT id, app_id, function_id, event_id, 'queued', :now FROM r)
+INSERT INTO queue (run_id, app_id, function_id, available_at, priority)
+SELECT id, app_id, function_id, available_at, 0 FROM r;
 
 -- name: lease_candidates
 -- Priority P (seconds) ranks a run as if it had been queued P seconds earlier. A run with a
