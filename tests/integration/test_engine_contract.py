@@ -119,6 +119,10 @@ async def test_a_completion_after_a_step_stored_by_another_execution_is_refused_
                                          done(engine, "s", 0, '"second"'), RunCompleted("2")],
                            last=True)
     assert await snapshot(engine) == before  # neither step t nor the run's end is kept
+    with pytest.raises(LeaseLost, match="stored by another execution"):  # its last step alone
+        await engine.apply(run_id, "A", [done(engine, "s", 0, '"second"'), RunCompleted("2")],
+                           last=True)
+    assert await snapshot(engine) == before
 
 
 async def test_completing_a_cancelled_run_says_it_was_cancelled(engine: Engine) -> None:
@@ -370,12 +374,19 @@ async def test_sdk_functions_get_inngest_events_for_cron_ticks_and_their_end(
     assert announcement["function_id"] == "sdk-tick"
     assert announcement["error"]["error"] == "ValueError: nope"
     assert announcement["event"]["name"] == "inngest/scheduled.timer"
+    clock.advance(60)  # the next tick's run completes: announced too
+    (completed_run,) = await engine.lease("sdk", ["sdk-tick"], "A", 10, LEASE_MS)
+    await engine.apply(completed_run, "A", [StepCompleted("s", 0, '"x"', 0, 0),
+                                            RunCompleted("1")], last=True)
+    finished = await engine.list_events({"name": "inngest/function.finished"})
+    assert sorted(loads(e["data"])["run_id"] for e in finished) == sorted([run_id,
+                                                                          completed_run])
     # A Python function's end announces nothing.
     native = await engine.ingest([StoredEvent("n1", "go", "{}", 0)])
     (native_run,) = await engine.lease(APP, FUNCTIONS, "A", 10, LEASE_MS)
     await engine.apply(native_run, "A", [RunCompleted("1")], last=True)
     assert native == ["n1"]
-    assert len(await engine.list_events({"name": "inngest/function.finished"})) == 1
+    assert len(await engine.list_events({"name": "inngest/function.finished"})) == 2
 
 
 async def test_leasing_with_state_answers_what_load_answers_in_every_case(engine: Engine) -> None:

@@ -450,6 +450,46 @@ RETURNING id, app_id, function_id, event_id, status, output, error, attempts, re
           origin_run_id, parent_run_id, parent_step_id, rerun_of, created_at, started_at,
           ended_at;
 
+-- name: complete_plain @postgres
+-- The common end of an execution in one statement (with its COMMIT, one round trip): store
+-- its last step (:has_step) and complete the run, fenced by the lease, then drop what could
+-- still schedule it (as finish_cleanup). Only for a run no other run waits for (no parent)
+-- of a function that is not an SDK's (no URL): those need more than SQL. `finished` 0: it
+-- wrote nothing (the step alone could refuse, and then nothing else is written); the caller
+-- completes the general way, which finds out why.
+WITH ok AS (
+  SELECT 1 FROM runs r
+  JOIN queue q ON q.run_id = r.id
+  JOIN functions f ON f.app_id = r.app_id AND f.id = r.function_id
+  WHERE r.id = :run_id AND q.lease_owner = :owner AND r.status <> 'cancelled'
+    AND r.parent_run_id IS NULL AND f.definition NOT LIKE '%"url"%'),
+saved AS (
+  INSERT INTO steps (run_id, id, seq, status, attempts, output, error, started_at, ended_at,
+                     name)
+  SELECT :run_id::text, :id::text, :seq::integer, :status::text, :attempts::integer,
+         :step_output::text, NULL, :started_at::bigint, :ended_at::bigint, :name::text
+  WHERE :has_step AND EXISTS (SELECT FROM ok)
+  ON CONFLICT (run_id, id) DO UPDATE SET
+      status = excluded.status, attempts = excluded.attempts, output = excluded.output,
+      error = excluded.error, ended_at = excluded.ended_at
+  WHERE steps.status NOT IN ({final_steps}) AND steps.attempts < excluded.attempts
+  RETURNING 1),
+finished AS (
+  UPDATE runs SET status = 'completed', output = :output, error = NULL, ended_at = :now,
+                  retry = 0
+  WHERE id = :run_id AND EXISTS (SELECT FROM ok)
+    AND (NOT :has_step OR EXISTS (SELECT FROM saved))
+  RETURNING 1),
+queue_row AS (DELETE FROM queue WHERE run_id = :run_id AND EXISTS (SELECT FROM finished)),
+keys AS (DELETE FROM queue_keys WHERE run_id = :run_id AND EXISTS (SELECT FROM finished)
+         RETURNING 1),
+run_waits AS (DELETE FROM waits WHERE run_id = :run_id AND EXISTS (SELECT FROM finished)),
+run_deadlines AS (DELETE FROM deadlines
+                  WHERE run_id = :run_id AND EXISTS (SELECT FROM finished)),
+run_groups AS (DELETE FROM pending_groups
+               WHERE run_id = :run_id AND EXISTS (SELECT FROM finished))
+SELECT (SELECT count(*) FROM finished) AS finished, (SELECT count(*) FROM keys) AS keys;
+
 -- name: finish_cleanup
 -- A finished run: drop everything that could still schedule it. `keys`: the concurrency
 -- keys it held (other runs may wait for its slot). It follows finish_run in one round trip, so
