@@ -239,7 +239,8 @@ class Worker:
                     self._leasing = False
                     if len(found.states) == free:
                         continue  # there may be more waiting
-                    # When full, only a finished execution (a wake) frees a slot.
+                    # Slots left free: wait until something is due (with no free slot, only
+                    # a finished execution, a wake, frees one).
                     due = found.next_due if found.next_due_known else \
                         await self.engine.next_due(self.app.id)
                     if due is not None and due <= self.clock.now_ms():

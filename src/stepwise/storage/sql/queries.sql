@@ -33,15 +33,14 @@ RETURNING id;
 -- name: insert_events
 -- Many events in one statement: :ids, :names, :datas, :ts and :traces are parallel lists.
 -- Answers the ids of those not stored yet (an id stored already, or repeated in the lists,
--- is a resend: its first occurrence is the one stored).
+-- is a resend: its first occurrence is the one stored). SQLite reads the lists by position
+-- (json_extract keeps a parsed list: no join of one list with another).
 INSERT INTO events (id, name, data, ts, received_at, trace)
-SELECT i.value, n.value, d.value, t.value, :now, r.value
+SELECT i.value, json_extract(:names, '$[' || i.key || ']'),
+       json_extract(:datas, '$[' || i.key || ']'), json_extract(:ts, '$[' || i.key || ']'),
+       :now, json_extract(:traces, '$[' || i.key || ']')
 FROM json_each(:ids) i
-JOIN json_each(:names) n ON n.key = i.key
-JOIN json_each(:datas) d ON d.key = i.key
-JOIN json_each(:ts) t ON t.key = i.key
-JOIN json_each(:traces) r ON r.key = i.key
-WHERE true  -- SQLite: the ON CONFLICT below belongs to the INSERT, not to a join
+WHERE true  -- SQLite: the ON CONFLICT below belongs to the INSERT, not to the FROM
 ORDER BY i.key
 ON CONFLICT (id) DO NOTHING
 RETURNING id;
@@ -90,17 +89,15 @@ VALUES (:run_id, :app_id, :function_id, :available_at, :priority);
 -- Many runs without flow control, queued: :ids, :app_ids, :function_ids, :event_ids and
 -- :available_ats are parallel lists. Two statements on SQLite.
 INSERT INTO runs (id, app_id, function_id, event_id, status, created_at)
-SELECT i.value, a.value, f.value, e.value, 'queued', :now
-FROM json_each(:ids) i
-JOIN json_each(:app_ids) a ON a.key = i.key
-JOIN json_each(:function_ids) f ON f.key = i.key
-JOIN json_each(:event_ids) e ON e.key = i.key;
+SELECT i.value, json_extract(:app_ids, '$[' || i.key || ']'),
+       json_extract(:function_ids, '$[' || i.key || ']'),
+       json_extract(:event_ids, '$[' || i.key || ']'), 'queued', :now
+FROM json_each(:ids) i;
 INSERT INTO queue (run_id, app_id, function_id, available_at, priority)
-SELECT i.value, a.value, f.value, t.value, 0
-FROM json_each(:ids) i
-JOIN json_each(:app_ids) a ON a.key = i.key
-JOIN json_each(:function_ids) f ON f.key = i.key
-JOIN json_each(:available_ats) t ON t.key = i.key;
+SELECT i.value, json_extract(:app_ids, '$[' || i.key || ']'),
+       json_extract(:function_ids, '$[' || i.key || ']'),
+       json_extract(:available_ats, '$[' || i.key || ']'), 0
+FROM json_each(:ids) i;
 
 -- name: insert_runs @postgres
 WITH r AS (
