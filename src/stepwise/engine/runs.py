@@ -193,13 +193,6 @@ def _complete(tx: Tx, run_id: str, owner: str, outcomes: list[Outcome], now: int
     is lost, or a step was stored first by another execution), raising rolls back what was
     written."""
     applied = Applied()
-    if tx.round_trips and len(outcomes) <= 2 and all(
-            type(o) is StepCompleted for o in outcomes[:-1]) and \
-            _complete_plain(tx, run_id, owner, outcomes, now):
-        applied.outputs.update((o.step_id, o.output) for o in outcomes[:-1]
-                               if isinstance(o, StepCompleted))
-        applied.run_status = RunStatus.completed
-        return applied
     saves: list[tuple[str, dict[str, Any]]] = []
     for outcome in outcomes[:-1]:
         if isinstance(outcome, StepCompleted):
@@ -215,30 +208,6 @@ def _complete(tx: Tx, run_id: str, owner: str, outcomes: list[Outcome], now: int
         raise LeaseLost(f"run {run_id} is no longer leased by {owner}")
     applied.run_status = RunStatus.completed
     return applied
-
-
-def _complete_plain(tx: Tx, run_id: str, owner: str, outcomes: list[Outcome],
-                    now: int) -> bool:
-    """`_complete` in one round trip (`complete_plain`), committed; False when it wrote
-    nothing (the caller then completes the general way, in a new transaction)."""
-    completed = outcomes[-1]
-    assert isinstance(completed, RunCompleted)
-    step = outcomes[0] if len(outcomes) == 2 else None
-    params: dict[str, Any] = {"run_id": run_id, "owner": owner, "output": completed.output,
-                              "now": now, "has_step": step is not None, "id": None, "seq": None,
-                              "status": _COMPLETED, "attempts": None, "step_output": None,
-                              "started_at": None, "ended_at": None, "name": None}
-    if isinstance(step, StepCompleted):
-        row = _completed_row(run_id, step)
-        params.update(id=row["id"], seq=row["seq"], attempts=row["attempts"],
-                      step_output=row["output"], started_at=row["started_at"],
-                      ended_at=row["ended_at"], name=row["name"])
-    ((found,),) = tx.commit_with([("complete_plain", params)])
-    if not found["finished"]:
-        return False
-    if found["keys"]:
-        tx.wake_workers()  # its concurrency slot is free (a NOTIFY of its own, after commit)
-    return True
 
 
 def _stored(tx: Tx, run_id: str, step_id: str) -> StepRow:
