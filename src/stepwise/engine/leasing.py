@@ -51,7 +51,8 @@ def lease(tx: Tx, app_id: str, functions: list[str], owner: str, now: int, until
         _, (found,) = tx.commit_with([
             ("lease_plan", {}),
             ("lease_plain", {"app_id": app_id, "functions": functions, "now": now,
-                             "limit": limit, "owner": owner, "until": until})])
+                             "limit": limit, "window": limit, "owner": owner,
+                             "until": until})])
         if found["plain"]:
             return _plain_lease(tx, found, now, limit)
         return replace(lease(tx, app_id, functions, owner, now, until, limit, with_state, False),
@@ -105,40 +106,36 @@ def lease(tx: Tx, app_id: str, functions: list[str], owner: str, now: int, until
         first_starts = [r["function_id"] for r in started if r["first_start"]]
         if with_state:
             events, steps = read
-            due = [s for s in steps if s["status"] in TIMED_STEP
-                   and s["ended_at"] is not None and s["ended_at"] <= now]
+            leased = _started_states(tx, picked, now, started, events, steps)
         else:
             (due,) = read
-        settle_due_steps(tx, picked, now, due)
-        if with_state:
-            if due:  # the steps just settled: read them again, as the executor must see them
-                steps = tx.all("steps_of_runs", **ids)
-            order = {run_id: i for i, run_id in enumerate(picked)}
-            leased = runs.states(tx, sorted(started, key=lambda r: order[r["id"]]), events,
-                                 steps)
+            settle_due_steps(tx, picked, now, due)
     return Leased(picked, taken_over, first_starts, leased)
 
 
 def _plain_lease(tx: Tx, found: dict[str, Any], now: int, limit: int) -> Leased:
-    """The runs `lease_plain` took (committed): settle their due sleeps, waits and invokes,
-    and build their states."""
+    """The runs `lease_plain` took (committed), with their states."""
     picked: list[str] = found["ids"] or []
-    due_next = None if found["next_due"] is None else int(found["next_due"])
-    known = len(picked) < limit  # else not read
-    if not picked:
-        return Leased([], 0, [], [], plain=True, next_due=due_next, next_due_known=True)
     started: list[dict[str, Any]] = found["runs"] or []
-    events: list[dict[str, Any]] = found["events"] or []
-    steps: list[dict[str, Any]] = found["steps"] or []
+    states = _started_states(tx, picked, now, started, found["events"] or [],
+                             found["steps"] or [])
+    return Leased(picked, 0, [r["function_id"] for r in started if r["first_start"]], states,
+                  plain=True, next_due=None if found["next_due"] is None else
+                  int(found["next_due"]), next_due_known=len(picked) < limit)  # else not read
+
+
+def _started_states(tx: Tx, picked: list[str], now: int, started: list[dict[str, Any]],
+                    events: list[dict[str, Any]], steps: list[dict[str, Any]]
+                    ) -> list[runs.RunState]:
+    """The just-leased runs' states, in lease order, from what the lease read: their sleeps,
+    waits and invokes whose time came (found among `steps`) settled first."""
     due = [s for s in steps if s["status"] in TIMED_STEP
            and s["ended_at"] is not None and s["ended_at"] <= now]
-    if due:
-        settle_due_steps(tx, picked, now, due)
+    settle_due_steps(tx, picked, now, due)
+    if due:  # the steps just settled: read them again, as the executor must see them
         steps = tx.all("steps_of_runs", ids=picked)
     order = {run_id: i for i, run_id in enumerate(picked)}
-    states = runs.states(tx, sorted(started, key=lambda r: order[r["id"]]), events, steps)
-    return Leased(picked, 0, [r["function_id"] for r in started if r["first_start"]], states,
-                  plain=True, next_due=due_next, next_due_known=known)
+    return runs.states(tx, sorted(started, key=lambda r: order[r["id"]]), events, steps)
 
 
 def _take_over(tx: Tx, run_id: str, now: int) -> bool:

@@ -1,7 +1,7 @@
 """Loads the named SQL of `sql/queries.sql`, picking each block's dialect variant.
 
 `{unfinished_runs}`-style macros expand to the status lists of `stepwise.status`, so the SQL
-and the code share one vocabulary.
+and the code share one vocabulary; `{query:name}` includes another named query.
 """
 
 from __future__ import annotations
@@ -52,7 +52,16 @@ def load_raw(dialect: str) -> dict[str, str]:
             raise ValueError(f"queries.sql defines {name!r} twice")
         target[name] = body
     base.update(overrides)
-    return base
+    return {name: _include(body, base) for name, body in base.items()}
+
+
+_INCLUDE = re.compile(r"\{query:(\w+)\}")
+
+
+def _include(body: str, named: dict[str, str]) -> str:
+    """`{query:name}` stands for another named query of the same dialect (one statement that
+    a larger one uses as is, e.g. in a CTE), so the two cannot drift apart."""
+    return _INCLUDE.sub(lambda m: _include(named[m.group(1)], named), body)
 
 
 def to_pyformat(sql: str) -> str:

@@ -192,14 +192,7 @@ RETURNING runs.id, runs.app_id, runs.function_id, runs.event_id, runs.status, ru
 -- answer what executing them needs (the runs as `start_runs` leaves them, their events and
 -- steps, as JSON) and when the app has something to do next (saving `next_due` its round
 -- trip). `plain` false: nothing was taken; the caller leases the general way.
-WITH cand AS (
-  SELECT run_id, keyed, lease_owner FROM queue
-  WHERE app_id = :app_id AND available_at <= :now
-    AND (lease_expires_at IS NULL OR lease_expires_at <= :now)
-    AND function_id = ANY (CAST(:functions AS text[]))
-  ORDER BY available_at - priority * 1000, run_id
-  LIMIT :limit
-  FOR UPDATE SKIP LOCKED),
+WITH cand AS ({query:lease_candidates}),  -- its window: the limit
 plain AS (
   SELECT NOT EXISTS (SELECT 1 FROM cand WHERE keyed <> 0 OR lease_owner IS NOT NULL)
      AND NOT EXISTS (SELECT 1 FROM schedules WHERE app_id = :app_id AND next_at <= :now)
