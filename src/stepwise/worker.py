@@ -16,6 +16,7 @@ it starts a fresh one and hands the other runs back; frozen threads cannot be ki
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import contextlib
 import logging
@@ -44,6 +45,14 @@ log = logging.getLogger("stepwise.worker")
 WATCH_INTERVAL_S = 0.5
 #: A user loop that does not answer a ping within this many seconds is frozen.
 FROZEN_AFTER_S = 1.0
+#: Executions shorter than this on average (an exponential moving average) let the worker
+#: lease ahead: up to `concurrency` more runs than it has free slots, started the moment a
+#: slot frees, without waiting for a lease's round trip. Long executions lease only for
+#: free slots, so a busy worker never sits on runs an idle one could take.
+PREFETCH_BELOW_S = 0.05
+#: A run leased ahead and not started within this many seconds is handed back (executions
+#: grew long meanwhile: another worker may start it sooner).
+PREFETCH_HOLD_S = 2.0
 
 
 class UserLoop:
@@ -105,6 +114,15 @@ class Running:
     lease_until: float = float("inf")  # time.monotonic() when our lease surely ends
 
 
+@dataclass
+class Prefetched:
+    """A run leased ahead of a free slot (see PREFETCH_BELOW_S)."""
+
+    state: RunState
+    leased_at: float  # time.monotonic() when it was asked for
+    lease_until: float  # time.monotonic() when our lease surely ends
+
+
 class Worker:
     def __init__(
         self,
@@ -138,6 +156,9 @@ class Worker:
         self._functions = list(app.functions)
         self._active: dict[str, asyncio.Task[None]] = {}
         self._running: dict[str, Running] = {}
+        self._prefetched: collections.deque[Prefetched] = collections.deque()
+        #: Moving average of how long executions take (seconds): prefetch only when short.
+        self._execution_s = float("inf")
         self._user_loop: UserLoop | None = None
         self._generation = 0
         #: User loops and thread pools given up because user code in them overran its
@@ -184,6 +205,7 @@ class Worker:
         code does."""
         self._stopping = True
         self.notify()
+        await self._hand_back_prefetched()
         if self._active:
             await asyncio.wait(list(self._active.values()), timeout=grace)
         log.info("worker %s: stopping; handing back %d runs", self.id, len(self._running))
@@ -216,28 +238,31 @@ class Worker:
     @property
     def busy(self) -> bool:
         """True while the worker holds or is taking work (tests wait for it to be idle)."""
-        return self._leasing or bool(self._active)
+        return self._leasing or bool(self._active) or bool(self._prefetched)
 
     # --- loops -----------------------------------------------------------------------------
 
     async def _lease_loop(self) -> None:
         while not self._stopping:
             self._wake.clear()
+            self._start_prefetched()
             free = self.concurrency - len(self._active)
+            ahead = self.concurrency if self._execution_s < PREFETCH_BELOW_S else 0
+            room = free + ahead - len(self._prefetched)
             due: int | None = None
             try:
-                if free > 0:
+                if room > 0:
                     self._leasing = True
                     asked = time.monotonic()
                     found = await self.engine.lease_runs(self.app.id, self._functions,
-                                                         self.id, free, self.lease_ms)
+                                                         self.id, room, self.lease_ms)
                     for state in found.states:
-                        run_id = state.run["id"]
-                        self._active[run_id] = asyncio.create_task(
-                            self._execute(run_id, asked + self.lease_seconds, state))
+                        self._prefetched.append(Prefetched(state, asked,
+                                                           asked + self.lease_seconds))
+                    self._start_prefetched()
                     self.activity += 1
                     self._leasing = False
-                    if len(found.states) == free:
+                    if len(found.states) == room:
                         continue  # there may be more waiting
                     # Slots left free: wait until something is due (with no free slot, only
                     # a finished execution, a wake, frees one).
@@ -252,14 +277,42 @@ class Worker:
             await self.clock.wait(self._wake, None if due is None else due / 1000,
                                   self.poll_interval)
 
+    def _start_prefetched(self) -> None:
+        """Start leased runs while there are free slots."""
+        while self._prefetched and len(self._active) < self.concurrency and \
+                not self._stopping:
+            ahead = self._prefetched.popleft()
+            run_id = ahead.state.run["id"]
+            self._active[run_id] = asyncio.create_task(
+                self._execute(run_id, ahead.lease_until, ahead.state))
+
+    async def _hand_back_prefetched(self, stale: float | None = None) -> None:
+        """Release the runs leased ahead (those leased before `stale`, a time.monotonic()),
+        for any worker to take."""
+        given_up = [a for a in self._prefetched if stale is None or a.leased_at < stale]
+        if not given_up:
+            return
+        self._prefetched = collections.deque(a for a in self._prefetched
+                                             if stale is not None and a.leased_at >= stale)
+        for ahead in given_up:
+            try:
+                await self.engine.release(ahead.state.run["id"], self.id, 0)
+            except ExecutionStopped:
+                pass  # no longer ours (cancelled, or its lease expired)
+            except Exception:
+                log.exception("run %s: could not hand back a run leased ahead",
+                              ahead.state.run["id"])
+
     async def _heartbeat_loop(self) -> None:
         while not self._stopping:
             await asyncio.sleep(self.lease_seconds / 3)
             held = [r for r in self._running.values() if not r.abandoned]
-            if held:
+            ahead = list(self._prefetched)
+            if held or ahead:
                 asked = time.monotonic()
                 try:
-                    await self.engine.renew(self.id, [r.run_id for r in held], self.lease_ms)
+                    await self.engine.renew(self.id, [r.run_id for r in held] +
+                                            [a.state.run["id"] for a in ahead], self.lease_ms)
                 except Exception:
                     log.exception("worker %s: lease renewal failed", self.id)
                     continue
@@ -267,6 +320,8 @@ class Worker:
                     running.lease_until = asked + self.lease_seconds
                     if running.execution is not None:
                         running.execution.lease_until = running.lease_until
+                for prefetched in ahead:
+                    prefetched.lease_until = asked + self.lease_seconds
             await self._say_alive()
 
     async def _say_alive(self) -> None:
@@ -285,6 +340,7 @@ class Worker:
         while not self._stopping:
             await asyncio.sleep(WATCH_INTERVAL_S)
             now = time.monotonic()
+            await self._hand_back_prefetched(stale=now - PREFETCH_HOLD_S)
             for running in list(self._running.values()):
                 execution = running.execution
                 if running.abandoned or execution is None:
@@ -345,6 +401,7 @@ class Worker:
         running = Running(run_id, self._user_loop, self.env.threads, state,
                           lease_until=lease_until)
         self._running[run_id] = running
+        began = time.monotonic()
         try:
             if running.user_loop is not None:
                 running.future = running.user_loop.submit(self._execution(running))
@@ -361,6 +418,10 @@ class Worker:
                 del self._running[run_id]
             if self._active.get(run_id) is asyncio.current_task():
                 del self._active[run_id]
+            took = time.monotonic() - began
+            self._execution_s = took if self._execution_s == float("inf") else \
+                0.8 * self._execution_s + 0.2 * took
+            self._start_prefetched()
             self.activity += 1
             self.notify()
 
