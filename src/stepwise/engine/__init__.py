@@ -47,12 +47,14 @@ class Engine:
         self.storage = storage
         self.clock = clock or Clock()
         self._plain_misses = 0  # leases left before trying `lease_plain` again
+        self._routes = ingest.Routes()  # what events started when last read (one-statement ingest)
 
     # --- events and definitions --------------------------------------------------------------
 
     async def ingest(self, events: list[StoredEvent]) -> list[str]:
         """Store events durably and start their runs; answers once committed and synced."""
-        return await self.storage.write(ingest.ingest_events, events, self.clock.now_ms())
+        return await self.storage.write(ingest.ingest_events, events, self.clock.now_ms(),
+                                        self._routes)
 
     async def register(self, app_id: str, functions: list[FunctionDefinition],
                        source: definitions.AppSource = definitions.PYTHON_APP) -> bool:

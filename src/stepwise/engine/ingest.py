@@ -3,6 +3,8 @@ to the runs waiting for it, all in the caller's transaction."""
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Iterator
 from typing import Any
 
 from ..definition import EventTrigger
@@ -11,17 +13,93 @@ from ..flow import FlowOptions
 from ..storage import Tx
 from . import definitions, flow_control, waits
 
+#: A function an event name triggers: its app, id, flow control, and its triggers on the name.
+Route = tuple[str, str, FlowOptions, list[EventTrigger]]
+
+
+class Routes:
+    """The functions each event name triggered when last read, and whether a run waited for
+    it: where statements cost round trips, the common ingest (names whose functions have no
+    flow control, that no run waits for) routes from here and stores events and runs in one
+    statement, which checks in the database that this is still true (`ingest_routed`)."""
+
+    MAX_NAMES = 1024
+
+    def __init__(self) -> None:
+        # name -> (routes, fingerprint parts, whether some run waited for it)
+        self._names: dict[str, tuple[list[Route], list[tuple[str, ...]], bool]] = {}
+
+    def learn(self, names: list[str], triggered: list[dict[str, Any]],
+              waited: dict[str, bool]) -> dict[str, list[Route]]:
+        """Keep what a read of `functions_for_events` answered for `names`; answer the routes."""
+        routes: dict[str, list[Route]] = {name: [] for name in names}
+        parts: dict[str, list[tuple[str, ...]]] = {name: [] for name in names}
+        for r in triggered:
+            definition = definitions.decode(r["definition"])
+            triggers = [t for t in definition.triggers
+                        if isinstance(t, EventTrigger) and t.event == r["event_name"]]
+            routes[r["event_name"]].append((r["app_id"], r["function_id"], definition.flow,
+                                            triggers))
+            parts[r["event_name"]].append((r["event_name"], r["app_id"], r["function_id"],
+                                           hashlib.md5(r["definition"].encode(),
+                                                       usedforsecurity=False).hexdigest()))
+        if len(self._names) + len(names) > self.MAX_NAMES:
+            self._names.clear()
+        for name in names:
+            self._names[name] = (routes[name], parts[name], waited.get(name, True))
+        return routes
+
+    def plan(self, names: list[str]) -> tuple[dict[str, list[Route]], str] | None:
+        """The routes of `names` and their fingerprint, when every name is known, its
+        functions have no flow control and no run waited for it; else None."""
+        routes: dict[str, list[Route]] = {}
+        parts: list[tuple[str, ...]] = []
+        for name in names:
+            known = self._names.get(name)
+            if known is None or known[2] or not all(r[2].empty for r in known[0]):
+                return None
+            routes[name] = known[0]
+            parts.extend(known[1])
+        return routes, self.fingerprint(parts)
+
+    @staticmethod
+    def fingerprint(parts: list[tuple[str, ...]]) -> str:
+        """As `ingest_routed` computes it: each route's event name, app and function
+        (length-prefixed, so no two route sets read the same) and definition's md5, in
+        bytewise order (UTF-8's order is code points')."""
+        return ",".join(" ".join(f"{len(v)}:{v}" for v in p[:3]) + " " + p[3]
+                        for p in sorted(parts))
+
+
+def _matching(ev: StoredEvent, routes: list[Route]) -> Iterator[Route]:
+    """The routes whose triggers take this event (an SDK trigger may filter by expression)."""
+    event_doc: dict[str, Any] | None = None
+    for route in routes:
+        triggers = route[3]
+        if any(t.expression is not None for t in triggers):
+            if event_doc is None:
+                event_doc = waits.event_json({"name": ev.name, "data": ev.data,
+                                              "id": ev.id, "ts": ev.ts})
+            if not any(t.matches(event_doc) for t in triggers):
+                continue
+        yield route
+
 
 def ingest_events(tx: Tx, events: list[StoredEvent] | tuple[StoredEvent, ...],
-                  now: int) -> list[str]:
+                  now: int, known: Routes | None = None) -> list[str]:
     """Store events not stored yet (an id already stored is an idempotent resend) and start
     their runs; return every event's id. The events' insert (one statement for them all),
     the functions their names trigger and whether any run waits for those names are one
     round trip on PostgreSQL; the runs' inserts (one statement for those without flow
-    control) go with the COMMIT (`Tx.defer`)."""
+    control) go with the COMMIT (`Tx.defer`). With `known` routes that still hold, the
+    whole is one statement sent with the COMMIT (`_ingest_routed`)."""
     if not events:
         return []
     names = sorted({ev.name for ev in events})
+    if known is not None and tx.round_trips:
+        planned = known.plan(names)
+        if planned is not None and _ingest_routed(tx, events, now, names, *planned):
+            return [ev.id for ev in events]
     inserted, triggered, waited_rows = tx.each([
         ("insert_events", {"ids": [ev.id for ev in events], "names": [ev.name for ev in events],
                            "datas": [ev.data for ev in events], "ts": [ev.ts for ev in events],
@@ -29,28 +107,15 @@ def ingest_events(tx: Tx, events: list[StoredEvent] | tuple[StoredEvent, ...],
         ("functions_for_events", {"names": names}), ("names_waited", {"names": names})])
     new = {row["id"] for row in inserted}
     plain = flow_control.PlainRuns(now)
-    routes: dict[str, list[tuple[str, str, FlowOptions, list[EventTrigger]]]] = {}
-    for r in triggered:
-        definition = definitions.decode(r["definition"])
-        triggers = [t for t in definition.triggers
-                    if isinstance(t, EventTrigger) and t.event == r["event_name"]]
-        routes.setdefault(r["event_name"], []).append(
-            (r["app_id"], r["function_id"], definition.flow, triggers))
     # Whether a run waits for a name; missing: not known (a run started here may wait).
     waited: dict[str, bool] = {name: False for name in names}
     waited.update((r["name"], True) for r in waited_rows)
+    routes = (known or Routes()).learn(names, triggered, waited)
     for ev in events:
         if ev.id not in new:
             continue
         new.discard(ev.id)  # an id repeated in one call is stored and routed once
-        event_doc: dict[str, Any] | None = None
-        for app_id, function_id, flow, triggers in routes.get(ev.name, ()):
-            if any(t.expression is not None for t in triggers):  # an SDK trigger's filter
-                if event_doc is None:
-                    event_doc = waits.event_json({"name": ev.name, "data": ev.data,
-                                                  "id": ev.id, "ts": ev.ts})
-                if not any(t.matches(event_doc) for t in triggers):
-                    continue
+        for app_id, function_id, flow, _triggers in _matching(ev, routes.get(ev.name, [])):
             if flow.empty:
                 plain.add(app_id, function_id, ev.id, max(now, ev.ts))
             else:
@@ -64,3 +129,30 @@ def ingest_events(tx: Tx, events: list[StoredEvent] | tuple[StoredEvent, ...],
             waits.deliver(tx, ev, now)
     plain.insert(tx)
     return [ev.id for ev in events]
+
+
+def _ingest_routed(tx: Tx, events: list[StoredEvent] | tuple[StoredEvent, ...], now: int,
+                   names: list[str], routes: dict[str, list[Route]], fingerprint: str) -> bool:
+    """The events and their runs as `routes` says, in one statement committed with it; False
+    (nothing written) when the routes no longer hold: the caller then ingests the general
+    way, in a transaction of its own."""
+    plain = flow_control.PlainRuns(now)
+    routed: set[str] = set()
+    for ev in events:
+        if ev.id in routed:
+            continue  # an id repeated in one call is stored (the first) and routed once
+        routed.add(ev.id)
+        for app_id, function_id, _flow, _triggers in _matching(ev, routes.get(ev.name, [])):
+            plain.add(app_id, function_id, ev.id, max(now, ev.ts))
+    columns = plain.columns
+    if columns["ids"]:
+        tx.wake_workers()
+    [[row]] = tx.commit_with([("ingest_routed", {
+        "names": names, "routes": fingerprint, "now": now,
+        "ids": [ev.id for ev in events], "names_of": [ev.name for ev in events],
+        "datas": [ev.data for ev in events], "ts": [ev.ts for ev in events],
+        "traces": [ev.trace for ev in events],
+        "run_ids": columns["ids"], "run_apps": columns["app_ids"],
+        "run_functions": columns["function_ids"], "run_events": columns["event_ids"],
+        "run_available_ats": columns["available_ats"]})])
+    return bool(row["ok"])

@@ -75,6 +75,51 @@ WHERE EXISTS (SELECT 1 FROM waits w WHERE w.event_name = n.value);
 SELECT n.name FROM unnest(CAST(:names AS text[])) AS n(name)
 WHERE EXISTS (SELECT 1 FROM waits w WHERE w.event_name = n.name);
 
+-- name: ingest_routed @postgres
+-- The common ingest in one statement (sent with the COMMIT): the events, and the runs the
+-- caller routed them to from its cache of routes (the run lists, one per new event and
+-- function), only if that cache is still true: the functions the names :names trigger are
+-- :routes (`ingest.Routes.fingerprint`: each length-prefixed event name, app and function
+-- and md5(definition), sorted bytewise, joined with commas)
+-- and no run waits for any of those names. If not, nothing is written (`ok` false) and the
+-- caller ingests the general way. Runs are inserted for the events stored here only (an id
+-- already stored is a resend).
+WITH chk AS (
+  SELECT coalesce((SELECT string_agg(length(t.event_name) || ':' || t.event_name || ' '
+                                       || length(t.app_id) || ':' || t.app_id || ' '
+                                       || length(t.function_id) || ':' || t.function_id
+                                       || ' ' || md5(f.definition), ','
+                                     ORDER BY t.event_name COLLATE "C", t.app_id COLLATE "C",
+                                              t.function_id COLLATE "C")
+                   FROM function_triggers t
+                   JOIN functions f ON f.app_id = t.app_id AND f.id = t.function_id
+                   WHERE t.event_name = ANY (CAST(:names AS text[]))), '') = :routes
+         AND NOT EXISTS (SELECT 1 FROM waits w
+                         WHERE w.event_name = ANY (CAST(:names AS text[]))) AS ok),
+ev AS (
+  INSERT INTO events (id, name, data, ts, received_at, trace)
+  SELECT e.id, e.name, e.data, e.ts, :now, e.trace
+  FROM unnest(CAST(:ids AS text[]), CAST(:names_of AS text[]), CAST(:datas AS text[]),
+              CAST(:ts AS bigint[]), CAST(:traces AS text[])) WITH ORDINALITY
+       AS e(id, name, data, ts, trace, position)
+  WHERE (SELECT ok FROM chk)
+  ORDER BY e.position
+  ON CONFLICT (id) DO NOTHING
+  RETURNING id),
+r AS (
+  SELECT * FROM unnest(CAST(:run_ids AS text[]), CAST(:run_apps AS text[]),
+                       CAST(:run_functions AS text[]), CAST(:run_events AS text[]),
+                       CAST(:run_available_ats AS bigint[]))
+       AS r(id, app_id, function_id, event_id, available_at)
+  WHERE r.event_id IN (SELECT id FROM ev)),
+runs_in AS (
+  INSERT INTO runs (id, app_id, function_id, event_id, status, created_at)
+  SELECT id, app_id, function_id, event_id, 'queued', :now FROM r),
+queue_in AS (
+  INSERT INTO queue (run_id, app_id, function_id, available_at, priority)
+  SELECT id, app_id, function_id, available_at, 0 FROM r)
+SELECT (SELECT ok FROM chk) AS ok;
+
 -- name: insert_run
 INSERT INTO runs (id, app_id, function_id, event_id, status, origin_run_id, parent_run_id,
                   parent_step_id, created_at)
