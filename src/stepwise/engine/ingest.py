@@ -41,8 +41,8 @@ class Routes:
             routes[r["event_name"]].append((r["app_id"], r["function_id"], definition.flow,
                                             triggers))
             parts[r["event_name"]].append((r["event_name"], r["app_id"], r["function_id"],
-                                           hashlib.md5(r["definition"].encode(),
-                                                       usedforsecurity=False).hexdigest()))
+                                           hashlib.sha256(r["definition"].encode()
+                                                          ).hexdigest()))
         if len(self._names) + len(names) > self.MAX_NAMES:
             self._names.clear()
         for name in names:
@@ -65,7 +65,7 @@ class Routes:
     @staticmethod
     def fingerprint(parts: list[tuple[str, ...]]) -> str:
         """As `ingest_routed` computes it: each route's event name, app and function
-        (length-prefixed, so no two route sets read the same) and definition's md5, in
+        (length-prefixed, so no two route sets read the same) and definition's SHA-256, in
         bytewise order (UTF-8's order is code points')."""
         return ",".join(" ".join(f"{len(v)}:{v}" for v in p[:3]) + " " + p[3]
                         for p in sorted(parts))

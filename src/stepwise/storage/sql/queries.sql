@@ -80,7 +80,7 @@ WHERE EXISTS (SELECT 1 FROM waits w WHERE w.event_name = n.name);
 -- caller routed them to from its cache of routes (the run lists, one per new event and
 -- function), only if that cache is still true: the functions the names :names trigger are
 -- :routes (`ingest.Routes.fingerprint`: each length-prefixed event name, app and function
--- and md5(definition), sorted bytewise, joined with commas)
+-- and the SHA-256 of its definition, sorted bytewise, joined with commas)
 -- and no run waits for any of those names. If not, nothing is written (`ok` false) and the
 -- caller ingests the general way. Runs are inserted for the events stored here only (an id
 -- already stored is a resend).
@@ -88,7 +88,9 @@ WITH chk AS (
   SELECT coalesce((SELECT string_agg(length(t.event_name) || ':' || t.event_name || ' '
                                        || length(t.app_id) || ':' || t.app_id || ' '
                                        || length(t.function_id) || ':' || t.function_id
-                                       || ' ' || md5(f.definition), ','
+                                       || ' '
+                                       || encode(sha256(convert_to(f.definition, 'UTF8')),
+                                                 'hex'), ','
                                      ORDER BY t.event_name COLLATE "C", t.app_id COLLATE "C",
                                               t.function_id COLLATE "C")
                    FROM function_triggers t
