@@ -172,6 +172,7 @@ class Worker:
         self._wake = asyncio.Event()
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
+        self._lease_task: asyncio.Task[None] | None = None
         self.env = ExecutorEnv(
             engine=self.engine, limits=limits or Limits(), metrics=Metrics(),
             owner=self.id, inline=lambda: len(self._active) <= 1, threads=self._new_pool())
@@ -189,7 +190,8 @@ class Worker:
         await self._say_alive()
         if self.isolate:
             self._user_loop = UserLoop(f"stepwise-user-{self._generation}")
-        self._tasks = [asyncio.create_task(self._lease_loop(), name="stepwise-lease"),
+        self._lease_task = asyncio.create_task(self._lease_loop(), name="stepwise-lease")
+        self._tasks = [self._lease_task,
                        asyncio.create_task(self._heartbeat_loop(), name="stepwise-heartbeat"),
                        asyncio.create_task(self._watch_loop(), name="stepwise-watchdog")]
 
@@ -205,9 +207,14 @@ class Worker:
         code does."""
         self._stopping = True
         self.notify()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        if self._lease_task is not None:  # a lease on its way lands: its runs go back below
+            await asyncio.wait([self._lease_task], timeout=grace)
         await self._hand_back_prefetched()
         if self._active:
-            await asyncio.wait(list(self._active.values()), timeout=grace)
+            await asyncio.wait(list(self._active.values()),
+                               timeout=max(0.0, deadline - loop.time()))
         log.info("worker %s: stopping; handing back %d runs", self.id, len(self._running))
         for running in list(self._running.values()):
             await self._abandon(running, [], hand_back=True)

@@ -5,6 +5,7 @@ and runs it holds ahead go back to the queue when it stops or holds them too lon
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
@@ -116,3 +117,35 @@ async def test_a_run_held_ahead_too_long_goes_to_another_worker(
             await h2.settle(advance=False)
             runs = await h1.runs(function="job")
     assert sorted(r["output"] for r in runs) == [0, 1]
+
+
+async def test_runs_of_a_lease_on_its_way_when_the_worker_stops_are_handed_back(
+        db: str) -> None:
+    gate = asyncio.Event()
+    seen = {"active": 0, "most_active": 0}
+    app = gated_app(gate, seen)
+
+    async with Harness(app, db, concurrency=1) as h:
+        h.worker._execution_s = 0.0
+        lease_runs = h.worker.engine.lease_runs
+        taken, answer = asyncio.Event(), asyncio.Event()
+
+        async def slow_lease(*args: Any, **kwargs: Any) -> Any:
+            found = await lease_runs(*args, **kwargs)  # committed: the runs are ours...
+            if found.states:
+                taken.set()
+                await answer.wait()  # ...but the worker has not heard back yet
+            return found
+
+        h.worker.engine.lease_runs = slow_lease  # type: ignore[method-assign]
+        await h.send("job", {"n": 0})
+        await h.send("job", {"n": 1})
+        h.worker.notify()
+        await asyncio.wait_for(taken.wait(), 10)
+        stopping = asyncio.create_task(h.worker.stop(grace=5))
+        await asyncio.sleep(0.01)
+        answer.set()
+        await stopping
+        runs = await h.runs(function="job")
+    assert len(runs) == 2 and {r["status"] for r in runs} == {"queued"}
+    assert seen["most_active"] == 0  # leased while stopping: none started
