@@ -133,7 +133,7 @@ def _started_states(tx: Tx, picked: list[str], now: int, started: list[dict[str,
            and s["ended_at"] is not None and s["ended_at"] <= now]
     settle_due_steps(tx, picked, now, due)
     if due:  # the steps just settled: read them again, as the executor must see them
-        steps = tx.all("steps_of_runs", ids=picked)
+        (steps,) = tx.commit_with([("steps_of_runs", {"ids": picked})])
     order = {run_id: i for i, run_id in enumerate(picked)}
     return runs.states(tx, sorted(started, key=lambda r: order[r["id"]]), events, steps)
 
@@ -164,20 +164,22 @@ def settle_due_steps(tx: Tx, ids: list[str], now: int,
     only results. `due`: those steps, when the caller read them already."""
     if due is None:
         due = tx.all("due_timed_steps", ids=ids, now=now)
+    # Deferred: they go out together with what the caller sends next (the steps read again,
+    # or the COMMIT), one round trip for them all instead of one each.
     for row in due:
         status, run_id, step_id = row["status"], row["run_id"], row["id"]
         if status == StepStatus.sleeping:
-            tx.exec("resolve_step", run_id=run_id, id=step_id, status=StepStatus.completed,
-                    output=None, error=None, now=row["ended_at"], expected=status)
+            tx.defer("resolve_step", run_id=run_id, id=step_id, status=StepStatus.completed,
+                     output=None, error=None, now=row["ended_at"], expected=status)
         elif status == StepStatus.waiting:
-            tx.exec("delete_wait", run_id=run_id, step_id=step_id)
-            tx.exec("resolve_step", run_id=run_id, id=step_id, status=StepStatus.completed,
-                    output=None, error=None, now=now, expected=status)
+            tx.defer("delete_wait", run_id=run_id, step_id=step_id)
+            tx.defer("resolve_step", run_id=run_id, id=step_id, status=StepStatus.completed,
+                     output=None, error=None, now=now, expected=status)
         else:
             error: ErrorInfo = {"name": "InvokeTimeout", "step_id": step_id, "message": (
                 "the invoked run did not finish before the timeout")}
-            tx.exec("resolve_step", run_id=run_id, id=step_id, status=StepStatus.failed,
-                    output=None, error=dumps(error, "error"), now=now, expected=status)
+            tx.defer("resolve_step", run_id=run_id, id=step_id, status=StepStatus.failed,
+                     output=None, error=dumps(error, "error"), now=now, expected=status)
 
 
 def renew_leases(tx: Tx, owner: str, run_ids: list[str], until: int) -> None:
