@@ -101,9 +101,7 @@ def ingest_events(tx: Tx, events: list[StoredEvent] | tuple[StoredEvent, ...],
         if planned is not None and _ingest_routed(tx, events, now, names, *planned):
             return [ev.id for ev in events]
     inserted, triggered, waited_rows = tx.each([
-        ("insert_events", {"ids": [ev.id for ev in events], "names": [ev.name for ev in events],
-                           "datas": [ev.data for ev in events], "ts": [ev.ts for ev in events],
-                           "traces": [ev.trace for ev in events], "now": now}),
+        ("insert_events", {**_event_columns(events), "now": now}),
         ("functions_for_events", {"names": names}), ("names_waited", {"names": names})])
     new = {row["id"] for row in inserted}
     plain = flow_control.PlainRuns(now)
@@ -148,11 +146,15 @@ def _ingest_routed(tx: Tx, events: list[StoredEvent] | tuple[StoredEvent, ...], 
     if columns["ids"]:
         tx.wake_workers()
     [[row]] = tx.commit_with([("ingest_routed", {
-        "names": names, "routes": fingerprint, "now": now,
-        "ids": [ev.id for ev in events], "names_of": [ev.name for ev in events],
-        "datas": [ev.data for ev in events], "ts": [ev.ts for ev in events],
-        "traces": [ev.trace for ev in events],
+        **_event_columns(events), "route_names": names, "routes": fingerprint, "now": now,
         "run_ids": columns["ids"], "run_apps": columns["app_ids"],
         "run_functions": columns["function_ids"], "run_events": columns["event_ids"],
         "run_available_ats": columns["available_ats"]})])
     return bool(row["ok"])
+
+
+def _event_columns(events: list[StoredEvent] | tuple[StoredEvent, ...]) -> dict[str, list[Any]]:
+    """The events as the parallel lists `insert_events` and `ingest_routed` take."""
+    return {"ids": [ev.id for ev in events], "names": [ev.name for ev in events],
+            "datas": [ev.data for ev in events], "ts": [ev.ts for ev in events],
+            "traces": [ev.trace for ev in events]}

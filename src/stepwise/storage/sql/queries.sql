@@ -78,7 +78,7 @@ WHERE EXISTS (SELECT 1 FROM waits w WHERE w.event_name = n.name);
 -- name: ingest_routed @postgres
 -- The common ingest in one statement (sent with the COMMIT): the events, and the runs the
 -- caller routed them to from its cache of routes (the run lists, one per new event and
--- function), only if that cache is still true: the functions the names :names trigger are
+-- function), only if that cache is still true: the functions the names :route_names trigger are
 -- :routes (`ingest.Routes.fingerprint`: each length-prefixed event name, app and function
 -- and the SHA-256 of its definition, sorted bytewise, joined with commas)
 -- and no run waits for any of those names. If not, nothing is written (`ok` false) and the
@@ -95,13 +95,13 @@ WITH chk AS (
                                               t.function_id COLLATE "C")
                    FROM function_triggers t
                    JOIN functions f ON f.app_id = t.app_id AND f.id = t.function_id
-                   WHERE t.event_name = ANY (CAST(:names AS text[]))), '') = :routes
+                   WHERE t.event_name = ANY (CAST(:route_names AS text[]))), '') = :routes
          AND NOT EXISTS (SELECT 1 FROM waits w
-                         WHERE w.event_name = ANY (CAST(:names AS text[]))) AS ok),
+                         WHERE w.event_name = ANY (CAST(:route_names AS text[]))) AS ok),
 ev AS (
   INSERT INTO events (id, name, data, ts, received_at, trace)
   SELECT e.id, e.name, e.data, e.ts, :now, e.trace
-  FROM unnest(CAST(:ids AS text[]), CAST(:names_of AS text[]), CAST(:datas AS text[]),
+  FROM unnest(CAST(:ids AS text[]), CAST(:names AS text[]), CAST(:datas AS text[]),
               CAST(:ts AS bigint[]), CAST(:traces AS text[])) WITH ORDINALITY
        AS e(id, name, data, ts, trace, position)
   WHERE (SELECT ok FROM chk)
