@@ -32,14 +32,9 @@ class Routes:
     def learn(self, names: list[str], triggered: list[dict[str, Any]],
               waited: dict[str, bool]) -> dict[str, list[Route]]:
         """Keep what a read of `functions_for_events` answered for `names`; answer the routes."""
-        routes: dict[str, list[Route]] = {name: [] for name in names}
+        routes = _routes_of(names, triggered)
         parts: dict[str, list[tuple[str, ...]]] = {name: [] for name in names}
         for r in triggered:
-            definition = definitions.decode(r["definition"])
-            triggers = [t for t in definition.triggers
-                        if isinstance(t, EventTrigger) and t.event == r["event_name"]]
-            routes[r["event_name"]].append((r["app_id"], r["function_id"], definition.flow,
-                                            triggers))
             parts[r["event_name"]].append((r["event_name"], r["app_id"], r["function_id"],
                                            hashlib.sha256(r["definition"].encode()
                                                           ).hexdigest()))
@@ -71,6 +66,18 @@ class Routes:
                         for p in sorted(parts))
 
 
+def _routes_of(names: list[str], triggered: list[dict[str, Any]]) -> dict[str, list[Route]]:
+    """The routes of each of `names`, from the rows of `functions_for_events`."""
+    routes: dict[str, list[Route]] = {name: [] for name in names}
+    for r in triggered:
+        definition = definitions.decode(r["definition"])
+        triggers = [t for t in definition.triggers
+                    if isinstance(t, EventTrigger) and t.event == r["event_name"]]
+        routes[r["event_name"]].append((r["app_id"], r["function_id"], definition.flow,
+                                        triggers))
+    return routes
+
+
 def _matching(ev: StoredEvent, routes: list[Route]) -> Iterator[Route]:
     """The routes whose triggers take this event (an SDK trigger may filter by expression)."""
     event_doc: dict[str, Any] | None = None
@@ -96,7 +103,9 @@ def ingest_events(tx: Tx, events: list[StoredEvent] | tuple[StoredEvent, ...],
     if not events:
         return []
     names = sorted({ev.name for ev in events})
-    if known is not None and tx.round_trips:
+    if not tx.round_trips:
+        known = None  # nothing to save: every ingest reads its routes (SQLite)
+    if known is not None:
         planned = known.plan(names)
         if planned is not None and _ingest_routed(tx, events, now, names, *planned):
             return [ev.id for ev in events]
@@ -108,7 +117,8 @@ def ingest_events(tx: Tx, events: list[StoredEvent] | tuple[StoredEvent, ...],
     # Whether a run waits for a name; missing: not known (a run started here may wait).
     waited: dict[str, bool] = {name: False for name in names}
     waited.update((r["name"], True) for r in waited_rows)
-    routes = (known or Routes()).learn(names, triggered, waited)
+    routes = (known.learn(names, triggered, waited) if known is not None else
+              _routes_of(names, triggered))
     for ev in events:
         if ev.id not in new:
             continue
