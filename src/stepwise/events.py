@@ -65,7 +65,7 @@ class EventIn(BaseModel):
         json_schema_extra={"pattern": TEXT_PATTERN},
         description="Idempotency id: an id already stored is not stored again")
     ts: int | None = Field(
-        default=None, ge=0, le=MAX_TS,
+        default=None, ge=0, le=MAX_TS, strict=True,  # a number, not a string of digits
         description="Milliseconds since the epoch (at most year 9999); a future ts delays delivery")
 
     @field_validator("name")
