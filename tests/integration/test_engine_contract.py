@@ -298,6 +298,19 @@ async def test_operations_that_make_work_due_wake_workers(engine: Engine) -> Non
     assert woken == []
     await engine.cancel(limited_run)  # frees its concurrency slot
     assert await woke()
+    # Completions (in one statement on PostgreSQL) wake as cancels do: only for a freed slot.
+    other = await start_run(engine, event_id="e2")
+    await engine.ingest([StoredEvent("ek2", "go-k", "{}", now(engine))])
+    (limited_run,) = await engine.lease(APP, ["k"], "A", 10, LEASE_MS)
+    await asyncio.sleep(0.1)
+    woken.clear()
+    await engine.apply(other, "A", [done(engine, "s", 0, "1"), RunCompleted("1")], last=True)
+    await asyncio.sleep(0.1)
+    assert woken == [] and await status(engine, other) == "completed"
+    await engine.apply(limited_run, "A", [done(engine, "s", 0, "1"), RunCompleted("1")],
+                       last=True)
+    assert await woke()
+    assert await status(engine, limited_run) == "completed"
     await asyncio.sleep(0.1)
     woken.clear()
     with pytest.raises(Conflict):

@@ -24,6 +24,7 @@ from .. import metrics
 from ..clock import Clock
 from ..definition import FunctionDefinition
 from ..events import StoredEvent
+from ..status import RunStatus
 from ..storage import Storage
 from ..storage.rows import EventRow, RunDetail, RunRow
 from . import admin, definitions, ingest, leasing, lifecycle, runs, workers
@@ -48,6 +49,9 @@ class Engine:
         self.clock = clock or Clock()
         self._plain_misses = 0  # leases left before trying `lease_plain` again
         self._routes = ingest.Routes()  # what events started when last read (one-statement ingest)
+        # An execution's common end in one statement (`runs.completion_in_one`), grouped with
+        # other runs' steps: PostgreSQL. SQLite completes in process, without round trips.
+        self._complete_in_one = storage.dialect == "postgres"
 
     # --- events and definitions --------------------------------------------------------------
 
@@ -126,8 +130,26 @@ class Engine:
         function of its own: this is every step's path, one frame fewer."""
         if not last and len(outcomes) == 1 and type(outcomes[0]) is StepCompleted:
             return self._save_step(run_id, owner, outcomes[0], inline)
+        if last and self._complete_in_one:
+            params = runs.completion_in_one(run_id, owner, outcomes, self.clock.now_ms())
+            if params is not None:
+                return self._complete_run(run_id, owner, outcomes, params, inline)
         return self.storage.write(runs.apply, run_id, owner, outcomes, self.clock.now_ms(), last,
                                   inline=inline)
+
+    async def _complete_run(self, run_id: str, owner: str, outcomes: list[Outcome],
+                        params: dict[str, Any], inline: bool) -> Applied:
+        """The run's completion after at most one step: one statement, which writes nothing
+        when the run needs more or the lease is lost; the general way then decides."""
+        row = await self.storage.write_statement("complete_leased_run", params, inline=inline)
+        if row is None:
+            return await self.storage.write(runs.apply, run_id, owner, outcomes,
+                                            self.clock.now_ms(), True, inline=inline)
+        applied = Applied()
+        if params["step_id"] is not None:
+            applied.outputs[params["step_id"]] = params["step_output"]
+        applied.run_status = RunStatus.completed
+        return applied
 
     async def _save_step(self, run_id: str, owner: str, done: StepCompleted,
                          inline: bool) -> Applied:

@@ -210,6 +210,30 @@ def _complete(tx: Tx, run_id: str, owner: str, outcomes: list[Outcome], now: int
     return applied
 
 
+def completion_in_one(run_id: str, owner: str, outcomes: list[Outcome], now: int
+                      ) -> dict[str, Any] | None:
+    """The parameters of `complete_leased_run` (PostgreSQL: an execution's common end in one
+    statement) when `outcomes` are the run's completion after at most one completed step;
+    None when they say more. The statement writes only what `_complete` would, and nothing
+    when the run needs more (a parent to settle, lifecycle events) or the lease is lost: the
+    caller then applies the outcomes the general way."""
+    if not outcomes or type(outcomes[-1]) is not RunCompleted or len(outcomes) > 2:
+        return None
+    completed = outcomes[-1]
+    assert isinstance(completed, RunCompleted)
+    step = outcomes[0] if len(outcomes) == 2 else None
+    if step is not None and type(step) is not StepCompleted:
+        return None
+    return {"run_id": run_id, "owner": owner, "output": completed.output, "now": now,
+            "step_id": None if step is None else step.step_id,
+            "seq": None if step is None else step.seq,
+            "attempts": None if step is None else step.attempt + 1,
+            "step_output": None if step is None else step.output,
+            "started_at": None if step is None else step.started_at,
+            "ended_at": None if step is None else step.ended_at,
+            "name": None if step is None else step.name}
+
+
 def _stored(tx: Tx, run_id: str, step_id: str) -> StepRow:
     """A step as stored, read back when an outcome found it already settled."""
     return cast(StepRow, tx.one("get_step", run_id=run_id, id=step_id))

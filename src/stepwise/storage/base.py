@@ -108,7 +108,8 @@ class Storage(ABC):
                               inline: bool = False) -> dict[str, Any] | None:
         """Run one named statement that writes, committed durably on its own, and answer its
         first row. PostgreSQL sends the ones that arrive together in one round trip and one
-        commit (every step's result takes this path)."""
+        commit (every step's result takes this path). A row with a true `wake` column says
+        the statement made work due: the workers are woken once it committed."""
         return await self.write(_first_row, query, params, inline=inline, one_statement=True)
 
     @abstractmethod
@@ -145,7 +146,10 @@ class Storage(ABC):
 
 
 def _first_row(tx: Tx, query: str, params: dict[str, Any]) -> dict[str, Any] | None:
-    return tx.one(query, **params)
+    row = tx.one(query, **params)
+    if row is not None and row.get("wake"):
+        tx.wake_workers()
+    return row
 
 
 def open_storage(url: str | None = None) -> Storage:

@@ -208,7 +208,8 @@ class PostgresStorage(Storage):
     # trip, one commit (a WAL flush) and one thread hop for them all instead of one each, as
     # concurrent runs' steps usually do. Each answers once the transaction committed; when a
     # statement fails the group rolls back and each is sent alone, so one bad write never
-    # takes the others with it.
+    # takes the others with it. A statement whose row answers a true `wake` made work due:
+    # every process's workers are woken once it committed.
 
     async def write_statement(self, query: str, params: dict[str, Any], *,
                               inline: bool = False) -> dict[str, Any] | None:
@@ -236,9 +237,20 @@ class PostgresStorage(Storage):
                 answers = self._send(group)
             except BaseException as exc:  # never leave a writer waiting for an answer
                 answers = [(False, exc)] * len(group)
+            if any(ok and value is not None and value.get("wake") for ok, value in answers):
+                self._wake_after_commit()
             for (_sql, _params, loop, fut), (ok, value) in zip(group, answers, strict=True):
                 if not loop.is_closed():
                     loop.call_soon_threadsafe(resolve_future, fut, ok, value)
+
+    def _wake_after_commit(self) -> None:
+        """A committed one-statement write answered `wake`: it made work due."""
+        assert self.pool is not None
+        try:
+            with self.pool.connection() as conn:
+                conn.execute(f"NOTIFY {self._channel}")
+        finally:
+            self.notify_new_work()
 
     def _send(self, group: list[_Statement]) -> list[tuple[bool, Any]]:
         assert self.pool is not None

@@ -517,6 +517,43 @@ WITH finished AS (SELECT 1 FROM runs WHERE id = :run_id AND status NOT IN ({unfi
                     WHERE run_id = :run_id AND EXISTS (SELECT FROM finished))
 SELECT (SELECT count(*) FROM keys) AS keys;
 
+-- name: complete_leased_run @postgres
+-- The common end of an execution in one statement: its last step (when :step_id is not null)
+-- stored and the run completed and cleaned up as finish_leased_run and finish_cleanup do,
+-- only for a run `owner` leases that nothing else must hear of its end (no invoking parent, not
+-- an SDK function's, whose end is an event) and only if the step is stored by this statement.
+-- Otherwise it writes nothing and answers no row: the caller then completes the run the
+-- general way. `wake`: it freed concurrency keys (runs may wait for the slot).
+WITH eligible AS (
+    SELECT r.id FROM runs r
+    JOIN queue q ON q.run_id = r.id AND q.lease_owner = :owner
+    JOIN functions f ON f.app_id = r.app_id AND f.id = r.function_id
+    WHERE r.id = :run_id AND r.status <> 'cancelled' AND r.parent_run_id IS NULL
+      AND position('"url"' in f.definition) = 0),
+saved AS (
+    INSERT INTO steps (run_id, id, seq, status, attempts, output, error, started_at, ended_at,
+                       name)
+    SELECT id, :step_id::text, :seq::integer, 'completed', :attempts::integer,
+           :step_output::text, NULL, :started_at::bigint, :ended_at::bigint, :name::text
+    FROM eligible WHERE :step_id::text IS NOT NULL
+    ON CONFLICT (run_id, id) DO UPDATE SET
+        status = excluded.status, attempts = excluded.attempts, output = excluded.output,
+        error = excluded.error, ended_at = excluded.ended_at
+    WHERE steps.status NOT IN ({final_steps}) AND steps.attempts < excluded.attempts
+    RETURNING 1),
+finished AS (
+    UPDATE runs SET status = 'completed', output = :output::text, error = NULL,
+                    ended_at = :now::bigint, retry = 0
+    WHERE id = (SELECT id FROM eligible) AND status <> 'cancelled'
+      AND (:step_id::text IS NULL OR EXISTS (SELECT FROM saved))
+    RETURNING id),
+queue_row AS (DELETE FROM queue WHERE run_id = (SELECT id FROM finished)),
+keys AS (DELETE FROM queue_keys WHERE run_id = (SELECT id FROM finished) RETURNING 1),
+run_waits AS (DELETE FROM waits WHERE run_id = (SELECT id FROM finished)),
+run_deadlines AS (DELETE FROM deadlines WHERE run_id = (SELECT id FROM finished)),
+run_groups AS (DELETE FROM pending_groups WHERE run_id = (SELECT id FROM finished))
+SELECT EXISTS (SELECT FROM keys) AS wake FROM finished;
+
 -- name: replay_run
 UPDATE runs SET status = 'queued', output = NULL, error = NULL, ended_at = NULL, retry = 0,
                 attempts = attempts + 1
