@@ -65,7 +65,7 @@ class EventIn(BaseModel):
         json_schema_extra={"pattern": TEXT_PATTERN},
         description="Idempotency id: an id already stored is not stored again")
     ts: int | None = Field(
-        default=None, ge=0, le=MAX_TS, strict=True,  # a number, not a string of digits
+        default=None, ge=0, le=MAX_TS,
         description="Milliseconds since the epoch (at most year 9999); a future ts delays delivery")
 
     @field_validator("name")
@@ -83,7 +83,7 @@ class EventIn(BaseModel):
     @field_validator("ts", mode="before")
     @classmethod
     def _ts_from_datetime(cls, value: Any) -> Any:
-        if isinstance(value, bool):
+        if isinstance(value, bool | str | bytes):  # JSON true, or a string of digits
             raise ValueError("ts must be an integer of milliseconds since the epoch")
         if isinstance(value, datetime):
             return int(value.timestamp() * 1000)

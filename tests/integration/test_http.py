@@ -40,6 +40,8 @@ BAD_BODIES: list[tuple[str, bytes, int, str]] = [
     ("id not a string", b'{"name": "ping", "id": 3}', 400, "event.id"),
     ("ts negative", b'{"name": "ping", "ts": -1}', 400, "event.ts"),
     ("ts a bool", b'{"name": "ping", "ts": true}', 400, "event.ts"),
+    ("ts a string of digits", b'{"name": "ping", "ts": "0"}', 400, "event.ts"),
+    ("ts with a fraction", b'{"name": "ping", "ts": 1.5}', 400, "event.ts"),
     ("body a number", b"42", 400, "got int"),
     ("empty list", b"[]", 400, "empty"),
     ("list item not an object", b'[{"name": "ping"}, 7]', 400, "events[1] must be an object"),

@@ -7,6 +7,7 @@ import json
 import math
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -85,3 +86,13 @@ def test_a_body_is_valid_events_or_a_4xx(body: Any) -> None:
         event.data.encode()
         event.id.encode()
         assert isinstance(loads(event.data), dict)
+
+
+def test_ts_is_a_json_integer_even_written_with_a_zero_fraction() -> None:
+    """JSON Schema's integer includes 5.0 (the documented schema); a string of digits is not
+    a number, and a fraction is not milliseconds."""
+    (event,) = validate_events({"name": "ping", "ts": 5.0}, Limits(), now=0)
+    assert event.ts == 5
+    for bad in ("5", 5.5, True):
+        with pytest.raises(ApiError, match=r"event\.ts"):
+            validate_events({"name": "ping", "ts": bad}, Limits(), now=0)
