@@ -138,7 +138,7 @@ class Engine:
                                   inline=inline)
 
     async def _complete_run(self, run_id: str, owner: str, outcomes: list[Outcome],
-                        params: dict[str, Any], inline: bool) -> Applied:
+                            params: dict[str, Any], inline: bool) -> Applied:
         """The run's completion after at most one step: one statement, which writes nothing
         when the run needs more or the lease is lost; the general way then decides."""
         row = await self.storage.write_statement("complete_leased_run", params, inline=inline)
@@ -146,8 +146,9 @@ class Engine:
             return await self.storage.write(runs.apply, run_id, owner, outcomes,
                                             self.clock.now_ms(), True, inline=inline)
         applied = Applied()
-        if params["step_id"] is not None:
-            applied.outputs[params["step_id"]] = params["step_output"]
+        for step in outcomes[:-1]:  # the step stored with it, if any
+            assert isinstance(step, StepCompleted)
+            applied.outputs[step.step_id] = step.output
         applied.run_status = RunStatus.completed
         return applied
 

@@ -217,21 +217,23 @@ def completion_in_one(run_id: str, owner: str, outcomes: list[Outcome], now: int
     None when they say more. The statement writes only what `_complete` would, and nothing
     when the run needs more (a parent to settle, lifecycle events) or the lease is lost: the
     caller then applies the outcomes the general way."""
-    if not outcomes or type(outcomes[-1]) is not RunCompleted or len(outcomes) > 2:
+    if not outcomes or len(outcomes) > 2:
         return None
-    completed = outcomes[-1]
-    assert isinstance(completed, RunCompleted)
-    step = outcomes[0] if len(outcomes) == 2 else None
-    if step is not None and type(step) is not StepCompleted:
+    *before, completed = outcomes
+    if not isinstance(completed, RunCompleted):
         return None
-    return {"run_id": run_id, "owner": owner, "output": completed.output, "now": now,
-            "step_id": None if step is None else step.step_id,
-            "seq": None if step is None else step.seq,
-            "attempts": None if step is None else step.attempt + 1,
-            "step_output": None if step is None else step.output,
-            "started_at": None if step is None else step.started_at,
-            "ended_at": None if step is None else step.ended_at,
-            "name": None if step is None else step.name}
+    step = _NO_STEP
+    if before:
+        if not isinstance(before[0], StepCompleted):
+            return None
+        step = _completed_row(run_id, before[0])
+    return {**step, "run_id": run_id, "owner": owner, "run_output": completed.output,
+            "now": now}
+
+
+#: `complete_leased_run`'s step columns when the run ends without a step to store.
+_NO_STEP: dict[str, Any] = dict.fromkeys(
+    ("id", "seq", "status", "attempts", "output", "error", "started_at", "ended_at", "name"))
 
 
 def _stored(tx: Tx, run_id: str, step_id: str) -> StepRow:

@@ -518,8 +518,9 @@ WITH finished AS (SELECT 1 FROM runs WHERE id = :run_id AND status NOT IN ({unfi
 SELECT (SELECT count(*) FROM keys) AS keys;
 
 -- name: complete_leased_run @postgres
--- The common end of an execution in one statement: its last step (when :step_id is not null)
--- stored and the run completed and cleaned up as finish_leased_run and finish_cleanup do,
+-- The common end of an execution in one statement: its last step (when :id is not null; the
+-- step's columns as save_step takes them) stored and the run completed with :run_output and
+-- cleaned up as finish_leased_run and finish_cleanup do,
 -- only for a run `owner` leases that nothing else must hear of its end (no invoking parent, not
 -- an SDK function's, whose end is an event) and only if the step is stored by this statement.
 -- Otherwise it writes nothing and answers no row: the caller then completes the run the
@@ -533,19 +534,19 @@ WITH eligible AS (
 saved AS (
     INSERT INTO steps (run_id, id, seq, status, attempts, output, error, started_at, ended_at,
                        name)
-    SELECT id, :step_id::text, :seq::integer, 'completed', :attempts::integer,
-           :step_output::text, NULL, :started_at::bigint, :ended_at::bigint, :name::text
-    FROM eligible WHERE :step_id::text IS NOT NULL
+    SELECT eligible.id, :id::text, :seq::integer, :status::text, :attempts::integer,
+           :output::text, :error::text, :started_at::bigint, :ended_at::bigint, :name::text
+    FROM eligible WHERE :id::text IS NOT NULL
     ON CONFLICT (run_id, id) DO UPDATE SET
         status = excluded.status, attempts = excluded.attempts, output = excluded.output,
         error = excluded.error, ended_at = excluded.ended_at
     WHERE steps.status NOT IN ({final_steps}) AND steps.attempts < excluded.attempts
     RETURNING 1),
 finished AS (
-    UPDATE runs SET status = 'completed', output = :output::text, error = NULL,
+    UPDATE runs SET status = 'completed', output = :run_output::text, error = NULL,
                     ended_at = :now::bigint, retry = 0
     WHERE id = (SELECT id FROM eligible) AND status <> 'cancelled'
-      AND (:step_id::text IS NULL OR EXISTS (SELECT FROM saved))
+      AND (:id::text IS NULL OR EXISTS (SELECT FROM saved))
     RETURNING id),
 queue_row AS (DELETE FROM queue WHERE run_id = (SELECT id FROM finished)),
 keys AS (DELETE FROM queue_keys WHERE run_id = (SELECT id FROM finished) RETURNING 1),
