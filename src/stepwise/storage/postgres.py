@@ -215,15 +215,42 @@ class PostgresStorage(Storage):
                               inline: bool = False) -> dict[str, Any] | None:
         if self.pool is None or self._executor is None:
             raise RuntimeError("storage is not open")
+        sql = self.sql[query]
         loop = asyncio.get_running_loop()
-        fut: asyncio.Future[dict[str, Any] | None] = loop.create_future()
         with self._waiting_lock:
-            self._waiting.append((self.sql[query], params, loop, fut))
-            start, self._sending = not self._sending, True
+            start = not self._sending
+            if inline and start:  # nobody is sending: send it from here
+                self._sending = True
+                alone = True
+            else:
+                alone = False
+                fut: asyncio.Future[dict[str, Any] | None] = loop.create_future()
+                self._waiting.append((sql, params, loop, fut))
+                self._sending = True
+        if alone:
+            return self._send_alone(sql, params)
         if start:
             self._executor.submit(self._send_waiting)
         with _unavailable_as_503():
             return await fut
+
+    def _send_alone(self, sql: str, params: dict[str, Any]) -> dict[str, Any] | None:
+        """`write_statement` for a caller alone on its loop (`inline`): sent on its thread,
+        without the two thread hops; statements that queued meanwhile go to a sender."""
+        try:
+            with _unavailable_as_503():
+                ((ok, value),) = self._send([(sql, params)])
+            if not ok:
+                raise value
+            if value is not None and value.get("wake"):
+                self._wake_after_commit()
+            return value  # type: ignore[no-any-return]
+        finally:
+            with self._waiting_lock:
+                more = bool(self._waiting)
+                self._sending = more
+            if more and self._executor is not None:
+                self._executor.submit(self._send_waiting)
 
     def _send_waiting(self) -> None:
         while True:
@@ -234,7 +261,7 @@ class PostgresStorage(Storage):
                     self._sending = False
                     return
             try:
-                answers = self._send(group)
+                answers = self._send([(sql, params) for sql, params, _loop, _fut in group])
             except BaseException as exc:  # never leave a writer waiting for an answer
                 answers = [(False, exc)] * len(group)
             if any(ok and value is not None and value.get("wake") for ok, value in answers):
@@ -252,7 +279,7 @@ class PostgresStorage(Storage):
         finally:
             self.notify_new_work()
 
-    def _send(self, group: list[_Statement]) -> list[tuple[bool, Any]]:
+    def _send(self, group: list[tuple[str, dict[str, Any]]]) -> list[tuple[bool, Any]]:
         assert self.pool is not None
         with self.pool.connection() as conn:
             if len(group) > 1:
@@ -260,8 +287,7 @@ class PostgresStorage(Storage):
                 try:
                     with conn.pipeline():
                         conn.execute("BEGIN")
-                        for cursor, (sql, params, _loop, _fut) in zip(cursors, group,
-                                                                       strict=True):
+                        for cursor, (sql, params) in zip(cursors, group, strict=True):
                             cursor.execute(sql, params)
                         conn.execute("COMMIT")
                     self.grouped_commits += 1
@@ -272,7 +298,7 @@ class PostgresStorage(Storage):
                     with contextlib.suppress(psycopg.Error):
                         conn.execute("ROLLBACK")
             answers: list[tuple[bool, Any]] = []
-            for sql, params, _loop, _fut in group:  # alone: each commits itself
+            for sql, params in group:  # alone: each commits itself
                 try:
                     answers.append((True, conn.execute(sql, params).fetchone()))
                 except psycopg.Error as exc:
