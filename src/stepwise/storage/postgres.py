@@ -15,7 +15,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import psycopg
 from psycopg.rows import dict_row
@@ -218,15 +218,11 @@ class PostgresStorage(Storage):
         sql = self.sql[query]
         loop = asyncio.get_running_loop()
         with self._waiting_lock:
-            start = not self._sending
-            if inline and start:  # nobody is sending: send it from here
-                self._sending = True
-                alone = True
-            else:
-                alone = False
+            start, self._sending = not self._sending, True
+            alone = inline and start  # nobody is sending: send it from here
+            if not alone:
                 fut: asyncio.Future[dict[str, Any] | None] = loop.create_future()
                 self._waiting.append((sql, params, loop, fut))
-                self._sending = True
         if alone:
             return self._send_alone(sql, params)
         if start:
@@ -242,9 +238,7 @@ class PostgresStorage(Storage):
                 ((ok, value),) = self._send([(sql, params)])
             if not ok:
                 raise value
-            if value is not None and value.get("wake"):
-                self._wake_after_commit()
-            return value  # type: ignore[no-any-return]
+            return cast(dict[str, Any] | None, value)
         finally:
             with self._waiting_lock:
                 more = bool(self._waiting)
@@ -264,48 +258,50 @@ class PostgresStorage(Storage):
                 answers = self._send([(sql, params) for sql, params, _loop, _fut in group])
             except BaseException as exc:  # never leave a writer waiting for an answer
                 answers = [(False, exc)] * len(group)
-            if any(ok and value is not None and value.get("wake") for ok, value in answers):
-                self._wake_after_commit()
             for (_sql, _params, loop, fut), (ok, value) in zip(group, answers, strict=True):
                 if not loop.is_closed():
                     loop.call_soon_threadsafe(resolve_future, fut, ok, value)
 
-    def _wake_after_commit(self) -> None:
-        """A committed one-statement write answered `wake`: it made work due."""
-        assert self.pool is not None
-        try:
-            with self.pool.connection() as conn:
-                conn.execute(f"NOTIFY {self._channel}")
-        finally:
-            self.notify_new_work()
-
     def _send(self, group: list[tuple[str, dict[str, Any]]]) -> list[tuple[bool, Any]]:
+        """Commit `group` (together, or each alone when one fails) and answer each one's
+        first row or error; wake every worker once when a committed row answered `wake`."""
         assert self.pool is not None
         with self.pool.connection() as conn:
-            if len(group) > 1:
-                cursors = [conn.cursor() for _ in group]
-                try:
-                    with conn.pipeline():
-                        conn.execute("BEGIN")
-                        for cursor, (sql, params) in zip(cursors, group, strict=True):
-                            cursor.execute(sql, params)
-                        conn.execute("COMMIT")
-                    self.grouped_commits += 1
-                    return [(True, cursor.fetchone()) for cursor in cursors]
-                except psycopg.Error:
-                    if conn.closed:
-                        raise
-                    with contextlib.suppress(psycopg.Error):
-                        conn.execute("ROLLBACK")
-            answers: list[tuple[bool, Any]] = []
-            for sql, params in group:  # alone: each commits itself
-                try:
-                    answers.append((True, conn.execute(sql, params).fetchone()))
+            answers = self._commit(conn, group)
+            if any(ok and value is not None and value.get("wake") for ok, value in answers):
+                self.notify_new_work()
+                try:  # committed already: a lost NOTIFY only leaves others to their poll
+                    conn.execute(f"NOTIFY {self._channel}")
                 except psycopg.Error as exc:
-                    if conn.closed:
-                        raise
-                    answers.append((False, exc))
+                    log.warning("NOTIFY after a commit failed (%s); other processes poll", exc)
             return answers
+
+    def _commit(self, conn: psycopg.Connection[dict[str, Any]],
+                group: list[tuple[str, dict[str, Any]]]) -> list[tuple[bool, Any]]:
+        if len(group) > 1:
+            cursors = [conn.cursor() for _ in group]
+            try:
+                with conn.pipeline():
+                    conn.execute("BEGIN")
+                    for cursor, (sql, params) in zip(cursors, group, strict=True):
+                        cursor.execute(sql, params)
+                    conn.execute("COMMIT")
+                self.grouped_commits += 1
+                return [(True, cursor.fetchone()) for cursor in cursors]
+            except psycopg.Error:
+                if conn.closed:
+                    raise
+                with contextlib.suppress(psycopg.Error):
+                    conn.execute("ROLLBACK")
+        answers: list[tuple[bool, Any]] = []
+        for sql, params in group:  # alone: each commits itself
+            try:
+                answers.append((True, conn.execute(sql, params).fetchone()))
+            except psycopg.Error as exc:
+                if conn.closed:
+                    raise
+                answers.append((False, exc))
+        return answers
 
     async def _run(self, op: Callable[..., T], args: tuple[Any, ...], durable: bool,
                    write: bool, one_statement: bool = False) -> T:

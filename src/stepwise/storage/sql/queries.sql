@@ -520,11 +520,11 @@ SELECT (SELECT count(*) FROM keys) AS keys;
 -- name: complete_leased_run @postgres
 -- The common end of an execution in one statement: its last step (when :id is not null; the
 -- step's columns as save_step takes them) stored and the run completed with :run_output and
--- cleaned up as finish_leased_run and finish_cleanup do,
--- only for a run `owner` leases that nothing else must hear of its end (no invoking parent, not
--- an SDK function's, whose end is an event) and only if the step is stored by this statement.
--- Otherwise it writes nothing and answers no row: the caller then completes the run the
--- general way. `wake`: it freed concurrency keys (runs may wait for the slot).
+-- cleaned up as finish_leased_run and finish_cleanup do, only for a run `owner` leases that
+-- nothing else must hear of its end (no invoking parent, not an SDK function's, whose end is
+-- an event) and only if the step is stored by this statement. Otherwise it writes nothing
+-- and answers no row: the caller then completes the run the general way. `wake`: it freed
+-- concurrency keys (runs may wait for the slot).
 WITH eligible AS (
     SELECT r.id FROM runs r
     JOIN queue q ON q.run_id = r.id AND q.lease_owner = :owner
