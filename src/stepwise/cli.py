@@ -634,7 +634,8 @@ def events(name: str | None, since: str | None, limit: int, as_json: bool, url: 
 @url_option
 @api_key_option
 def wake(run_id: str, url: str, api_key: str | None) -> None:
-    """End a run's sleeps and waits now, as if their time had come (a wait gets no event)."""
+    """End a run's sleeps and waits now, as if their time had come (a wait gets no event);
+    a step waiting to be retried is retried now."""
     run = _call(url, "POST", f"/api/v1/runs/{run_id}/wake", key=api_key)
     click.echo(f"{run['id']} {run['status']}")
 

@@ -109,6 +109,9 @@ class FunctionDefinition:
     attempt_timeout_ms: int = DEFAULT_ATTEMPT_TIMEOUT_MS
     #: Where an SDK app serves this function (`stepwise.remote`); None: Python in a worker.
     url: str | None = None
+    #: Why this server cannot run the function as its app synced it (an option it does not
+    #: support, or cannot read): each run of it fails with these, naming them.
+    problems: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         out = {
@@ -125,6 +128,8 @@ class FunctionDefinition:
         }
         if self.url is not None:
             out["url"] = self.url
+        if self.problems:
+            out["problems"] = list(self.problems)
         return out
 
     @classmethod
@@ -142,4 +147,4 @@ class FunctionDefinition:
             on_failure=raw.get("on_failure"), handles_failure_of=raw.get("handles_failure_of"),
             flow=FlowOptions.from_json(raw.get("flow")),
             attempt_timeout_ms=int(raw.get("attempt_timeout_ms", DEFAULT_ATTEMPT_TIMEOUT_MS)),
-            url=raw.get("url"))
+            url=raw.get("url"), problems=tuple(raw.get("problems") or ()))

@@ -243,6 +243,8 @@ class AppOut(BaseModel):
     synced_at: str | None = Field(description="Its last sync (or Python worker start)")
     changed_at: str | None = Field(description="When its functions last changed")
     functions: list[str]
+    warnings: list[str] = Field(description="What its last sync said that this server "
+                                            "ignored (fields it does not know)")
 
 
 class AppList(BaseModel):
@@ -427,27 +429,39 @@ def create_server(storage: Storage, *, access: Access | None = None,
 
     # The Inngest SDKs' own routes: their protocol is Inngest's, not part of this API's schema.
     @api.post("/fn/register", include_in_schema=False)
-    async def register_sdk_app(request: Request) -> dict[str, Any]:
-        """Sync an SDK app: store its functions, each with the URL that runs it."""
+    async def register_sdk_app(request: Request) -> JSONResponse:
+        """Sync an SDK app: store its functions, each with the URL that runs it. A refusal
+        carries `status` in its body too: the JS SDK reads the outcome from there."""
+        def refused(status: int, message: str) -> JSONResponse:
+            return JSONResponse({"error": message, "status": status}, status)
+
         try:
             body = loads(await read_body(request, limits.request_bytes))
         except PayloadError as exc:
-            raise ApiError(400, f"request body is not valid JSON: {exc}") from None
+            return refused(400, f"request body is not valid JSON: {exc}")
+        except ApiError as exc:
+            return refused(exc.status, exc.message)
         expected = request.headers.get("x-inngest-expected-server-kind")
         if expected not in (None, "", access.server_kind):
-            raise ApiError(400, f"the app expects a {expected!r} server; this one is "
+            return refused(400, f"the app expects a {expected!r} server; this one is "
                                 f"{access.server_kind!r} (`stepwise dev` is 'dev', "
                                 "`stepwise server` 'cloud')")
         try:
             synced = registration.parse(body)
         except registration.RegistrationError as exc:
-            raise ApiError(400, f"cannot sync the app: {exc}") from None
+            return refused(400, f"cannot sync the app: {exc}")
         modified = await engine.register(synced.app_id, synced.functions, AppSource(
-            synced.sdk, synced.url, synced.framework))
+            synced.sdk, synced.url, synced.framework, synced.warnings))
         if modified:
             log.info("synced SDK app %s (%s, %s) at %s: %d functions", synced.app_id,
                      synced.sdk, synced.framework, synced.url, len(synced.functions))
-        return {"ok": True, "modified": modified, "app_id": synced.app_id}
+            for warning in synced.warnings:
+                log.warning("SDK app %s: %s", synced.app_id, warning)
+            for definition in synced.functions:
+                for problem in definition.problems:
+                    log.warning("SDK app %s: function %s cannot run: %s", synced.app_id,
+                                definition.id, problem)
+        return JSONResponse({"ok": True, "modified": modified, "app_id": synced.app_id})
 
     @api.get("/v0/runs/{run_id}/batch", include_in_schema=False)
     async def sdk_run_events(run_id: RunId) -> list[dict[str, Any]]:
@@ -536,7 +550,8 @@ def create_server(storage: Storage, *, access: Access | None = None,
         return run_json(await engine.replay(run_id))
 
     @api.post("/api/v1/runs/{run_id}/wake", response_model=RunDetail,
-              summary="End a run's sleeps and waits now, as if their time had come",
+              summary="End a run's sleeps and waits now, as if their time had come (a step "
+                      "waiting to be retried is retried now)",
               responses=_errors(401, 404, 409, 415))
     async def wake_run(run_id: RunId) -> dict[str, Any]:
         return run_json(await engine.wake(run_id))

@@ -116,7 +116,7 @@ def test_parallel_steps_run_each_once_then_the_function_goes_on(shop: Shop) -> N
     (event_id,) = shop.send({"name": "basket.checked", "data": {}})
     run = shop.run_of(event_id, "py-shop-basket", "completed")
     assert run["output"] == {"tea": 3, "cake": 5, "total": 8}
-    assert sorted(s["output"]["data"] for s in run["steps"]) == [3, 5, 8]
+    assert sorted(s["output"] for s in run["steps"]) == [3, 5, 8]  # plain values, no wrapper
     assert all(s["attempts"] == 1 for s in run["steps"])
 
 
@@ -161,17 +161,30 @@ def test_events_sent_by_the_sdk_client_start_runs(shop: Shop, monkeypatch: pytes
     assert shop.run_of(event_id, "py-shop-refuses", "failed")
 
 
-def test_registration_and_events_refuse_what_they_cannot_honour(shop: Shop) -> None:
+def test_an_unsupported_option_marks_its_function_and_fails_its_runs_by_name(
+        shop: Shop) -> None:
+    """A sync using an option this server does not support is accepted; the function is
+    registered and marked, and its runs fail naming the option (never the app's other
+    functions, never the sync)."""
     body = {"appName": "x", "url": "http://127.0.0.1:1/api", "v": "0.1", "sdk": "js",
-            "framework": "express", "functions": [{
-                "id": "x-f", "name": "f", "triggers": [{"event": "e"}],
+            "framework": "express", "futureField": 1, "functions": [{
+                "id": "x-f", "name": "f", "triggers": [{"event": "x.go"}],
                 "singleton": {"key": "event.data.id", "mode": "skip"},
                 "steps": {"step": {"id": "step", "name": "step", "runtime": {
                     "type": "http", "url": "http://127.0.0.1:1/api?fnId=x-f&stepId=step"}}}}]}
-    with pytest.raises(urllib.error.HTTPError) as refused:
-        http("POST", shop.base + "/fn/register", body)
-    assert refused.value.code == 400
-    assert "singleton is not supported" in json.loads(refused.value.read())["error"]
+    assert http("POST", shop.base + "/fn/register", body)["ok"] is True
+    functions = {f["id"]: f for f in http("GET", shop.base + "/api/v1/functions")["functions"]}
+    assert functions["x-f"]["problems"] == ["singleton is not supported by this server yet"]
+    (app,) = [a for a in http("GET", shop.base + "/api/v1/apps")["apps"] if a["id"] == "x"]
+    assert app["warnings"] == ["the app: field 'futureField' is not known to this server; "
+                               "ignored"]
+    (event_id,) = shop.send({"name": "x.go", "data": {"id": 1}})
+    run = shop.run_of(event_id, "x-f", "failed")
+    assert run["error"]["name"] == "FunctionNotRunnable"
+    assert "singleton is not supported" in run["error"]["message"]
+
+
+def test_bad_input_is_refused_by_name(shop: Shop) -> None:
     with pytest.raises(urllib.error.HTTPError) as bad_event:
         http("POST", shop.base + "/e/NO_EVENT_KEY_SET", [{"data": {}}])
     answer = json.loads(bad_event.value.read())

@@ -4,6 +4,7 @@ answers of an app as outcomes (against the recorded SDK traffic where it exists)
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -47,29 +48,91 @@ def test_durations_crons_and_scopes_translate() -> None:
     assert fn.flow.throttle is not None and fn.flow.throttle.period == timedelta(seconds=10)
 
 
+def sync(*functions: dict[str, Any], **app: Any) -> dict[str, Any]:
+    return {"appname": "a", "url": "http://h/api", **app, "functions": [
+        {"triggers": [{"event": "e"}], "steps": {"step": {
+            "runtime": {"type": "http", "url": "http://h/api"}}}, **f} for f in functions]}
+
+
+def test_concurrency_reads_as_a_number_an_object_or_a_list() -> None:
+    """The users' sample sends `concurrency: { limit: 5 }` (the JS SDK passes it on as written);
+    Python sends a list; a bare number is the limit."""
+    shapes = [5, {"limit": 5}, [{"limit": 5}], [{"limit": 5, "scope": "fn"}]]
+    synced = registration.parse(sync(*({"id": f"a-{i}", "concurrency": shape}
+                                       for i, shape in enumerate(shapes))))
+    assert {fn.flow.concurrency[0].to_json()["limit"] for fn in synced.functions} == {5}
+    assert all(fn.problems == () for fn in synced.functions)
+    (unlimited,) = registration.parse(sync({"id": "a-f", "concurrency": 0})).functions
+    assert unlimited.flow.concurrency == ()  # Inngest: 0 is no limit of its own
+
+
 @pytest.mark.parametrize(("change", "named"), [
-    ({"singleton": {"key": "k"}}, "singleton"), ({"colour": 1}, "colour"),
+    ({"singleton": {"key": "k", "mode": "skip"}}, "singleton"),
     ({"batchEvents": {"maxSize": 2, "timeout": "1s", "if": "x"}}, "batchEvents.if"),
-    ({"throttle": {"limit": 1, "period": "1s", "burst": 3}}, "burst"),
+    ({"throttle": {"limit": 1, "period": "1s", "burst": 3}}, "throttle.burst"),
+    ({"cancel": [{"event": "stop", "timeout": "1h"}]}, "cancel[0].timeout"),
     ({"debounce": {"period": "soon"}}, "debounce.period"),
-    ({"triggers": [{"cron": "*/61 * * * *"}]}, "cron"),
+    ({"concurrency": {"limit": "five"}}, "concurrency.limit"),
+    ({"concurrency": [{"limit": 2, "scope": "planet"}]}, "concurrency[0].scope"),
+    ({"triggers": [{"cron": "*/61 * * * *"}]}, "triggers[0]"),
+    ({"steps": {"step": {"runtime": {"type": "http", "url": "http://h/api"},
+                         "retries": {"attempts": -1}}}}, "retries.attempts"),
 ])
-def test_what_cannot_be_honoured_is_refused_by_name(change: dict[str, object],
-                                                    named: str) -> None:
-    function = {"id": "a-f", "triggers": [{"event": "e"}], "steps": {"step": {
-        "runtime": {"type": "http", "url": "http://h/api"}}}, **change}
-    with pytest.raises(registration.RegistrationError, match=named):
-        registration.parse({"appname": "a", "url": "http://h/api", "functions": [function]})
+def test_an_option_that_cannot_be_honoured_marks_its_function_only(
+        change: dict[str, Any], named: str) -> None:
+    """The function is registered with the problem named; the app's other functions are not
+    touched by it."""
+    synced = registration.parse(sync({"id": "a-odd", **change}, {"id": "a-plain"}))
+    odd, plain = synced.functions
+    assert len(odd.problems) == 1 and named in odd.problems[0], odd.problems
+    assert odd.to_json()["problems"] == list(odd.problems)
+    assert plain.problems == () and plain.triggers[0].to_json() == {"event": "e"}
 
 
-def test_the_recorded_python_sync_translates_except_what_is_refused() -> None:
+def test_retries_above_inngests_largest_read_as_it_with_a_warning() -> None:
+    synced = registration.parse(sync({"id": "a-f", "steps": {"step": {
+        "runtime": {"type": "http", "url": "http://h/api"}, "retries": {"attempts": 99}}}}))
+    assert synced.functions[0].retry.retries == 20 and synced.functions[0].problems == ()
+    assert synced.warnings == ("function 'a-f': retries.attempts 99 is more than Inngest's "
+                               "largest, 20; read as 20",)
+
+
+def test_unknown_fields_are_ignored_with_a_warning() -> None:
+    synced = registration.parse(sync({"id": "a-f", "colour": 1, "optimizeParallelism": True,
+                                      "debounce": {"period": "5s", "jitter": "1s"}},
+                                     newAppField={"x": 1}))
+    (fn,) = synced.functions
+    assert fn.problems == () and fn.flow.debounce is not None
+    assert synced.warnings == (
+        "the app: field 'newAppField' is not known to this server; ignored",
+        "function 'a-f': field 'colour' is not known to this server; ignored",
+        "function 'a-f': field 'optimizeParallelism' is not known to this server; ignored",
+        "function 'a-f': debounce: field 'jitter' is not known to this server; ignored")
+
+
+@pytest.mark.parametrize(("body", "named"), [
+    ([], "JSON object"), ({"url": "http://h/api", "functions": []}, "appName"),
+    ({"appName": "a", "url": "ftp://h", "functions": []}, "url"),
+    ({"appName": "a", "url": "http://h/api", "functions": {}}, "functions must be a list"),
+    (sync({"id": ""}), "functions[0].id"), (sync({"id": "a-f"}, {"id": "a-f"}), "unique"),
+    ({"appName": "a", "url": "http://h/api", "functions": [{"id": "a-f"}]}, "runtime"),
+])
+def test_a_sync_whose_frame_cannot_be_read_is_refused_by_name(body: Any, named: str) -> None:
+    with pytest.raises(registration.RegistrationError, match=re.escape(named)):
+        registration.parse(body)
+
+
+def test_the_recorded_python_sync_translates_with_its_unsupported_options_marked() -> None:
     body = json.loads(RECORDED_SYNC.read_text())["request"]["body"]
-    with pytest.raises(registration.RegistrationError, match="not supported yet"):
-        registration.parse(body)  # it uses throttle burst 2 and singleton
-    body["functions"] = [f for f in body["functions"]
-                         if "throttle" not in f and "singleton" not in f]
     synced = registration.parse(body)
     assert synced.app_id == "py-capture-app" and synced.sdk == "py:v0.5.19"
+    marked = {fn.id: fn.problems for fn in synced.functions if fn.problems}
+    assert marked == {
+        "py-capture-app-config-demo": (
+            "throttle.burst 2 is not supported by this server yet (only 1)",
+            "cancel[0].timeout is not supported by this server yet"),
+        "py-capture-app-batch-demo": ("singleton is not supported by this server yet",)}
+    assert synced.warnings == ()
 
 
 def test_answers_become_outcomes() -> None:
@@ -78,7 +141,7 @@ def test_answers_become_outcomes() -> None:
     step = protocol.outcomes(206, {}, json.dumps([{"op": "StepRun", "id": "b" * 40,
                                                    "data": {"x": 1}}]).encode(),
                              calls(), NOW, NOW + 5)
-    assert step == [StepCompleted("b" * 40, 1, '{"data":{"x":1}}', NOW, NOW + 5, 2)]
+    assert step == [StepCompleted("b" * 40, 1, '{"x":1}', NOW, NOW + 5, 2)]
     error = protocol.outcomes(206, {}, json.dumps({"op": "StepError", "id": "c" * 40,
                                                    "error": {"name": "E", "message": "m"}})
                               .encode(), calls(), NOW, NOW)

@@ -26,6 +26,8 @@ class AppSource:
     sdk: str
     url: str | None = None
     framework: str | None = None
+    #: What the app's last sync said that was ignored (unknown fields).
+    warnings: tuple[str, ...] = ()
 
 
 PYTHON_APP = AppSource("stepwise-python")
@@ -43,7 +45,8 @@ def register(tx: Tx, app_id: str, definitions: list[FunctionDefinition], now: in
     changed = [(r["id"], r["definition"]) for r in tx.all(
         "app_definitions", app_id=app_id)] != wanted_rows
     tx.exec("upsert_app", id=app_id, url=source.url, sdk=source.sdk,
-            framework=source.framework, now=now, changed=int(changed))
+            framework=source.framework, now=now, changed=int(changed),
+            warnings=dumps(list(source.warnings), "warnings") if source.warnings else None)
     if not changed:
         return False
     tx.exec("delete_app_triggers", app_id=app_id)
@@ -95,7 +98,8 @@ def list_apps(tx: Tx) -> list[dict[str, Any]]:
     functions: dict[str, list[str]] = {}
     for row in tx.all("list_functions"):
         functions.setdefault(row["app_id"], []).append(row["id"])
-    return [{**row, "functions": functions.get(row["id"], [])} for row in tx.all("list_apps")]
+    return [{**row, "warnings": loads(row["warnings"]) if row["warnings"] else [],
+             "functions": functions.get(row["id"], [])} for row in tx.all("list_apps")]
 
 
 def list_all(tx: Tx) -> list[dict[str, Any]]:

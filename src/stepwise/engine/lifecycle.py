@@ -101,8 +101,7 @@ def finish(tx: Tx, run_id: str, status: RunStatus, output: str | None, error: Er
         status, error = RunStatus.failed, {"name": "RunCancelled",
                                            "message": f"invoked run {run_id} was cancelled"}
     settle_step(tx, run["parent_run_id"], str(run["parent_step_id"]), StepStatus.invoking,
-                StepStatus(status), sdk_events.invoke_result(tx, run["parent_run_id"], output),
-                error, now)
+                StepStatus(status), output, error, now)
     return True
 
 

@@ -40,6 +40,8 @@ from .outcomes import (
 _PARKED_AS = {StepStatus.retrying: RunStatus.queued, StepStatus.sleeping: RunStatus.sleeping,
               StepStatus.waiting: RunStatus.waiting, StepStatus.invoking: RunStatus.waiting}
 _RANK = {RunStatus.queued: 3, RunStatus.sleeping: 2, RunStatus.waiting: 1}
+#: A pending step's kind as stored (a code step's is 'run').
+_KIND = {SleepUntil: "sleep", WaitForEvent: "wait", Invoke: "invoke"}
 #: Bound as an exact `str`: sqlite3 adapts `str` subclasses (enums) through a slow path, and
 #: this is every step's write.
 _COMPLETED = StepStatus.completed.value
@@ -161,7 +163,7 @@ class _Batch:
         return bool(self.tx.exec(
             "insert_step", run_id=self.run_id, id=step.step_id, seq=step.seq, status=status,
             attempts=1, output=None, error=None, started_at=step.started_at, ended_at=due,
-            name=step.name))
+            name=step.name, kind=_KIND[type(step)]))
 
 
 def apply(tx: Tx, run_id: str, owner: str, outcomes: list[Outcome], now: int,
@@ -290,14 +292,11 @@ def _apply_one(b: _Batch, outcome: Outcome) -> None:
             _step_failed(b, outcome)
         case SleepUntil():
             if outcome.until <= now:  # already over: completes at once
-                stored = b.stored_final({
-                    "id": outcome.step_id, "seq": outcome.seq, "status": StepStatus.completed,
-                    "attempts": 1, "output": None, "error": None, "name": outcome.name,
-                    "started_at": outcome.started_at, "ended_at": outcome.started_at})
-                if stored is None:
+                if b.insert_pending(outcome, StepStatus.completed, outcome.started_at):
+                    b.set_retry(0)
                     b.applied.outputs[outcome.step_id] = None
                 else:
-                    b.report_stored(stored)
+                    b.report_stored(_stored(tx, run_id, outcome.step_id))
             else:
                 b.insert_pending(outcome, StepStatus.sleeping, outcome.until)
         case WaitForEvent():
@@ -455,7 +454,7 @@ def _start_invoked(b: _Batch, invoke: Invoke) -> None:
         lifecycle.settle_step(
             tx, b.run_id, invoke.step_id, StepStatus.invoking,
             StepStatus.completed if ok else StepStatus.failed,
-            sdk_events.invoke_result(tx, b.run_id, child["output"]) if ok else None,
+            child["output"] if ok else None,
             None if ok else (loads(child["error"]) if child["error"] else {
                 "name": "InvokeFailed",
                 "message": f"invoked run {child['id']} is {child['status']}"}), now)

@@ -38,15 +38,6 @@ def invoked_data(data: str, fn_id: str, source_fn_id: str, correlation_id: str) 
     return dumps(payload, INVOKED)
 
 
-def invoke_result(tx: Tx, parent_run_id: str, output: str | None) -> str | None:
-    """An invoked run's output as its invoking run stores it: an SDK run keeps step results
-    as the memo its SDK reads back (`{"data": ...}`), a Python run keeps the value itself."""
-    parent = tx.one("definition_of_run", run_id=parent_run_id)
-    if parent is None or not is_sdk_definition(parent["definition"]):
-        return output
-    return '{"data":' + (output if output is not None else "null") + "}"
-
-
 def announce(tx: Tx, run: RunRow, status: RunStatus, output: str | None,
              error: ErrorInfo | None, now: int) -> None:
     """Ingest the end events of `run`, a run of an SDK function."""

@@ -17,7 +17,7 @@ from ..app import App
 from ..definition import FunctionDefinition
 from ..engine import Engine, RunState
 from ..engine.outcomes import Outcome, RunFailed, StepCompleted, StepFailed
-from ..payloads import dumps, loads
+from ..payloads import dumps
 from ..storage import Storage
 from ..worker import Running, Worker
 from . import protocol
@@ -67,6 +67,12 @@ class RemoteWorker(Worker):
         """Call the app until it answers the run's end or a step that parks the run."""
         run_id = running.run_id
         definition = self.definitions[state.run["function_id"]]
+        if definition.problems:  # synced with options this server cannot honour
+            await self.engine.apply(run_id, self.id, [RunFailed({
+                "name": "FunctionNotRunnable", "message": (
+                    f"function {definition.id!r} cannot run on this server as its app synced "
+                    f"it: {'; '.join(definition.problems)}")}, retriable=False)], last=True)
+            return
         calls = protocol.memo(state)
         while not running.abandoned:
             answer = await self._call(definition, state, calls)
@@ -92,8 +98,7 @@ class RemoteWorker(Worker):
             assert isinstance(outcome, StepCompleted)
             sid = outcome.step_id
             if sid in applied.outputs:  # what is stored (the first result)
-                stored = applied.outputs[sid]
-                calls.steps[sid] = None if stored is None else loads(stored)
+                calls.steps[sid] = protocol.memo_of("run", applied.outputs[sid])
             elif sid in applied.failed:
                 calls.steps[sid] = {"error": applied.failed[sid]}
             else:

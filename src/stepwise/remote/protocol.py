@@ -1,10 +1,10 @@
 """The SDKs' call protocol: what stepwise sends to an app's serve URL to run one function, and
 how the app's answer becomes engine outcomes.
 
-A run's steps are stored under the SDK's hashed step ids. A `StepRun` result is stored as the
-memo the SDK expects back (`{"data": ...}`), a wait's as the event (or null), a sleep's as
-null, so the memo map is the stored outputs as they are. A step failed for good is passed back
-as `{"error": ...}`.
+A run's steps are stored under the SDK's hashed step ids, with the values the code gave (as a
+Python function's are). The memo the SDK expects back is built from them by kind: a code step's
+or an invoke's value as `{"data": ...}`, a wait's event (or null) and a sleep's null as they are,
+a step failed for good as `{"error": ...}`.
 """
 
 from __future__ import annotations
@@ -54,6 +54,14 @@ class CallState:
     attempts: dict[str, int]
 
 
+def memo_of(kind: str | None, output: str | None) -> Any:
+    """A completed step's stored value as the SDK reads it back."""
+    value = None if output is None else loads(output)
+    if kind in ("run", "invoke"):
+        return {"data": value}
+    return value  # a sleep's or a wait's; or stored before kinds were, as the SDK reported it
+
+
 def memo(state: RunState) -> CallState:
     steps: dict[str, Any] = {}
     done = sorted((s for s in state.steps.values()
@@ -61,7 +69,7 @@ def memo(state: RunState) -> CallState:
                   key=lambda s: (s["seq"], s["ended_at"] or 0))
     for step in done:
         if step["status"] == StepStatus.completed:
-            steps[step["id"]] = None if step["output"] is None else loads(step["output"])
+            steps[step["id"]] = memo_of(step.get("kind"), step["output"])
         else:
             error = loads(step["error"] or "{}")
             if isinstance(error, dict) and error.get("name") == "InvokeTimeout":
@@ -195,8 +203,8 @@ def _op(op: Any, calls: CallState, started: int, now: int, seq: int | None = Non
     opts = op.get("opts") or {}
     attempt = calls.attempts.get(sid, 0)
     if kind == "StepRun":
-        return StepCompleted(sid, seq, dumps({"data": op.get("data")}, f"step {sid}"),
-                             started, now, attempt, name=name)
+        return StepCompleted(sid, seq, dumps(op.get("data"), f"step {sid}"), started, now,
+                             attempt, name=name)
     if kind in ("StepError", "StepFailed"):
         return StepFailed(sid, seq, _error(op.get("error"), "step failed") | {"step_id": sid},
                           started, now, attempt, retriable=kind == "StepError", name=name)

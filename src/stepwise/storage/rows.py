@@ -39,6 +39,8 @@ class StepRow(TypedDict):
     started_at: int | None
     ended_at: int | None
     name: NotRequired[str | None]
+    #: 'run', 'sleep', 'wait', 'invoke'; None: stored before kinds were (migration 0016).
+    kind: NotRequired[str | None]
 
 
 class EventRow(TypedDict):

@@ -335,15 +335,17 @@ FROM runs WHERE id = :run_id;
 SELECT id, name, data, ts, received_at, trace FROM events WHERE id = :id;
 
 -- name: get_steps
-SELECT id, seq, status, attempts, output, error, started_at, ended_at, name
+SELECT id, seq, status, attempts, output, error, started_at, ended_at, name, kind
 FROM steps WHERE run_id = :run_id ORDER BY seq;
 
 -- name: save_step
 -- A completed or failed step is never overwritten, and an attempt reported twice is stored once.
 -- Answers a row when it stored the step (also when sent with other statements, where no row
 -- count comes back).
-INSERT INTO steps (run_id, id, seq, status, attempts, output, error, started_at, ended_at, name)
-VALUES (:run_id, :id, :seq, :status, :attempts, :output, :error, :started_at, :ended_at, :name)
+INSERT INTO steps (run_id, id, seq, status, attempts, output, error, started_at, ended_at, name,
+                   kind)
+VALUES (:run_id, :id, :seq, :status, :attempts, :output, :error, :started_at, :ended_at, :name,
+        'run')
 ON CONFLICT (run_id, id) DO UPDATE SET
     status = excluded.status, attempts = excluded.attempts, output = excluded.output,
     error = excluded.error, ended_at = excluded.ended_at
@@ -355,8 +357,10 @@ RETURNING 1 AS saved;
 -- step's whole write path: fencing and storing); no row when it was not stored (the lease is
 -- lost, the run cancelled, or a final result was stored first), and the caller then finds out
 -- which. Two statements on SQLite: the reset follows when the step stands completed.
-INSERT INTO steps (run_id, id, seq, status, attempts, output, error, started_at, ended_at, name)
-SELECT :run_id, :id, :seq, :status, :attempts, :output, :error, :started_at, :ended_at, :name
+INSERT INTO steps (run_id, id, seq, status, attempts, output, error, started_at, ended_at, name,
+                   kind)
+SELECT :run_id, :id, :seq, :status, :attempts, :output, :error, :started_at, :ended_at, :name,
+       'run'
 WHERE EXISTS (SELECT 1 FROM runs r JOIN queue q ON q.run_id = r.id
               WHERE r.id = :run_id AND q.lease_owner = :owner AND r.status <> 'cancelled')
 ON CONFLICT (run_id, id) DO UPDATE SET
@@ -374,9 +378,9 @@ WHERE id = :run_id AND retry <> 0
 -- The same, also resetting the run's retry count, so it is one round trip without BEGIN.
 WITH saved AS (
     INSERT INTO steps (run_id, id, seq, status, attempts, output, error, started_at, ended_at,
-                       name)
+                       name, kind)
     SELECT :run_id::text, :id::text, :seq::integer, :status::text, :attempts::integer,
-           :output::text, :error::text, :started_at::bigint, :ended_at::bigint, :name::text
+           :output::text, :error::text, :started_at::bigint, :ended_at::bigint, :name::text, 'run'
     WHERE EXISTS (SELECT 1 FROM runs r JOIN queue q ON q.run_id = r.id
                   WHERE r.id = :run_id AND q.lease_owner = :owner AND r.status <> 'cancelled')
     ON CONFLICT (run_id, id) DO UPDATE SET
@@ -389,13 +393,16 @@ reset AS (UPDATE runs SET retry = 0
 SELECT 1 AS saved, 0 AS retry FROM saved;
 
 -- name: insert_step
--- A pending step (sleep, wait, invoke) is created once; reporting it again changes nothing.
-INSERT INTO steps (run_id, id, seq, status, attempts, output, error, started_at, ended_at, name)
-VALUES (:run_id, :id, :seq, :status, :attempts, :output, :error, :started_at, :ended_at, :name)
+-- A pending step (sleep, wait, invoke: its kind) is created once; reporting it again changes
+-- nothing.
+INSERT INTO steps (run_id, id, seq, status, attempts, output, error, started_at, ended_at, name,
+                   kind)
+VALUES (:run_id, :id, :seq, :status, :attempts, :output, :error, :started_at, :ended_at, :name,
+        :kind)
 ON CONFLICT (run_id, id) DO NOTHING;
 
 -- name: get_step
-SELECT id, seq, status, attempts, output, error, started_at, ended_at
+SELECT id, seq, status, attempts, output, error, started_at, ended_at, kind
 FROM steps WHERE run_id = :run_id AND id = :id;
 
 -- name: pending_steps
@@ -423,11 +430,11 @@ FROM run_events b JOIN events e ON e.id = b.event_id
 WHERE b.run_id = ANY (CAST(:ids AS text[]));
 
 -- name: steps_of_runs
-SELECT run_id, id, seq, status, attempts, output, error, started_at, ended_at, name
+SELECT run_id, id, seq, status, attempts, output, error, started_at, ended_at, name, kind
 FROM steps WHERE run_id IN (SELECT value FROM json_each(:ids)) ORDER BY run_id, seq;
 
 -- name: steps_of_runs @postgres
-SELECT run_id, id, seq, status, attempts, output, error, started_at, ended_at, name
+SELECT run_id, id, seq, status, attempts, output, error, started_at, ended_at, name, kind
 FROM steps WHERE run_id = ANY (CAST(:ids AS text[]))
 ORDER BY run_id, seq;
 
@@ -533,9 +540,9 @@ WITH eligible AS (
       AND position('"url"' in f.definition) = 0),
 saved AS (
     INSERT INTO steps (run_id, id, seq, status, attempts, output, error, started_at, ended_at,
-                       name)
+                       name, kind)
     SELECT eligible.id, :id::text, :seq::integer, :status::text, :attempts::integer,
-           :output::text, :error::text, :started_at::bigint, :ended_at::bigint, :name::text
+           :output::text, :error::text, :started_at::bigint, :ended_at::bigint, :name::text, 'run'
     FROM eligible WHERE :id::text IS NOT NULL
     ON CONFLICT (run_id, id) DO UPDATE SET
         status = excluded.status, attempts = excluded.attempts, output = excluded.output,
@@ -591,8 +598,9 @@ WHERE event_name = :name AND match_path IS NULL;
 DELETE FROM waits WHERE run_id = :run_id AND step_id = :step_id;
 
 -- name: end_timers_now
+-- A run's sleeps and waits end now; a step waiting out its retry backoff is tried now.
 UPDATE steps SET ended_at = :now
-WHERE run_id = :run_id AND status IN ('sleeping', 'waiting');
+WHERE run_id = :run_id AND status IN ('sleeping', 'waiting', 'retrying');
 
 -- name: resolve_step
 UPDATE steps SET status = :status, output = :output, error = :error, ended_at = :now
@@ -627,14 +635,14 @@ WHERE app_id = :app_id AND function_id = :function_id AND cron = :cron AND tz = 
 SELECT MIN(next_at) AS due FROM schedules WHERE app_id = :app_id;
 
 -- name: upsert_app
-INSERT INTO apps (id, url, sdk, framework, synced_at, changed_at)
-VALUES (:id, :url, :sdk, :framework, :now, :now)
+INSERT INTO apps (id, url, sdk, framework, synced_at, changed_at, warnings)
+VALUES (:id, :url, :sdk, :framework, :now, :now, :warnings)
 ON CONFLICT (id) DO UPDATE SET url = excluded.url, sdk = excluded.sdk,
-  framework = excluded.framework, synced_at = excluded.synced_at,
+  framework = excluded.framework, synced_at = excluded.synced_at, warnings = excluded.warnings,
   changed_at = CASE WHEN :changed = 1 THEN excluded.changed_at ELSE apps.changed_at END;
 
 -- name: list_apps
-SELECT id, url, sdk, framework, synced_at, changed_at FROM apps ORDER BY id;
+SELECT id, url, sdk, framework, synced_at, changed_at, warnings FROM apps ORDER BY id;
 
 -- name: app_definitions
 SELECT id, definition FROM functions WHERE app_id = :app_id ORDER BY id;
