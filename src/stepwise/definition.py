@@ -22,10 +22,22 @@ DEFAULT_RETRIES = 3
 MAX_RETRIES = 100
 
 
+def trigger_names(event_name: str) -> list[str]:
+    """The trigger names an event of this name starts: its own, and Inngest's wildcards, a
+    prefix ending at a "/" or a "." followed by "*" (`app/user.created` is taken by
+    `app/user.created`, `app/*` and `app/user.*`; a bare `*` takes nothing)."""
+    names = [event_name]
+    for separator in ("/", "."):
+        parts = event_name.split(separator)
+        names.extend(separator.join(parts[:n]) + separator + "*" for n in range(1, len(parts)))
+    return names
+
+
 @dataclass(frozen=True)
 class EventTrigger:
     """Start a run for every event named `event` (for which the CEL `expression` over
-    `event`, when given, is true)."""
+    `event`, when given, is true). A name ending in "/*" or ".*" takes every event whose name
+    goes on from there (`trigger_names`)."""
 
     event: str
     expression: str | None = None

@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import TypedDict
+from typing import Any, TypedDict
 
 
 class ErrorInfo(TypedDict, total=False):
-    """An error as stored on steps, runs and failed attempts (JSON)."""
+    """An error as stored on steps, runs and failed attempts (JSON). An SDK's error keeps
+    what its app sent besides (`code`, `data`, ...)."""
 
     name: str
     message: str
     stack: str
     step_id: str
+    #: The error that caused this one, as the SDK serialized it (any JSON).
+    cause: Any
+    #: How Inngest's `inngest/function.failed` event sums up an SDK run's failure
+    #: ("invalid status code: 500", "NonRetriableError").
+    error: str
 
 
 class StepwiseError(Exception):

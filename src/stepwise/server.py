@@ -490,8 +490,14 @@ def create_server(storage: Storage, *, access: Access | None = None,
             return JSONResponse({"ids": [], "status": 400,
                                  "error": f"request body is not valid JSON: {exc}"}, 400)
         items = raw if isinstance(raw, list) else [raw]
-        # The SDKs also send `user` and `v`: accepted, not stored.
-        items = [{k: v for k, v in item.items() if k not in ("user", "v")}
+        for i, item in enumerate(items):
+            if isinstance(item, dict) and item.get("meta") is not None and \
+                    not isinstance(item["meta"], dict):
+                return JSONResponse({"ids": [], "status": 400, "error": (
+                    f"events[{i}].meta must be an object")}, 400)
+        # The SDKs also send `user`, `v` and `meta` (sessions, which apps propagate from the
+        # events they received): accepted, not stored.
+        items = [{k: v for k, v in item.items() if k not in ("user", "v", "meta")}
                  if isinstance(item, dict) else item for item in items]
         try:
             events = validate_events(items if isinstance(raw, list) else items[0], limits,

@@ -79,6 +79,21 @@ async def test_bad_event_bodies_are_refused_and_store_nothing(
         assert await h.storage.read(_count, "runs") == 0
 
 
+async def test_sdk_events_with_meta_sessions_are_accepted(db: str) -> None:
+    """An app that received events with `meta.sessions` sends its own with `meta` (the JS
+    SDK propagates sessions by default): accepted like `user` and `v`; a `meta` that is not
+    an object is a 400 naming it."""
+    async with Harness(make_app(), db) as h:
+        sent = await h.http.post("/e/NO_EVENT_KEY_SET", json=[{
+            "name": "ping", "data": {"n": 1}, "user": {}, "v": "1",
+            "meta": {"sessions": {"user": "u1"}, "propagated_sessions": {"chat": 3}}}])
+        assert sent.status_code == 200 and sent.json()["status"] == 200, sent.text
+        bad = await h.http.post("/e/NO_EVENT_KEY_SET",
+                                json={"name": "ping", "data": {}, "meta": "sessions"})
+        assert bad.status_code == 400 and "events[0].meta" in bad.json()["error"]
+        assert await h.storage.read(_count, "events") == 1
+
+
 async def test_duplicate_event_id_is_stored_once(db: str) -> None:
     async with Harness(make_app(), db) as h:
         first = await h.http.post("/api/v1/events",

@@ -125,3 +125,27 @@ async def test_functions_with_flow_control_take_the_general_way(
         await engine.ingest([event(f"e{i}")])
     assert routed == []
     assert len(await engine.list_runs({"function": "bill"})) == 3
+
+
+async def test_wildcard_triggers_take_every_name_under_them(engine: Engine,
+                                                            routed: list[bool]) -> None:
+    """Inngest's wildcards (inngest-js's `run-payload-wildcard-schema/*` test): a trigger
+    ending in "/*" or ".*" takes the names going on from there, at any depth; a bare "*"
+    takes nothing; a function taken by two of an event's names runs once. The routed ingest
+    (PostgreSQL) fingerprints the wildcard rows as the database does."""
+    postgres = engine.storage.dialect == "postgres"
+    await engine.register(APP, [
+        listens("any-shop", "shop/*"), listens("orders", "shop/order.*"),
+        listens("star", "*"), FunctionDefinition("twice", APP, (
+            EventTrigger("shop/*"), EventTrigger("shop/order.placed")), RetryPolicy(0))])
+    await engine.ingest([event("w1", "shop/order.placed")])
+    assert await functions_of_runs(engine, "w1") == ["any-shop", "orders", "twice"]
+    await engine.ingest([event("w2", "shop/order.placed"), event("w3", "shop/eu/refund"),
+                         event("w4", "shopping"), event("w5", "shop/order")])
+    assert await functions_of_runs(engine, "w2") == ["any-shop", "orders", "twice"]
+    assert await functions_of_runs(engine, "w3") == ["any-shop", "twice"]
+    assert await functions_of_runs(engine, "w4") == []
+    assert await functions_of_runs(engine, "w5") == ["any-shop", "twice"]
+    await engine.ingest([event("w6", "shop/order.placed")])  # every name known now
+    assert await functions_of_runs(engine, "w6") == ["any-shop", "orders", "twice"]
+    assert routed == ([True] if postgres else [])

@@ -205,7 +205,7 @@ def test_invoke_across_apps_and_languages(shop: Shop) -> None:
     assert run["output"]["taxed"] == {"tax": 10}
     assert run["output"]["receipt"] == {"receipt": "amount: 50\ntax: 10",
                                         "source": "py-shop-checkout"}
-    assert "no function 'nowhere-nothing' is registered" in run["output"]["missing"]
+    assert run["output"]["missing"] == "could not find function with ID: nowhere-nothing"
     children = http("GET", shop.base + "/api/v1/runs?function=tax")["runs"]
     assert [c["parent_run_id"] for c in children] == [run["id"]]
 

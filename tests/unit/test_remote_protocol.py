@@ -166,7 +166,8 @@ def test_answers_become_outcomes() -> None:
 def test_errors_follow_the_no_retry_header_and_retry_after() -> None:
     body = json.dumps({"name": "NonRetriableError", "message": "no"}).encode()
     final = protocol.outcomes(500, {"x-inngest-no-retry": "true"}, body, calls(), NOW, NOW)
-    assert final == [RunFailed({"name": "NonRetriableError", "message": "no"}, retriable=False)]
+    assert final == [RunFailed({"name": "NonRetriableError", "message": "no",
+                                "error": "NonRetriableError"}, retriable=False)]
     again = protocol.outcomes(500, {"retry-after": "30"}, body, calls(), NOW, NOW)
     assert isinstance(again[0], RunFailed) and again[0].retriable
     assert again[0].retry_after_ms == 30_000
@@ -174,10 +175,7 @@ def test_errors_follow_the_no_retry_header_and_retry_after() -> None:
     assert isinstance(client_error[0], RunFailed) and not client_error[0].retriable
     planned = protocol.outcomes(206, {}, b'[{"op": "StepPlanned", "id": "a"}, '
                                          b'{"op": "StepPlanned", "id": "b"}]', calls(), NOW, NOW)
-    assert planned == protocol.Planned(["a", "b"])
-    with pytest.raises(protocol.ProtocolError, match="not all StepPlanned"):
-        protocol.outcomes(206, {}, b'[{"op": "StepPlanned", "id": "a"}, '
-                                   b'{"op": "StepRun", "id": "b"}]', calls(), NOW, NOW)
+    assert planned == protocol.Planned(["a", "b"], [1, 2], [])
     with pytest.raises(protocol.ProtocolError, match="distinct ids"):
         protocol.outcomes(206, {}, b'[{"op": "StepPlanned", "id": "a"}, '
                                    b'{"op": "StepPlanned", "id": "a"}]', calls(), NOW, NOW)
@@ -187,6 +185,42 @@ def test_errors_follow_the_no_retry_header_and_retry_after() -> None:
         protocol.outcomes(206, {}, b'{"op": "AIGateway", "id": "a"}', calls(), NOW, NOW)
     with pytest.raises(protocol.ProtocolError, match="not JSON"):
         protocol.outcomes(206, {}, b"<html>", calls(), NOW, NOW)
+
+
+def test_an_answer_of_several_opcodes_is_handled_op_by_op() -> None:
+    """As Inngest's executor does: `Promise.all` of two invokes, a sleep beside a planned
+    step, steps then the run's end (the JS SDK's RunComplete)."""
+    invoke = {"op": "InvokeFunction", "opts": {"function_id": "app-child",
+                                               "payload": {"data": {}}}}
+    two = protocol.outcomes(206, {}, json.dumps([{**invoke, "id": "i1"}, {**invoke, "id": "i2"}])
+                            .encode(), calls(), NOW, NOW)
+    assert [(o.step_id, o.seq) for o in two if isinstance(o, Invoke)] == [("i1", 1), ("i2", 2)]
+    mixed = protocol.outcomes(206, {}, json.dumps([
+        {"op": "Sleep", "id": "s", "name": "30s"}, {"op": "StepPlanned", "id": "p"},
+        {"op": "StepRun", "id": "r", "data": 7}]).encode(), calls(), NOW, NOW)
+    assert mixed == protocol.Planned(["p"], [2], [SleepUntil("s", 1, NOW + 30_000, NOW),
+                                                  StepCompleted("r", 3, "7", NOW, NOW)])
+    ended = protocol.outcomes(206, {}, json.dumps([
+        {"op": "StepRun", "id": "r", "data": 1},
+        {"op": "RunComplete", "id": "done", "data": {"ok": True}}]).encode(), calls(), NOW, NOW)
+    assert ended == [StepCompleted("r", 1, "1", NOW, NOW), RunCompleted('{"ok":true}')]
+
+
+def test_a_step_error_keeps_what_the_sdk_sent_and_honours_no_retry() -> None:
+    """`cause` (and the SDK's other fields) are kept, and given back in the memo as Inngest
+    does; `x-inngest-no-retry` on a 206 makes the step's error final."""
+    sent = {"name": "Error", "message": "Oh no!", "stack": "Error: Oh no!", "__serialized": True,
+            "code": "x", "cause": {"name": "Error", "message": "This is the cause",
+                                   "__serialized": True}}
+    (failed,) = protocol.outcomes(206, {"x-inngest-no-retry": "true"}, json.dumps(
+        [{"op": "StepError", "id": "f", "error": sent}]).encode(), calls(), NOW, NOW)
+    assert isinstance(failed, StepFailed) and not failed.retriable
+    assert failed.error == {"name": "Error", "message": "Oh no!", "stack": "Error: Oh no!",
+                            "code": "x", "step_id": "f",
+                            "cause": {"name": "Error", "message": "This is the cause"}}
+    assert protocol.memo_error(failed.error) == {
+        "name": "Error", "message": "Oh no!", "stack": "Error: Oh no!",
+        "cause": {"name": "Error", "message": "This is the cause"}}
 
 
 def test_invoke_function_names_any_apps_function_with_a_timeout() -> None:

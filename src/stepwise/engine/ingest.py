@@ -7,7 +7,7 @@ import hashlib
 from collections.abc import Iterator
 from typing import Any
 
-from ..definition import EventTrigger
+from ..definition import EventTrigger, trigger_names
 from ..events import StoredEvent
 from ..flow import FlowOptions
 from ..storage import Tx
@@ -33,15 +33,16 @@ class Routes:
               waited: dict[str, bool]) -> dict[str, list[Route]]:
         """Keep what a read of `functions_for_events` answered for `names`; answer the routes."""
         routes = _routes_of(names, triggered)
-        parts: dict[str, list[tuple[str, ...]]] = {name: [] for name in names}
+        rows: dict[str, list[tuple[str, ...]]] = {}
         for r in triggered:
-            parts[r["event_name"]].append((r["event_name"], r["app_id"], r["function_id"],
-                                           hashlib.sha256(r["definition"].encode()
-                                                          ).hexdigest()))
+            rows.setdefault(r["event_name"], []).append((
+                r["event_name"], r["app_id"], r["function_id"],
+                hashlib.sha256(r["definition"].encode()).hexdigest()))
         if len(self._names) + len(names) > self.MAX_NAMES:
             self._names.clear()
         for name in names:
-            self._names[name] = (routes[name], parts[name], waited.get(name, True))
+            parts = [part for trigger in trigger_names(name) for part in rows.get(trigger, ())]
+            self._names[name] = (routes[name], parts, waited.get(name, True))
         return routes
 
     def plan(self, names: list[str]) -> tuple[dict[str, list[Route]], str] | None:
@@ -55,7 +56,7 @@ class Routes:
                 return None
             routes[name] = known[0]
             parts.extend(known[1])
-        return routes, self.fingerprint(parts)
+        return routes, self.fingerprint(sorted(set(parts)))  # wildcards two names share
 
     @staticmethod
     def fingerprint(parts: list[tuple[str, ...]]) -> str:
@@ -67,15 +68,30 @@ class Routes:
 
 
 def _routes_of(names: list[str], triggered: list[dict[str, Any]]) -> dict[str, list[Route]]:
-    """The routes of each of `names`, from the rows of `functions_for_events`."""
-    routes: dict[str, list[Route]] = {name: [] for name in names}
+    """The routes of each of `names`, from the rows of `functions_for_events` (read for their
+    `trigger_names`): a function is routed once per name, with its triggers taking it."""
+    by_trigger: dict[str, list[dict[str, Any]]] = {}
     for r in triggered:
-        definition = definitions.decode(r["definition"])
-        triggers = [t for t in definition.triggers
-                    if isinstance(t, EventTrigger) and t.event == r["event_name"]]
-        routes[r["event_name"]].append((r["app_id"], r["function_id"], definition.flow,
-                                        triggers))
+        by_trigger.setdefault(r["event_name"], []).append(r)
+    routes: dict[str, list[Route]] = {}
+    for name in names:
+        found: dict[tuple[str, str], Route] = {}
+        for trigger_name in trigger_names(name):
+            for r in by_trigger.get(trigger_name, ()):
+                definition = definitions.decode(r["definition"])
+                key = (r["app_id"], r["function_id"])
+                taking = [t for t in definition.triggers
+                          if isinstance(t, EventTrigger) and t.event == trigger_name]
+                if key in found:
+                    taking = [*found[key][3], *taking]
+                found[key] = (r["app_id"], r["function_id"], definition.flow, taking)
+        routes[name] = list(found.values())
     return routes
+
+
+def lookup_names(names: list[str]) -> list[str]:
+    """The trigger names to read for events of `names` (theirs and the wildcards on them)."""
+    return sorted({t for name in names for t in trigger_names(name)})
 
 
 def _matching(ev: StoredEvent, routes: list[Route]) -> Iterator[Route]:
@@ -111,7 +127,8 @@ def ingest_events(tx: Tx, events: list[StoredEvent] | tuple[StoredEvent, ...],
             return [ev.id for ev in events]
     inserted, triggered, waited_rows = tx.each([
         ("insert_events", {**_event_columns(events), "now": now}),
-        ("functions_for_events", {"names": names}), ("names_waited", {"names": names})])
+        ("functions_for_events", {"names": lookup_names(names)}),
+        ("names_waited", {"names": names})])
     new = {row["id"] for row in inserted}
     plain = flow_control.PlainRuns(now)
     # Whether a run waits for a name; missing: not known (a run started here may wait).
@@ -156,7 +173,8 @@ def _ingest_routed(tx: Tx, events: list[StoredEvent] | tuple[StoredEvent, ...], 
     if columns["ids"]:
         tx.wake_workers()
     [[row]] = tx.commit_with([("ingest_routed", {
-        **_event_columns(events), "route_names": names, "routes": fingerprint, "now": now,
+        **_event_columns(events), "route_names": lookup_names(names), "routes": fingerprint,
+        "now": now,
         "run_ids": columns["ids"], "run_apps": columns["app_ids"],
         "run_functions": columns["function_ids"], "run_events": columns["event_ids"],
         "run_available_ats": columns["available_ats"]})])

@@ -427,12 +427,14 @@ def _start_invoked(b: _Batch, invoke: Invoke) -> None:
     tx, now = b.tx, b.now
     found = definitions.find(tx, b.run["app_id"], invoke.function_id)
     if found is None:
+        error: ErrorInfo = {"name": "InvokeFailed", "step_id": invoke.step_id,
+                            "message": f"no function {invoke.function_id!r} is registered (in "
+                                       f"app {b.run['app_id']!r} or any other)"}
+        if b.definition.url is not None:  # an SDK run: the error Inngest gives, which it expects
+            error = {"name": "Error", "step_id": invoke.step_id,
+                     "message": f"could not find function with ID: {invoke.function_id}"}
         lifecycle.settle_step(tx, b.run_id, invoke.step_id, StepStatus.invoking,
-                              StepStatus.failed, None, {
-                                  "name": "InvokeFailed", "step_id": invoke.step_id,
-                                  "message": f"no function {invoke.function_id!r} is "
-                                             f"registered (in app {b.run['app_id']!r} or any "
-                                             "other)"}, now)
+                              StepStatus.failed, None, error, now)
         return
     app_id, definition = found
     name, data = "stepwise/function.invoked", invoke.data

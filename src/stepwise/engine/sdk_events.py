@@ -59,10 +59,15 @@ def announce(tx: Tx, run: RunRow, status: RunStatus, output: str | None,
 
 
 def _sdk_error(error: ErrorInfo | None) -> dict[str, Any]:
-    """An error as the SDKs read it: `error` is the one-line summary."""
+    """An error as Inngest's lifecycle events carry it: `error` sums the failure up (the app's
+    status, "invalid status code: 500", where the app answered one), then the error's name,
+    message, stack and cause (the SDK rebuilds `error.cause` in an onFailure handler)."""
     error = error or {"name": "Error", "message": "the run ended without a result"}
     name, message = error.get("name", "Error"), error.get("message", "")
-    out: dict[str, Any] = {"error": f"{name}: {message}", "name": name, "message": message}
+    out: dict[str, Any] = {"error": error.get("error") or f"{name}: {message}", "name": name,
+                           "message": message}
     if error.get("stack"):
         out["stack"] = error["stack"]
+    if error.get("cause") is not None:
+        out["cause"] = error["cause"]
     return out

@@ -17,7 +17,7 @@ from ..app import App
 from ..definition import FunctionDefinition
 from ..engine import Engine, RunState
 from ..engine.outcomes import Outcome, RunFailed, StepCompleted, StepFailed
-from ..payloads import dumps
+from ..payloads import dumps, new_id
 from ..storage import Storage
 from ..worker import Running, Worker
 from . import protocol
@@ -78,14 +78,12 @@ class RemoteWorker(Worker):
             answer = await self._call(definition, state, calls)
             if isinstance(answer, protocol.Planned):  # parallel steps: one call each
                 answer = await self._run_planned(definition, state, calls, answer)
-                if all(isinstance(o, StepCompleted) for o in answer):
-                    if not await self._memoize(run_id, calls, answer):
-                        return
-                    continue
-            elif isinstance(answer[0], StepCompleted):
+            if answer and all(isinstance(o, StepCompleted) for o in answer):
                 if not await self._memoize(run_id, calls, answer):
                     return
                 continue
+            # The run's end, or steps that park it (a retry, a sleep, a wait, an invoke), with
+            # the steps that completed beside them.
             await self.engine.apply(run_id, self.id, answer, last=True)
             return
 
@@ -106,18 +104,19 @@ class RemoteWorker(Worker):
                 return False
             calls.stack.append(sid)
             calls.attempts.pop(sid, None)
+        calls.attempt = 0  # the next discovery is a new step's first attempt
         return True
 
     async def _run_planned(self, definition: FunctionDefinition, state: RunState,
                            calls: protocol.CallState, planned: protocol.Planned
                            ) -> list[Outcome]:
         """Call the app once for each planned step, at once; each answer is that step's
-        outcome. A call that failed (the app unreachable, an error answer, anything but the
-        step's result) fails the body after the other steps' results are kept."""
-        base = len(calls.stack)
+        outcome, applied with the answer's other opcodes (`planned.others`). A call that
+        failed (the app unreachable, an error answer, anything but the step's result) fails
+        the body after the other steps' results are kept."""
         answers = await asyncio.gather(*(
-            self._call(definition, state, calls, step_id=sid, seq=base + i)
-            for i, sid in enumerate(planned.step_ids)))
+            self._call(definition, state, calls, step_id=sid, seq=seq)
+            for sid, seq in zip(planned.step_ids, planned.seqs, strict=True)))
         steps: list[Outcome] = []
         failure: RunFailed | None = None
         for sid, answer in zip(planned.step_ids, answers, strict=True):
@@ -129,7 +128,7 @@ class RemoteWorker(Worker):
                     {"name": "ProtocolError", "message": (
                         f"the planned step {sid} answered something other than its result")},
                     retriable=False)
-        return steps if failure is None else [*steps, failure]
+        return [*steps, *planned.others, *([] if failure is None else [failure])]
 
     async def _call(self, definition: FunctionDefinition, state: RunState,
                     calls: protocol.CallState, step_id: str | None = None,
@@ -146,13 +145,18 @@ class RemoteWorker(Worker):
         if step_id is not None:
             url = protocol.targeted(url, step_id)
         request = protocol.request_body(state, calls, definition.retry.retries + 1,
-                                        self.version)
+                                        self.version, step_id)
         # Signed calls carry canonical (JCS) JSON, which is what the SDKs check the signature
         # against; unsigned ones (dev mode) plain compact JSON, several times faster to make.
         body = signing.canonical(request) if self.signing_key is not None else \
             dumps(request, "call body").encode()
+        # As Inngest's executor sends them: the SDKs read `ctx.requestId` and `ctx.jobId` from
+        # these. A job is one step's execution (its retries share it), as a queue item is.
+        job = f"{state.run['id']}:{len(calls.stack)}:{step_id or 'step'}"
         headers = {"Content-Type": "application/json", "X-Run-ID": state.run["id"],
-                   "X-Inngest-Server-Kind": "dev" if self.signing_key is None else "cloud"}
+                   "X-Inngest-Server-Kind": "dev" if self.signing_key is None else "cloud",
+                   "X-Request-ID": new_id(), "X-Inngest-Job-ID": job,
+                   "X-Inngest-Step-ID": step_id or "step"}
         if self.signing_key is not None:
             headers["X-Inngest-Signature"] = signing.sign(body, self.signing_key,
                                                           self.clock.now_ms() // 1000)

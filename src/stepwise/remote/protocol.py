@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ..engine import RunState
@@ -32,7 +32,9 @@ from .registration import RegistrationError, duration
 
 #: Opcodes this version understands; any other answer fails the run with a clear error.
 SUPPORTED_OPS = ("StepRun", "StepError", "StepFailed", "StepPlanned", "Sleep", "WaitForEvent",
-                 "InvokeFunction")
+                 "InvokeFunction", "RunComplete")
+#: Keys of an SDK's error that are its serializer's markers, not the error's.
+_SERIALIZER_KEYS = ("__serialized",)
 #: Above this size of memoized step data and events, a call leaves them out and the SDK reads
 #: them from `/v0/runs/{id}/actions` and `/batch` (`use_api`), keeping each call small.
 USE_API_BYTES = 1024 * 1024
@@ -52,6 +54,10 @@ class CallState:
     stack: list[str]
     #: Failed attempts so far of steps being retried: the next attempt's number.
     attempts: dict[str, int]
+    #: `ctx.attempt` of the next discovery call: the run's retry count when leased (a retried
+    #: body or step), 0 once a step completed (Inngest counts attempts per queue item: a new
+    #: step starts at 0, whatever the steps before it needed).
+    attempt: int = 0
 
 
 def memo_of(kind: str | None, output: str | None) -> Any:
@@ -59,7 +65,19 @@ def memo_of(kind: str | None, output: str | None) -> Any:
     value = None if output is None else loads(output)
     if kind in ("run", "invoke"):
         return {"data": value}
-    return value  # a sleep's or a wait's; or stored before kinds were, as the SDK reported it
+    if kind == "wait" and isinstance(value, dict):
+        return {**value, "user": value.get("user") or {}}  # the event as Inngest sends it
+    return value  # a sleep's; or stored before kinds were, as the SDK reported it
+
+
+def memo_error(error: Any) -> dict[str, Any]:
+    """A step's error as the SDK reads it back (Inngest keeps name, message, stack, data and
+    cause: the SDKs rebuild `error.cause` from it)."""
+    if not isinstance(error, dict):
+        return {"name": "Error", "message": str(error)}
+    if error.get("name") == "InvokeTimeout":
+        error = {**error, "name": "InngestInvokeTimeoutError"}  # what the SDKs look for
+    return {k: v for k, v in error.items() if k in ("name", "message", "stack", "data", "cause")}
 
 
 def memo(state: RunState) -> CallState:
@@ -71,13 +89,10 @@ def memo(state: RunState) -> CallState:
         if step["status"] == StepStatus.completed:
             steps[step["id"]] = memo_of(step.get("kind"), step["output"])
         else:
-            error = loads(step["error"] or "{}")
-            if isinstance(error, dict) and error.get("name") == "InvokeTimeout":
-                error["name"] = "InngestInvokeTimeoutError"  # what the SDKs look for
-            steps[step["id"]] = {"error": error}
+            steps[step["id"]] = {"error": memo_error(loads(step["error"] or "{}"))}
     retrying = {s["id"]: int(s["attempts"]) for s in state.steps.values()
                 if s["status"] == StepStatus.retrying}
-    return CallState(steps, [s["id"] for s in done], retrying)
+    return CallState(steps, [s["id"] for s in done], retrying, int(state.run["retry"]))
 
 
 def event_json(row: Any) -> dict[str, Any]:
@@ -92,8 +107,8 @@ def run_events(state: RunState) -> list[dict[str, Any]]:
         [event_json(state.event)] if state.event is not None else [])
 
 
-def request_body(state: RunState, calls: CallState, max_attempts: int, version: int
-                 ) -> dict[str, Any]:
+def request_body(state: RunState, calls: CallState, max_attempts: int, version: int,
+                 step_id: str | None = None) -> dict[str, Any]:
     """The call's body. When the memo and events are large (over `USE_API_BYTES`), they are
     left out and `use_api` tells the SDK to fetch them (`/v0/runs/{id}/actions|batch`)."""
     event = event_json(state.event) if state.event is not None else {
@@ -105,7 +120,9 @@ def request_body(state: RunState, calls: CallState, max_attempts: int, version: 
     if use_api:
         steps, events = {}, []
     return {"event": event, "events": events, "steps": steps,
-            "ctx": {"run_id": state.run["id"], "attempt": int(state.run["retry"]),
+            "ctx": {"run_id": state.run["id"], "step_id": step_id or "step",
+                    "attempt": calls.attempt if step_id is None else
+                    calls.attempts.get(step_id, 0),
                     "max_attempts": max_attempts, "disable_immediate_execution": False,
                     "use_api": use_api,
                     "stack": {"stack": list(calls.stack), "current": len(calls.stack)}},
@@ -113,13 +130,21 @@ def request_body(state: RunState, calls: CallState, max_attempts: int, version: 
 
 
 def _error(raw: Any, fallback: str) -> ErrorInfo:
+    """The SDK's error as it sent it (its `cause`, `code`, `data` kept: a later step or the
+    failure handler reads them), with a name and a message made sure of."""
     if not isinstance(raw, dict):
         return {"name": "Error", "message": fallback}
-    error: ErrorInfo = {"name": str(raw.get("name") or "Error"),
-                        "message": str(raw.get("message") or fallback)}
-    if raw.get("stack"):
-        error["stack"] = str(raw["stack"])
-    return error
+    kept = {str(k): v for k, v in raw.items() if k not in _SERIALIZER_KEYS}
+    kept["name"] = raw.get("name") if isinstance(raw.get("name"), str) and raw["name"] \
+        else "Error"
+    kept["message"] = raw.get("message") if isinstance(raw.get("message"), str) else fallback
+    if kept.get("stack") is None:
+        kept.pop("stack", None)
+    elif not isinstance(kept["stack"], str):
+        kept["stack"] = str(kept["stack"])
+    if "cause" in kept and isinstance(kept["cause"], dict):
+        kept["cause"] = {k: v for k, v in kept["cause"].items() if k not in _SERIALIZER_KEYS}
+    return cast(ErrorInfo, kept)
 
 
 def _retry_after_ms(value: str | None, now: int) -> int | None:
@@ -145,9 +170,13 @@ def _retry_after_ms(value: str | None, now: int) -> int | None:
 
 @dataclass(frozen=True)
 class Planned:
-    """The app planned steps to run in parallel: call it once for each (`stepId=<id>`)."""
+    """The app planned steps to run in parallel: call it once for each (`stepId=<id>`), at
+    their positions `seqs`; `others` are the outcomes of the answer's other opcodes (a sleep,
+    a wait, an invoke beside them), applied with the planned steps' results."""
 
     step_ids: list[str]
+    seqs: list[int]
+    others: list[Outcome]
 
 
 def targeted(url: str, step_id: str) -> str:
@@ -174,40 +203,72 @@ def outcomes(status: int, headers: dict[str, str], body: bytes, calls: CallState
     if status == 200:
         return [RunCompleted(dumps(answer, "function output"))]
     if status == 206:
-        ops: list[Any] = answer if isinstance(answer, list) else [answer]
-        if not ops:
-            raise ProtocolError("the app answered 206 with no opcode")
-        if all(isinstance(op, dict) and op.get("op") == "StepPlanned" for op in ops):
-            ids = [op.get("id") for op in ops]
-            if not all(isinstance(i, str) and i for i in ids) or len(set(ids)) != len(ids):
-                raise ProtocolError(f"planned steps need distinct ids, got {ids!r}"[:300])
-            return Planned([str(i) for i in ids])
-        if len(ops) != 1:
-            raise ProtocolError(f"the app answered {len(ops)} opcodes that are not all "
-                                "StepPlanned")
-        return [_op(ops[0], calls, started, now, seq)]
+        return _opcodes(answer, calls, started, now, seq, no_retry, retry_after)
     if status >= 400:
-        return [RunFailed(_error(answer, f"the app answered HTTP {status}"),
-                          retriable=not no_retry and (status >= 500 or status == 429),
+        error = _error(answer, f"the app answered HTTP {status}")
+        # What Inngest's function.failed event calls the failure (`error`), kept with it.
+        error["error"] = "NonRetriableError" if no_retry else f"invalid status code: {status}"
+        return [RunFailed(error, retriable=not no_retry and (status >= 500 or status == 429),
                           retry_after_ms=retry_after)]
     raise ProtocolError(f"the app answered HTTP {status}, which the protocol does not use")
 
 
-def _op(op: Any, calls: CallState, started: int, now: int, seq: int | None = None) -> Outcome:
+#: At most this many opcodes in one answer (Inngest's own step limit is 1,000 per run).
+MAX_OPS = 1000
+
+
+def _opcodes(answer: Any, calls: CallState, started: int, now: int, seq: int | None,
+             no_retry: bool, retry_after: int | None) -> list[Outcome] | Planned:
+    """A 206: every opcode is handled on its own, as Inngest's executor does (a
+    `Promise.all` of two invokes, a sleep beside planned steps, steps then `RunComplete`)."""
+    ops: list[Any] = answer if isinstance(answer, list) else [answer]
+    if not ops:
+        raise ProtocolError("the app answered 206 with no opcode")
+    if len(ops) > MAX_OPS:
+        raise ProtocolError(f"the app answered {len(ops)} opcodes at once, over {MAX_OPS}")
+    base = len(calls.stack) if seq is None else seq
+    planned: list[str] = []
+    seqs: list[int] = []
+    others: list[Outcome] = []
+    ended: list[Outcome] = []
+    for i, op in enumerate(ops):
+        if isinstance(op, dict) and op.get("op") == "StepPlanned":
+            sid = op.get("id")
+            if not isinstance(sid, str) or not sid or sid in planned:
+                raise ProtocolError(f"planned steps need distinct ids, got {sid!r}"[:300])
+            planned.append(sid)
+            seqs.append(base + i)
+        elif isinstance(op, dict) and op.get("op") == "RunComplete":  # the run's end (JS)
+            ended.append(RunCompleted(dumps(op.get("data"), "function output")))
+        else:
+            others.append(_op(op, calls, started, now, base + i, no_retry, retry_after))
+    if len(ended) > 1 or (ended and planned):
+        raise ProtocolError("RunComplete must end an answer, once, with no step planned")
+    if planned:
+        return Planned(planned, seqs, others)
+    return [*others, *ended]
+
+
+def _op(op: Any, calls: CallState, started: int, now: int, seq: int, no_retry: bool = False,
+        retry_after: int | None = None) -> Outcome:
     if not isinstance(op, dict) or not isinstance(op.get("op"), str) or \
             not isinstance(op.get("id"), str) or not op["id"]:
         raise ProtocolError(f"an opcode must be an object with op and id, got {op!r}"[:300])
     kind, sid = op["op"], op["id"]
     name = _step_name(op)
-    seq = len(calls.stack) if seq is None else seq
     opts = op.get("opts") or {}
+    if not isinstance(opts, dict):
+        raise ProtocolError(f"{kind} {sid}: opts must be an object, got {opts!r}"[:300])
     attempt = calls.attempts.get(sid, 0)
     if kind == "StepRun":
         return StepCompleted(sid, seq, dumps(op.get("data"), f"step {sid}"), started, now,
                              attempt, name=name)
     if kind in ("StepError", "StepFailed"):
-        return StepFailed(sid, seq, _error(op.get("error"), "step failed") | {"step_id": sid},
-                          started, now, attempt, retriable=kind == "StepError", name=name)
+        error = _error(op.get("error"), "step failed")
+        error["step_id"] = sid
+        return StepFailed(sid, seq, error, started, now, attempt,
+                          retriable=kind == "StepError" and not no_retry,
+                          retry_after_ms=retry_after, name=name)
     if kind == "Sleep":
         return SleepUntil(sid, seq, _sleep_until(opts.get("duration") or op.get("name"), now),
                           started, name=name)

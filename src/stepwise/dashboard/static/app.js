@@ -704,7 +704,11 @@ function drawChart(charts, key, element, data, series, format, { step, integers 
 async function pageApps() {
   $("#page").innerHTML = html`<h1>Apps</h1><div id="apps"><p class="muted">Loading…</p></div>`;
   return async () => {
-    const { apps } = await api("/api/v1/apps");
+    const [{ apps }, { functions }] = await Promise.all([api("/api/v1/apps"),
+                                                        api("/api/v1/functions")]);
+    // A function synced with options this server cannot honour: its runs fail naming them.
+    const problems = Object.fromEntries(functions.filter(f => f.problems?.length)
+      .map(f => [f.id, f.problems]));
     $("#apps").innerHTML = apps.length ? html`<table id="app-list"><thead><tr><th>App</th>
       <th>SDK</th><th>Served at</th><th>Last sync</th><th>Functions changed</th>
       <th>Functions</th></tr></thead><tbody>
@@ -714,7 +718,16 @@ async function pageApps() {
           workers</span>`}</td>
         <td>${ago(a.synced_at)}</td><td>${when(a.changed_at)}</td>
         <td class="mono" style="font-size:12px">${a.functions.map((f, i) => html`${i ? ", " : ""}<a
-          href="/runs?function=${encodeURIComponent(f)}">${f}</a>`)}</td></tr>`)}
+          href="/runs?function=${encodeURIComponent(f)}">${f}</a>${problems[f] ? html` <span
+          class="badge s-failed" title="${problems[f].join("; ")}">cannot run</span>` : ""}`)}
+        </td></tr>
+        ${a.warnings.length || a.functions.some(f => problems[f]) ? html`<tr
+          class="app-notes" data-notes="${a.id}"><td colspan="6"><div class="notice bad">
+          ${a.functions.filter(f => problems[f]).map(f => html`<div class="fn-problem">
+            <b class="mono">${f}</b> cannot run on this server as synced; its runs fail:
+            ${problems[f].join("; ")}</div>`)}
+          ${a.warnings.map(w => html`<div class="sync-warning">Sync warning: ${w}</div>`)}
+          </div></td></tr>` : ""}`)}
       </tbody></table>
       <p class="muted">SDK apps sync with <code>stepwise dev -u URL</code> (re-synced every few
         seconds) or by a <code>PUT</code> to their serve URL; a Python app registers when its
