@@ -73,6 +73,10 @@ def test_sdk_run_shows_step_names_and_a_waiting_run_can_be_woken(base: str, page
     names = page.locator("#steps tbody tr td:first-child").all_inner_texts()
     assert names == ["load-user", "subscribe", "load-user:1"]
     assert page.locator("#timeline .tl-name").all_inner_texts()[:3] == names
+    # Step outputs are the values the code returned, not the SDK's {"data": ...} memo.
+    steps_text = page.locator("#steps").inner_text()
+    assert '"subscribed user3@example.com after 2 attempts"' in steps_text
+    assert '"data"' not in steps_text
     shot(page, "sdk-run")
 
     drip = run_of(base, event_id, "py-shop-drip", "waiting")

@@ -141,9 +141,8 @@ class RemoteWorker(Worker):
                         seq: int | None = None) -> list[Outcome] | protocol.Planned:
         """One call to the app (for one planned step: `step_id`), as outcomes (a failure to
         reach it is a retried failure)."""
-        url = str(definition.url)
-        if step_id is not None:
-            url = protocol.targeted(url, step_id)
+        # `stepId=step` asks the app to discover; a step's id runs that planned step alone.
+        url = protocol.targeted(str(definition.url), step_id or "step")
         request = protocol.request_body(state, calls, definition.retry.retries + 1,
                                         self.version, step_id)
         # Signed calls carry canonical (JCS) JSON, which is what the SDKs check the signature

@@ -180,7 +180,7 @@ class Planned:
 
 
 def targeted(url: str, step_id: str) -> str:
-    """The function's URL with `stepId` set to one planned step."""
+    """The function's URL with `stepId` set: "step" (discovery), or one planned step."""
     parts = urlsplit(url)
     query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "stepId"]
     return urlunsplit(parts._replace(query=urlencode([*query, ("stepId", step_id)])))

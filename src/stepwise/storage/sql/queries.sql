@@ -272,7 +272,8 @@ SELECT (SELECT ok FROM plain) AS plain,
        (SELECT json_agg(started) FROM started) AS runs,
        (SELECT json_agg(events) FROM events) AS events,
        (SELECT json_agg(s ORDER BY s.run_id, s.seq) FROM (
-          SELECT run_id, id, seq, status, attempts, output, error, started_at, ended_at, name
+          SELECT run_id, id, seq, status, attempts, output, error, started_at, ended_at, name,
+                 kind
           FROM steps WHERE run_id IN (SELECT run_id FROM pick)) s) AS steps,
        -- what `next_due` answers once this lease committed (NULL: nothing ahead), read
        -- only when fewer than :limit were taken (else the caller leases again at once)
