@@ -635,7 +635,7 @@ def events(name: str | None, since: str | None, limit: int, as_json: bool, url: 
 @api_key_option
 def wake(run_id: str, url: str, api_key: str | None) -> None:
     """End a run's sleeps and waits now, as if their time had come (a wait gets no event);
-    a step waiting to be retried is retried now."""
+    a run waiting to be retried is retried now."""
     run = _call(url, "POST", f"/api/v1/runs/{run_id}/wake", key=api_key)
     click.echo(f"{run['id']} {run['status']}")
 

@@ -16,9 +16,6 @@ class ErrorInfo(TypedDict, total=False):
     step_id: str
     #: The error that caused this one, as the SDK serialized it (any JSON).
     cause: Any
-    #: How Inngest's `inngest/function.failed` event sums up an SDK run's failure
-    #: ("invalid status code: 500", "NonRetriableError").
-    error: str
 
 
 class StepwiseError(Exception):

@@ -556,7 +556,7 @@ def create_server(storage: Storage, *, access: Access | None = None,
         return run_json(await engine.replay(run_id))
 
     @api.post("/api/v1/runs/{run_id}/wake", response_model=RunDetail,
-              summary="End a run's sleeps and waits now, as if their time had come (a step "
+              summary="End a run's sleeps and waits now, as if their time had come (a run "
                       "waiting to be retried is retried now)",
               responses=_errors(401, 404, 409, 415))
     async def wake_run(run_id: RunId) -> dict[str, Any]:

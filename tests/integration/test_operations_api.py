@@ -132,7 +132,7 @@ async def test_wake_ends_a_sleep_now_and_only_for_a_sleeping_run(db: str) -> Non
         assert done["status"] == "completed" and done["output"] == "done"
         assert [s["status"] for s in done["steps"]] == ["completed"]
         again = await h.http.post(f"/api/v1/runs/{run['id']}/wake")
-        assert again.status_code == 409 and "no sleep, wait or step retry" in again.json()["error"]
+        assert again.status_code == 409 and "no sleep, wait or retry" in again.json()["error"]
         assert (await h.http.post("/api/v1/runs/nope/wake")).status_code == 404
 
 

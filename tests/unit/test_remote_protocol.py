@@ -166,8 +166,8 @@ def test_answers_become_outcomes() -> None:
 def test_errors_follow_the_no_retry_header_and_retry_after() -> None:
     body = json.dumps({"name": "NonRetriableError", "message": "no"}).encode()
     final = protocol.outcomes(500, {"x-inngest-no-retry": "true"}, body, calls(), NOW, NOW)
-    assert final == [RunFailed({"name": "NonRetriableError", "message": "no",
-                                "error": "NonRetriableError"}, retriable=False)]
+    assert final == [RunFailed({"name": "NonRetriableError", "message": "no"},
+                               retriable=False)]
     again = protocol.outcomes(500, {"retry-after": "30"}, body, calls(), NOW, NOW)
     assert isinstance(again[0], RunFailed) and again[0].retriable
     assert again[0].retry_after_ms == 30_000

@@ -8,7 +8,7 @@ from dataclasses import replace
 from typing import Any, cast
 
 from ..payloads import dumps
-from ..status import REPLAYABLE_RUN, TERMINAL_RUN, UNFINISHED_RUN
+from ..status import REPLAYABLE_RUN, TERMINAL_RUN, UNFINISHED_RUN, RunStatus
 from ..storage import Tx
 from ..storage.rows import EventRow, FailureRow, LogRow, RunDetail, RunRow, StepRow
 from . import definitions, flow_control, lifecycle
@@ -91,14 +91,15 @@ def replay_run(tx: Tx, run_id: str, now: int) -> RunDetail:
 
 def wake_run(tx: Tx, run_id: str, now: int) -> RunDetail:
     """End a run's sleeps and waits now, as if their time had come (an operator's "go on": a
-    4-day pause skipped; a wait ends with no event, as at its timeout), and try a step
-    waiting out its retry backoff now. Invokes go on."""
+    4-day pause skipped; a wait ends with no event, as at its timeout); a queued run waiting
+    out a retry's backoff (a step's or the whole function's) is retried now. Invokes go on."""
     run = lifecycle.get_run(tx, run_id)
     if run is None:
         raise NotFound(f"run {run_id} not found")
-    if not tx.exec("end_timers_now", run_id=run_id, now=now):
-        raise Conflict(f"run {run_id} is {run['status']}, with no sleep, wait or step retry "
-                       "to end")
+    if not tx.exec("end_timers_now", run_id=run_id, now=now) and \
+            run["status"] != RunStatus.queued:
+        raise Conflict(f"run {run_id} is {run['status']}, with no sleep, wait or retry to "
+                       "end")
     lifecycle.wake(tx, run_id, now)
     return get_run(tx, run_id)
 

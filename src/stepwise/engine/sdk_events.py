@@ -59,13 +59,17 @@ def announce(tx: Tx, run: RunRow, status: RunStatus, output: str | None,
 
 
 def _sdk_error(error: ErrorInfo | None) -> dict[str, Any]:
-    """An error as Inngest's lifecycle events carry it: `error` sums the failure up (the app's
-    status, "invalid status code: 500", where the app answered one), then the error's name,
-    message, stack and cause (the SDK rebuilds `error.cause` in an onFailure handler)."""
+    """An error as Inngest's lifecycle events carry it: `error` sums the failure up as its
+    executor does (an error the app answered, which has a stack: "NonRetriableError" or
+    "invalid status code: 500"; one of stepwise's own: its name and message), then the
+    error's name, message, stack and cause (the SDK rebuilds `error.cause` from it)."""
     error = error or {"name": "Error", "message": "the run ended without a result"}
     name, message = error.get("name", "Error"), error.get("message", "")
-    out: dict[str, Any] = {"error": error.get("error") or f"{name}: {message}", "name": name,
-                           "message": message}
+    summary = f"{name}: {message}"
+    if "stack" in error:
+        summary = "NonRetriableError" if name == "NonRetriableError" else \
+            "invalid status code: 500"
+    out: dict[str, Any] = {"error": summary, "name": name, "message": message}
     if error.get("stack"):
         out["stack"] = error["stack"]
     if error.get("cause") is not None:

@@ -75,8 +75,9 @@ def memo_error(error: Any) -> dict[str, Any]:
     cause: the SDKs rebuild `error.cause` from it)."""
     if not isinstance(error, dict):
         return {"name": "Error", "message": str(error)}
-    if error.get("name") == "InvokeTimeout":
-        error = {**error, "name": "InngestInvokeTimeoutError"}  # what the SDKs look for
+    if error.get("name") == "InvokeTimeout":  # as Inngest says it, which the SDKs look for
+        error = {**error, "name": "InngestInvokeTimeoutError",
+                 "message": "Timed out waiting for invoked function to complete"}
     return {k: v for k, v in error.items() if k in ("name", "message", "stack", "data", "cause")}
 
 
@@ -123,7 +124,9 @@ def request_body(state: RunState, calls: CallState, max_attempts: int, version: 
             "ctx": {"run_id": state.run["id"], "step_id": step_id or "step",
                     "attempt": calls.attempt if step_id is None else
                     calls.attempts.get(step_id, 0),
-                    "max_attempts": max_attempts, "disable_immediate_execution": False,
+                    "max_attempts": max_attempts,
+                    # A planned step's own call runs that step only (as Inngest sends it).
+                    "disable_immediate_execution": step_id is not None,
                     "use_api": use_api,
                     "stack": {"stack": list(calls.stack), "current": len(calls.stack)}},
             "version": version, "use_api": use_api}
@@ -138,10 +141,8 @@ def _error(raw: Any, fallback: str) -> ErrorInfo:
     kept["name"] = raw.get("name") if isinstance(raw.get("name"), str) and raw["name"] \
         else "Error"
     kept["message"] = raw.get("message") if isinstance(raw.get("message"), str) else fallback
-    if kept.get("stack") is None:
-        kept.pop("stack", None)
-    elif not isinstance(kept["stack"], str):
-        kept["stack"] = str(kept["stack"])
+    if kept.get("stack") is not None and not isinstance(kept["stack"], str):
+        kept["stack"] = str(kept["stack"])  # a null stack stays null, as the SDK sent it
     if "cause" in kept and isinstance(kept["cause"], dict):
         kept["cause"] = {k: v for k, v in kept["cause"].items() if k not in _SERIALIZER_KEYS}
     return cast(ErrorInfo, kept)
@@ -205,10 +206,8 @@ def outcomes(status: int, headers: dict[str, str], body: bytes, calls: CallState
     if status == 206:
         return _opcodes(answer, calls, started, now, seq, no_retry, retry_after)
     if status >= 400:
-        error = _error(answer, f"the app answered HTTP {status}")
-        # What Inngest's function.failed event calls the failure (`error`), kept with it.
-        error["error"] = "NonRetriableError" if no_retry else f"invalid status code: {status}"
-        return [RunFailed(error, retriable=not no_retry and (status >= 500 or status == 429),
+        return [RunFailed(_error(answer, f"the app answered HTTP {status}"),
+                          retriable=not no_retry and (status >= 500 or status == 429),
                           retry_after_ms=retry_after)]
     raise ProtocolError(f"the app answered HTTP {status}, which the protocol does not use")
 

@@ -600,6 +600,7 @@ DELETE FROM waits WHERE run_id = :run_id AND step_id = :step_id;
 
 -- name: end_timers_now
 -- A run's sleeps and waits end now; a step waiting out its retry backoff is tried now.
+-- (`nudge` then makes the run due now, which also retries a body waiting out its backoff.)
 UPDATE steps SET ended_at = :now
 WHERE run_id = :run_id AND status IN ('sleeping', 'waiting', 'retrying');
 
