@@ -308,6 +308,46 @@ async def batch(ctx: inngest.Context) -> list[Any]:
     return [e.data["n"] for e in ctx.events]
 
 
+@client.create_function(fn_id="parallel_mode_default", trigger=trigger("parallel_mode_default"),
+                        retries=0)
+async def parallel_mode_default(ctx: inngest.Context) -> list[str]:
+    """Two groups of two steps each, one slow: a group's second step is planned only once
+    every step planned with the first ones settled (7 calls)."""
+    key = f"parallel_mode_default/{ctx.run_id}"
+    state[key + "/requests"] += 1
+
+    def step(name: str, pause: float) -> Any:
+        async def run() -> None:
+            await asyncio.sleep(pause)
+            notes[key].append(name)
+        return ctx.step.run(name, run)
+
+    async def fast() -> None:
+        await step("a.1", 0)
+        await step("a.2", 0)
+
+    async def slow() -> None:
+        await step("b.1", 0.5)
+        await step("b.2", 0.5)
+    await ctx.group.parallel((fast, slow))
+    return list(notes[key])
+
+
+@client.create_function(fn_id="parallel_step_disappears",
+                        trigger=trigger("parallel_step_disappears"), retries=0)
+async def parallel_step_disappears(ctx: inngest.Context) -> None:
+    """The first call plans three steps; later calls find two: the SDK's error, with its
+    `"stack": null`, is the run's error as sent."""
+    key = f"parallel_step_disappears/{ctx.run_id}"
+    state[key] += 1
+    steps: tuple[Any, ...] = (lambda: ctx.step.run("1a", lambda: None),
+                              lambda: ctx.step.run("1b", lambda: None))
+    if state[key] == 1:
+        steps += (lambda: ctx.step.run("1c", lambda: None),)
+    await ctx.group.parallel(steps)
+    await ctx.step.run("after", lambda: None)
+
+
 app = fastapi.FastAPI()
 
 
@@ -322,4 +362,5 @@ inngest.fast_api.serve(app, client, [
     invoke_by_object, invoke_failure, invoke_timeout, logger, multiple_triggers,
     nested_step_run, no_steps, non_retriable_error, on_failure, parallel_group_of_sequential_steps,
     parallel_steps, retry_after_error, sleep_until, steps_that_needs_api, tuple_output,
-    unserializable_step_output, wait_for_event, cancel, concurrent, batch])
+    unserializable_step_output, wait_for_event, cancel, concurrent, batch, parallel_mode_default,
+    parallel_step_disappears])

@@ -6,9 +6,8 @@ Not here: `ai_infer` (step.ai, a gateway), `singleton_cancel` and `singleton_ski
 `parallel_mode_race` (the race mode of parallel steps), `batch_that_needs_api` (1 MiB events,
 over stepwise's default event limit), and the cases that only exercise the SDK
 (`step_callback_args`, `step_callback_kwargs`, `pydantic_event`, `step_context`,
-`step_decorator`, the middleware cases, `parallel_step_disappears`,
-`unexpected_step_during_targeting`, `parallel_mode_default`); `two_steps`, `sleep` and
-`wait_for_event_*` are covered here or by test_python_sdk.py."""
+`step_decorator`, the middleware cases, `unexpected_step_during_targeting`); `two_steps` is
+covered by test_python_sdk.py."""
 
 from __future__ import annotations
 
@@ -73,7 +72,7 @@ def cases(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cases]:
     dev = start(["dev", "-u", app_url, "--port", str(port), "--db", str(tmp / "dev.db")], tmp)
     try:
         wait_healthy(base, dev)
-        wait_until(lambda: len(http("GET", base + "/api/v1/functions")["functions"]) == 32,
+        wait_until(lambda: len(http("GET", base + "/api/v1/functions")["functions"]) == 34,
                    60, "the app's sync")
         yield Cases(base, app_url)
     finally:
@@ -336,3 +335,20 @@ def test_batch(cases: Cases) -> None:
     ids = cases.send("batch", {"n": 1}, {"n": 2}, {"n": 3})
     run = cases.run_of(ids[0], "batch", "completed")
     assert run["output"] == [1, 2, 3]
+
+
+def test_parallel_mode_default(cases: Cases) -> None:
+    """Planned steps settle together before the next call: `[a.1, b.1]`, then `[a.2, b.2]`,
+    in 7 calls (2 plans, 4 planned steps, 1 discovery after them)."""
+    (event_id,) = cases.send("parallel_mode_default")
+    run = cases.run_of(event_id, "parallel_mode_default", "completed")
+    assert run["output"] == ["a.1", "b.1", "a.2", "b.2"]
+    assert cases.state()["state"][f"parallel_mode_default/{run['id']}/requests"] == 7
+
+
+def test_parallel_step_disappears(cases: Cases) -> None:
+    (event_id,) = cases.send("parallel_step_disappears")
+    run = cases.run_of(event_id, "parallel_step_disappears", "failed")
+    assert run["error"] == {"code": "step_unexpected", "name": "StepUnexpectedError",
+                            "message": 'found step "after" when targeting a different step',
+                            "stack": None}
