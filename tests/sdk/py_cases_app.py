@@ -333,6 +333,31 @@ async def parallel_mode_default(ctx: inngest.Context) -> list[str]:
     return list(notes[key])
 
 
+@client.create_function(fn_id="parallel_mode_race", trigger=trigger("parallel_mode_race"),
+                        retries=0)
+async def parallel_mode_race(ctx: inngest.Context) -> list[str]:
+    """The same groups in race mode: the app is asked again as each step completes, so the
+    fast group runs on while the slow step is still running (9 calls)."""
+    key = f"parallel_mode_race/{ctx.run_id}"
+    state[key + "/requests"] += 1
+
+    def step(name: str, pause: float) -> Any:
+        async def run() -> None:
+            await asyncio.sleep(pause)
+            notes[key].append(name)
+        return ctx.step.run(name, run)
+
+    async def fast() -> None:
+        await step("a.1", 0)
+        await step("a.2", 0)
+
+    async def slow() -> None:
+        await step("b.1", 1.0)
+        await step("b.2", 1.0)
+    await ctx.group.parallel((fast, slow), parallel_mode=inngest.ParallelMode.RACE)
+    return list(notes[key])
+
+
 @client.create_function(fn_id="parallel_step_disappears",
                         trigger=trigger("parallel_step_disappears"), retries=0)
 async def parallel_step_disappears(ctx: inngest.Context) -> None:
@@ -363,4 +388,4 @@ inngest.fast_api.serve(app, client, [
     nested_step_run, no_steps, non_retriable_error, on_failure, parallel_group_of_sequential_steps,
     parallel_steps, retry_after_error, sleep_until, steps_that_needs_api, tuple_output,
     unserializable_step_output, wait_for_event, cancel, concurrent, batch, parallel_mode_default,
-    parallel_step_disappears])
+    parallel_mode_race, parallel_step_disappears])

@@ -3,7 +3,7 @@
 with the PyPI SDK: the functions of `py_cases_app.py`, each test named after its case.
 
 Not here: `ai_infer` (step.ai, a gateway), `singleton_cancel` and `singleton_skip` (singleton),
-`parallel_mode_race` (the race mode of parallel steps), `batch_that_needs_api` (1 MiB events,
+`batch_that_needs_api` (1 MiB events,
 over stepwise's default event limit), and the cases that only exercise the SDK
 (`step_callback_args`, `step_callback_kwargs`, `pydantic_event`, `step_context`,
 `step_decorator`, the middleware cases, `unexpected_step_during_targeting`); `two_steps` is
@@ -72,7 +72,7 @@ def cases(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cases]:
     dev = start(["dev", "-u", app_url, "--port", str(port), "--db", str(tmp / "dev.db")], tmp)
     try:
         wait_healthy(base, dev)
-        wait_until(lambda: len(http("GET", base + "/api/v1/functions")["functions"]) == 34,
+        wait_until(lambda: len(http("GET", base + "/api/v1/functions")["functions"]) == 35,
                    60, "the app's sync")
         yield Cases(base, app_url)
     finally:
@@ -352,3 +352,14 @@ def test_parallel_step_disappears(cases: Cases) -> None:
     assert run["error"] == {"code": "step_unexpected", "name": "StepUnexpectedError",
                             "message": 'found step "after" when targeting a different step',
                             "stack": None}
+
+
+def test_parallel_mode_race(cases: Cases) -> None:
+    """Race mode: each completed step is stored and the app asked again at once, the slow
+    step still running (and not started twice): `[a.1, a.2, b.1, b.2]` in 9 calls (1 plan,
+    4 planned steps, 4 discoveries)."""
+    (event_id,) = cases.send("parallel_mode_race")
+    run = cases.run_of(event_id, "parallel_mode_race", "completed")
+    assert run["output"] == ["a.1", "a.2", "b.1", "b.2"]
+    assert cases.state()["state"][f"parallel_mode_race/{run['id']}/requests"] == 9
+    assert sorted(s["name"] for s in run["steps"]) == ["a.1", "a.2", "b.1", "b.2"]

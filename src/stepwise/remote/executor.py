@@ -16,7 +16,7 @@ from .. import signing
 from ..app import App
 from ..definition import FunctionDefinition
 from ..engine import Engine, RunState
-from ..engine.outcomes import Outcome, RunFailed, StepCompleted, StepFailed
+from ..engine.outcomes import Outcome, RunCompleted, RunFailed, StepCompleted, StepFailed
 from ..payloads import dumps, new_id
 from ..storage import Storage
 from ..worker import Running, Worker
@@ -76,6 +76,11 @@ class RemoteWorker(Worker):
         calls = protocol.memo(state)
         while not running.abandoned:
             answer = await self._call(definition, state, calls)
+            while isinstance(answer, protocol.Planned) and answer.race:
+                raced = await self._race(run_id, definition, state, calls, answer)
+                if raced is None:
+                    return
+                answer = raced
             if isinstance(answer, protocol.Planned):  # parallel steps: one call each
                 answer = await self._run_planned(definition, state, calls, answer)
             if answer and all(isinstance(o, StepCompleted) for o in answer):
@@ -107,6 +112,61 @@ class RemoteWorker(Worker):
         calls.attempt = 0  # the next discovery is a new step's first attempt
         return True
 
+    async def _race(self, run_id: str, definition: FunctionDefinition, state: RunState,
+                    calls: protocol.CallState, planned: protocol.Planned
+                    ) -> list[Outcome] | protocol.Planned | None:
+        """Planned steps in race mode (`parallelMode: "race"`): as soon as one completes it
+        is stored and the app is asked again (the others still running: it only plans), and
+        only the steps it plans that are not running yet are started. Returns the app's
+        answer once no step is running, to be handled as any; a step that does not complete
+        (or an opcode that parks the run) ends the race: the steps running are awaited and
+        everything is applied together. None: the run was lost."""
+        tasks: dict[str, asyncio.Task[list[Outcome] | protocol.Planned]] = {}
+        others: list[Outcome] = []
+
+        def start(plan: protocol.Planned) -> None:
+            others.extend(plan.others)
+            for sid, seq in zip(plan.step_ids, plan.seqs, strict=True):
+                if sid not in tasks and sid not in calls.steps:
+                    tasks[sid] = asyncio.create_task(
+                        self._call(definition, state, calls, step_id=sid, seq=seq))
+
+        async def settle_all(steps: list[Outcome], failure: RunFailed | None,
+                             ending: list[Outcome]) -> list[Outcome]:
+            answers = dict(zip(tasks, await asyncio.gather(*tasks.values()), strict=True))
+            tasks.clear()
+            more, late = _step_outcomes(answers)
+            last = failure or late
+            return [*steps, *more, *others, *ending, *([last] if last is not None else [])]
+
+        start(planned)
+        try:
+            answer: list[Outcome] | protocol.Planned = []
+            while tasks:
+                done, _ = await asyncio.wait(tasks.values(),
+                                             return_when=asyncio.FIRST_COMPLETED)
+                answers = {sid: tasks.pop(sid).result() for sid in list(tasks)
+                           if tasks[sid] in done}
+                steps, failure = _step_outcomes(answers)
+                if failure is not None or others or \
+                        not all(isinstance(o, StepCompleted) for o in steps):
+                    return await settle_all(steps, failure, [])
+                if not await self._memoize(run_id, calls, steps):
+                    return None
+                calls.force_plan = bool(tasks)  # steps are running: the app only plans
+                answer = await self._call(definition, state, calls)
+                calls.force_plan = False
+                if isinstance(answer, protocol.Planned):
+                    start(answer)
+                elif tasks and any(isinstance(o, RunCompleted) for o in answer):
+                    return answer  # the function finished: the steps still running lose
+                elif tasks:
+                    return await settle_all([], None, answer)
+            return answer
+        finally:
+            for task in tasks.values():
+                task.cancel()
+
     async def _run_planned(self, definition: FunctionDefinition, state: RunState,
                            calls: protocol.CallState, planned: protocol.Planned
                            ) -> list[Outcome]:
@@ -117,17 +177,7 @@ class RemoteWorker(Worker):
         answers = await asyncio.gather(*(
             self._call(definition, state, calls, step_id=sid, seq=seq)
             for sid, seq in zip(planned.step_ids, planned.seqs, strict=True)))
-        steps: list[Outcome] = []
-        failure: RunFailed | None = None
-        for sid, answer in zip(planned.step_ids, answers, strict=True):
-            first = None if isinstance(answer, protocol.Planned) else answer[0]
-            if isinstance(first, StepCompleted | StepFailed):
-                steps.append(first)
-            elif failure is None:
-                failure = first if isinstance(first, RunFailed) else RunFailed(
-                    {"name": "ProtocolError", "message": (
-                        f"the planned step {sid} answered something other than its result")},
-                    retriable=False)
+        steps, failure = _step_outcomes(dict(zip(planned.step_ids, answers, strict=True)))
         return [*steps, *planned.others, *([] if failure is None else [failure])]
 
     async def _call(self, definition: FunctionDefinition, state: RunState,
@@ -190,6 +240,24 @@ class RemoteWorker(Worker):
         except protocol.ProtocolError as exc:
             return [RunFailed({"name": "ProtocolError", "message": (
                 f"the app at {url} answered outside the protocol: {exc}")}, retriable=False)]
+
+
+def _step_outcomes(answers: dict[str, list[Outcome] | protocol.Planned]
+                   ) -> tuple[list[Outcome], RunFailed | None]:
+    """Planned steps' own calls' answers: each step's outcome, and the first failure of a
+    call that answered something else (the app unreachable, an error, a plan)."""
+    steps: list[Outcome] = []
+    failure: RunFailed | None = None
+    for sid, answer in answers.items():
+        first = None if isinstance(answer, protocol.Planned) else answer[0]
+        if isinstance(first, StepCompleted | StepFailed):
+            steps.append(first)
+        elif failure is None:
+            failure = first if isinstance(first, RunFailed) else RunFailed(
+                {"name": "ProtocolError", "message": (
+                    f"the planned step {sid} answered something other than its result")},
+                retriable=False)
+    return steps, failure
 
 
 class RemoteApps:

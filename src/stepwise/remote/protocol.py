@@ -58,6 +58,9 @@ class CallState:
     #: body or step), 0 once a step completed (Inngest counts attempts per queue item: a new
     #: step starts at 0, whatever the steps before it needed).
     attempt: int = 0
+    #: Planned steps are running (race mode): a discovery call may only plan
+    #: (`disable_immediate_execution`), as Inngest's executor forces while steps run.
+    force_plan: bool = False
 
 
 def memo_of(kind: str | None, output: str | None) -> Any:
@@ -126,7 +129,7 @@ def request_body(state: RunState, calls: CallState, max_attempts: int, version: 
                     calls.attempts.get(step_id, 0),
                     "max_attempts": max_attempts,
                     # A planned step's own call runs that step only (as Inngest sends it).
-                    "disable_immediate_execution": step_id is not None,
+                    "disable_immediate_execution": step_id is not None or calls.force_plan,
                     "use_api": use_api,
                     "stack": {"stack": list(calls.stack), "current": len(calls.stack)}},
             "version": version, "use_api": use_api}
@@ -178,6 +181,9 @@ class Planned:
     step_ids: list[str]
     seqs: list[int]
     others: list[Outcome]
+    #: `parallelMode: "race"`: the app is asked again as each step completes, not once all
+    #: have (its default, "wait").
+    race: bool = False
 
 
 def targeted(url: str, step_id: str) -> str:
@@ -230,6 +236,7 @@ def _opcodes(answer: Any, calls: CallState, started: int, now: int, seq: int | N
     seqs: list[int] = []
     others: list[Outcome] = []
     ended: list[Outcome] = []
+    race = False
     for i, op in enumerate(ops):
         if isinstance(op, dict) and op.get("op") == "StepPlanned":
             sid = op.get("id")
@@ -237,6 +244,8 @@ def _opcodes(answer: Any, calls: CallState, started: int, now: int, seq: int | N
                 raise ProtocolError(f"planned steps need distinct ids, got {sid!r}"[:300])
             planned.append(sid)
             seqs.append(base + i)
+            opts = op.get("opts")
+            race = race or (isinstance(opts, dict) and opts.get("parallelMode") == "race")
         elif isinstance(op, dict) and op.get("op") == "RunComplete":  # the run's end (JS)
             ended.append(RunCompleted(dumps(op.get("data"), "function output")))
         else:
@@ -244,7 +253,7 @@ def _opcodes(answer: Any, calls: CallState, started: int, now: int, seq: int | N
     if len(ended) > 1 or (ended and planned):
         raise ProtocolError("RunComplete must end an answer, once, with no step planned")
     if planned:
-        return Planned(planned, seqs, others)
+        return Planned(planned, seqs, others, race)
     return [*others, *ended]
 
 
