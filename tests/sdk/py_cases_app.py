@@ -308,12 +308,11 @@ async def batch(ctx: inngest.Context) -> list[Any]:
     return [e.data["n"] for e in ctx.events]
 
 
-@client.create_function(fn_id="parallel_mode_default", trigger=trigger("parallel_mode_default"),
-                        retries=0)
-async def parallel_mode_default(ctx: inngest.Context) -> list[str]:
-    """Two groups of two steps each, one slow: a group's second step is planned only once
-    every step planned with the first ones settled (7 calls)."""
-    key = f"parallel_mode_default/{ctx.run_id}"
+async def two_groups(ctx: inngest.Context, case: str, slow: float,
+                     mode: inngest.ParallelMode | None = None) -> list[str]:
+    """Two groups of two steps each in parallel, one group slow; records the calls and the
+    order the steps ran in."""
+    key = f"{case}/{ctx.run_id}"
     state[key + "/requests"] += 1
 
     def step(name: str, pause: float) -> Any:
@@ -322,40 +321,33 @@ async def parallel_mode_default(ctx: inngest.Context) -> list[str]:
             notes[key].append(name)
         return ctx.step.run(name, run)
 
-    async def fast() -> None:
+    async def fast_group() -> None:
         await step("a.1", 0)
         await step("a.2", 0)
 
-    async def slow() -> None:
-        await step("b.1", 0.5)
-        await step("b.2", 0.5)
-    await ctx.group.parallel((fast, slow))
+    async def slow_group() -> None:
+        await step("b.1", slow)
+        await step("b.2", slow)
+    groups = (fast_group, slow_group)
+    await (ctx.group.parallel(groups) if mode is None else
+           ctx.group.parallel(groups, parallel_mode=mode))
     return list(notes[key])
+
+
+@client.create_function(fn_id="parallel_mode_default", trigger=trigger("parallel_mode_default"),
+                        retries=0)
+async def parallel_mode_default(ctx: inngest.Context) -> list[str]:
+    """A group's second step is planned only once every step planned with the first ones
+    settled (7 calls)."""
+    return await two_groups(ctx, "parallel_mode_default", 0.5)
 
 
 @client.create_function(fn_id="parallel_mode_race", trigger=trigger("parallel_mode_race"),
                         retries=0)
 async def parallel_mode_race(ctx: inngest.Context) -> list[str]:
-    """The same groups in race mode: the app is asked again as each step completes, so the
-    fast group runs on while the slow step is still running (9 calls)."""
-    key = f"parallel_mode_race/{ctx.run_id}"
-    state[key + "/requests"] += 1
-
-    def step(name: str, pause: float) -> Any:
-        async def run() -> None:
-            await asyncio.sleep(pause)
-            notes[key].append(name)
-        return ctx.step.run(name, run)
-
-    async def fast() -> None:
-        await step("a.1", 0)
-        await step("a.2", 0)
-
-    async def slow() -> None:
-        await step("b.1", 1.0)
-        await step("b.2", 1.0)
-    await ctx.group.parallel((fast, slow), parallel_mode=inngest.ParallelMode.RACE)
-    return list(notes[key])
+    """Race mode: the app is asked again as each step completes, so the fast group runs on
+    while the slow step is still running (9 calls)."""
+    return await two_groups(ctx, "parallel_mode_race", 1.0, inngest.ParallelMode.RACE)
 
 
 @client.create_function(fn_id="parallel_step_disappears",
