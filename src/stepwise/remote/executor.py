@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import replace
 from typing import Any
 
 import httpx
@@ -136,10 +137,13 @@ class RemoteWorker(Worker):
             answers = dict(zip(tasks, await asyncio.gather(*tasks.values()), strict=True))
             tasks.clear()
             more, late = _step_outcomes(answers)
-            last = failure or late
+            last = None if any(isinstance(o, RunCompleted | RunFailed) for o in ending) else \
+                failure or late  # the run ends once
             return [*steps, *more, *others, *ending, *([last] if last is not None else [])]
 
         start(planned)
+        if not tasks:  # nothing new to run: the steps are called as in the default mode
+            return replace(planned, race=False)
         try:
             answer: list[Outcome] | protocol.Planned = []
             while tasks:
@@ -162,6 +166,9 @@ class RemoteWorker(Worker):
                     return answer  # the function finished: the steps still running lose
                 elif tasks:
                     return await settle_all([], None, answer)
+            if isinstance(answer, protocol.Planned):  # it planned only steps already done
+                return [RunFailed({"name": "ProtocolError", "message": (
+                    "the app planned only steps that had completed")}, retriable=False)]
             return answer
         finally:
             for task in tasks.values():
