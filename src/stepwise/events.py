@@ -48,6 +48,9 @@ class StoredEvent:
     data: str
     ts: int
     trace: str | None = None  # W3C traceparent of the sender (see `stepwise.tracing`)
+    #: An SDK event's `meta` as JSON (`{"sessions": {...}}`, see `sessions_meta`), passed on
+    #: to the SDK functions it starts.
+    meta: str | None = None
 
 
 class EventIn(BaseModel):
@@ -118,3 +121,52 @@ def coerce_events(events: Any) -> list[EventIn]:
         except ValidationError as exc:
             raise ValueError(describe_validation_error(exc, f"events[{index}]")) from None
     return out
+
+
+#: Inngest's bounds on an event's sessions: entries, and bytes of a key.
+MAX_SESSIONS = 5
+MAX_SESSION_KEY_BYTES = 128
+
+
+def sessions_meta(meta: Any, where: str) -> dict[str, Any] | None:
+    """An SDK event's `meta` as Inngest resolves it before storing: `sessions` (set by the
+    sender; a null value drops that key, a null `sessions` drops them all) win over
+    `propagated_sessions` (those of the run that sent it), which fill the free places (at
+    most 5) in bytewise key order and are not kept themselves. Values are strings or numbers
+    (stored as strings). None: no sessions. Raises ValueError naming what is wrong."""
+    if meta is None:
+        return None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{where}.meta must be an object")
+    manual = meta.get("sessions", {})
+    if manual is None:
+        return None
+    propagated = meta.get("propagated_sessions") or {}
+    if not isinstance(manual, dict) or not isinstance(propagated, dict):
+        raise ValueError(f"{where}.meta.sessions and .propagated_sessions must be objects")
+    sessions = {key: _session_value(value, f"{where}.meta.sessions.{key}")
+                for key, value in manual.items() if value is not None}
+    dropped = {key for key, value in manual.items() if value is None}
+    for key in sorted(propagated, key=lambda k: k.encode("utf-8", "surrogatepass")):
+        if len(sessions) >= MAX_SESSIONS:
+            break
+        if key not in sessions and key not in dropped and propagated[key] is not None:
+            sessions[key] = _session_value(propagated[key],
+                                           f"{where}.meta.propagated_sessions.{key}")
+    if len(sessions) > MAX_SESSIONS:
+        raise ValueError(f"{where}.meta.sessions has {len(sessions)} entries, over "
+                         f"{MAX_SESSIONS}")
+    for key in sessions:
+        check_text(key, f"{where}.meta.sessions key")
+        if not key or len(key.encode()) > MAX_SESSION_KEY_BYTES:
+            raise ValueError(f"{where}.meta.sessions keys must be 1 to "
+                             f"{MAX_SESSION_KEY_BYTES} bytes, got {key[:40]!r}")
+    return {"sessions": sessions} if sessions else None
+
+
+def _session_value(value: Any, where: str) -> str:
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise ValueError(f"{where} must be a string or a number")
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return check_text(str(value), where)

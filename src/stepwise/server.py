@@ -21,7 +21,7 @@ from .admission import DEFAULT_MAX_IN_FLIGHT, Admission
 from .clock import Clock
 from .engine import FOREVER, Conflict, Engine, NotFound
 from .engine.definitions import AppSource
-from .events import EventIn, StoredEvent, describe_validation_error
+from .events import EventIn, StoredEvent, describe_validation_error, sessions_meta
 from .payloads import (
     MAX_DEPTH,
     Limits,
@@ -490,13 +490,15 @@ def create_server(storage: Storage, *, access: Access | None = None,
             return JSONResponse({"ids": [], "status": 400,
                                  "error": f"request body is not valid JSON: {exc}"}, 400)
         items = raw if isinstance(raw, list) else [raw]
-        for i, item in enumerate(items):
-            if isinstance(item, dict) and item.get("meta") is not None and \
-                    not isinstance(item["meta"], dict):
-                return JSONResponse({"ids": [], "status": 400, "error": (
-                    f"events[{i}].meta must be an object")}, 400)
-        # The SDKs also send `user`, `v` and `meta` (sessions, which apps propagate from the
-        # events they received): accepted, not stored.
+        metas: list[str | None] = []
+        try:
+            for i, item in enumerate(items):  # sessions, which apps pass on (propagated)
+                meta = sessions_meta(item.get("meta"), f"events[{i}]") \
+                    if isinstance(item, dict) else None
+                metas.append(None if meta is None else dumps(meta, f"events[{i}].meta"))
+        except (ValueError, PayloadError) as exc:
+            return JSONResponse({"ids": [], "status": 400, "error": str(exc)}, 400)
+        # The SDKs also send `user` (Inngest's, deprecated) and `v`: accepted, not stored.
         items = [{k: v for k, v in item.items() if k not in ("user", "v", "meta")}
                  if isinstance(item, dict) else item for item in items]
         try:
@@ -505,6 +507,8 @@ def create_server(storage: Storage, *, access: Access | None = None,
         except ApiError as exc:
             return JSONResponse({"ids": [], "status": exc.status, "error": exc.message},
                                 exc.status)
+        events = [replace(ev, meta=meta) if meta else ev
+                  for ev, meta in zip(events, metas, strict=True)]
         ids = await engine.ingest(events)
         metrics.EVENTS_RECEIVED.inc(len(ids))
         return JSONResponse({"ids": ids, "status": 200})

@@ -46,7 +46,7 @@ async def test_one_failing_operation_does_not_spoil_its_batch(tmp_path: Path) ->
 
     def insert(tx: object, key: str) -> str:
         tx.exec("insert_event", id=key, name="n", data="{}", ts=0, now=0,  # type: ignore[attr-defined]
-                trace=None)
+                trace=None, meta=None)
         if key == "bad":
             raise ValueError("this one fails")
         return key

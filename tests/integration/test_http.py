@@ -79,19 +79,34 @@ async def test_bad_event_bodies_are_refused_and_store_nothing(
         assert await h.storage.read(_count, "runs") == 0
 
 
-async def test_sdk_events_with_meta_sessions_are_accepted(db: str) -> None:
+async def test_sdk_events_keep_their_sessions_as_inngest_resolves_them(db: str) -> None:
     """An app that received events with `meta.sessions` sends its own with `meta` (the JS
-    SDK propagates sessions by default): accepted like `user` and `v`; a `meta` that is not
-    an object is a 400 naming it."""
+    SDK propagates sessions by default): the sender's sessions win, the propagated ones fill
+    the free places (at most 5, bytewise key order), a null drops one; bad `meta` is a 400
+    naming it, and nothing is stored."""
     async with Harness(make_app(), db) as h:
         sent = await h.http.post("/e/NO_EVENT_KEY_SET", json=[{
             "name": "ping", "data": {"n": 1}, "user": {}, "v": "1",
-            "meta": {"sessions": {"user": "u1"}, "propagated_sessions": {"chat": 3}}}])
+            "meta": {"sessions": {"user": "u1", "drop": None},
+                     "propagated_sessions": {"chat": 3, "drop": "x", "b": "1", "a": "2",
+                                             "c": "3", "d": "4"}}}])
         assert sent.status_code == 200 and sent.json()["status"] == 200, sent.text
-        bad = await h.http.post("/e/NO_EVENT_KEY_SET",
-                                json={"name": "ping", "data": {}, "meta": "sessions"})
-        assert bad.status_code == 400 and "events[0].meta" in bad.json()["error"]
-        assert await h.storage.read(_count, "events") == 1
+        stored = await h.engine.storage.read(
+            lambda tx: tx.one("get_event", id=sent.json()["ids"][0]))
+        assert json.loads(stored["meta"]) == {"sessions": {
+            "user": "u1", "a": "2", "b": "1", "c": "3", "chat": "3"}}
+        plain = await h.http.post("/e/NO_EVENT_KEY_SET", json={"name": "ping", "data": {}})
+        stored = await h.engine.storage.read(
+            lambda tx: tx.one("get_event", id=plain.json()["ids"][0]))
+        assert stored["meta"] is None
+        for meta, named in (("sessions", "events[0].meta"),
+                            ({"sessions": {"k": True}}, "events[0].meta.sessions.k"),
+                            ({"sessions": {str(i): i for i in range(6)}}, "over 5"),
+                            ({"sessions": {"k" * 200: "v"}}, "1 to 128 bytes")):
+            bad = await h.http.post("/e/NO_EVENT_KEY_SET",
+                                    json={"name": "ping", "data": {}, "meta": meta})
+            assert bad.status_code == 400 and named in bad.json()["error"], bad.text
+        assert await h.storage.read(_count, "events") == 2
 
 
 async def test_duplicate_event_id_is_stored_once(db: str) -> None:

@@ -14,7 +14,8 @@ from stepwise.storage import Storage, Tx, open_storage
 
 
 def event(event_id: str) -> dict[str, Any]:
-    return {"id": event_id, "name": "n", "data": "{}", "ts": 1, "now": 1, "trace": None}
+    return {"id": event_id, "name": "n", "data": "{}", "ts": 1, "now": 1, "trace": None,
+            "meta": None}
 
 
 async def stored_ids(db: str) -> list[str]:

@@ -49,7 +49,7 @@ def cases(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cases]:
                  "--db", str(tmp / "dev.db")], tmp, {"PYTHONPATH": str(TS.parents[2])})
     try:
         wait_healthy(base, dev)
-        wait_until(lambda: len(http("GET", base + "/api/v1/functions")["functions"]) == 9, 90,
+        wait_until(lambda: len(http("GET", base + "/api/v1/functions")["functions"]) == 10, 90,
                    "the app's sync")
         yield Cases(base)
     finally:
@@ -108,8 +108,12 @@ def test_request_and_job_ids_reach_the_function(cases: Cases) -> None:
                              "user": {}}
 
 
-def test_events_with_session_meta_are_accepted_and_propagated(cases: Cases) -> None:
-    """test/integration/sessions.test: events carrying `meta.sessions`, and a run's send that
-    propagates them, are accepted."""
+def test_sessions_reach_the_run_and_propagate_to_the_runs_it_starts(cases: Cases) -> None:
+    """test/integration/sessions.test: `ctx.sessions` from the event's `meta.sessions`; the
+    run's `step.sendEvent` propagates them to the child run, beside the one it sets."""
     event_id = cases.send("js-cases/sessions", meta={"sessions": {"user": "u1"}})
-    assert cases.run_of(event_id, "sessions", "completed")["output"] == 1
+    run = cases.run_of(event_id, "sessions", "completed")
+    assert run["output"] == {"user": "u1"}
+    (sent,) = [s["output"]["ids"][0] for s in run["steps"] if s["name"] == "send-on"]
+    assert cases.run_of(sent, "sessions-child", "completed")["output"] == {
+        "chat": "c1", "user": "u1"}

@@ -185,4 +185,4 @@ def _event_columns(events: list[StoredEvent] | tuple[StoredEvent, ...]) -> dict[
     """The events as the parallel lists `insert_events` and `ingest_routed` take."""
     return {"ids": [ev.id for ev in events], "names": [ev.name for ev in events],
             "datas": [ev.data for ev in events], "ts": [ev.ts for ev in events],
-            "traces": [ev.trace for ev in events]}
+            "traces": [ev.trace for ev in events], "metas": [ev.meta for ev in events]}

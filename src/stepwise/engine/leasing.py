@@ -216,7 +216,7 @@ def fire_schedules(tx: Tx, app_id: str, now: int,
         event = StoredEvent(id=f"cron:{app_id}:{row['function_id']}:{tick}", name=name,
                             data=dumps(data, "cron event"), ts=tick)
         if tx.one("insert_event", id=event.id, name=event.name, data=event.data, ts=event.ts,
-                  now=now, trace=None) is not None:
+                  now=now, trace=None, meta=None) is not None:
             flow_control.create_run(tx, app_id, row["function_id"], event.id, now, now)
             fired += 1
         tx.exec("set_schedule_next", app_id=app_id, function_id=row["function_id"], cron=cron,

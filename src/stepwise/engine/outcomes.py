@@ -81,6 +81,7 @@ class Invoke:
     expires_at: int | None = None
     trace: str | None = None  # traceparent of the invoking run, for the invoked run's spans
     name: str | None = None  # the code's name for a step whose id is a hash (SDK steps)
+    meta: str | None = None  # the invoked event's `meta` (an SDK's sessions), as JSON
 
 
 @dataclass(frozen=True, slots=True)

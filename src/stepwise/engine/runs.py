@@ -443,9 +443,9 @@ def _start_invoked(b: _Batch, invoke: Invoke) -> None:
         data = sdk_events.invoked_data(invoke.data, definition.id, b.run["function_id"],
                                        f"{b.run_id}.{invoke.step_id}")
     event = StoredEvent(id=f"invoke:{b.run_id}:{invoke.step_id}", name=name, data=data,
-                        ts=now, trace=invoke.trace)
+                        ts=now, trace=invoke.trace, meta=invoke.meta)
     if tx.one("insert_event", id=event.id, name=event.name, data=event.data, ts=event.ts,
-              now=now, trace=event.trace) is None:
+              now=now, trace=event.trace, meta=event.meta) is None:
         return  # started already
     child = lifecycle.get_run(tx, flow_control.create_run(
         tx, app_id, definition.id, event.id, now, now, flow=definition.flow,

@@ -48,13 +48,15 @@ def announce(tx: Tx, run: RunRow, status: RunStatus, output: str | None,
     ended = ({"result": None if output is None else loads(output)} if sdk_error is None
              else {"error": sdk_error})
     key = f"{run['id']}:{run['attempts']}"  # one set per end: a replayed run ends again
+    meta = stored.get("meta") if stored else None  # the run's sessions go on, as Inngest's do
     events = [StoredEvent(f"{key}:finished", FINISHED, dumps(
-        {**base, **ended, "_inngest": {"status": str(status)}}, FINISHED), now)]
+        {**base, **ended, "_inngest": {"status": str(status)}}, FINISHED), now, meta=meta)]
     if status == RunStatus.failed:
         events.append(StoredEvent(f"{key}:failed", FAILED,
-                                  dumps({**base, "error": sdk_error}, FAILED), now))
+                                  dumps({**base, "error": sdk_error}, FAILED), now, meta=meta))
     elif status == RunStatus.cancelled:
-        events.append(StoredEvent(f"{key}:cancelled", CANCELLED, dumps(base, CANCELLED), now))
+        events.append(StoredEvent(f"{key}:cancelled", CANCELLED, dumps(base, CANCELLED), now,
+                                  meta=meta))
     ingest.ingest_events(tx, events, now)
 
 

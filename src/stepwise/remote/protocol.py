@@ -26,6 +26,7 @@ from ..engine.outcomes import (
     WaitForEvent,
 )
 from ..errors import ErrorInfo
+from ..events import sessions_meta
 from ..payloads import PayloadError, dumps, loads
 from ..status import StepStatus
 from .registration import RegistrationError, duration
@@ -100,9 +101,12 @@ def memo(state: RunState) -> CallState:
 
 
 def event_json(row: Any) -> dict[str, Any]:
-    """A stored event as the SDKs read it."""
-    return {"name": row["name"], "data": loads(row["data"]), "id": row["id"], "ts": row["ts"],
-            "user": {}}
+    """A stored event as the SDKs read it (its sessions in `meta`, where it has some)."""
+    event = {"name": row["name"], "data": loads(row["data"]), "id": row["id"], "ts": row["ts"],
+             "user": {}}
+    if row.get("meta"):
+        event["meta"] = loads(row["meta"])
+    return event
 
 
 def run_events(state: RunState) -> list[dict[str, Any]]:
@@ -324,9 +328,11 @@ def _invoke(sid: str, seq: int, opts: Any, started: int, now: int) -> Invoke:
     try:
         expires = None if not timeout else now + int(
             duration(timeout, "InvokeFunction timeout").total_seconds() * 1000)
+        meta = sessions_meta(payload.get("meta") if isinstance(payload, dict) else None,
+                             "InvokeFunction payload")
         return Invoke(sid, seq, function_id, dumps(data or {}, "invoke data"), started,
-                      expires)
-    except (RegistrationError, PayloadError) as exc:
+                      expires, meta=None if meta is None else dumps(meta, "invoke meta"))
+    except (RegistrationError, PayloadError, ValueError) as exc:
         raise ProtocolError(str(exc)) from None
 
 

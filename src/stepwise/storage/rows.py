@@ -50,6 +50,7 @@ class EventRow(TypedDict):
     ts: int
     received_at: NotRequired[int]
     trace: NotRequired[str | None]
+    meta: NotRequired[str | None]
 
 
 class FailureRow(TypedDict):

@@ -11,9 +11,15 @@ from typing import Any
 def migration_files() -> list[tuple[int, str]]:
     folder = resources.files("stepwise.storage").joinpath("migrations")
     out = []
+    names: dict[int, str] = {}
     for entry in folder.iterdir():
         if entry.name.endswith(".sql"):
-            out.append((int(entry.name.split("_", 1)[0]), entry.read_text()))
+            number = int(entry.name.split("_", 1)[0])
+            if number in names:  # a stale copy left by a rename in an old build tree
+                raise RuntimeError(f"two migrations numbered {number}: {names[number]} and "
+                                   f"{entry.name}")
+            names[number] = entry.name
+            out.append((number, entry.read_text()))
     return sorted(out)
 
 

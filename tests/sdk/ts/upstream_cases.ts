@@ -92,19 +92,24 @@ const ids = inngest.createFunction(
     requestId: typeof requestId, jobId: typeof jobId, maxAttempts, user: event.user ?? null }),
 );
 
-// sessions: an event sent with `meta.sessions`, and the run's own send, which propagates them.
+// sessions.test: ctx.sessions from the event's `meta.sessions`, propagated by the run's own
+// send (the child's sessions: the parent's, and the one the send sets itself).
 const sessions = inngest.createFunction(
   { id: "sessions", triggers: [{ event: "js-cases/sessions" }] },
-  async ({ step }) => {
-    const sent = await step.sendEvent("send-on", { name: "js-cases/sessions-child",
-                                                   data: {}, meta: { sessions: { chat: "c1" } } });
-    return sent.ids.length;
+  async ({ step, sessions: own }) => {
+    await step.sendEvent("send-on", { name: "js-cases/sessions-child", data: {},
+                                      meta: { sessions: { chat: "c1" } } });
+    return own ?? null;
   },
+);
+const sessionsChild = inngest.createFunction(
+  { id: "sessions-child", triggers: [{ event: "js-cases/sessions-child" }] },
+  async ({ sessions: own }) => own ?? null,
 );
 
 const app = express();
 app.use(express.json({ limit: "10mb" }));
 app.use("/api/inngest", serve({ client: inngest, functions: [
   stepErrors, childByEvent, childByCron, invokeBoth, invokeMissing, wildcard, retries, ids,
-  sessions] }));
+  sessions, sessionsChild] }));
 app.listen(Number(process.env.PORT), "127.0.0.1", () => console.log("js-cases listening"));

@@ -25,20 +25,22 @@ SELECT app_id, id, definition, updated_at FROM functions ORDER BY app_id, id;
 
 -- name: insert_event
 -- Answers the id when the event is new (an id stored already is a resend: no row).
-INSERT INTO events (id, name, data, ts, received_at, trace)
-VALUES (:id, :name, :data, :ts, :now, :trace)
+INSERT INTO events (id, name, data, ts, received_at, trace, meta)
+VALUES (:id, :name, :data, :ts, :now, :trace, :meta)
 ON CONFLICT (id) DO NOTHING
 RETURNING id;
 
 -- name: insert_events
--- Many events in one statement: :ids, :names, :datas, :ts and :traces are parallel lists.
+-- Many events in one statement: :ids, :names, :datas, :ts, :traces and :metas are parallel
+-- lists.
 -- Answers the ids of those not stored yet (an id stored already, or repeated in the lists,
 -- is a resend: its first occurrence is the one stored). SQLite reads the lists by position
 -- (json_extract keeps a parsed list: no join of one list with another).
-INSERT INTO events (id, name, data, ts, received_at, trace)
+INSERT INTO events (id, name, data, ts, received_at, trace, meta)
 SELECT i.value, json_extract(:names, '$[' || i.key || ']'),
        json_extract(:datas, '$[' || i.key || ']'), json_extract(:ts, '$[' || i.key || ']'),
-       :now, json_extract(:traces, '$[' || i.key || ']')
+       :now, json_extract(:traces, '$[' || i.key || ']'),
+       json_extract(:metas, '$[' || i.key || ']')
 FROM json_each(:ids) i
 WHERE true  -- SQLite: the ON CONFLICT below belongs to the INSERT, not to the FROM
 ORDER BY i.key
@@ -46,11 +48,11 @@ ON CONFLICT (id) DO NOTHING
 RETURNING id;
 
 -- name: insert_events @postgres
-INSERT INTO events (id, name, data, ts, received_at, trace)
-SELECT e.id, e.name, e.data, e.ts, :now, e.trace
+INSERT INTO events (id, name, data, ts, received_at, trace, meta)
+SELECT e.id, e.name, e.data, e.ts, :now, e.trace, e.meta
 FROM unnest(CAST(:ids AS text[]), CAST(:names AS text[]), CAST(:datas AS text[]),
-            CAST(:ts AS bigint[]), CAST(:traces AS text[])) WITH ORDINALITY
-     AS e(id, name, data, ts, trace, position)
+            CAST(:ts AS bigint[]), CAST(:traces AS text[]), CAST(:metas AS text[]))
+     WITH ORDINALITY AS e(id, name, data, ts, trace, meta, position)
 ORDER BY e.position
 ON CONFLICT (id) DO NOTHING
 RETURNING id;
@@ -99,11 +101,11 @@ WITH chk AS (
          AND NOT EXISTS (SELECT 1 FROM waits w
                          WHERE w.event_name = ANY (CAST(:route_names AS text[]))) AS ok),
 ev AS (
-  INSERT INTO events (id, name, data, ts, received_at, trace)
-  SELECT e.id, e.name, e.data, e.ts, :now, e.trace
+  INSERT INTO events (id, name, data, ts, received_at, trace, meta)
+  SELECT e.id, e.name, e.data, e.ts, :now, e.trace, e.meta
   FROM unnest(CAST(:ids AS text[]), CAST(:names AS text[]), CAST(:datas AS text[]),
-              CAST(:ts AS bigint[]), CAST(:traces AS text[])) WITH ORDINALITY
-       AS e(id, name, data, ts, trace, position)
+              CAST(:ts AS bigint[]), CAST(:traces AS text[]), CAST(:metas AS text[]))
+       WITH ORDINALITY AS e(id, name, data, ts, trace, meta, position)
   WHERE (SELECT ok FROM chk)
   ORDER BY e.position
   ON CONFLICT (id) DO NOTHING
@@ -261,10 +263,10 @@ started AS (
             runs.ended_at, before.started_at IS NULL AS first_start),
 events AS (
   SELECT r.id AS run_id, NULL::integer AS position, e.id, e.name, e.data, e.ts,
-         e.received_at, e.trace
+         e.received_at, e.trace, e.meta
   FROM runs r JOIN events e ON e.id = r.event_id WHERE r.id IN (SELECT run_id FROM pick)
   UNION ALL
-  SELECT b.run_id, b.position, e.id, e.name, e.data, e.ts, e.received_at, e.trace
+  SELECT b.run_id, b.position, e.id, e.name, e.data, e.ts, e.received_at, e.trace, e.meta
   FROM run_events b JOIN events e ON e.id = b.event_id
   WHERE b.run_id IN (SELECT run_id FROM pick))
 SELECT (SELECT ok FROM plain) AS plain,
@@ -333,7 +335,7 @@ SELECT id, app_id, function_id, event_id, status, output, error, attempts, retry
 FROM runs WHERE id = :run_id;
 
 -- name: get_event
-SELECT id, name, data, ts, received_at, trace FROM events WHERE id = :id;
+SELECT id, name, data, ts, received_at, trace, meta FROM events WHERE id = :id;
 
 -- name: get_steps
 SELECT id, seq, status, attempts, output, error, started_at, ended_at, name, kind
@@ -413,20 +415,20 @@ SELECT status, ended_at FROM steps WHERE run_id = :run_id AND status IN ({pendin
 -- What executing the just-leased runs of :ids needs besides the runs (`runs.states`), read in
 -- the lease's transaction: their events (position NULL) and a batch's events (position 0,
 -- 1, ...), and their stored steps.
-SELECT r.id AS run_id, NULL AS position, e.id, e.name, e.data, e.ts, e.received_at, e.trace
+SELECT r.id AS run_id, NULL AS position, e.id, e.name, e.data, e.ts, e.received_at, e.trace, e.meta
 FROM runs r JOIN events e ON e.id = r.event_id
 WHERE r.id IN (SELECT value FROM json_each(:ids))
 UNION ALL
-SELECT b.run_id, b.position, e.id, e.name, e.data, e.ts, e.received_at, e.trace
+SELECT b.run_id, b.position, e.id, e.name, e.data, e.ts, e.received_at, e.trace, e.meta
 FROM run_events b JOIN events e ON e.id = b.event_id
 WHERE b.run_id IN (SELECT value FROM json_each(:ids));
 
 -- name: events_of_runs @postgres
-SELECT r.id AS run_id, NULL AS position, e.id, e.name, e.data, e.ts, e.received_at, e.trace
+SELECT r.id AS run_id, NULL AS position, e.id, e.name, e.data, e.ts, e.received_at, e.trace, e.meta
 FROM runs r JOIN events e ON e.id = r.event_id
 WHERE r.id = ANY (CAST(:ids AS text[]))
 UNION ALL
-SELECT b.run_id, b.position, e.id, e.name, e.data, e.ts, e.received_at, e.trace
+SELECT b.run_id, b.position, e.id, e.name, e.data, e.ts, e.received_at, e.trace, e.meta
 FROM run_events b JOIN events e ON e.id = b.event_id
 WHERE b.run_id = ANY (CAST(:ids AS text[]));
 
@@ -654,7 +656,7 @@ SELECT f.definition FROM runs r JOIN functions f ON f.app_id = r.app_id AND f.id
 WHERE r.id = :run_id;
 
 -- name: event_of_run
-SELECT e.id, e.name, e.data, e.ts, e.received_at, e.trace
+SELECT e.id, e.name, e.data, e.ts, e.received_at, e.trace, e.meta
 FROM runs r JOIN events e ON e.id = r.event_id WHERE r.id = :run_id;
 
 -- name: get_function
@@ -708,7 +710,7 @@ UPDATE runs SET event_id = :event_id WHERE id = :run_id;
 INSERT INTO run_events (run_id, position, event_id) VALUES (:run_id, :position, :event_id);
 
 -- name: get_run_events
-SELECT e.id, e.name, e.data, e.ts FROM run_events r JOIN events e ON e.id = r.event_id
+SELECT e.id, e.name, e.data, e.ts, e.meta FROM run_events r JOIN events e ON e.id = r.event_id
 WHERE r.run_id = :run_id ORDER BY r.position;
 
 -- name: get_idempotency

@@ -8,3 +8,6 @@ UPDATE steps SET kind = 'invoke' WHERE status = 'invoking';
 -- What the last sync of an SDK app said that this server ignored (unknown fields), as a JSON
 -- list of sentences, shown on the Apps page.
 ALTER TABLE apps ADD COLUMN warnings TEXT;
+-- An SDK event's `meta` (its sessions, `events.sessions_meta`), as JSON: passed on to the SDK
+-- functions it starts, whose SDK reads `ctx.sessions` from it.
+ALTER TABLE events ADD COLUMN meta TEXT;
