@@ -77,6 +77,8 @@ class StepOut(BaseModel):
     error: Any = None
     started_at: str | None = None
     ended_at: str | None = None
+    kind: str | None = Field(None, description="run (code), sleep, wait or invoke; null for "
+                                               "steps stored before kinds were (0016)")
 
 
 class RunOut(BaseModel):
@@ -320,6 +322,7 @@ def run_json(row: RunRow, preview: int | None = None) -> dict[str, Any]:
             "attempts": s["attempts"],
             "output": stored(s["output"]), "error": stored(s["error"]),
             "started_at": iso(s["started_at"]), "ended_at": iso(s["ended_at"]),
+            "kind": s.get("kind"),
         } for s in row["steps"]]  # type: ignore[typeddict-item]
         out["failures"] = [{
             "step_id": f["step_id"], "attempt": f["attempt"], "error": stored(f["error"]),

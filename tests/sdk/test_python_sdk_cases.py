@@ -269,7 +269,8 @@ def test_sleep_until(cases: Cases) -> None:
     (event_id,) = cases.send("sleep_until")
     run = cases.run_of(event_id, "sleep_until", "sleeping")
     cases.wake(run)  # a day's sleep, ended now
-    assert cases.run_of(event_id, "sleep_until", "completed")["output"] == "awake"
+    done = cases.run_of(event_id, "sleep_until", "completed")
+    assert done["output"] == "awake" and [s["kind"] for s in done["steps"]] == ["sleep"]
 
 
 def test_steps_that_needs_api(cases: Cases) -> None:

@@ -74,8 +74,9 @@ def test_promise_all_of_two_invokes(cases: Cases) -> None:
     assert run["output"] == [{"by": "event", "got": 1}, {"by": "cron"}]
     assert sorted(c["function_id"] for c in run["children"]) == [
         f"{APP}-child-by-cron", f"{APP}-child-by-event"]
-    assert sorted((s["name"], s["output"]) for s in run["steps"]) == [
-        ("invoke-by-cron", {"by": "cron"}), ("invoke-by-event", {"by": "event", "got": 1})]
+    assert sorted((s["name"], s["kind"], s["output"]) for s in run["steps"]) == [
+        ("invoke-by-cron", "invoke", {"by": "cron"}),
+        ("invoke-by-event", "invoke", {"by": "event", "got": 1})]
 
 
 def test_invoking_a_missing_function_fails_with_inngests_error(cases: Cases) -> None:
