@@ -8,10 +8,14 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 STEPWISE = [sys.executable, "-m", "stepwise.cli"]
 
@@ -73,3 +77,38 @@ def wait_healthy(base: str, proc: subprocess.Popen[str], timeout: float = 30.0) 
         return bool(http("GET", base + "/healthz")["ok"])
 
     wait_until(healthy, timeout, "server health")
+
+
+#: What a scripted app answers one call with: status, headers, JSON body.
+Answer = tuple[int, dict[str, str], Any]
+
+
+class ScriptedApp:
+    """An SDK app played by a test: every POST to it is answered by `answer(call)`, where
+    `call` is `{"query", "headers", "body"}` (the query parsed, the body as JSON)."""
+
+    def __init__(self, answer: Callable[[dict[str, Any]], Answer]) -> None:
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                url = urlsplit(self.path)
+                body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+                status, headers, reply = answer({"query": parse_qs(url.query),
+                                                 "headers": dict(self.headers), "body": body})
+                data = json.dumps(reply).encode()
+                self.send_response(status)
+                for name, value in {"Content-Type": "application/json", **headers}.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/api/inngest"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

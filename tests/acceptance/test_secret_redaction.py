@@ -7,14 +7,20 @@ key, its bearer hash, the API or event key) or a value of the server's environme
 from __future__ import annotations
 
 import json
-import threading
 import urllib.error
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from tests.acceptance.procs import free_port, http, start, stop, wait_healthy, wait_until
+from tests.acceptance.procs import (
+    ScriptedApp,
+    free_port,
+    http,
+    start,
+    stop,
+    wait_healthy,
+    wait_until,
+)
 
 from stepwise import signing
 
@@ -23,30 +29,9 @@ SIGNING_KEY = "signkey-prod-" + "3d" * 32
 ENV_SECRET = "env-secret-" + "9" * 24
 
 
-class UnsignedApp:
-    """An SDK app whose answers are not signed (a misconfigured or impostor app)."""
-
-    def __init__(self) -> None:
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                self.rfile.read(int(self.headers["content-length"]))
-                data = json.dumps({"name": "Error", "message": "boom"}).encode()
-                self.send_response(500)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/api/inngest"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+def unsigned_app() -> ScriptedApp:
+    """An SDK app whose answers (errors) are not signed: misconfigured, or an impostor."""
+    return ScriptedApp(lambda call: (500, {}, {"name": "Error", "message": "boom"}))
 
 
 def call(method: str, url: str, body: bytes | None = None,
@@ -72,7 +57,7 @@ def test_keys_and_environment_are_never_disclosed(tmp_path: Path) -> None:
                     "--api-key", API_KEY, "--event-key", EVENT_KEY,
                     "--signing-key", SIGNING_KEY], tmp_path, env)
     worker = start(["worker", "--sdk", "--db", db, "--signing-key", SIGNING_KEY], tmp_path, env)
-    app = UnsignedApp()
+    app = unsigned_app()
     seen: list[str] = []
     try:
         wait_healthy(base, server)

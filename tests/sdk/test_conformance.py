@@ -15,16 +15,22 @@ from __future__ import annotations
 import hashlib
 import json
 import queue
-import threading
 import time
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from tests.acceptance.procs import free_port, http, start, stop, wait_healthy, wait_until
+from tests.acceptance.procs import (
+    Answer,
+    ScriptedApp,
+    free_port,
+    http,
+    start,
+    stop,
+    wait_healthy,
+    wait_until,
+)
 
 APP = "conformance-golang-test-suite"
 KEY = "test"
@@ -35,41 +41,21 @@ def sha1(text: str) -> str:
 
 
 FIRST, SLEEP, SECOND, WAIT = sha1("first step"), sha1("sleep"), sha1("second step"), sha1("wait")
-Answer = tuple[int, dict[str, str], Any]
 
 
-class Fixture:
+class Fixture(ScriptedApp):
     """The SDK side: records each call and answers it with the case's script."""
 
     def __init__(self) -> None:
         self.calls: queue.Queue[dict[str, Any]] = queue.Queue()
         self.script: dict[str, Callable[[dict[str, Any]], Answer]] = {}
-        fixture = self
+        super().__init__(self.answer)
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                url = urlsplit(self.path)
-                body = json.loads(self.rfile.read(int(self.headers["content-length"])))
-                call = {"query": parse_qs(url.query), "headers": dict(self.headers),
-                        "body": body}
-                fn = call["query"]["fnId"][0].removeprefix(f"{APP}-")
-                status, headers, answer = fixture.script[fn](call)
-                fixture.calls.put({**call, "fn": fn})
-                data = json.dumps(answer).encode()
-                self.send_response(status)
-                for name, value in {"Content-Type": "application/json",
-                                    "X-Inngest-Req-Version": "2", **headers}.items():
-                    self.send_header(name, value)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/api/inngest"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+    def answer(self, call: dict[str, Any]) -> Answer:
+        fn = call["query"]["fnId"][0].removeprefix(f"{APP}-")
+        status, headers, reply = self.script[fn](call)
+        self.calls.put({**call, "fn": fn})
+        return status, {"X-Inngest-Req-Version": "2", **headers}, reply
 
     def expect(self, fn: str, timeout: float = 10) -> dict[str, Any]:
         """The next call (to `fn`), checked as the runner's `expectRequest` checks any."""
@@ -147,8 +133,7 @@ def conformance(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
         yield base, fixture
     finally:
         stop(dev)
-        fixture.server.shutdown()
-        fixture.server.server_close()
+        fixture.close()
         if request.param == "postgres":
             import psycopg
 
