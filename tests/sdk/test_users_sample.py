@@ -10,6 +10,7 @@ The harness (`ts/users_sample.ts`) makes the sample's `final-step` fail for a pa
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,10 +27,16 @@ CALL_DELAY_MS = 300
 RUNS = 12
 
 
+#: SHA-256 of the users' file as they published it (shared/seed-sample/my-function.ts).
+USERS_SHA256 = "d4a2b5ff4587186699d8f4f438b48c11bfec40b503485ed743ad93aefb9224cd"
+
+
 def test_the_sample_here_is_the_users_file_byte_for_byte() -> None:
-    if not SHARED.exists():  # outside this workplace's layout there is nothing to compare
-        pytest.skip(f"{SHARED} is not here")
-    assert SAMPLE.read_bytes() == SHARED.read_bytes()
+    """The copy here is their file, unedited (compared with it where it is beside this
+    checkout, and with its recorded hash everywhere)."""
+    assert hashlib.sha256(SAMPLE.read_bytes()).hexdigest() == USERS_SHA256
+    if SHARED.exists():
+        assert SAMPLE.read_bytes() == SHARED.read_bytes()
 
 
 class Sample:
