@@ -71,7 +71,6 @@ class ExecutorEnv:
     engine: Engine  # and its clock, the one time every outcome is stamped with
     limits: Limits
     metrics: Metrics
-    owner: str  # the lease holder's id: outcomes from anyone else are refused
     threads: ThreadPoolExecutor  # where sync functions and sync parallel branches run
     inline: Callable[[], bool] = lambda: False  # commit on the loop (one run executing)
 
@@ -121,6 +120,10 @@ class Execution:
         self.env = env
         self.function = function
         self.run_id: str = state.run["id"]
+        if state.lease is None:
+            raise ValueError(f"run {self.run_id}: an execution needs the lease it runs under")
+        #: The take this execution runs under: every outcome is written with it (fencing).
+        self.lease = state.lease
         self.created_at: int = state.run["created_at"]
         self.loop = asyncio.get_running_loop()
         self.stored = state.steps
@@ -189,7 +192,7 @@ class Execution:
     def _apply(self, outcome: Outcome) -> Awaitable[Applied]:
         if self.fenced:
             raise Abandoned(self.run_id)
-        return self.env.engine.apply(self.run_id, self.env.owner,
+        return self.env.engine.apply(self.lease,
                                      [*self.take_log(), outcome] if self.log_lines else [outcome],
                                      last=False, inline=self.env.inline())
 
@@ -583,7 +586,7 @@ class Execution:
             await self.saved()
         if self.fenced:
             raise Abandoned(self.run_id)
-        applied = await self.env.engine.apply(self.run_id, self.env.owner,
+        applied = await self.env.engine.apply(self.lease,
                                               [*self.take_log(), *outcomes], last=True,
                                               inline=self.env.inline())
         for outcome in outcomes:

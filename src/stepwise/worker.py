@@ -31,7 +31,7 @@ from typing import Any
 
 from .app import App
 from .clock import Clock
-from .engine import Engine, RunState
+from .engine import Engine, Lease, RunState
 from .engine.outcomes import Outcome
 from .errors import ExecutionStopped, LeaseLost, RunCancelled
 from .execution import Execution, ExecutorEnv
@@ -53,6 +53,13 @@ PREFETCH_BELOW_S = 0.05
 #: A run leased ahead and not started within this many seconds is handed back (executions
 #: grew long meanwhile: another worker may start it sooner).
 PREFETCH_HOLD_S = 2.0
+
+
+def held(state: RunState) -> Lease:
+    """The lease a leased run's state was read under."""
+    if state.lease is None:
+        raise ValueError(f"run {state.run['id']} was not read by a lease")
+    return state.lease
 
 
 class UserLoop:
@@ -175,7 +182,7 @@ class Worker:
         self._lease_task: asyncio.Task[None] | None = None
         self.env = ExecutorEnv(
             engine=self.engine, limits=limits or Limits(), metrics=Metrics(),
-            owner=self.id, inline=lambda: len(self._active) <= 1, threads=self._new_pool())
+            inline=lambda: len(self._active) <= 1, threads=self._new_pool())
 
     def _new_pool(self) -> ThreadPoolExecutor:
         self._generation += 1
@@ -303,7 +310,7 @@ class Worker:
                                              if stale is not None and a.leased_at >= stale)
         for ahead in given_up:
             try:
-                await self.engine.release(ahead.state.run["id"], self.id, 0)
+                await self.engine.release(held(ahead.state), 0)
             except ExecutionStopped:
                 pass  # no longer ours (cancelled, or its lease expired)
             except Exception:
@@ -313,17 +320,17 @@ class Worker:
     async def _heartbeat_loop(self) -> None:
         while not self._stopping:
             await asyncio.sleep(self.lease_seconds / 3)
-            held = [r for r in self._running.values() if not r.abandoned]
+            mine = [r for r in self._running.values() if not r.abandoned]
             ahead = list(self._prefetched)
-            if held or ahead:
+            if mine or ahead:
                 asked = time.monotonic()
                 try:
-                    await self.engine.renew(self.id, [r.run_id for r in held] +
-                                            [a.state.run["id"] for a in ahead], self.lease_ms)
+                    await self.engine.renew([held(r.state) for r in mine] +
+                                            [held(a.state) for a in ahead], self.lease_ms)
                 except Exception:
                     log.exception("worker %s: lease renewal failed", self.id)
                     continue
-                for running in held:
+                for running in mine:
                     running.lease_until = asked + self.lease_seconds
                     if running.execution is not None:
                         running.execution.lease_until = running.lease_until
@@ -394,9 +401,9 @@ class Worker:
             running.execution.fenced = True
         try:
             if outcomes:
-                await self.engine.apply(running.run_id, self.id, outcomes, last=True)
+                await self.engine.apply(held(running.state), outcomes, last=True)
             elif hand_back:
-                await self.engine.release(running.run_id, self.id, 0)
+                await self.engine.release(held(running.state), 0)
         except ExecutionStopped:
             pass  # the execution ended, or lost its lease, meanwhile
         except Exception:
@@ -441,13 +448,13 @@ class Worker:
                 log.error("run %s: function %r is not served by this worker of app %r (it "
                           "was leased before the worker stopped serving it); releasing it "
                           "for a minute", run_id, state.run["function_id"], self.app.id)
-                await self.engine.release(run_id, self.id, 60_000)
+                await self.engine.release(held(state), 60_000)
                 return
             await self._execute_state(running, state)
         except LeaseLost as exc:
             log.warning("run %s: %s; this execution stops", run_id, exc)
             with contextlib.suppress(Exception, ExecutionStopped):
-                await self.engine.release(run_id, self.id, 0)  # if it is still ours
+                await self.engine.release(held(running.state), 0)  # if it is still ours
         except RunCancelled:
             log.info("run %s was cancelled; stopped at a step boundary", run_id)
         except ExecutionStopped:

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from tests.integration.leases import apply, lease_ids
 
 from stepwise.clock import ManualClock
 from stepwise.definition import EventTrigger, FunctionDefinition, RetryPolicy
@@ -61,7 +62,7 @@ def step(step_id: str, output: str) -> StepCompleted:
 
 async def start(engine: Engine, app: str, function: str, event_id: str) -> str:
     await engine.ingest([StoredEvent(event_id, f"go-{function}", "{}", 0)])
-    (run_id,) = await engine.lease(app, [function], "A", 10, LEASE_MS)
+    (run_id,) = await lease_ids(engine, app, [function], "A", 10, LEASE_MS)
     return run_id
 
 
@@ -69,7 +70,7 @@ async def test_a_plain_end_stores_its_step_and_completes_in_one_statement(
         engine: Engine, answers: list[bool]) -> None:
     postgres = engine.storage.dialect == "postgres"
     run_id = await start(engine, APP, "plain", "e1")
-    applied = await engine.apply(run_id, "A", [step("s", '"out"'), RunCompleted('"done"')],
+    applied = await apply(engine, run_id, "A", [step("s", '"out"'), RunCompleted('"done"')],
                                  last=True)
     assert applied.outputs == {"s": '"out"'} and applied.run_status == "completed"
     run = await engine.get_run(run_id)
@@ -78,13 +79,13 @@ async def test_a_plain_end_stores_its_step_and_completes_in_one_statement(
     assert [(s["id"], s["status"], s["output"], s["attempts"], s["started_at"], s["ended_at"])
             for s in run["steps"]] == [("s", "completed", '"out"', 1, 5, 6)]
     no_step = await start(engine, APP, "plain", "e2")
-    await engine.apply(no_step, "A", [RunCompleted("2")], last=True)
+    await apply(engine, no_step, "A", [RunCompleted("2")], last=True)
     assert (await engine.get_run(no_step))["status"] == "completed"
     assert answers == ([True, True] if postgres else [])
     # Nothing is left to schedule either run: no lease to renew, nothing due.
-    assert await engine.lease(APP, ["plain"], "B", 10, LEASE_MS) == []
+    assert await lease_ids(engine, APP, ["plain"], "B", 10, LEASE_MS) == []
     with pytest.raises(LeaseLost):  # a resend finds the run no longer leased
-        await engine.apply(run_id, "A", [step("s", '"out"'), RunCompleted('"done"')],
+        await apply(engine, run_id, "A", [step("s", '"out"'), RunCompleted('"done"')],
                            last=True)
     assert answers == ([True, True, False] if postgres else [])
 
@@ -93,21 +94,21 @@ async def test_an_invoked_run_settles_its_parent_the_general_way(
         engine: Engine, answers: list[bool]) -> None:
     postgres = engine.storage.dialect == "postgres"
     parent = await start(engine, APP, "plain", "e1")
-    await engine.apply(parent, "A", [Invoke("i", 0, "child", '{"x": 1}', 0)], last=True)
-    (child,) = await engine.lease(APP, ["child"], "A", 10, LEASE_MS)
-    await engine.apply(child, "A", [step("c", "1"), RunCompleted('"child out"')], last=True)
+    await apply(engine, parent, "A", [Invoke("i", 0, "child", '{"x": 1}', 0)], last=True)
+    (child,) = await lease_ids(engine, APP, ["child"], "A", 10, LEASE_MS)
+    await apply(engine, child, "A", [step("c", "1"), RunCompleted('"child out"')], last=True)
     assert answers == ([False] if postgres else [])
     assert (await engine.get_run(child))["status"] == "completed"
     (invoke_step,) = (await engine.get_run(parent))["steps"]
     assert (invoke_step["status"], invoke_step["output"]) == ("completed", '"child out"')
-    assert await engine.lease(APP, ["plain"], "A", 10, LEASE_MS) == [parent]  # woken
+    assert await lease_ids(engine, APP, ["plain"], "A", 10, LEASE_MS) == [parent]  # woken
 
 
 async def test_an_sdk_function_run_is_announced_the_general_way(
         engine: Engine, answers: list[bool]) -> None:
     postgres = engine.storage.dialect == "postgres"
     run_id = await start(engine, "sdk", "remote", "e1")
-    await engine.apply(run_id, "A", [step("s", "1"), RunCompleted("2")], last=True)
+    await apply(engine, run_id, "A", [step("s", "1"), RunCompleted("2")], last=True)
     assert answers == ([False] if postgres else [])
     assert (await engine.get_run(run_id))["status"] == "completed"
     (finished,) = await engine.list_events({"name": "inngest/function.finished"})

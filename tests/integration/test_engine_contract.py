@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from tests.integration.leases import apply, held, lease_ids
 
 from stepwise.clock import ManualClock
 from stepwise.definition import CronTrigger, EventTrigger, FunctionDefinition, RetryPolicy
@@ -61,7 +62,7 @@ def done(engine: Engine, step_id: str, seq: int, output: str) -> StepCompleted:
 
 async def start_run(engine: Engine, owner: str = "A", event_id: str = "e1") -> str:
     await engine.ingest([StoredEvent(event_id, "go", '{"user": 1}', now(engine))])
-    leased = await engine.lease(APP, FUNCTIONS, owner, 10, LEASE_MS)
+    leased = await lease_ids(engine, APP, FUNCTIONS, owner, 10, LEASE_MS)
     assert len(leased) == 1
     return leased[0]
 
@@ -81,7 +82,7 @@ async def status(engine: Engine, run_id: str) -> str:
 async def test_a_stale_lease_holder_is_refused_and_changes_nothing(engine: Engine) -> None:
     run_id = await start_run(engine, "A")
     engine.clock.advance(2)  # A stopped renewing; its lease expired
-    assert await engine.lease(APP, FUNCTIONS, "B", 10, LEASE_MS) == [run_id]
+    assert await lease_ids(engine, APP, FUNCTIONS, "B", 10, LEASE_MS) == [run_id]
     before = await snapshot(engine)
     t = now(engine)
     for outcomes, last in (([done(engine, "s", 0, "1")], False),
@@ -90,20 +91,69 @@ async def test_a_stale_lease_holder_is_refused_and_changes_nothing(engine: Engin
                            ([RunCompleted("1")], True),
                            ([done(engine, "s", 0, "1"), RunCompleted("1")], True)):
         with pytest.raises(LeaseLost):
-            await engine.apply(run_id, "A", list(outcomes), last=last)
+            await apply(engine, run_id, "A", list(outcomes), last=last)
         assert await snapshot(engine) == before
-    applied = await engine.apply(run_id, "B", [done(engine, "s", 0, "2")], last=False)
+    applied = await apply(engine, run_id, "B", [done(engine, "s", 0, "2")], last=False)
     assert applied.outputs == {"s": "2"}
+
+
+async def test_a_stale_take_writes_nothing_even_for_the_worker_that_took_it_again(
+        engine: Engine) -> None:
+    """Lease tokens: the same worker takes its own expired run again; the execution of its
+    first take (still running somewhere in that worker) is refused by every write, ending
+    the run included, and changes nothing; the new take writes."""
+    await engine.ingest([StoredEvent("e1", "go", '{"user": 1}', now(engine))])
+    (stale,) = await engine.lease(APP, FUNCTIONS, "A", 10, LEASE_MS)
+    engine.clock.advance(2)  # its lease expired: the same worker takes the run again
+    (fresh,) = await engine.lease(APP, FUNCTIONS, "A", 10, LEASE_MS)
+    assert (fresh.run_id, fresh.owner) == (stale.run_id, stale.owner)
+    assert fresh.epoch == stale.epoch + 1
+    before = await snapshot(engine)
+    t = now(engine)
+    for outcomes, last in (([done(engine, "s", 0, "1")], False),
+                           ([done(engine, "s", 0, "1"), done(engine, "t", 1, "1")], False),
+                           ([SleepUntil("s", 0, t + 60_000, t)], True),
+                           ([StepFailed("s", 0, ERROR, t, t)], False),
+                           ([RunFailed(ERROR, retriable=False)], True),
+                           ([RunCompleted("1")], True),
+                           ([done(engine, "s", 0, "1"), RunCompleted("1")], True),
+                           ([], True)):
+        with pytest.raises(LeaseLost, match="stale"):
+            await engine.apply(stale, list(outcomes), last=last)
+        assert await snapshot(engine) == before, outcomes
+    with pytest.raises(LeaseLost, match="stale"):
+        await engine.release(stale, 0)
+    engine.clock.advance(0.5)
+    await engine.renew([stale], LEASE_MS)  # renews nothing: the lease stays the fresh take's
+    assert await snapshot(engine) == before
+    applied = await engine.apply(fresh, [done(engine, "s", 0, "2"), RunCompleted("3")],
+                                 last=True)
+    assert applied.run_status == "completed" and applied.outputs == {"s": "2"}
+    run = await engine.get_run(stale.run_id)
+    assert run["output"] == "3" and [s["output"] for s in run["steps"]] == ["2"]
+
+
+async def test_a_renewal_extends_only_the_take_it_names(engine: Engine) -> None:
+    run_id = await start_run(engine, "A")
+    lease = await held(engine, run_id, "A")
+
+    def expiry(tx: Tx) -> int:
+        return int(tx.raw_all("SELECT lease_expires_at FROM queue", {})[0]["lease_expires_at"])
+
+    first = await engine.storage.read(expiry)
+    engine.clock.advance(0.5)
+    await engine.renew([lease], LEASE_MS)
+    assert await engine.storage.read(expiry) == first + 500
 
 
 async def test_a_completed_step_is_never_overwritten(engine: Engine) -> None:
     run_id = await start_run(engine)
-    await engine.apply(run_id, "A", [done(engine, "s", 0, '"first"')], last=False)
+    await apply(engine, run_id, "A", [done(engine, "s", 0, '"first"')], last=False)
     before = await snapshot(engine)
-    again = await engine.apply(run_id, "A", [done(engine, "s", 0, '"second"')], last=False)
+    again = await apply(engine, run_id, "A", [done(engine, "s", 0, '"second"')], last=False)
     assert again.outputs == {"s": '"first"'}
     t = now(engine)
-    failed = await engine.apply(run_id, "A", [StepFailed("s", 0, ERROR, t, t, retriable=False)],
+    failed = await apply(engine, run_id, "A", [StepFailed("s", 0, ERROR, t, t, retriable=False)],
                                 last=False)
     assert failed.outputs == {"s": '"first"'} and failed.failed == {}
     assert await snapshot(engine) == before
@@ -112,15 +162,15 @@ async def test_a_completed_step_is_never_overwritten(engine: Engine) -> None:
 async def test_a_completion_after_a_step_stored_by_another_execution_is_refused_whole(
         engine: Engine) -> None:
     run_id = await start_run(engine)
-    await engine.apply(run_id, "A", [done(engine, "s", 0, '"first"')], last=False)
+    await apply(engine, run_id, "A", [done(engine, "s", 0, '"first"')], last=False)
     before = await snapshot(engine)
     with pytest.raises(LeaseLost, match="stored by another execution"):
-        await engine.apply(run_id, "A", [done(engine, "t", 1, "1"),
+        await apply(engine, run_id, "A", [done(engine, "t", 1, "1"),
                                          done(engine, "s", 0, '"second"'), RunCompleted("2")],
                            last=True)
     assert await snapshot(engine) == before  # neither step t nor the run's end is kept
     with pytest.raises(LeaseLost, match="stored by another execution"):  # its last step alone
-        await engine.apply(run_id, "A", [done(engine, "s", 0, '"second"'), RunCompleted("2")],
+        await apply(engine, run_id, "A", [done(engine, "s", 0, '"second"'), RunCompleted("2")],
                            last=True)
     assert await snapshot(engine) == before
 
@@ -131,7 +181,7 @@ async def test_completing_a_cancelled_run_says_it_was_cancelled(engine: Engine) 
     before = await snapshot(engine)
     for outcomes in ([RunCompleted("1")], [done(engine, "s", 0, "1"), RunCompleted("1")]):
         with pytest.raises(RunCancelled):
-            await engine.apply(run_id, "A", outcomes, last=True)
+            await apply(engine, run_id, "A", outcomes, last=True)
         assert await snapshot(engine) == before
 
 
@@ -142,16 +192,16 @@ async def test_outcomes_applied_twice_change_nothing_the_second_time(engine: Eng
     for outcome in (done(engine, "a", 0, "1"), EventsSent("b", 1, sent, t),
                     StepFailed("c", 2, ERROR, t, t),  # retried: one failed attempt recorded
                     StepFailed("d", 3, ERROR, t, t, retriable=False)):
-        first = await engine.apply(run_id, "A", [outcome], last=False)
+        first = await apply(engine, run_id, "A", [outcome], last=False)
         before = await snapshot(engine)
-        second = await engine.apply(run_id, "A", [outcome], last=False)
+        second = await apply(engine, run_id, "A", [outcome], last=False)
         assert await snapshot(engine) == before, outcome
         assert second == first, outcome
     # A batch that ends the execution gives up the lease: a resend is refused.
-    await engine.apply(run_id, "A", [SleepUntil("e", 4, t + 60_000, t)], last=True)
+    await apply(engine, run_id, "A", [SleepUntil("e", 4, t + 60_000, t)], last=True)
     before = await snapshot(engine)
     with pytest.raises(LeaseLost):
-        await engine.apply(run_id, "A", [SleepUntil("e", 4, t + 60_000, t)], last=True)
+        await apply(engine, run_id, "A", [SleepUntil("e", 4, t + 60_000, t)], last=True)
     assert await snapshot(engine) == before
     run = await engine.get_run(run_id)
     assert [(f["step_id"], f["attempt"]) for f in run["failures"]] == [("c", 1), ("d", 1)]
@@ -161,36 +211,36 @@ async def test_status_transitions_the_engine_allows(engine: Engine) -> None:
     run_id = await start_run(engine)
     assert await status(engine, run_id) == "running"
     t = now(engine)
-    parked = await engine.apply(run_id, "A", [SleepUntil("nap", 0, t + 60_000, t)], last=True)
+    parked = await apply(engine, run_id, "A", [SleepUntil("nap", 0, t + 60_000, t)], last=True)
     assert parked.run_status == "sleeping" == await status(engine, run_id)
     engine.clock.advance(61)
-    assert await engine.lease(APP, FUNCTIONS, "A", 10, LEASE_MS) == [run_id]
+    assert await lease_ids(engine, APP, FUNCTIONS, "A", 10, LEASE_MS) == [run_id]
     run = await engine.get_run(run_id)
     assert run["status"] == "running" and run["steps"][0]["status"] == "completed"
 
     t = now(engine)
-    waiting = await engine.apply(run_id, "A", [WaitForEvent(
+    waiting = await apply(engine, run_id, "A", [WaitForEvent(
         "paid", 1, "invoice.paid", t + 3_600_000, t, match="data.user")], last=True)
     assert waiting.run_status == "waiting"
     await engine.ingest([StoredEvent("p1", "invoice.paid", '{"user": 2}', t)])  # no match
     assert await status(engine, run_id) == "waiting"
     await engine.ingest([StoredEvent("p2", "invoice.paid", '{"user": 1}', t)])
     assert await status(engine, run_id) == "queued"  # woken at once
-    assert await engine.lease(APP, FUNCTIONS, "A", 10, LEASE_MS) == [run_id]
+    assert await lease_ids(engine, APP, FUNCTIONS, "A", 10, LEASE_MS) == [run_id]
     paid = (await engine.get_run(run_id))["steps"][1]
     assert paid["status"] == "completed" and '"p2"' in str(paid["output"])
 
-    retried = await engine.apply(run_id, "A", [RunFailed(ERROR)], last=True)
+    retried = await apply(engine, run_id, "A", [RunFailed(ERROR)], last=True)
     assert retried.run_status == "queued"
     assert (await engine.get_run(run_id))["retry"] == 1
     engine.clock.advance(2)
-    assert await engine.lease(APP, FUNCTIONS, "A", 10, LEASE_MS) == [run_id]
-    failed = await engine.apply(run_id, "A", [RunFailed(ERROR, retriable=False)], last=True)
+    assert await lease_ids(engine, APP, FUNCTIONS, "A", 10, LEASE_MS) == [run_id]
+    failed = await apply(engine, run_id, "A", [RunFailed(ERROR, retriable=False)], last=True)
     assert failed.run_status == "failed" == await status(engine, run_id)
 
     assert (await engine.replay(run_id))["status"] == "queued"
-    assert await engine.lease(APP, FUNCTIONS, "A", 10, LEASE_MS) == [run_id]
-    await engine.apply(run_id, "A", [RunCompleted("3")], last=True)
+    assert await lease_ids(engine, APP, FUNCTIONS, "A", 10, LEASE_MS) == [run_id]
+    await apply(engine, run_id, "A", [RunCompleted("3")], last=True)
     run = await engine.get_run(run_id)
     assert run["status"] == "completed" and run["output"] == "3" and run["attempts"] == 2
     assert [s["id"] for s in run["steps"]] == ["nap", "paid"]  # kept across the replay
@@ -202,22 +252,22 @@ async def test_status_transitions_the_engine_refuses(engine: Engine) -> None:
         await engine.replay(run_id)
     assert (await engine.cancel(run_id))["status"] == "cancelled"
     with pytest.raises(RunCancelled):
-        await engine.apply(run_id, "A", [done(engine, "s", 0, "1")], last=False)
+        await apply(engine, run_id, "A", [done(engine, "s", 0, "1")], last=False)
     with pytest.raises(Conflict, match="already cancelled"):
         await engine.cancel(run_id)
     assert (await engine.replay(run_id))["status"] == "queued"
-    assert await engine.lease(APP, FUNCTIONS, "A", 10, LEASE_MS) == [run_id]
+    assert await lease_ids(engine, APP, FUNCTIONS, "A", 10, LEASE_MS) == [run_id]
     before = await snapshot(engine)
     with pytest.raises(ValueError, match="after the run finished"):  # refused whole
-        await engine.apply(run_id, "A", [RunCompleted("1"), done(engine, "late", 0, "1")],
+        await apply(engine, run_id, "A", [RunCompleted("1"), done(engine, "late", 0, "1")],
                            last=True)
     assert await snapshot(engine) == before
-    await engine.apply(run_id, "A", [RunCompleted("1")], last=True)
+    await apply(engine, run_id, "A", [RunCompleted("1")], last=True)
     for action in (engine.cancel, engine.replay):
         with pytest.raises(Conflict, match="completed"):
             await action(run_id)
     with pytest.raises(LeaseLost):
-        await engine.apply(run_id, "A", [RunCompleted("2")], last=True)
+        await apply(engine, run_id, "A", [RunCompleted("2")], last=True)
     for action in (engine.cancel, engine.replay):
         with pytest.raises(NotFound):
             await action("no-such-run")
@@ -227,18 +277,18 @@ async def test_retry_policy_comes_from_the_stored_definition(engine: Engine) -> 
     run_id = await start_run(engine)  # function f: retries=2, backoff 0.5-1 s
     t = now(engine)
     for attempt in (0, 1):
-        applied = await engine.apply(run_id, "A", [StepFailed("s", 0, ERROR, t, t, attempt)],
+        applied = await apply(engine, run_id, "A", [StepFailed("s", 0, ERROR, t, t, attempt)],
                                      last=False)
         assert t + 500 <= applied.retry_at["s"] <= t + 1000, applied
-    final = await engine.apply(run_id, "A", [StepFailed("s", 0, ERROR, t, t, 2)], last=False)
+    final = await apply(engine, run_id, "A", [StepFailed("s", 0, ERROR, t, t, 2)], last=False)
     assert final.failed == {"s": ERROR}
-    own = await engine.apply(run_id, "A", [StepFailed(
+    own = await apply(engine, run_id, "A", [StepFailed(
         "t", 1, ERROR, t, t, attempt=4, retries=5, retry_after_ms=7000)], last=False)
     assert own.retry_at == {"t": t + 7000}  # its own retry count and the delay asked for
-    once = await engine.apply(run_id, "A", [StepFailed("u", 2, ERROR, t, t, retriable=False)],
+    once = await apply(engine, run_id, "A", [StepFailed("u", 2, ERROR, t, t, retriable=False)],
                               last=False)
     assert once.failed == {"u": ERROR}
-    parked = await engine.apply(run_id, "A", [], last=True)
+    parked = await apply(engine, run_id, "A", [], last=True)
     assert parked.run_status == "queued"
     assert await engine.next_due(APP) == t + 7000  # when the retrying step is due
     run = await engine.get_run(run_id)
@@ -249,14 +299,14 @@ async def test_retry_policy_comes_from_the_stored_definition(engine: Engine) -> 
 async def test_waits_and_invokes_expire_when_the_run_is_leased(engine: Engine) -> None:
     run_id = await start_run(engine)
     t = now(engine)
-    parked = await engine.apply(run_id, "A", [
+    parked = await apply(engine, run_id, "A", [
         WaitForEvent("w", 0, "never.sent", t + 1000, t),
         Invoke("i", 1, "g", '{"x": 1}', t, t + 1000)], last=True)
     assert parked.run_status == "waiting"
     child = [r for r in await engine.list_runs({"function": "g"})]
     assert len(child) == 1 and child[0]["parent_run_id"] == run_id
     engine.clock.advance(2)
-    assert run_id in await engine.lease(APP, FUNCTIONS, "A", 10, LEASE_MS)
+    assert run_id in await lease_ids(engine, APP, FUNCTIONS, "A", 10, LEASE_MS)
     steps = {s["id"]: s for s in (await engine.get_run(run_id))["steps"]}
     assert steps["w"]["status"] == "completed" and steps["w"]["output"] is None
     assert steps["i"]["status"] == "failed"
@@ -266,7 +316,7 @@ async def test_waits_and_invokes_expire_when_the_run_is_leased(engine: Engine) -
 async def test_invoking_an_unknown_function_fails_the_step_not_the_engine(engine: Engine) -> None:
     run_id = await start_run(engine)
     t = now(engine)
-    parked = await engine.apply(run_id, "A", [Invoke("i", 0, "missing", "{}", t)], last=True)
+    parked = await apply(engine, run_id, "A", [Invoke("i", 0, "missing", "{}", t)], last=True)
     assert parked.run_status == "queued"  # nothing to wait for: back at once
     step = (await engine.get_run(run_id))["steps"][0]
     assert step["status"] == "failed"
@@ -289,7 +339,7 @@ async def test_operations_that_make_work_due_wake_workers(engine: Engine) -> Non
     await engine.register(APP, [_definition("f", "go", retries=2), limited])
     await engine.ingest([StoredEvent("ek", "go-k", "{}", now(engine))])
     assert await woke()  # ingest created a run
-    (limited_run,) = await engine.lease(APP, ["k"], "A", 10, LEASE_MS)
+    (limited_run,) = await lease_ids(engine, APP, ["k"], "A", 10, LEASE_MS)
     run_id = await start_run(engine)
     await asyncio.sleep(0.1)  # let a NOTIFY from PostgreSQL arrive before counting again
     woken.clear()
@@ -301,13 +351,13 @@ async def test_operations_that_make_work_due_wake_workers(engine: Engine) -> Non
     # Completions (in one statement on PostgreSQL) wake as cancels do: only for a freed slot.
     other = await start_run(engine, event_id="e2")
     await engine.ingest([StoredEvent("ek2", "go-k", "{}", now(engine))])
-    (limited_run,) = await engine.lease(APP, ["k"], "A", 10, LEASE_MS)
+    (limited_run,) = await lease_ids(engine, APP, ["k"], "A", 10, LEASE_MS)
     await asyncio.sleep(0.1)
     woken.clear()
-    await engine.apply(other, "A", [done(engine, "s", 0, "1"), RunCompleted("1")], last=True)
+    await apply(engine, other, "A", [done(engine, "s", 0, "1"), RunCompleted("1")], last=True)
     await asyncio.sleep(0.1)
     assert woken == [] and await status(engine, other) == "completed"
-    await engine.apply(limited_run, "A", [done(engine, "s", 0, "1"), RunCompleted("1")],
+    await apply(engine, limited_run, "A", [done(engine, "s", 0, "1"), RunCompleted("1")],
                        last=True)
     assert await woke()
     assert await status(engine, limited_run) == "completed"
@@ -346,16 +396,16 @@ async def test_a_run_that_keeps_losing_its_worker_fails_after_the_takeover_limit
     # An execution that ends normally resets the count: park once after two takeovers.
     for n in (1, 2):
         engine.clock.advance(2)
-        assert await engine.lease(APP, FUNCTIONS, f"w{n}", 10, LEASE_MS) == [run_id]
+        assert await lease_ids(engine, APP, FUNCTIONS, f"w{n}", 10, LEASE_MS) == [run_id]
     t = now(engine)
-    await engine.apply(run_id, "w2", [SleepUntil("nap", 0, t + 1, t)], last=True)
+    await apply(engine, run_id, "w2", [SleepUntil("nap", 0, t + 1, t)], last=True)
     engine.clock.advance(1)
-    assert await engine.lease(APP, FUNCTIONS, "x0", 10, LEASE_MS) == [run_id]
+    assert await lease_ids(engine, APP, FUNCTIONS, "x0", 10, LEASE_MS) == [run_id]
     for n in range(1, MAX_TAKEOVERS + 1):  # the lease expires again and again
         engine.clock.advance(2)
-        assert await engine.lease(APP, FUNCTIONS, f"x{n}", 10, LEASE_MS) == [run_id], n
+        assert await lease_ids(engine, APP, FUNCTIONS, f"x{n}", 10, LEASE_MS) == [run_id], n
     engine.clock.advance(2)
-    assert await engine.lease(APP, FUNCTIONS, "last", 10, LEASE_MS) == []
+    assert await lease_ids(engine, APP, FUNCTIONS, "last", 10, LEASE_MS) == []
     run = await engine.get_run(run_id)
     assert run["status"] == "failed"
     error = loads(run["error"] or "{}")
@@ -374,12 +424,12 @@ async def test_sdk_functions_get_inngest_events_for_cron_ticks_and_their_end(
                              RetryPolicy(0), url="http://127.0.0.1:1/api/inngest?fnId=sdk-tick")
     await engine.register("sdk", [sdk])
     clock.advance(61)
-    (run_id,) = await engine.lease("sdk", ["sdk-tick"], "A", 10, LEASE_MS)
+    (run_id,) = await lease_ids(engine, "sdk", ["sdk-tick"], "A", 10, LEASE_MS)
     run = await engine.get_run(run_id)
     assert run["event"] is not None and run["event"]["name"] == "inngest/scheduled.timer"
     timer = loads(run["event"]["data"])
     assert timer["cron"] == "* * * * *" and timer["scheduledAt"].endswith("Z")
-    await engine.apply(run_id, "A", [RunFailed(ERROR, retriable=False)], last=True)
+    await apply(engine, run_id, "A", [RunFailed(ERROR, retriable=False)], last=True)
     finished = await engine.list_events({"name": "inngest/function.finished"})
     failed = await engine.list_events({"name": "inngest/function.failed"})
     assert [loads(e["data"])["run_id"] for e in finished] == [run_id]
@@ -388,16 +438,16 @@ async def test_sdk_functions_get_inngest_events_for_cron_ticks_and_their_end(
     assert announcement["error"]["error"] == "ValueError: nope"
     assert announcement["event"]["name"] == "inngest/scheduled.timer"
     clock.advance(60)  # the next tick's run completes: announced too
-    (completed_run,) = await engine.lease("sdk", ["sdk-tick"], "A", 10, LEASE_MS)
-    await engine.apply(completed_run, "A", [StepCompleted("s", 0, '"x"', 0, 0),
+    (completed_run,) = await lease_ids(engine, "sdk", ["sdk-tick"], "A", 10, LEASE_MS)
+    await apply(engine, completed_run, "A", [StepCompleted("s", 0, '"x"', 0, 0),
                                             RunCompleted("1")], last=True)
     finished = await engine.list_events({"name": "inngest/function.finished"})
     assert sorted(loads(e["data"])["run_id"] for e in finished) == sorted([run_id,
                                                                           completed_run])
     # A Python function's end announces nothing.
     native = await engine.ingest([StoredEvent("n1", "go", "{}", 0)])
-    (native_run,) = await engine.lease(APP, FUNCTIONS, "A", 10, LEASE_MS)
-    await engine.apply(native_run, "A", [RunCompleted("1")], last=True)
+    (native_run,) = await lease_ids(engine, APP, FUNCTIONS, "A", 10, LEASE_MS)
+    await apply(engine, native_run, "A", [RunCompleted("1")], last=True)
     assert native == ["n1"]
     assert len(await engine.list_events({"name": "inngest/function.finished"})) == 2
 
@@ -429,7 +479,7 @@ async def test_leasing_with_state_answers_what_load_answers_in_every_case(engine
     run_id = first.run["id"]
     assert first.event is not None and first.event["data"] == '{"n": 1}' and first.steps == {}
     t = now(engine)
-    await engine.apply(run_id, "A", [done(engine, "a", 0, '"x"'),
+    await apply(engine, run_id, "A", [done(engine, "a", 0, '"x"'),
                                      SleepUntil("nap", 1, t + 500, t)], last=True)
     engine.clock.advance(1)
     (woke,) = await lease("A")  # the sleep ended: settled before the executor sees it

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
+from tests.integration.leases import apply, lease_ids
 
 from stepwise.clock import ManualClock
 from stepwise.definition import EventTrigger, FunctionDefinition, RetryPolicy
@@ -90,9 +91,9 @@ async def test_a_run_that_starts_waiting_gets_the_next_event(engine: Engine,
     await engine.register(APP, [listens("bill", "order.placed"), listens("pay", "start")])
     await engine.ingest([event("e1", name="invoice.paid")])  # nobody listens, nobody waits
     await engine.ingest([event("s1", name="start")])
-    [run_id] = await engine.lease(APP, ["pay"], "A", 1, 60_000)
+    [run_id] = await lease_ids(engine, APP, ["pay"], "A", 1, 60_000)
     t = engine.clock.now_ms()
-    await engine.apply(run_id, "A", [WaitForEvent("paid", 0, "invoice.paid", t + 60_000, t)],
+    await apply(engine, run_id, "A", [WaitForEvent("paid", 0, "invoice.paid", t + 60_000, t)],
                        last=True)
     assert (await engine.get_run(run_id))["status"] == "waiting"
 

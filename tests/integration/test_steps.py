@@ -526,9 +526,9 @@ async def test_a_last_step_is_stored_with_the_run_end(db: str) -> None:
         applied: list[list[str]] = []
         apply = h.engine.apply
 
-        async def spy(run_id: str, owner: str, outcomes: list[Any], **kw: Any) -> Any:
+        async def spy(lease: Any, outcomes: list[Any], **kw: Any) -> Any:
             applied.append([type(o).__name__ for o in outcomes])
-            return await apply(run_id, owner, outcomes, **kw)
+            return await apply(lease, outcomes, **kw)
         h.engine.apply = spy  # type: ignore[method-assign]
         event_id = await h.send("go")
         await h.settle()

@@ -31,10 +31,10 @@ from . import admin, definitions, ingest, leasing, lifecycle, runs, workers
 from .admin import Conflict, NotFound
 from .leasing import Leased
 from .lifecycle import FOREVER
-from .outcomes import Applied, Outcome, StepCompleted
+from .outcomes import Applied, Lease, Outcome, StepCompleted
 from .runs import RunState
 
-__all__ = ["FOREVER", "Applied", "Conflict", "Engine", "Leased", "NotFound", "Outcome",
+__all__ = ["FOREVER", "Applied", "Conflict", "Engine", "Lease", "Leased", "NotFound", "Outcome",
            "RunState"]
 
 #: Leases made the general way after `lease_plain` did not fit, before trying it again.
@@ -76,9 +76,9 @@ class Engine:
     # --- executors ---------------------------------------------------------------------------
 
     async def lease(self, app_id: str, functions: list[str], owner: str, limit: int,
-                    lease_ms: int) -> list[str]:
+                    lease_ms: int) -> list[Lease]:
         """Take due runs of `functions` (those the caller can execute) of app `app_id`."""
-        return (await self._lease(app_id, functions, owner, limit, lease_ms, False)).ids
+        return (await self._lease(app_id, functions, owner, limit, lease_ms, False)).leases
 
     async def lease_runs(self, app_id: str, functions: list[str], owner: str, limit: int,
                          lease_ms: int) -> Leased:
@@ -110,9 +110,9 @@ class Engine:
         the oldest of those has waited (ms)."""
         return await self.storage.read(admin.deployment_stats, self.clock.now_ms())
 
-    async def renew(self, owner: str, run_ids: list[str], lease_ms: int) -> None:
-        await self.storage.write(leasing.renew_leases, owner, run_ids,
-                                 self.clock.now_ms() + lease_ms, durable=False)
+    async def renew(self, leases: list[Lease], lease_ms: int) -> None:
+        await self.storage.write(leasing.renew_leases, leases, self.clock.now_ms() + lease_ms,
+                                 durable=False)
 
     async def next_due(self, app_id: str) -> int | None:
         # No snapshot needed: each time stands alone, and a worker that acts on a stale one
@@ -124,27 +124,28 @@ class Engine:
         # step resolved meanwhile is only seen sooner.
         return await self.storage.read(runs.load, run_id, snapshot=False)
 
-    def apply(self, run_id: str, owner: str, outcomes: list[Outcome], *, last: bool,
+    def apply(self, lease: Lease, outcomes: list[Outcome], *, last: bool,
               inline: bool = False) -> Awaitable[Applied]:
-        """Apply an executor's outcomes in one transaction (see `runs.apply`). Not a coroutine
-        function of its own: this is every step's path, one frame fewer."""
+        """Apply an executor's outcomes in one transaction (see `runs.apply`), fenced by the
+        `lease` it executes under. Not a coroutine function of its own: this is every step's
+        path, one frame fewer."""
         if not last and len(outcomes) == 1 and type(outcomes[0]) is StepCompleted:
-            return self._save_step(run_id, owner, outcomes[0], inline)
+            return self._save_step(lease, outcomes[0], inline)
         if last and self._complete_in_one:
-            params = runs.completion_in_one(run_id, owner, outcomes, self.clock.now_ms())
+            params = runs.completion_in_one(lease, outcomes, self.clock.now_ms())
             if params is not None:
-                return self._complete_run(run_id, owner, outcomes, params, inline)
-        return self.storage.write(runs.apply, run_id, owner, outcomes, self.clock.now_ms(), last,
+                return self._complete_run(lease, outcomes, params, inline)
+        return self.storage.write(runs.apply, lease, outcomes, self.clock.now_ms(), last,
                                   inline=inline)
 
-    async def _complete_run(self, run_id: str, owner: str, outcomes: list[Outcome],
+    async def _complete_run(self, lease: Lease, outcomes: list[Outcome],
                             params: dict[str, Any], inline: bool) -> Applied:
         """The run's completion after at most one step: one statement, which writes nothing
         when the run needs more or the lease is lost; the general way then decides."""
         row = await self.storage.write_statement("complete_leased_run", params, inline=inline)
         if row is None:
-            return await self.storage.write(runs.apply, run_id, owner, outcomes,
-                                            self.clock.now_ms(), True, inline=inline)
+            return await self.storage.write(runs.apply, lease, outcomes, self.clock.now_ms(),
+                                            True, inline=inline)
         applied = Applied()
         for step in outcomes[:-1]:  # the step stored with it, if any
             assert isinstance(step, StepCompleted)
@@ -152,21 +153,19 @@ class Engine:
         applied.run_status = RunStatus.completed
         return applied
 
-    async def _save_step(self, run_id: str, owner: str, done: StepCompleted,
-                         inline: bool) -> Applied:
+    async def _save_step(self, lease: Lease, done: StepCompleted, inline: bool) -> Applied:
         """A step's result mid-execution: one fenced statement; only when it stores nothing
         is there a read of why."""
         row = await self.storage.write_statement(
-            "guarded_save_step", runs.guarded_step(run_id, owner, done), inline=inline)
+            "guarded_save_step", runs.guarded_step(lease, done), inline=inline)
         if row is None:
-            return await self.storage.read(runs.why_not_stored, run_id, owner, done.step_id)
+            return await self.storage.read(runs.why_not_stored, lease, done.step_id)
         applied = Applied()
         applied.outputs[done.step_id] = done.output
         return applied
 
-    async def release(self, run_id: str, owner: str, delay_ms: int) -> None:
-        await self.storage.write(lifecycle.release, run_id, owner,
-                                 self.clock.now_ms() + delay_ms)
+    async def release(self, lease: Lease, delay_ms: int) -> None:
+        await self.storage.write(lifecycle.release, lease, self.clock.now_ms() + delay_ms)
 
     # --- operators -----------------------------------------------------------------------------
 

@@ -53,7 +53,7 @@ def register(tx: Tx, app_id: str, definitions: list[FunctionDefinition], now: in
     tx.exec("delete_app_functions", app_id=app_id)
     wanted = set()
     for d in definitions:
-        tx.exec("insert_function", app_id=app_id, id=d.id,
+        tx.exec("insert_function", app_id=app_id, id=d.id, sdk=int(d.url is not None),
                 definition=dumps(d.to_json(), "function definition"), now=now)
         for trigger in d.triggers:
             if isinstance(trigger, EventTrigger):

@@ -19,6 +19,7 @@ from ..payloads import dumps
 from ..status import TERMINAL_RUN, TIMED_STEP, StepStatus
 from ..storage import Tx
 from . import definitions, flow_control, lifecycle, runs
+from .outcomes import Lease
 
 #: The event of an SDK function's cron run, as Inngest names it.
 SDK_TIMER = "inngest/scheduled.timer"
@@ -31,7 +32,7 @@ MAX_TAKEOVERS = 5
 class Leased:
     """What one lease took."""
 
-    ids: list[str]
+    leases: list[Lease]  # each run taken, with its take's epoch
     taken_over: int  # how many of them were taken over from an expired lease
     first_starts: list[str]  # the function of each run that starts for the first time
     states: list[runs.RunState]  # what executing each needs (`with_state`)
@@ -54,7 +55,7 @@ def lease(tx: Tx, app_id: str, functions: list[str], owner: str, now: int, until
                              "limit": limit, "window": limit, "owner": owner,
                              "until": until})])
         if found["plain"]:
-            return _plain_lease(tx, found, now, limit)
+            return _plain_lease(tx, owner, found, now, limit)
         return replace(lease(tx, app_id, functions, owner, now, until, limit, with_state, False),
                        plain=False)
     # Due cron ticks, due deadlines and the candidates, read together (one round trip on
@@ -78,6 +79,7 @@ def lease(tx: Tx, app_id: str, functions: list[str], owner: str, now: int, until
     taken_over = 0
     first_starts: list[str] = []
     leased: list[runs.RunState] = []
+    leases: list[Lease] = []
     for candidate in candidates:
         run_keys = keys.get(candidate["run_id"], [])
         if any(inflight[k["key"]] >= k["lim"] for k in run_keys):
@@ -104,27 +106,31 @@ def lease(tx: Tx, app_id: str, functions: list[str], owner: str, now: int, until
             ("take", {**ids, "owner": owner, "until": until}),
             ("start_runs", {**ids, "now": now}), *reads])
         first_starts = [r["function_id"] for r in started if r["first_start"]]
+        epochs = {r["id"]: int(r["lease_epoch"]) for r in started}
+        leases = [Lease(run_id, owner, epochs[run_id]) for run_id in picked]
         if with_state:
             events, steps = read
-            leased = _started_states(tx, picked, now, started, events, steps)
+            leased = _started_states(tx, owner, picked, now, started, events, steps)
         else:
             (due,) = read
             settle_due_steps(tx, picked, now, due)
-    return Leased(picked, taken_over, first_starts, leased)
+    return Leased(leases, taken_over, first_starts, leased)
 
 
-def _plain_lease(tx: Tx, found: dict[str, Any], now: int, limit: int) -> Leased:
+def _plain_lease(tx: Tx, owner: str, found: dict[str, Any], now: int, limit: int) -> Leased:
     """The runs `lease_plain` took (committed), with their states."""
     picked: list[str] = found["ids"] or []
     started: list[dict[str, Any]] = found["runs"] or []
-    states = _started_states(tx, picked, now, started, found["events"] or [],
+    states = _started_states(tx, owner, picked, now, started, found["events"] or [],
                              found["steps"] or [])
-    return Leased(picked, 0, [r["function_id"] for r in started if r["first_start"]], states,
+    leases = [s.lease for s in states if s.lease is not None]
+    return Leased(leases, 0, [r["function_id"] for r in started if r["first_start"]], states,
                   plain=True, next_due=None if found["next_due"] is None else
                   int(found["next_due"]), next_due_known=len(picked) < limit)  # else not read
 
 
-def _started_states(tx: Tx, picked: list[str], now: int, started: list[dict[str, Any]],
+def _started_states(tx: Tx, owner: str, picked: list[str], now: int,
+                    started: list[dict[str, Any]],
                     events: list[dict[str, Any]], steps: list[dict[str, Any]]
                     ) -> list[runs.RunState]:
     """The just-leased runs' states, in lease order, from what the lease read: their sleeps,
@@ -135,7 +141,7 @@ def _started_states(tx: Tx, picked: list[str], now: int, started: list[dict[str,
     if due:  # the steps just settled: read them again, as the executor must see them
         (steps,) = tx.commit_with([("steps_of_runs", {"ids": picked})])
     order = {run_id: i for i, run_id in enumerate(picked)}
-    return runs.states(tx, sorted(started, key=lambda r: order[r["id"]]), events, steps)
+    return runs.states(tx, owner, sorted(started, key=lambda r: order[r["id"]]), events, steps)
 
 
 def _take_over(tx: Tx, run_id: str, now: int) -> bool:
@@ -182,9 +188,9 @@ def settle_due_steps(tx: Tx, ids: list[str], now: int,
                      output=None, error=dumps(error, "error"), now=now, expected=status)
 
 
-def renew_leases(tx: Tx, owner: str, run_ids: list[str], until: int) -> None:
-    for run_id in run_ids:  # sent together, with the COMMIT
-        tx.defer("renew_lease", owner=owner, run_id=run_id, until=until)
+def renew_leases(tx: Tx, leases: list[Lease], until: int) -> None:
+    for lease in leases:  # sent together, with the COMMIT
+        tx.defer("renew_lease", **lease.params(), until=until)
 
 
 def next_due(tx: Tx, app_id: str) -> int | None:

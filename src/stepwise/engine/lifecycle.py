@@ -8,27 +8,40 @@ to queued (see `admin.replay_run`).
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any, NoReturn, cast
 
 from ..errors import ErrorInfo, LeaseLost, RunCancelled
 from ..payloads import dumps
 from ..status import TERMINAL_RUN, RunStatus, StepStatus
 from ..storage import Tx
-from ..storage.rows import GuardRow, RunRow
+from ..storage.rows import RunRow
+from .outcomes import Lease
 
 FOREVER = 253_402_300_799_000  # 9999-12-31: "no timeout" as a time
 
 
-def guard(tx: Tx, run_id: str, owner: str) -> GuardRow:
-    """Fencing: only the holder of the run's lease may write its outcomes."""
-    row: GuardRow | None = tx.one("run_guard", run_id=run_id)  # type: ignore[assignment]
+def guard(tx: Tx, lease: Lease) -> int:
+    """Fencing: only the holder of the run's lease, by the take it executes, may write its
+    outcomes (`lease_held` in queries.sql; on PostgreSQL the run's queue row stays locked
+    until the transaction ends). Answers the run's retry count."""
+    row = tx.one("run_guard", **lease.params())
+    if row is None:
+        refused(tx, lease)
+    return int(row["retry"])
+
+
+def refused(tx: Tx, lease: Lease) -> NoReturn:
+    """Raise why a fenced write of `lease` was refused: `RunCancelled` or `LeaseLost`."""
+    run_id = lease.run_id
+    row = tx.one("run_fence", run_id=run_id)
     if row is None:
         raise LeaseLost(f"run {run_id} no longer exists")
     if row["status"] == RunStatus.cancelled:
         raise RunCancelled(run_id)
-    if row["lease_owner"] != owner:
-        raise LeaseLost(f"run {run_id} is no longer leased by {owner}")
-    return row
+    if row["lease_owner"] != lease.owner:
+        raise LeaseLost(f"run {run_id} is no longer leased by {lease.owner}")
+    raise LeaseLost(f"run {run_id}: this execution's take ({lease.epoch}) is stale: the run "
+                    f"was taken again (take {row['lease_epoch']})")
 
 
 def get_run(tx: Tx, run_id: str) -> RunRow | None:
@@ -50,11 +63,11 @@ def park(tx: Tx, run_id: str, available_at: int, status: RunStatus, now: int) ->
     tx.wake_workers()  # a concurrency slot is free; a nudged run is due now
 
 
-def release(tx: Tx, run_id: str, owner: str, available_at: int) -> None:
+def release(tx: Tx, lease: Lease, available_at: int) -> None:
     """Give a leased run back untouched (e.g. this worker does not know its function)."""
-    guard(tx, run_id, owner)
-    tx.exec("requeue", run_id=run_id, available_at=available_at)
-    tx.exec("set_run_status", run_id=run_id, status=RunStatus.queued)
+    guard(tx, lease)
+    tx.exec("requeue", run_id=lease.run_id, available_at=available_at)
+    tx.exec("set_run_status", run_id=lease.run_id, status=RunStatus.queued)
     tx.wake_workers()
 
 
@@ -66,10 +79,10 @@ def record_failure(tx: Tx, run_id: str, step_id: str | None, attempt: int, error
 
 
 def finish(tx: Tx, run_id: str, status: RunStatus, output: str | None, error: ErrorInfo | None,
-           now: int, owner: str | None = None,
+           now: int, lease: Lease | None = None,
            before: list[tuple[str, dict[str, Any]]] | None = None) -> bool:
     """A run reached a final status: drop everything that could still schedule it, and hand
-    its result to the run that invoked it. With `owner`, only while `owner` holds its lease:
+    its result to the run that invoked it. With `lease`, only while that take holds it:
     False when it does not (the caller must then raise, rolling back what was written).
     `before`: the caller's statements to send first, in the same round trip; each must answer
     a row, or this raises `LeaseLost` (a step of the caller's was stored first by another
@@ -78,11 +91,12 @@ def finish(tx: Tx, run_id: str, status: RunStatus, output: str | None, error: Er
     # run), the function's definition (is it an SDK's?), and dropping what could still
     # schedule the run.
     key = {"run_id": run_id}
-    end = {**key, "status": status, "output": output, "now": now,
-           "error": None if error is None else dumps(error, "error")}
+    end = {**key, "run_status": status, "run_output": output, "now": now,
+           "run_error": None if error is None else dumps(error, "error")}
     *answered, finished, definition, cleaned = tx.each([
         *(before or ()),
-        ("finish_run", end) if owner is None else ("finish_leased_run", {**end, "owner": owner}),
+        ("finish_run", end) if lease is None else ("finish_leased_run",
+                                                   {**end, **lease.params()}),
         ("definition_of_run", key), ("finish_cleanup", key)])
     if not finished:
         return False
@@ -93,7 +107,7 @@ def finish(tx: Tx, run_id: str, status: RunStatus, output: str | None, error: Er
     run = cast(RunRow, finished[0])
     from . import sdk_events  # above this module: it ingests events
 
-    if definition and sdk_events.is_sdk_definition(definition[0]["definition"]):
+    if definition and definition[0]["sdk"]:
         sdk_events.announce(tx, run, status, output, error, now)
     if not run["parent_run_id"]:
         return True

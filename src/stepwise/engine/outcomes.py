@@ -17,6 +17,21 @@ from ..events import StoredEvent
 
 
 @dataclass(frozen=True, slots=True)
+class Lease:
+    """One take of a run: the credential an executor writes with. `epoch` grows with each take
+    of the run (`runs.lease_epoch`), so an execution from an earlier take, of any worker this
+    one included, is refused by every write (`lease_held` in `queries.sql`)."""
+
+    run_id: str
+    owner: str  # the worker that took it
+    epoch: int
+
+    def params(self) -> dict[str, str | int]:
+        """The fence's parameters, as every fenced statement takes them."""
+        return {"run_id": self.run_id, "owner": self.owner, "epoch": self.epoch}
+
+
+@dataclass(frozen=True, slots=True)
 class StepCompleted:
     step_id: str
     seq: int  # the step's position in the code's order, for the non-determinism check

@@ -14,17 +14,18 @@ from typing import Any, cast
 
 from .. import expressions
 from ..definition import FunctionDefinition, RetryPolicy
-from ..errors import ErrorInfo, LeaseLost
+from ..errors import ErrorInfo
 from ..events import StoredEvent
 from ..payloads import dumps, loads
 from ..status import TERMINAL_RUN, RunStatus, StepStatus
 from ..storage import Tx
-from ..storage.rows import EventRow, GuardRow, RunRow, StepRow
+from ..storage.rows import EventRow, RunRow, StepRow
 from . import definitions, flow_control, ingest, lifecycle, retries, sdk_events, waits
 from .outcomes import (
     Applied,
     EventsSent,
     Invoke,
+    Lease,
     Logged,
     LogLine,
     Outcome,
@@ -49,14 +50,16 @@ _COMPLETED = StepStatus.completed.value
 
 @dataclass
 class RunState:
-    """What an executor needs: the run, its event(s), its stored steps by id, and for an
-    `on_failure` run the error of the run that failed."""
+    """What an executor needs: the run, its event(s), its stored steps by id, for an
+    `on_failure` run the error of the run that failed, and the lease it executes under (None:
+    read outside a lease, to look at)."""
 
     run: RunRow
     event: EventRow | None
     steps: dict[str, StepRow] = field(default_factory=dict)
     origin_error: ErrorInfo | None = None
     batch: list[EventRow] = field(default_factory=list)
+    lease: Lease | None = None
 
 
 def load(tx: Tx, run_id: str) -> RunState | None:
@@ -72,10 +75,11 @@ def load(tx: Tx, run_id: str) -> RunState | None:
 STATE_READS = ("events_of_runs", "steps_of_runs")
 
 
-def states(tx: Tx, started: list[dict[str, Any]], events: list[dict[str, Any]],
+def states(tx: Tx, owner: str, started: list[dict[str, Any]], events: list[dict[str, Any]],
            steps: list[dict[str, Any]]) -> list[RunState]:
-    """The states of the runs just started (`started`: rows of `start_runs`, in lease order)
-    from the rows of `STATE_READS` (read by the caller with its own statements)."""
+    """The states of the runs just started for `owner` (`started`: rows of `start_runs`, in
+    lease order, each with its take's epoch) from the rows of `STATE_READS` (read by the
+    caller with its own statements)."""
     event_of: dict[str, dict[str, Any]] = {}
     batch_of: dict[str, list[dict[str, Any]]] = {}
     for event in sorted(events, key=lambda e: -1 if e["position"] is None else e["position"]):
@@ -89,9 +93,11 @@ def states(tx: Tx, started: list[dict[str, Any]], events: list[dict[str, Any]],
         steps_of.setdefault(step.pop("run_id"), []).append(step)
     found = []
     for row in started:
-        run = {k: v for k, v in row.items() if k != "first_start"}
-        found.append(_state(tx, cast(RunRow, run), event_of.get(run["id"]),
-                            steps_of.get(run["id"], []), batch_of.get(run["id"], [])))
+        run = {k: v for k, v in row.items() if k not in ("first_start", "lease_epoch")}
+        state = _state(tx, cast(RunRow, run), event_of.get(run["id"]),
+                       steps_of.get(run["id"], []), batch_of.get(run["id"], []))
+        state.lease = Lease(run["id"], owner, int(row["lease_epoch"]))
+        found.append(state)
     return found
 
 
@@ -112,9 +118,9 @@ class _Batch:
     __slots__ = ("_definition", "_run", "applied", "body_retry_at", "now", "retry", "run_id",
                  "tx")
 
-    def __init__(self, tx: Tx, run_id: str, guard: GuardRow, now: int) -> None:
+    def __init__(self, tx: Tx, run_id: str, retry: int, now: int) -> None:
         self.tx, self.run_id, self.now = tx, run_id, now
-        self.retry = int(guard["retry"])
+        self.retry = retry
         self.body_retry_at: int | None = None
         self.applied = Applied()
         self._run: RunRow | None = None
@@ -166,18 +172,16 @@ class _Batch:
             name=step.name, kind=_KIND[type(step)]))
 
 
-def apply(tx: Tx, run_id: str, owner: str, outcomes: list[Outcome], now: int,
-          last: bool) -> Applied:
+def apply(tx: Tx, lease: Lease, outcomes: list[Outcome], now: int, last: bool) -> Applied:
     """Apply an executor's outcomes in order. `last`: the execution is over, so unless the run
     finished it parks until its earliest pending step is due (at once when none is)."""
     if last and outcomes and type(outcomes[-1]) is RunCompleted and \
             all(type(o) in _BEFORE_COMPLETION for o in outcomes[:-1]):
-        return _complete(tx, run_id, owner, outcomes, now)
-    guard = lifecycle.guard(tx, run_id, owner)
-    batch = _Batch(tx, run_id, guard, now)
+        return _complete(tx, lease, outcomes, now)
+    batch = _Batch(tx, lease.run_id, lifecycle.guard(tx, lease), now)
     for outcome in outcomes:
         if batch.applied.run_status is not None:
-            raise ValueError(f"run {run_id}: outcome {outcome!r} after the run finished")
+            raise ValueError(f"run {lease.run_id}: outcome {outcome!r} after the run finished")
         _apply_one(batch, outcome)
     if last and batch.applied.run_status is None:
         _park(batch)
@@ -188,13 +192,14 @@ def apply(tx: Tx, run_id: str, owner: str, outcomes: list[Outcome], now: int,
 _BEFORE_COMPLETION = (StepCompleted, Logged)
 
 
-def _complete(tx: Tx, run_id: str, owner: str, outcomes: list[Outcome], now: int) -> Applied:
+def _complete(tx: Tx, lease: Lease, outcomes: list[Outcome], now: int) -> Applied:
     """`apply` for an execution whose run completed, after only finished steps and log
     lines: its steps are stored in the round trip that finishes the run, and the run's guard
     is part of its finishing statement, not a read of its own. When either refuses (the lease
     is lost, or a step was stored first by another execution), raising rolls back what was
     written."""
     applied = Applied()
+    run_id = lease.run_id
     saves: list[tuple[str, dict[str, Any]]] = []
     for outcome in outcomes[:-1]:
         if isinstance(outcome, StepCompleted):
@@ -205,14 +210,13 @@ def _complete(tx: Tx, run_id: str, owner: str, outcomes: list[Outcome], now: int
     completed = outcomes[-1]
     assert isinstance(completed, RunCompleted)
     if not lifecycle.finish(tx, run_id, RunStatus.completed, completed.output, None, now,
-                            owner=owner, before=saves):
-        lifecycle.guard(tx, run_id, owner)  # raises LeaseLost or RunCancelled
-        raise LeaseLost(f"run {run_id} is no longer leased by {owner}")
+                            lease=lease, before=saves):
+        lifecycle.refused(tx, lease)
     applied.run_status = RunStatus.completed
     return applied
 
 
-def completion_in_one(run_id: str, owner: str, outcomes: list[Outcome], now: int
+def completion_in_one(lease: Lease, outcomes: list[Outcome], now: int
                       ) -> dict[str, Any] | None:
     """The parameters of `complete_leased_run` (PostgreSQL: an execution's common end in one
     statement) when `outcomes` are the run's completion after at most one completed step;
@@ -228,9 +232,9 @@ def completion_in_one(run_id: str, owner: str, outcomes: list[Outcome], now: int
     if before:
         if not isinstance(before[0], StepCompleted):
             return None
-        step = _completed_row(run_id, before[0])
-    return {**step, "run_id": run_id, "owner": owner, "run_output": completed.output,
-            "now": now}
+        step = _completed_row(lease.run_id, before[0])
+    return {**step, **lease.params(), "run_status": RunStatus.completed.value,
+            "run_output": completed.output, "run_error": None, "now": now}
 
 
 #: `complete_leased_run`'s step columns when the run ends without a step to store.
@@ -264,18 +268,18 @@ def _save_completed(tx: Tx, run_id: str, done: StepCompleted) -> bool:
     return tx.one("save_step", **_completed_row(run_id, done)) is not None
 
 
-def guarded_step(run_id: str, owner: str, done: StepCompleted) -> dict[str, Any]:
+def guarded_step(lease: Lease, done: StepCompleted) -> dict[str, Any]:
     """The parameters of `guarded_save_step`, a completed step's whole write mid-execution
     (every step's path: one statement, fenced; `Storage.write_statement`)."""
-    return {**_completed_row(run_id, done), "owner": owner}
+    return {**_completed_row(lease.run_id, done), **lease.params()}
 
 
-def why_not_stored(tx: Tx, run_id: str, owner: str, step_id: str) -> Applied:
-    """After `guarded_save_step` stored nothing: raise if `owner` lost the run, else answer
+def why_not_stored(tx: Tx, lease: Lease, step_id: str) -> Applied:
+    """After `guarded_save_step` stored nothing: raise if the lease is lost, else answer
     what is stored (a result stored first stands)."""
-    lifecycle.guard(tx, run_id, owner)  # raises LeaseLost or RunCancelled
+    lifecycle.guard(tx, lease)  # raises LeaseLost or RunCancelled
     applied = Applied()
-    _report_stored(applied, _stored(tx, run_id, step_id))
+    _report_stored(applied, _stored(tx, lease.run_id, step_id))
     return applied
 
 

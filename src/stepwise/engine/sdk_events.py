@@ -14,18 +14,13 @@ from ..payloads import dumps, loads
 from ..status import RunStatus
 from ..storage import Tx
 from ..storage.rows import RunRow
-from . import definitions, ingest, waits
+from . import ingest, waits
 
 FINISHED = "inngest/function.finished"
 FAILED = "inngest/function.failed"
 CANCELLED = "inngest/function.cancelled"
 #: The event an invoked SDK function starts with.
 INVOKED = "inngest/function.invoked"
-
-
-def is_sdk_definition(text: str) -> bool:
-    """Whether a stored definition is an SDK function's (it has the URL that runs it)."""
-    return '"url"' in text and definitions.decode(text).url is not None
 
 
 def invoked_data(data: str, fn_id: str, source_fn_id: str, correlation_id: str) -> str:

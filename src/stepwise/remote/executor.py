@@ -16,11 +16,11 @@ import httpx
 from .. import signing
 from ..app import App
 from ..definition import FunctionDefinition
-from ..engine import Engine, RunState
+from ..engine import Engine, Lease, RunState
 from ..engine.outcomes import Outcome, RunCompleted, RunFailed, StepCompleted, StepFailed
 from ..payloads import dumps, new_id
 from ..storage import Storage
-from ..worker import Running, Worker
+from ..worker import Running, Worker, held
 from . import protocol
 
 log = logging.getLogger("stepwise.remote")
@@ -69,7 +69,7 @@ class RemoteWorker(Worker):
         run_id = running.run_id
         definition = self.definitions[state.run["function_id"]]
         if definition.problems:  # synced with options this server cannot honour
-            await self.engine.apply(run_id, self.id, [RunFailed({
+            await self.engine.apply(held(state), [RunFailed({
                 "name": "FunctionNotRunnable", "message": (
                     f"function {definition.id!r} cannot run on this server as its app synced "
                     f"it: {'; '.join(definition.problems)}")}, retriable=False)], last=True)
@@ -85,19 +85,19 @@ class RemoteWorker(Worker):
             if isinstance(answer, protocol.Planned):  # parallel steps: one call each
                 answer = await self._run_planned(definition, state, calls, answer)
             if answer and all(isinstance(o, StepCompleted) for o in answer):
-                if not await self._memoize(run_id, calls, answer):
+                if not await self._memoize(held(state), calls, answer):
                     return
                 continue
             # The run's end, or steps that park it (a retry, a sleep, a wait, an invoke), with
             # the steps that completed beside them.
-            await self.engine.apply(run_id, self.id, answer, last=True)
+            await self.engine.apply(held(state), answer, last=True)
             return
 
-    async def _memoize(self, run_id: str, calls: protocol.CallState,
+    async def _memoize(self, lease: Lease, calls: protocol.CallState,
                        completed: list[Outcome]) -> bool:
         """Store completed steps and add what is stored to the memo map; False when one was
         not settled by this call (the run then starts again from what is stored)."""
-        applied = await self.engine.apply(run_id, self.id, completed, last=False)
+        applied = await self.engine.apply(lease, completed, last=False)
         for outcome in completed:
             assert isinstance(outcome, StepCompleted)
             sid = outcome.step_id
@@ -106,7 +106,7 @@ class RemoteWorker(Worker):
             elif sid in applied.failed:
                 calls.steps[sid] = {"error": applied.failed[sid]}
             else:
-                await self.engine.apply(run_id, self.id, [], last=True)
+                await self.engine.apply(lease, [], last=True)
                 return False
             calls.stack.append(sid)
             calls.attempts.pop(sid, None)
@@ -155,7 +155,7 @@ class RemoteWorker(Worker):
                 if failure is not None or others or \
                         not all(isinstance(o, StepCompleted) for o in steps):
                     return await settle_all(steps, failure, [])
-                if not await self._memoize(run_id, calls, steps):
+                if not await self._memoize(held(state), calls, steps):
                     return None
                 calls.force_plan = bool(tasks)  # steps are running: the app only plans
                 answer = await self._call(definition, state, calls)

@@ -1,7 +1,9 @@
 """Loads the named SQL of `sql/queries.sql`, picking each block's dialect variant.
 
-`{unfinished_runs}`-style macros expand to the status lists of `stepwise.status`, so the SQL
-and the code share one vocabulary; `{query:name}` includes another named query.
+`{unfinished_runs}`-style macros expand to the status lists of `stepwise.status`, and
+`{run:queued}` / `{step:completed}` to one status word, so the SQL and the code share one
+vocabulary (a misspelt status fails as the queries load); `{query:name}` includes another
+named query or fragment.
 """
 
 from __future__ import annotations
@@ -10,7 +12,16 @@ import re
 from functools import cache
 from importlib import resources
 
-from ..status import FINAL_STEP, PARKED_RUN, PENDING_STEP, TIMED_STEP, UNFINISHED_RUN, sql_list
+from ..status import (
+    FINAL_STEP,
+    PARKED_RUN,
+    PENDING_STEP,
+    TIMED_STEP,
+    UNFINISHED_RUN,
+    RunStatus,
+    StepStatus,
+    sql_list,
+)
 
 _NAME = re.compile(r"^-- name: (\w+)(?: @(\w+))?\s*$", re.M)
 _PARAM = re.compile(r"(?<![:\w]):(\w+)")
@@ -38,6 +49,7 @@ def load_raw(dialect: str) -> dict[str, str]:
     text = resources.files("stepwise.storage").joinpath("sql/queries.sql").read_text()
     for macro, value in MACROS.items():
         text = text.replace(macro, value)
+    text = _STATUS.sub(_status_word, text)
     marks = list(_NAME.finditer(text))
     base: dict[str, str] = {}
     overrides: dict[str, str] = {}
@@ -55,13 +67,32 @@ def load_raw(dialect: str) -> dict[str, str]:
     return {name: _include(body, base) for name, body in base.items()}
 
 
+_STATUS = re.compile(r"\{(run|step):(\w+)\}")
+_STATUSES: dict[str, type[RunStatus] | type[StepStatus]] = {"run": RunStatus,
+                                                            "step": StepStatus}
+
+
+def _status_word(mark: re.Match[str]) -> str:
+    """`{run:queued}` as an SQL string; a word that is not a status raises."""
+    kind, word = mark.group(1), mark.group(2)
+    try:
+        return f"'{_STATUSES[kind][word].value}'"
+    except KeyError:
+        raise ValueError(f"queries.sql: {mark.group(0)} is not a {kind} status") from None
+
+
 _INCLUDE = re.compile(r"\{query:(\w+)\}")
 
 
 def _include(body: str, named: dict[str, str]) -> str:
     """`{query:name}` stands for another named query of the same dialect (one statement that
     a larger one uses as is, e.g. in a CTE), so the two cannot drift apart."""
-    return _INCLUDE.sub(lambda m: _include(named[m.group(1)], named), body)
+    return _INCLUDE.sub(lambda m: _include(_code(named[m.group(1)]), named), body)
+
+
+def _code(body: str) -> str:
+    """A named query without its comment lines (an included fragment's notes stay here)."""
+    return "\n".join(line for line in body.splitlines() if not line.lstrip().startswith("--"))
 
 
 def to_pyformat(sql: str) -> str:

@@ -61,14 +61,6 @@ class FailureRow(TypedDict):
     ended_at: int
 
 
-class GuardRow(TypedDict):
-    """What fencing reads before an executor's outcome is applied."""
-
-    status: str
-    lease_owner: str | None
-    retry: int
-
-
 class LogRow(TypedDict):
     seq: int
     at: int

@@ -10,10 +10,10 @@ DELETE FROM functions WHERE app_id = :app_id;
 
 -- name: insert_function
 -- An upsert: workers and servers that start at once register the same app concurrently.
-INSERT INTO functions (app_id, id, definition, updated_at)
-VALUES (:app_id, :id, :definition, :now)
+INSERT INTO functions (app_id, id, definition, updated_at, sdk)
+VALUES (:app_id, :id, :definition, :now, :sdk)
 ON CONFLICT (app_id, id) DO UPDATE
-SET definition = excluded.definition, updated_at = excluded.updated_at;
+SET definition = excluded.definition, updated_at = excluded.updated_at, sdk = excluded.sdk;
 
 -- name: insert_trigger
 INSERT INTO function_triggers (event_name, app_id, function_id)
@@ -118,7 +118,7 @@ r AS (
   WHERE r.event_id IN (SELECT id FROM ev)),
 runs_in AS (
   INSERT INTO runs (id, app_id, function_id, event_id, status, created_at)
-  SELECT id, app_id, function_id, event_id, 'queued', :now FROM r),
+  SELECT id, app_id, function_id, event_id, {run:queued}, :now FROM r),
 queue_in AS (
   INSERT INTO queue (run_id, app_id, function_id, available_at, priority)
   SELECT id, app_id, function_id, available_at, 0 FROM r)
@@ -127,7 +127,7 @@ SELECT (SELECT ok FROM chk) AS ok;
 -- name: insert_run
 INSERT INTO runs (id, app_id, function_id, event_id, status, origin_run_id, parent_run_id,
                   parent_step_id, created_at)
-VALUES (:id, :app_id, :function_id, :event_id, 'queued', :origin_run_id, :parent_run_id,
+VALUES (:id, :app_id, :function_id, :event_id, {run:queued}, :origin_run_id, :parent_run_id,
         :parent_step_id, :now);
 
 -- name: enqueue
@@ -140,7 +140,7 @@ VALUES (:run_id, :app_id, :function_id, :available_at, :priority);
 INSERT INTO runs (id, app_id, function_id, event_id, status, created_at)
 SELECT i.value, json_extract(:app_ids, '$[' || i.key || ']'),
        json_extract(:function_ids, '$[' || i.key || ']'),
-       json_extract(:event_ids, '$[' || i.key || ']'), 'queued', :now
+       json_extract(:event_ids, '$[' || i.key || ']'), {run:queued}, :now
 FROM json_each(:ids) i;
 INSERT INTO queue (run_id, app_id, function_id, available_at, priority)
 SELECT i.value, json_extract(:app_ids, '$[' || i.key || ']'),
@@ -156,7 +156,7 @@ WITH r AS (
        AS r(id, app_id, function_id, event_id, available_at)),
 runs_in AS (
   INSERT INTO runs (id, app_id, function_id, event_id, status, created_at)
-  SELECT id, app_id, function_id, event_id, 'queued', :now FROM r)
+  SELECT id, app_id, function_id, event_id, {run:queued}, :now FROM r)
 INSERT INTO queue (run_id, app_id, function_id, available_at, priority)
 SELECT id, app_id, function_id, available_at, 0 FROM r;
 
@@ -203,36 +203,31 @@ WITH closed AS (DELETE FROM pending_groups WHERE run_id = ANY (CAST(:ids AS text
 UPDATE queue SET lease_owner = :owner, lease_expires_at = :until, nudged = 0
 WHERE run_id = ANY (CAST(:ids AS text[]));
 
+-- name: run_start
+-- (A fragment.) A run starts executing: status running, started_at on a first start, and one
+-- more take (its lease epoch: `Lease.epoch`). Every lease writes it through start_runs or
+-- lease_plain, which share it.
+started_at = COALESCE(started_at, :now), lease_epoch = lease_epoch + 1,
+status = CASE WHEN status IN ({unfinished_runs}) THEN {run:running} ELSE status END
+
+-- name: started_run
+-- (A fragment.) A just-started run as executing it needs, with its take's epoch and whether
+-- this is its first take (for runs-started counts; runs started before epochs were counted
+-- got epoch 1 in migration 0017).
+id, app_id, function_id, event_id, status, output, error, attempts, retry, origin_run_id,
+parent_run_id, parent_step_id, rerun_of, created_at, started_at, ended_at, lease_epoch,
+lease_epoch = 1 AS first_start
+
 -- name: start_runs
--- The runs of :ids start executing: status running, and started_at on a first start.
--- Answers each run as it is then (what executing it needs) and whether this is its first
--- start (for runs-started counts). Three statements on SQLite, where nothing else writes
--- meanwhile: the first reads what the other two make of each run.
-SELECT id, app_id, function_id, event_id,
-       CASE WHEN status IN ({unfinished_runs}) THEN 'running' ELSE status END AS status,
-       output, error, attempts, retry, origin_run_id, parent_run_id, parent_step_id,
-       rerun_of, created_at, COALESCE(started_at, :now) AS started_at, ended_at,
-       started_at IS NULL AS first_start
-FROM runs WHERE id IN (SELECT value FROM json_each(:ids));
-UPDATE runs SET started_at = :now
-WHERE id IN (SELECT value FROM json_each(:ids)) AND started_at IS NULL;
-UPDATE runs SET status = 'running'
+-- The runs of :ids start executing, answered as they are then.
+UPDATE runs SET {query:run_start}
 WHERE id IN (SELECT value FROM json_each(:ids))
-  AND status IN ({unfinished_runs});
+RETURNING {query:started_run};
 
 -- name: start_runs @postgres
--- One statement, so each run gets one new row version, not two (`before` is the row as it
--- was: its started_at tells a first start).
-UPDATE runs SET started_at = COALESCE(runs.started_at, :now),
-                status = CASE WHEN runs.status IN ({unfinished_runs}) THEN 'running'
-                              ELSE runs.status END
-FROM runs before
-WHERE runs.id = ANY (CAST(:ids AS text[]))
-  AND before.id = runs.id
-RETURNING runs.id, runs.app_id, runs.function_id, runs.event_id, runs.status, runs.output,
-          runs.error, runs.attempts, runs.retry, runs.origin_run_id, runs.parent_run_id,
-          runs.parent_step_id, runs.rerun_of, runs.created_at, runs.started_at,
-          runs.ended_at, before.started_at IS NULL AS first_start;
+UPDATE runs SET {query:run_start}
+WHERE id = ANY (CAST(:ids AS text[]))
+RETURNING {query:started_run};
 
 -- name: lease_plain @postgres
 -- The common lease in one statement (with its COMMIT, one round trip): when none of the
@@ -252,15 +247,9 @@ taken AS (
   UPDATE queue SET lease_owner = :owner, lease_expires_at = :until, nudged = 0
   WHERE run_id IN (SELECT run_id FROM pick) RETURNING run_id),
 started AS (
-  UPDATE runs SET started_at = COALESCE(runs.started_at, :now),
-                  status = CASE WHEN runs.status IN ({unfinished_runs}) THEN 'running'
-                                ELSE runs.status END
-  FROM runs before
-  WHERE runs.id IN (SELECT run_id FROM taken) AND before.id = runs.id
-  RETURNING runs.id, runs.app_id, runs.function_id, runs.event_id, runs.status, runs.output,
-            runs.error, runs.attempts, runs.retry, runs.origin_run_id, runs.parent_run_id,
-            runs.parent_step_id, runs.rerun_of, runs.created_at, runs.started_at,
-            runs.ended_at, before.started_at IS NULL AS first_start),
+  UPDATE runs SET {query:run_start}
+  WHERE id IN (SELECT run_id FROM taken)
+  RETURNING {query:started_run}),
 events AS (
   SELECT r.id AS run_id, NULL::integer AS position, e.id, e.name, e.data, e.ts,
          e.received_at, e.trace, e.meta
@@ -322,10 +311,32 @@ WHERE app_id = :app_id AND lease_expires_at IS NOT NULL
 ORDER BY lease_expires_at LIMIT 1;
 
 -- name: renew_lease
-UPDATE queue SET lease_expires_at = :until WHERE run_id = :run_id AND lease_owner = :owner;
+UPDATE queue SET lease_expires_at = :until WHERE run_id = :run_id AND {query:lease_held};
+
+-- name: lease_held
+-- (A fragment.) The fence of every write an execution makes (`Lease`): the run is still leased
+-- to :owner by the take of epoch :epoch, and not cancelled. A stale execution, of another worker
+-- or of the same one, fails it: every take adds one to the epoch.
+EXISTS (SELECT 1 FROM runs fenced_run JOIN queue fenced_queue
+                 ON fenced_queue.run_id = fenced_run.id
+        WHERE fenced_run.id = :run_id AND fenced_run.lease_epoch = :epoch
+          AND fenced_queue.lease_owner = :owner AND fenced_run.status <> {run:cancelled})
 
 -- name: run_guard
-SELECT r.status, q.lease_owner, r.retry FROM runs r LEFT JOIN queue q ON q.run_id = r.id
+-- The guard of a transaction that applies an execution's outcomes: a row (the run's retry
+-- count) only while the lease is held.
+SELECT retry FROM runs WHERE id = :run_id AND {query:lease_held};
+
+-- name: run_guard @postgres
+-- Also locks the run's queue row until the transaction ends, so no other worker can take it
+-- over between this check and the writes that follow (a take skips locked rows).
+SELECT (SELECT retry FROM runs WHERE id = :run_id) AS retry FROM queue
+WHERE run_id = :run_id AND {query:lease_held}
+FOR UPDATE;
+
+-- name: run_fence
+-- Why a guard refused: the run's status and who holds it now.
+SELECT r.status, r.lease_epoch, q.lease_owner FROM runs r LEFT JOIN queue q ON q.run_id = r.id
 WHERE r.id = :run_id;
 
 -- name: get_run
@@ -341,6 +352,14 @@ SELECT id, name, data, ts, received_at, trace, meta FROM events WHERE id = :id;
 SELECT id, seq, status, attempts, output, error, started_at, ended_at, name, kind
 FROM steps WHERE run_id = :run_id ORDER BY seq;
 
+-- name: step_kept
+-- (A fragment.) How a step's result is stored, by every statement that stores one: a completed
+-- or failed step is never overwritten, and an attempt reported twice is stored once.
+ON CONFLICT (run_id, id) DO UPDATE SET
+    status = excluded.status, attempts = excluded.attempts, output = excluded.output,
+    error = excluded.error, ended_at = excluded.ended_at
+WHERE steps.status NOT IN ({final_steps}) AND steps.attempts < excluded.attempts
+
 -- name: save_step
 -- A completed or failed step is never overwritten, and an attempt reported twice is stored once.
 -- Answers a row when it stored the step (also when sent with other statements, where no row
@@ -349,10 +368,7 @@ INSERT INTO steps (run_id, id, seq, status, attempts, output, error, started_at,
                    kind)
 VALUES (:run_id, :id, :seq, :status, :attempts, :output, :error, :started_at, :ended_at, :name,
         'run')
-ON CONFLICT (run_id, id) DO UPDATE SET
-    status = excluded.status, attempts = excluded.attempts, output = excluded.output,
-    error = excluded.error, ended_at = excluded.ended_at
-WHERE steps.status NOT IN ({final_steps}) AND steps.attempts < excluded.attempts
+{query:step_kept}
 RETURNING 1 AS saved;
 
 -- name: guarded_save_step
@@ -364,16 +380,12 @@ INSERT INTO steps (run_id, id, seq, status, attempts, output, error, started_at,
                    kind)
 SELECT :run_id, :id, :seq, :status, :attempts, :output, :error, :started_at, :ended_at, :name,
        'run'
-WHERE EXISTS (SELECT 1 FROM runs r JOIN queue q ON q.run_id = r.id
-              WHERE r.id = :run_id AND q.lease_owner = :owner AND r.status <> 'cancelled')
-ON CONFLICT (run_id, id) DO UPDATE SET
-    status = excluded.status, attempts = excluded.attempts, output = excluded.output,
-    error = excluded.error, ended_at = excluded.ended_at
-WHERE steps.status NOT IN ({final_steps}) AND steps.attempts < excluded.attempts
+WHERE {query:lease_held}
+{query:step_kept}
 RETURNING 1 AS saved;
 UPDATE runs SET retry = 0
 WHERE id = :run_id AND retry <> 0
-  AND EXISTS (SELECT 1 FROM queue q WHERE q.run_id = :run_id AND q.lease_owner = :owner)
+  AND {query:lease_held}
   AND EXISTS (SELECT 1 FROM steps s WHERE s.run_id = :run_id AND s.id = :id
               AND s.status = :status AND s.attempts = :attempts);
 
@@ -384,12 +396,8 @@ WITH saved AS (
                        name, kind)
     SELECT :run_id::text, :id::text, :seq::integer, :status::text, :attempts::integer,
            :output::text, :error::text, :started_at::bigint, :ended_at::bigint, :name::text, 'run'
-    WHERE EXISTS (SELECT 1 FROM runs r JOIN queue q ON q.run_id = r.id
-                  WHERE r.id = :run_id AND q.lease_owner = :owner AND r.status <> 'cancelled')
-    ON CONFLICT (run_id, id) DO UPDATE SET
-        status = excluded.status, attempts = excluded.attempts, output = excluded.output,
-        error = excluded.error, ended_at = excluded.ended_at
-    WHERE steps.status NOT IN ({final_steps}) AND steps.attempts < excluded.attempts
+    WHERE {query:lease_held}
+    {query:step_kept}
     RETURNING 1),
 reset AS (UPDATE runs SET retry = 0
           WHERE id = :run_id AND retry <> 0 AND EXISTS (SELECT 1 FROM saved))
@@ -475,24 +483,27 @@ UPDATE queue SET available_at = CASE WHEN available_at > :now THEN :now ELSE ava
 WHERE run_id = :run_id;
 
 -- name: wake_run_status
-UPDATE runs SET status = 'queued' WHERE id = :run_id AND status IN ({parked_runs});
+UPDATE runs SET status = {run:queued} WHERE id = :run_id AND status IN ({parked_runs});
 
 -- name: set_run_status
 UPDATE runs SET status = :status WHERE id = :run_id;
 
+-- name: run_end
+-- (A fragment.) A run reaches its final status :run_status, by every statement that ends one.
+status = :run_status, output = :run_output, error = :run_error, ended_at = :now, retry = 0
+
 -- name: finish_run
-UPDATE runs SET status = :status, output = :output, error = :error, ended_at = :now, retry = 0
+UPDATE runs SET {query:run_end}
 WHERE id = :run_id
 RETURNING id, app_id, function_id, event_id, status, output, error, attempts, retry,
           origin_run_id, parent_run_id, parent_step_id, rerun_of, created_at, started_at,
           ended_at;
 
 -- name: finish_leased_run
--- finish_run fenced by the lease (the run's guard in the same statement): no row when `owner`
--- no longer holds the run or it was cancelled; the caller then rolls back and finds out which.
-UPDATE runs SET status = :status, output = :output, error = :error, ended_at = :now, retry = 0
-WHERE id = :run_id AND status <> 'cancelled'
-  AND EXISTS (SELECT 1 FROM queue q WHERE q.run_id = :run_id AND q.lease_owner = :owner)
+-- finish_run fenced by the lease (the run's guard in the same statement): no row when the
+-- lease is no longer held or the run was cancelled; the caller then rolls back and finds out which.
+UPDATE runs SET {query:run_end}
+WHERE id = :run_id AND {query:lease_held}
 RETURNING id, app_id, function_id, event_id, status, output, error, attempts, retry,
           origin_run_id, parent_run_id, parent_step_id, rerun_of, created_at, started_at,
           ended_at;
@@ -515,16 +526,19 @@ DELETE FROM deadlines WHERE run_id = :run_id
 DELETE FROM pending_groups WHERE run_id = :run_id
   AND (SELECT status FROM runs WHERE id = :run_id) NOT IN ({unfinished_runs});
 
+-- name: run_cleanup @postgres
+-- (A fragment: CTEs after one named `finished` that answers the finished run's id, if any.)
+-- What a finished run drops on PostgreSQL, for finish_cleanup and complete_leased_run; `keys`
+-- answers a row per concurrency key it held.
+queue_row AS (DELETE FROM queue WHERE run_id = (SELECT id FROM finished)),
+keys AS (DELETE FROM queue_keys WHERE run_id = (SELECT id FROM finished) RETURNING 1),
+run_waits AS (DELETE FROM waits WHERE run_id = (SELECT id FROM finished)),
+run_deadlines AS (DELETE FROM deadlines WHERE run_id = (SELECT id FROM finished)),
+run_groups AS (DELETE FROM pending_groups WHERE run_id = (SELECT id FROM finished))
+
 -- name: finish_cleanup @postgres
-WITH finished AS (SELECT 1 FROM runs WHERE id = :run_id AND status NOT IN ({unfinished_runs})),
-     queue_row AS (DELETE FROM queue WHERE run_id = :run_id AND EXISTS (SELECT FROM finished)),
-     keys AS (DELETE FROM queue_keys WHERE run_id = :run_id AND EXISTS (SELECT FROM finished)
-              RETURNING 1),
-     run_waits AS (DELETE FROM waits WHERE run_id = :run_id AND EXISTS (SELECT FROM finished)),
-     run_deadlines AS (DELETE FROM deadlines
-                       WHERE run_id = :run_id AND EXISTS (SELECT FROM finished)),
-     run_groups AS (DELETE FROM pending_groups
-                    WHERE run_id = :run_id AND EXISTS (SELECT FROM finished))
+WITH finished AS (SELECT id FROM runs WHERE id = :run_id AND status NOT IN ({unfinished_runs})),
+{query:run_cleanup}
 SELECT (SELECT count(*) FROM keys) AS keys;
 
 -- name: complete_leased_run @postgres
@@ -537,41 +551,30 @@ SELECT (SELECT count(*) FROM keys) AS keys;
 -- concurrency keys (runs may wait for the slot).
 WITH eligible AS (
     SELECT r.id FROM runs r
-    JOIN queue q ON q.run_id = r.id AND q.lease_owner = :owner
     JOIN functions f ON f.app_id = r.app_id AND f.id = r.function_id
-    WHERE r.id = :run_id AND r.status <> 'cancelled' AND r.parent_run_id IS NULL
-      AND position('"url"' in f.definition) = 0),
+    WHERE r.id = :run_id AND {query:lease_held} AND r.parent_run_id IS NULL AND f.sdk = 0),
 saved AS (
     INSERT INTO steps (run_id, id, seq, status, attempts, output, error, started_at, ended_at,
                        name, kind)
     SELECT eligible.id, :id::text, :seq::integer, :status::text, :attempts::integer,
            :output::text, :error::text, :started_at::bigint, :ended_at::bigint, :name::text, 'run'
     FROM eligible WHERE :id::text IS NOT NULL
-    ON CONFLICT (run_id, id) DO UPDATE SET
-        status = excluded.status, attempts = excluded.attempts, output = excluded.output,
-        error = excluded.error, ended_at = excluded.ended_at
-    WHERE steps.status NOT IN ({final_steps}) AND steps.attempts < excluded.attempts
+    {query:step_kept}
     RETURNING 1),
 finished AS (
-    UPDATE runs SET status = 'completed', output = :run_output::text, error = NULL,
-                    ended_at = :now::bigint, retry = 0
-    WHERE id = (SELECT id FROM eligible) AND status <> 'cancelled'
-      AND (:id::text IS NULL OR EXISTS (SELECT FROM saved))
+    UPDATE runs SET {query:run_end}
+    WHERE id = (SELECT id FROM eligible) AND (:id::text IS NULL OR EXISTS (SELECT FROM saved))
     RETURNING id),
-queue_row AS (DELETE FROM queue WHERE run_id = (SELECT id FROM finished)),
-keys AS (DELETE FROM queue_keys WHERE run_id = (SELECT id FROM finished) RETURNING 1),
-run_waits AS (DELETE FROM waits WHERE run_id = (SELECT id FROM finished)),
-run_deadlines AS (DELETE FROM deadlines WHERE run_id = (SELECT id FROM finished)),
-run_groups AS (DELETE FROM pending_groups WHERE run_id = (SELECT id FROM finished))
+{query:run_cleanup}
 SELECT EXISTS (SELECT FROM keys) AS wake FROM finished;
 
 -- name: replay_run
-UPDATE runs SET status = 'queued', output = NULL, error = NULL, ended_at = NULL, retry = 0,
+UPDATE runs SET status = {run:queued}, output = NULL, error = NULL, ended_at = NULL, retry = 0,
                 attempts = attempts + 1
 WHERE id = :run_id;
 
 -- name: delete_failed_steps
-DELETE FROM steps WHERE run_id = :run_id AND status <> 'completed';
+DELETE FROM steps WHERE run_id = :run_id AND status <> {step:completed};
 
 -- name: count_runs_by_status
 SELECT status, COUNT(*) AS n FROM runs GROUP BY status;
@@ -604,7 +607,7 @@ DELETE FROM waits WHERE run_id = :run_id AND step_id = :step_id;
 -- A run's sleeps and waits end now; a step waiting out its retry backoff is tried now.
 -- (`nudge` then makes the run due now, which also retries a body waiting out its backoff.)
 UPDATE steps SET ended_at = :now
-WHERE run_id = :run_id AND status IN ('sleeping', 'waiting', 'retrying');
+WHERE run_id = :run_id AND status IN ({step:sleeping}, {step:waiting}, {step:retrying});
 
 -- name: resolve_step
 UPDATE steps SET status = :status, output = :output, error = :error, ended_at = :now
@@ -652,7 +655,7 @@ SELECT id, url, sdk, framework, synced_at, changed_at, warnings FROM apps ORDER 
 SELECT id, definition FROM functions WHERE app_id = :app_id ORDER BY id;
 
 -- name: definition_of_run
-SELECT f.definition FROM runs r JOIN functions f ON f.app_id = r.app_id AND f.id = r.function_id
+SELECT f.definition, f.sdk FROM runs r JOIN functions f ON f.app_id = r.app_id AND f.id = r.function_id
 WHERE r.id = :run_id;
 
 -- name: event_of_run
@@ -667,7 +670,7 @@ SELECT app_id, definition FROM functions WHERE id = :id ORDER BY app_id LIMIT 2;
 
 -- name: insert_skipped_run
 INSERT INTO runs (id, app_id, function_id, event_id, status, error, created_at, ended_at)
-VALUES (:id, :app_id, :function_id, :event_id, 'skipped', :error, :now, :now);
+VALUES (:id, :app_id, :function_id, :event_id, {run:skipped}, :error, :now, :now);
 
 -- name: init_flow_state
 INSERT INTO flow_state (key, state) VALUES (:key, '[]') ON CONFLICT (key) DO NOTHING;
@@ -824,7 +827,7 @@ GROUP BY app_id, function_id;
 -- name: finished_since
 -- Runs that ended in [since, now], for counts and durations over time.
 SELECT function_id, status, created_at, started_at, ended_at FROM runs
-WHERE ended_at >= :since AND ended_at <= :now AND status IN ('completed', 'failed')
+WHERE ended_at >= :since AND ended_at <= :now AND status IN ({run:completed}, {run:failed})
 ORDER BY ended_at DESC
 LIMIT :limit;
 
