@@ -1,0 +1,74 @@
+"""Every failure answers `{"error": "<one line>"}` with its status: the API's own refusals
+(`ApiError`), the engine's (`NotFound` 404, `Conflict` 409), FastAPI's (bad input is 400, not
+422; 405 keeps its `Allow`), storage down (503 with `Retry-After`) and anything else (500,
+logged)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from ..engine import Conflict, NotFound
+from ..storage import StorageUnavailable
+
+log = logging.getLogger("stepwise.server")
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+    return JSONResponse({"error": exc.message}, status_code=exc.status)
+
+
+async def _not_found(_: Request, exc: NotFound) -> JSONResponse:
+    return JSONResponse({"error": str(exc)}, status_code=404)
+
+
+async def _conflict(_: Request, exc: Conflict) -> JSONResponse:
+    return JSONResponse({"error": str(exc)}, status_code=409)
+
+
+async def _http_error(_: Request, exc: HTTPException) -> JSONResponse:
+    return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code,
+                        headers=exc.headers)  # 405 keeps its Allow
+
+
+async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    parts = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
+    return JSONResponse({"error": "; ".join(parts)}, status_code=400)
+
+
+async def _unavailable(_: Request, exc: StorageUnavailable) -> JSONResponse:
+    log.warning("storage unavailable: %s", exc)
+    return JSONResponse({"error": f"storage unavailable, try again: {exc}"},
+                        status_code=503, headers={"Retry-After": "5"})
+
+
+async def _internal(_: Request, exc: Exception) -> JSONResponse:
+    log.exception("internal error")
+    return JSONResponse({"error": f"internal error ({type(exc).__name__}); see the "
+                                  "server log"}, status_code=500)
+
+
+_HANDLERS: dict[type[Exception], Callable[[Request, Any], Awaitable[JSONResponse]]] = {
+    ApiError: _api_error, NotFound: _not_found, Conflict: _conflict, HTTPException: _http_error,
+    RequestValidationError: _validation_error, StorageUnavailable: _unavailable,
+    Exception: _internal,
+}
+
+
+def install(api: FastAPI) -> None:
+    """Answer every failure of `api` as above."""
+    for exc_class, handler in _HANDLERS.items():
+        api.add_exception_handler(exc_class, handler)

@@ -1,0 +1,142 @@
+"""The routes the Inngest SDKs call, in Inngest's protocol (not part of this API's schema):
+an app's sync (`/fn/register`), events as the SDKs send them (`/e/{key}`) and a run's data
+for an SDK told `use_api` (`/v0/runs/...`). Refusals carry `status` in their bodies too,
+as Inngest's do: the SDKs read the outcome from there."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Request
+from fastapi.responses import JSONResponse
+
+from .. import metrics
+from ..engine import RunState
+from ..engine.definitions import AppSource
+from ..events import sessions_meta
+from ..payloads import PayloadError, dumps, loads
+from ..remote import protocol, registration
+from .errors import ApiError
+from .inputs import read_body, read_json, validate_events
+from .models import NO_NUL, JSONText, RunId
+from .state import Server, ServerDep
+
+log = logging.getLogger("stepwise.server")
+router = APIRouter(default_response_class=JSONText, include_in_schema=False)
+
+
+
+def _refused(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message, "status": status}, status)
+
+
+def _server_kind_refusal(expected: str | None, server: Server) -> JSONResponse | None:
+    """A refusal when the app expects another kind of server (dev or cloud) than this one."""
+    if expected in (None, "", server.access.server_kind):
+        return None
+    return _refused(400, f"the app expects a {expected!r} server; this one is "
+                         f"{server.access.server_kind!r} (`stepwise dev` is 'dev', "
+                         "`stepwise server` 'cloud')")
+
+
+def _log_sync(synced: registration.SyncedApp) -> None:
+    log.info("synced SDK app %s (%s, %s) at %s: %d functions", synced.app_id,
+             synced.sdk, synced.framework, synced.url, len(synced.functions))
+    for warning in synced.warnings:
+        log.warning("SDK app %s: %s", synced.app_id, warning)
+    for definition in synced.functions:
+        for problem in definition.problems:
+            log.warning("SDK app %s: function %s cannot run: %s", synced.app_id,
+                        definition.id, problem)
+
+
+@router.post("/fn/register")
+async def register_sdk_app(request: Request, server: ServerDep) -> JSONResponse:
+    """Sync an SDK app: store its functions, each with the URL that runs it."""
+    try:
+        body = await read_json(request, server.limits.request_bytes)
+    except ApiError as exc:
+        return _refused(exc.status, exc.message)
+    refusal = _server_kind_refusal(request.headers.get("x-inngest-expected-server-kind"),
+                                   server)
+    if refusal is not None:
+        return refusal
+    try:
+        synced = registration.parse(body)
+    except registration.RegistrationError as exc:
+        return _refused(400, f"cannot sync the app: {exc}")
+    modified = await server.engine.register(synced.app_id, synced.functions, AppSource(
+        synced.sdk, synced.url, synced.framework, synced.warnings))
+    if modified:
+        _log_sync(synced)
+    return JSONResponse({"ok": True, "modified": modified, "app_id": synced.app_id})
+
+
+async def _run_state(server: Server, run_id: str) -> RunState:
+    state = await server.engine.load(run_id)
+    if state is None:
+        raise ApiError(404, f"run {run_id} not found")
+    return state
+
+
+@router.get("/v0/runs/{run_id}/batch")
+async def sdk_run_events(run_id: RunId, server: ServerDep) -> list[dict[str, Any]]:
+    """For an SDK told `use_api`: the run's events."""
+    return protocol.run_events(await _run_state(server, run_id))
+
+
+@router.get("/v0/runs/{run_id}/actions")
+async def sdk_run_steps(run_id: RunId, server: ServerDep) -> dict[str, Any]:
+    """For an SDK told `use_api`: the run's memoized steps, by hashed id."""
+    return protocol.memo(await _run_state(server, run_id)).steps
+
+
+def _sessions(items: list[Any]) -> list[str | None]:
+    """Each event's sessions (`meta`, which apps pass on), stored as JSON; ValueError (or
+    PayloadError) naming a bad one."""
+    metas: list[str | None] = []
+    for i, item in enumerate(items):
+        meta = sessions_meta(item.get("meta"), f"events[{i}]") \
+            if isinstance(item, dict) else None
+        metas.append(None if meta is None else dumps(meta, f"events[{i}].meta"))
+    return metas
+
+
+def _without_extras(items: list[Any]) -> list[Any]:
+    """The events without `meta` (read by `_sessions`) and what the SDKs also send: `user`
+    (Inngest's, deprecated) and `v`, accepted and not stored."""
+    return [{k: v for k, v in item.items() if k not in ("user", "v", "meta")}
+            if isinstance(item, dict) else item for item in items]
+
+
+def _sdk_refusal(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"ids": [], "status": status, "error": message}, status)
+
+
+@router.post("/e/{event_key}")
+async def sdk_events(event_key: Annotated[str, Path(pattern=NO_NUL)], request: Request,
+                     server: ServerDep) -> JSONResponse:
+    """Events as the SDKs send them; answers `{"ids", "status"}` like Inngest."""
+    del event_key  # checked by the access gate
+    try:
+        raw = loads(await read_body(request, server.limits.request_bytes))
+    except PayloadError as exc:
+        return _sdk_refusal(400, f"request body is not valid JSON: {exc}")
+    items = raw if isinstance(raw, list) else [raw]
+    try:
+        metas = _sessions(items)
+    except (ValueError, PayloadError) as exc:
+        return _sdk_refusal(400, str(exc))
+    items = _without_extras(items)
+    try:
+        events = validate_events(items if isinstance(raw, list) else items[0],
+                                 server.limits, server.clock.now_ms())
+    except ApiError as exc:
+        return _sdk_refusal(exc.status, exc.message)
+    events = [replace(ev, meta=meta) if meta else ev
+              for ev, meta in zip(events, metas, strict=True)]
+    ids = await server.engine.ingest(events)
+    metrics.EVENTS_RECEIVED.inc(len(ids))
+    return JSONResponse({"ids": ids, "status": 200})

@@ -1,0 +1,248 @@
+"""The API's JSON shapes: what each route answers and the request bodies it reads.
+
+These models are the public contract (documented at /openapi.json, read by the dashboard and
+by clients outside this repository): a field's name, order, type or default changes the
+bytes every client sees. `convert` builds them from storage rows.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+from fastapi import Path
+from fastapi.responses import JSONResponse
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+from ..status import RunStatus, StepStatus
+
+#: In run lists, an output or error longer than this many characters of JSON is left out
+#: (`output_truncated`/`error_truncated`); the run's own URL has it whole. This bounds a page
+#: of 1,000 runs to a few MiB, whatever the runs returned.
+LIST_PREVIEW_CHARS = 1024
+#: Text in a URL: no NUL (the gate refuses it before any route; documented here).
+NO_NUL = r"^[^\x00]*$"
+#: `event_data=path=value`: a dotted path of names, then the value.
+DATA_MATCH = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*=[^\x00]*$"
+
+#: A run id in a route's path.
+RunId = Annotated[str, Path(pattern=NO_NUL, description="A run id")]
+
+
+class JSONText(JSONResponse):
+    """A JSON answer encoded directly (no model re-validation: the shapes are built here and
+    documented by the routes' response models)."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=False, allow_nan=False,
+                          separators=(",", ":")).encode()
+
+
+class StepOut(BaseModel):
+    id: str
+    name: str = Field(description="The step's name in the code: its id, except for SDK steps, "
+                                  "whose id is a hash of the name")
+    status: StepStatus
+    attempts: int
+    output: Any = None
+    error: Any = None
+    started_at: str | None = None
+    ended_at: str | None = None
+    kind: str | None = Field(None, description="run (code), sleep, wait or invoke; null for "
+                                               "steps stored before kinds were (0016)")
+
+
+class RunOut(BaseModel):
+    id: str
+    app_id: str
+    function_id: str
+    event_id: str | None
+    status: RunStatus
+    output: Any = None
+    error: Any = None
+    attempts: int
+    created_at: str | None = None
+    started_at: str | None = None
+    ended_at: str | None = None
+    url: str = Field(description="This run's own address in the API")
+    failed_attempts: int | None = Field(
+        default=None, description="Failed attempts of its steps and body (each retried one, and "
+                                  "the last); not given for linked runs")
+    parent_run_id: str | None = Field(default=None,
+                                      description="The run that invoked this one")
+    origin_run_id: str | None = Field(
+        default=None, description="The failed run this on_failure run handles, or the run "
+                                  "this one replays")
+    rerun_of: str | None = Field(default=None,
+                                 description="The finished run this one re-runs (same event)")
+    worker: str | None = Field(default=None, description=(
+        "The worker executing it now (host:pid:id), for a running run; in one run's detail"))
+    output_truncated: bool = Field(
+        default=False, description=f"In lists: the output is over {LIST_PREVIEW_CHARS} "
+                                   "characters and left out; GET the run's url for it")
+    error_truncated: bool = Field(default=False, description="As output_truncated, for error")
+
+
+class FailureOut(BaseModel):
+    step_id: str | None = Field(description="The step that failed; null for the function body")
+    attempt: int
+    error: Any
+    started_at: str | None = None
+    ended_at: str | None = None
+
+
+class EventOut(BaseModel):
+    id: str
+    name: str
+    data: Any = Field(description="The event's data (left out of lists when over 1 KiB)")
+    ts: int = Field(description="Milliseconds since the epoch")
+    received_at: str | None = None
+    url: str
+    data_truncated: bool = False
+
+
+class LogOut(BaseModel):
+    at: str | None
+    level: str
+    step_id: str | None = Field(description="The step whose code logged it; null: the body")
+    message: str
+
+
+class RunDetail(RunOut):
+    steps: list[StepOut]
+    failures: list[FailureOut] = Field(
+        default_factory=list, description="Every failed attempt, oldest first")
+    event: EventOut | None = Field(default=None, description="The event that started the run")
+    logs: list[LogOut] = Field(
+        default_factory=list, description="ctx.logger lines, oldest first (at most 1,000 per "
+                                          "run; each line at most 4,000 characters)")
+    children: list[RunOut] = Field(
+        default_factory=list, description="Runs this one started: invoked runs and its "
+                                          "on_failure handler (outputs left out)")
+
+
+class Page(BaseModel):
+    next: str | None = Field(
+        default=None, description="Pass as `before` for the next (older) page; null at the end")
+
+
+class EventList(Page):
+    events: list[EventOut]
+
+
+class EventDetail(EventOut):
+    runs: list[RunOut] = Field(description="The runs the event started (outputs left out)")
+
+
+class RunList(Page):
+    runs: list[RunOut]
+
+
+class ErrorOut(BaseModel):
+    error: str = Field(description="What is wrong, in one line")
+
+
+class EventIds(BaseModel):
+    ids: list[str]
+
+
+class BulkCancel(BaseModel):
+    """Which runs to cancel: created in [started_after, started_before), all when omitted."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    started_after: AwareDatetime | None = None
+    started_before: AwareDatetime | None = None
+    app_id: str | None = None
+
+
+class CancelledCount(BaseModel):
+    cancelled: int
+
+
+class RunFilter(BaseModel):
+    """Which runs a bulk operation touches: the filters of `GET /api/v1/runs`. Without
+    `status`, every run the operation applies to (replay: failed, cancelled, skipped;
+    cancel: queued, running, sleeping, waiting)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    function: str | None = Field(None, max_length=256, pattern=NO_NUL)
+    app: str | None = Field(None, max_length=256, pattern=NO_NUL)
+    status: RunStatus | None = None
+    event_name: str | None = Field(None, max_length=256, pattern=NO_NUL)
+    event_data: str | None = Field(None, max_length=1024, pattern=DATA_MATCH)
+    since: str | None = Field(None, max_length=64, description="Created at or after (ISO 8601)",
+                              json_schema_extra={"format": "date-time"})
+    until: str | None = Field(None, max_length=64, description="Created before (ISO 8601)",
+                              json_schema_extra={"format": "date-time"})
+    dry_run: bool = Field(False, description="Only count the runs it would touch")
+
+
+class BulkResult(BaseModel):
+    matched: int = Field(description="Runs matching the filter that the operation applies to")
+    changed: int = Field(description="Runs replayed or cancelled by this request (0 on a "
+                                     "dry run)")
+    more: bool = Field(description="More matched than one request changes (1,000): send it "
+                                   "again")
+
+
+class WorkerOut(BaseModel):
+    id: str
+    app_id: str
+    host: str
+    pid: int
+    functions: list[str]
+    slots: int = Field(description="How many runs it executes at once")
+    in_use: int = Field(description="Slots busy at its last heartbeat")
+    started_at: str | None
+    heartbeat_at: str | None
+    live: bool = Field(description="False: no heartbeat for one lease period (gone)")
+
+
+class UnservedOut(BaseModel):
+    app_id: str
+    function_id: str
+    queued: int = Field(description="Runs due now that no live worker serves")
+    oldest_at: str | None
+
+
+class AppOut(BaseModel):
+    id: str
+    sdk: str = Field(description="The SDK and version that synced it (`stepwise-python` for a "
+                                 "Python app registered by its workers)")
+    url: str | None = Field(description="Where its functions are called (SDK apps)")
+    framework: str | None = None
+    synced_at: str | None = Field(description="Its last sync (or Python worker start)")
+    changed_at: str | None = Field(description="When its functions last changed")
+    functions: list[str]
+    warnings: list[str] = Field(description="What its last sync said that this server "
+                                            "ignored (fields it does not know)")
+
+
+class AppList(BaseModel):
+    apps: list[AppOut]
+
+
+class WorkerList(BaseModel):
+    workers: list[WorkerOut]
+    unserved: list[UnservedOut] = Field(
+        description="Functions with due runs that no live worker serves: they wait until a "
+                    "worker serving them starts")
+
+
+class FunctionStatsOut(BaseModel):
+    completed: list[int]
+    failed: list[int]
+    p50_ms: list[int | None] = Field(description="Median run duration (creation to end)")
+    p95_ms: list[int | None]
+
+
+class FunctionStats(BaseModel):
+    since: str | None
+    bucket_ms: int
+    buckets: int
+    truncated: bool = Field(description="Only the newest 100,000 finished runs were counted")
+    functions: dict[str, FunctionStatsOut]
