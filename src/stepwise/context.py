@@ -9,15 +9,46 @@ import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol, TypeVar
 
 from .definition import check_retries
 from .errors import ErrorInfo
 from .events import Event
 
-if TYPE_CHECKING:
-    from .app import Function
-    from .execution import Execution
+T = TypeVar("T")
+
+
+class FunctionRef(Protocol):
+    """A function to invoke, as `ctx.step.invoke` takes it (an `app.Function`)."""
+
+    @property
+    def id(self) -> str: ...
+
+
+class Execution(Protocol):
+    """What the step tools ask of the execution behind them (`execution.Execution`, the
+    in-process executor): a step's protocol, so the tools users see import no executor."""
+
+    @property
+    def replaying(self) -> bool: ...
+    def keep_log(self, level: int, message: str) -> None: ...
+    async def saved(self) -> None: ...
+    def start_step(self, step_id: str, retries: int | None, fn: object, returns: Any = None
+                   ) -> tuple[Any, Any]: ...
+    async def end_step(self, call: Any, result: Any = None,
+                       exc: Exception | None = None) -> Any: ...
+    def enter(self) -> None: ...
+    def leave(self) -> None: ...
+    def call(self, coro: Awaitable[T]) -> T: ...
+    async def sleep(self, step_id: str, duration: timedelta) -> None: ...
+    async def sleep_until(self, step_id: str, when: datetime) -> None: ...
+    async def wait_for_event(self, step_id: str, event: str, timeout: timedelta | datetime,
+                             match: str | None, if_: str | None) -> Event | None: ...
+    async def send_event(self, step_id: str, events: Any) -> dict[str, list[str]]: ...
+    async def invoke(self, step_id: str, function: Any, data: dict[str, Any] | None,
+                     timeout: timedelta | datetime | None) -> Any: ...
+    async def parallel(self, branches: list[Awaitable[Any]]) -> list[Any]: ...
+    def parallel_sync(self, branches: list[Callable[[], Any]]) -> list[Any]: ...
 
 logger = logging.getLogger("stepwise.run")
 #: The step whose code is running in this task or thread (log lines are attributed to it).
@@ -141,7 +172,7 @@ class AsyncStep:
         """Send events (an Event, a dict, or a list) exactly once for this run."""
         return await self._ex.send_event(step_id, events)
 
-    async def invoke(self, step_id: str, *, function: Function | str,
+    async def invoke(self, step_id: str, *, function: FunctionRef | str,
                      data: dict[str, Any] | None = None,
                      timeout: timedelta | datetime | None = None) -> Any:
         """Run another function of the app with `data` as its event data; return its output.
@@ -195,7 +226,7 @@ class SyncStep:
     def send_event(self, step_id: str, events: Any) -> dict[str, list[str]]:
         return self._ex.call(self._ex.send_event(step_id, events))
 
-    def invoke(self, step_id: str, *, function: Function | str,
+    def invoke(self, step_id: str, *, function: FunctionRef | str,
                data: dict[str, Any] | None = None,
                timeout: timedelta | datetime | None = None) -> Any:
         return self._ex.call(self._ex.invoke(step_id, function, data, timeout))

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .payloads import loads
 
 MAX_NAME = 256
 MAX_ID = 256
@@ -170,3 +173,8 @@ def _session_value(value: Any, where: str) -> str:
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     return check_text(str(value), where)
+
+
+def event_json(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A stored event (a row, or a `StoredEvent`'s fields) as functions and expressions see it."""
+    return {"name": row["name"], "data": loads(row["data"]), "id": row["id"], "ts": row["ts"]}

@@ -78,3 +78,126 @@ def test_the_checker_sees_upward_imports(tmp_path: Path) -> None:
     probe.write_text("from ..engine import runs\nfrom stepwise.worker import Worker\n"
                      "from . import queries\nimport stepwise.server\n")
     assert _imported(probe, tmp_path) == {"engine", "worker", "storage", "server"}
+
+
+# --- per module: no cycles anywhere, and the engine's own order ---------------------------
+
+#: The engine's modules, lowest first: a module may import only modules of a lower rank (the
+#: transitions below the operations that use them; `__init__` runs them all).
+ENGINE_ORDER: dict[str, int] = {
+    "outcomes": 0, "retries": 0, "definitions": 0, "workers": 0,
+    "sdk_events": 1,  # an SDK run's end events, built (not ingested)
+    "lifecycle": 2,  # fencing and every status transition
+    "waits": 3,
+    "flow_control": 4,
+    "ingest": 5,  # ingests what run ends announce: above the transitions
+    "runs": 6,
+    "leasing": 7, "admin": 7,
+    "__init__": 8,
+}
+
+
+def _module_name(path: Path, root: Path) -> str:
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(["stepwise", *parts])
+
+
+def _module_graph(root: Path = PACKAGE) -> dict[str, set[str]]:
+    """Each `stepwise` module and the `stepwise` modules it imports (function-local and
+    type-only imports included): `from . import x` names module `x` when it is one."""
+    modules = {_module_name(p, root): p for p in root.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        is_package = path.name == "__init__.py"
+        package = name.split(".") if is_package else name.split(".")[:-1]
+        found: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets: list[str] = []
+            if isinstance(node, ast.ImportFrom):
+                base = package[:len(package) - node.level + 1] if node.level else []
+                module = [*base, *(node.module.split(".") if node.module else [])]
+                if not module or module[0] != "stepwise":
+                    continue
+                for alias in node.names:  # `from pkg import module` imports the module
+                    child = ".".join([*module, alias.name])
+                    targets.append(child if child in modules else ".".join(module))
+            elif isinstance(node, ast.Import):
+                targets = [a.name for a in node.names if a.name.split(".")[0] == "stepwise"]
+            found.update(t for t in targets if t in modules and t != name)
+        graph[name] = found
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for nxt in sorted(graph.get(node, ())):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in on_stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def _package_inits(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    """The graph without a package's imports of its own modules (an `__init__` that gathers
+    its package's names is above them, not part of a cycle with them)."""
+    return {name: {t for t in targets if not t.startswith(name + ".")}
+            for name, targets in graph.items()}
+
+
+def test_no_module_imports_form_a_cycle() -> None:
+    cycles = _cycles(_package_inits(_module_graph()))
+    assert not cycles, "import cycles:\n" + "\n".join(" <-> ".join(c) for c in cycles)
+
+
+def test_engine_modules_import_only_lower_ones() -> None:
+    graph = _module_graph()
+    engine = {n.removeprefix("stepwise.engine").lstrip(".") or "__init__": targets
+              for n, targets in graph.items() if n == "stepwise.engine"
+              or n.startswith("stepwise.engine.")}
+    assert set(engine) == set(ENGINE_ORDER), "place these in ENGINE_ORDER: " + \
+        str(sorted(set(engine) ^ set(ENGINE_ORDER)))
+    upward = [f"engine.{own} imports engine.{target.rsplit('.', 1)[-1]}"
+              for own, targets in engine.items() for target in targets
+              if target.startswith("stepwise.engine.")
+              and ENGINE_ORDER[target.rsplit(".", 1)[-1]] >= ENGINE_ORDER[own]
+              and own != "__init__"]
+    assert not upward, "engine imports not pointing down:\n" + "\n".join(upward)
+
+
+def test_the_cycle_check_finds_a_cycle(tmp_path: Path) -> None:
+    """A function-local import that closes a loop is a cycle too."""
+    (tmp_path / "a.py").write_text("from . import b\n")
+    (tmp_path / "b.py").write_text("def f():\n    from .c import g\n")
+    (tmp_path / "c.py").write_text("from .a import x\n")
+    (tmp_path / "d.py").write_text("from . import a\n")
+    graph = _module_graph(tmp_path)
+    assert graph["stepwise.b"] == {"stepwise.c"}
+    assert _cycles(graph) == [["stepwise.a", "stepwise.b", "stepwise.c"]]

@@ -11,7 +11,7 @@ from ..payloads import dumps
 from ..status import REPLAYABLE_RUN, TERMINAL_RUN, UNFINISHED_RUN, RunStatus
 from ..storage import Tx
 from ..storage.rows import EventRow, FailureRow, LogRow, RunDetail, RunRow, StepRow
-from . import definitions, flow_control, lifecycle
+from . import definitions, flow_control, ingest, lifecycle
 
 
 class NotFound(LookupError):
@@ -65,7 +65,7 @@ def cancel_run(tx: Tx, run_id: str, now: int) -> RunDetail:
         raise NotFound(f"run {run_id} not found")
     if run["status"] in TERMINAL_RUN:
         raise Conflict(f"run {run_id} is already {run['status']}")
-    lifecycle.cancel(tx, run_id, now)
+    ingest.announce(tx, lifecycle.cancel(tx, run_id, now), now)
     return get_run(tx, run_id)
 
 
@@ -74,7 +74,8 @@ def cancel_function_runs(tx: Tx, app_id: str, function_id: str, after: int, befo
     """Cancel every unfinished run of a function created in [after, before)."""
     rows = tx.all("cancellable_runs", app_id=app_id, function_id=function_id, after=after,
                   before=before)
-    return sum(lifecycle.cancel(tx, row["id"], now, reason="bulk cancel") for row in rows)
+    return sum(ingest.announce(tx, lifecycle.cancel(tx, row["id"], now, reason="bulk cancel"),
+                               now) for row in rows)
 
 
 def replay_run(tx: Tx, run_id: str, now: int) -> RunDetail:
@@ -182,7 +183,8 @@ def bulk(tx: Tx, action: str, filters: dict[str, Any], now: int, dry_run: bool
             run = lifecycle.get_run(tx, row["id"])
             assert run is not None  # just matched, in this transaction
             _replay(tx, run, now)
-        elif not lifecycle.cancel(tx, row["id"], now, reason="bulk cancel"):
+        elif not ingest.announce(tx, lifecycle.cancel(tx, row["id"], now, reason="bulk cancel"),
+                                 now):
             continue
         by_function[row["function_id"]] = by_function.get(row["function_id"], 0) + 1
     return {"matched": matched, "changed": sum(by_function.values()),

@@ -11,6 +11,7 @@ from typing import Any
 
 from .. import expressions
 from ..errors import ErrorInfo
+from ..events import event_json
 from ..flow import MAX_PRIORITY_SECONDS, FlowOptions
 from ..payloads import dumps, loads, new_id
 from ..storage import Tx
@@ -172,7 +173,7 @@ def event_for(tx: Tx, event_id: str | None) -> dict[str, Any]:
     row = tx.one("get_event", id=event_id) if event_id else None
     if row is None:
         return {"name": "", "data": {}, "id": None, "ts": 0}
-    return waits.event_json(row)
+    return event_json(row)
 
 
 

@@ -8,10 +8,10 @@ from collections.abc import Iterator
 from typing import Any
 
 from ..definition import EventTrigger, trigger_names
-from ..events import StoredEvent
+from ..events import StoredEvent, event_json
 from ..flow import FlowOptions
 from ..storage import Tx
-from . import definitions, flow_control, waits
+from . import definitions, flow_control, lifecycle, waits
 
 #: A function an event name triggers: its app, id, flow control, and its triggers on the name.
 Route = tuple[str, str, FlowOptions, list[EventTrigger]]
@@ -101,8 +101,8 @@ def _matching(ev: StoredEvent, routes: list[Route]) -> Iterator[Route]:
         triggers = route[3]
         if any(t.expression is not None for t in triggers):
             if event_doc is None:
-                event_doc = waits.event_json({"name": ev.name, "data": ev.data,
-                                              "id": ev.id, "ts": ev.ts})
+                event_doc = event_json({"name": ev.name, "data": ev.data, "id": ev.id,
+                                        "ts": ev.ts})
             if not any(t.matches(event_doc) for t in triggers):
                 continue
         yield route
@@ -131,6 +131,7 @@ def ingest_events(tx: Tx, events: list[StoredEvent] | tuple[StoredEvent, ...],
         ("names_waited", {"names": names})])
     new = {row["id"] for row in inserted}
     plain = flow_control.PlainRuns(now)
+    announced: list[StoredEvent] = []
     # Whether a run waits for a name; missing: not known (a run started here may wait).
     waited: dict[str, bool] = {name: False for name in names}
     waited.update((r["name"], True) for r in waited_rows)
@@ -151,9 +152,19 @@ def ingest_events(tx: Tx, events: list[StoredEvent] | tuple[StoredEvent, ...],
         if ev.name not in waited:
             waited[ev.name] = tx.one("any_wait", name=ev.name) is not None
         if waited[ev.name]:
-            waits.deliver(tx, ev, now)
+            announced.extend(waits.deliver(tx, ev, now))
     plain.insert(tx)
+    ingest_events(tx, announced, now)  # the ends of runs those events cancelled
     return [ev.id for ev in events]
+
+
+def announce(tx: Tx, ended: lifecycle.Ended | None, now: int) -> bool:
+    """Ingest what a run's end announces (`lifecycle.finish`, `lifecycle.cancel`); False when
+    nothing ended."""
+    if ended is None:
+        return False
+    ingest_events(tx, ended.events, now)
+    return True
 
 
 def _ingest_routed(tx: Tx, events: list[StoredEvent] | tuple[StoredEvent, ...], now: int,

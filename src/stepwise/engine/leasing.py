@@ -18,7 +18,7 @@ from ..events import StoredEvent
 from ..payloads import dumps
 from ..status import TERMINAL_RUN, TIMED_STEP, StepStatus
 from ..storage import Tx
-from . import definitions, flow_control, lifecycle, runs
+from . import definitions, flow_control, ingest, lifecycle, runs
 from .outcomes import Lease
 
 #: The event of an SDK function's cron run, as Inngest names it.
@@ -245,4 +245,5 @@ def expire_deadlines(tx: Tx, app_id: str, now: int,
             row["kind"] == "finish" or row["started_at"] is None)
         tx.exec("delete_deadline", run_id=row["run_id"], kind=row["kind"])
         if late:
-            lifecycle.cancel(tx, row["run_id"], now, reason=f"{row['kind']} timeout")
+            ingest.announce(tx, lifecycle.cancel(tx, row["run_id"], now,
+                                                 reason=f"{row['kind']} timeout"), now)

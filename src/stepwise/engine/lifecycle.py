@@ -8,13 +8,16 @@ to queued (see `admin.replay_run`).
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any, NoReturn, cast
 
 from ..errors import ErrorInfo, LeaseLost, RunCancelled
+from ..events import StoredEvent
 from ..payloads import dumps
 from ..status import TERMINAL_RUN, RunStatus, StepStatus
 from ..storage import Tx
 from ..storage.rows import RunRow
+from . import sdk_events
 from .outcomes import Lease
 
 FOREVER = 253_402_300_799_000  # 9999-12-31: "no timeout" as a time
@@ -78,12 +81,21 @@ def record_failure(tx: Tx, run_id: str, step_id: str | None, attempt: int, error
             error=dumps(error, "error"), started_at=started_at, ended_at=ended_at)
 
 
+@dataclass
+class Ended:
+    """A run's end, written. `events`: what it announces (an SDK function's lifecycle events),
+    which the caller ingests in the same transaction: ingesting is above this module, since
+    an event may in turn end runs (`cancel_on`)."""
+
+    events: list[StoredEvent] = field(default_factory=list)
+
+
 def finish(tx: Tx, run_id: str, status: RunStatus, output: str | None, error: ErrorInfo | None,
            now: int, lease: Lease | None = None,
-           before: list[tuple[str, dict[str, Any]]] | None = None) -> bool:
+           before: list[tuple[str, dict[str, Any]]] | None = None) -> Ended | None:
     """A run reached a final status: drop everything that could still schedule it, and hand
     its result to the run that invoked it. With `lease`, only while that take holds it:
-    False when it does not (the caller must then raise, rolling back what was written).
+    None when it does not (the caller must then raise, rolling back what was written).
     `before`: the caller's statements to send first, in the same round trip; each must answer
     a row, or this raises `LeaseLost` (a step of the caller's was stored first by another
     execution: the caller computed from a result that is not the stored one)."""
@@ -99,24 +111,23 @@ def finish(tx: Tx, run_id: str, status: RunStatus, output: str | None, error: Er
                                                    {**end, **lease.params()}),
         ("definition_of_run", key), ("finish_cleanup", key)])
     if not finished:
-        return False
+        return None
     if not all(answered):
         raise LeaseLost(f"run {run_id}: a step was stored by another execution")
     if cleaned and cleaned[0]["keys"]:
         tx.wake_workers()  # its concurrency slot is free: a run waiting for it may start
     run = cast(RunRow, finished[0])
-    from . import sdk_events  # above this module: it ingests events
-
+    ended = Ended()
     if definition and definition[0]["sdk"]:
-        sdk_events.announce(tx, run, status, output, error, now)
+        ended.events = sdk_events.end_events(tx, run, status, output, error, now)
     if not run["parent_run_id"]:
-        return True
+        return ended
     if status == RunStatus.cancelled:
         status, error = RunStatus.failed, {"name": "RunCancelled",
                                            "message": f"invoked run {run_id} was cancelled"}
     settle_step(tx, run["parent_run_id"], str(run["parent_step_id"]), StepStatus.invoking,
                 StepStatus(status), output, error, now)
-    return True
+    return ended
 
 
 def settle_step(tx: Tx, run_id: str, step_id: str, expected: StepStatus, status: StepStatus,
@@ -131,12 +142,12 @@ def settle_step(tx: Tx, run_id: str, step_id: str, expected: StepStatus, status:
     return True
 
 
-def cancel(tx: Tx, run_id: str, now: int, reason: str | None = None) -> bool:
-    """Cancel an unfinished run; an executing one stops at its next step boundary."""
+def cancel(tx: Tx, run_id: str, now: int, reason: str | None = None) -> Ended | None:
+    """Cancel an unfinished run (None: it is not); an executing one stops at its next step
+    boundary."""
     run = get_run(tx, run_id)
     if run is None or run["status"] in TERMINAL_RUN:
-        return False
+        return None
     error: ErrorInfo | None = None if reason is None else {
         "name": "RunCancelled", "message": f"cancelled: {reason}"}
-    finish(tx, run_id, RunStatus.cancelled, None, error, now)
-    return True
+    return finish(tx, run_id, RunStatus.cancelled, None, error, now)

@@ -209,8 +209,9 @@ def _complete(tx: Tx, lease: Lease, outcomes: list[Outcome], now: int) -> Applie
             _keep_log(tx, run_id, outcome.lines)
     completed = outcomes[-1]
     assert isinstance(completed, RunCompleted)
-    if not lifecycle.finish(tx, run_id, RunStatus.completed, completed.output, None, now,
-                            lease=lease, before=saves):
+    if not ingest.announce(tx, lifecycle.finish(tx, run_id, RunStatus.completed,
+                                                completed.output, None, now, lease=lease,
+                                                before=saves), now):
         lifecycle.refused(tx, lease)
     applied.run_status = RunStatus.completed
     return applied
@@ -321,7 +322,8 @@ def _apply_one(b: _Batch, outcome: Outcome) -> None:
             else:
                 b.report_stored(stored)
         case RunCompleted():
-            lifecycle.finish(tx, run_id, RunStatus.completed, outcome.output, None, now)
+            ingest.announce(tx, lifecycle.finish(tx, run_id, RunStatus.completed,
+                                                 outcome.output, None, now), now)
             b.applied.run_status = RunStatus.completed
         case RunFailed():
             _run_failed(b, outcome)
@@ -396,7 +398,8 @@ def _run_failed(b: _Batch, failed: RunFailed) -> None:
 def fail_run(tx: Tx, run: RunRow, definition: FunctionDefinition | None, error: ErrorInfo,
              now: int) -> None:
     """The run fails for good; its `on_failure` handler starts in the same transaction."""
-    lifecycle.finish(tx, run["id"], RunStatus.failed, None, error, now)
+    ingest.announce(tx, lifecycle.finish(tx, run["id"], RunStatus.failed, None, error, now),
+                    now)
     handler = definition.on_failure if definition is not None else None
     if handler is not None:
         flow_control.create_run(tx, run["app_id"], handler, run["event_id"], now, now,

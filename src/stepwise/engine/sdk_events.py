@@ -1,20 +1,20 @@
 """The lifecycle events Inngest emits when a run of an SDK function ends, which SDK apps rely
 on: `inngest/function.finished` for every end, and `inngest/function.failed` (what an SDK's
 `onFailure` handler is triggered by) or `inngest/function.cancelled`. They are ingested in the
-transaction that ends the run, so a handler can never miss one. Python functions get none:
-their `on_failure` is stepwise's own."""
+transaction that ends the run, so a handler can never miss one (`lifecycle.finish` answers
+them, its caller ingests them). Python functions get none: their `on_failure` is stepwise's
+own."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from ..errors import ErrorInfo
-from ..events import StoredEvent
+from ..events import StoredEvent, event_json
 from ..payloads import dumps, loads
 from ..status import RunStatus
 from ..storage import Tx
 from ..storage.rows import RunRow
-from . import ingest, waits
 
 FINISHED = "inngest/function.finished"
 FAILED = "inngest/function.failed"
@@ -33,12 +33,12 @@ def invoked_data(data: str, fn_id: str, source_fn_id: str, correlation_id: str) 
     return dumps(payload, INVOKED)
 
 
-def announce(tx: Tx, run: RunRow, status: RunStatus, output: str | None,
-             error: ErrorInfo | None, now: int) -> None:
-    """Ingest the end events of `run`, a run of an SDK function."""
+def end_events(tx: Tx, run: RunRow, status: RunStatus, output: str | None,
+               error: ErrorInfo | None, now: int) -> list[StoredEvent]:
+    """The end events of `run`, a run of an SDK function."""
     stored = tx.one("get_event", id=run["event_id"]) if run["event_id"] else None
     base: dict[str, Any] = {"function_id": run["function_id"], "run_id": run["id"],
-                            "event": waits.event_json(stored) if stored else None}
+                            "event": event_json(stored) if stored else None}
     sdk_error = _sdk_error(error) if status != RunStatus.completed else None
     ended = ({"result": None if output is None else loads(output)} if sdk_error is None
              else {"error": sdk_error})
@@ -52,7 +52,7 @@ def announce(tx: Tx, run: RunRow, status: RunStatus, output: str | None,
     elif status == RunStatus.cancelled:
         events.append(StoredEvent(f"{key}:cancelled", CANCELLED, dumps(base, CANCELLED), now,
                                   meta=meta))
-    ingest.ingest_events(tx, events, now)
+    return events
 
 
 def _sdk_error(error: ErrorInfo | None) -> dict[str, Any]:

@@ -8,11 +8,10 @@ it by index; a wait with only `if_` is evaluated for each event of its name.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from typing import Any
 
 from .. import expressions
-from ..events import StoredEvent
+from ..events import StoredEvent, event_json
 from ..flow import CancelOn
 from ..payloads import dumps, loads
 from ..status import StepStatus
@@ -22,11 +21,6 @@ from . import lifecycle
 log = logging.getLogger("stepwise.engine")
 STEP = "step"  # a wait_for_event step
 CANCEL = "cancel"  # a cancel_on watch
-
-
-def event_json(row: Mapping[str, Any]) -> dict[str, Any]:
-    """A stored event as functions and expressions see it."""
-    return {"name": row["name"], "data": loads(row["data"]), "id": row["id"], "ts": row["ts"]}
 
 
 def match_of(event: dict[str, Any], path: str) -> tuple[str, str] | None:
@@ -61,11 +55,16 @@ def add_cancel_wait(tx: Tx, run_id: str, index: int, cancel: CancelOn, event: di
             trigger_event=dumps(event, "event"), expires_at=lifecycle.FOREVER, now=now)
 
 
-def deliver(tx: Tx, ev: StoredEvent, now: int) -> None:
-    """Give the event to every run waiting for it whose match holds, once each."""
+__all__ = ["event_json"]  # functions and expressions see events as `event_json` makes them
+
+
+def deliver(tx: Tx, ev: StoredEvent, now: int) -> list[StoredEvent]:
+    """Give the event to every run waiting for it whose match holds, once each; answers the
+    events that the runs it cancelled announce (`lifecycle.Ended`), for the caller to ingest."""
+    announced: list[StoredEvent] = []
     paths = tx.all("wait_paths", name=ev.name)
     if not paths:
-        return
+        return announced
     incoming = {"name": ev.name, "data": loads(ev.data), "id": ev.id, "ts": ev.ts}
     for row in paths:
         path = row["match_path"]
@@ -82,10 +81,12 @@ def deliver(tx: Tx, ev: StoredEvent, now: int) -> None:
             if tx.exec("delete_wait", run_id=wait["run_id"], step_id=wait["step_id"]) == 0:
                 continue
             if wait["kind"] == CANCEL:
-                lifecycle.cancel(tx, wait["run_id"], now)
+                ended = lifecycle.cancel(tx, wait["run_id"], now)
+                announced.extend(ended.events if ended else ())
             else:
                 lifecycle.settle_step(tx, wait["run_id"], wait["step_id"], StepStatus.waiting,
                                       StepStatus.completed, dumps(incoming, "event"), None, now)
+    return announced
 
 
 def _holds(wait: dict[str, Any], incoming: dict[str, Any]) -> bool:

@@ -150,17 +150,3 @@ def _first_row(tx: Tx, query: str, params: dict[str, Any]) -> dict[str, Any] | N
     if row is not None and row.get("wake"):
         tx.wake_workers()
     return row
-
-
-def open_storage(url: str | None = None) -> Storage:
-    """Pick the backend from the URL: `postgresql://...`, or SQLite (a path or `sqlite:///path`)."""
-    if url and url.startswith(("postgresql://", "postgres://")):
-        try:
-            from .postgres import PostgresStorage
-        except ImportError as exc:  # pragma: no cover - depends on the environment
-            raise RuntimeError("PostgreSQL support needs psycopg: "
-                               "pip install 'stepwise-engine[postgres]'") from exc
-        return PostgresStorage(url)
-    from .sqlite import SQLiteStorage, path_from_url
-
-    return SQLiteStorage(path_from_url(url))
