@@ -375,7 +375,8 @@ RETURNING 1 AS saved;
 -- A completed step of a run `owner` still leases, stored with the run's retry count reset (a
 -- step's whole write path: fencing and storing); no row when it was not stored (the lease is
 -- lost, the run cancelled, or a final result was stored first), and the caller then finds out
--- which. Two statements on SQLite: the reset follows when the step stands completed.
+-- which. Two statements on SQLite: the reset follows when the first stored the step
+-- (`changes()`: the rows the previous statement wrote).
 INSERT INTO steps (run_id, id, seq, status, attempts, output, error, started_at, ended_at, name,
                    kind)
 SELECT :run_id, :id, :seq, :status, :attempts, :output, :error, :started_at, :ended_at, :name,
@@ -383,11 +384,7 @@ SELECT :run_id, :id, :seq, :status, :attempts, :output, :error, :started_at, :en
 WHERE {query:lease_held}
 {query:step_kept}
 RETURNING 1 AS saved;
-UPDATE runs SET retry = 0
-WHERE id = :run_id AND retry <> 0
-  AND {query:lease_held}
-  AND EXISTS (SELECT 1 FROM steps s WHERE s.run_id = :run_id AND s.id = :id
-              AND s.status = :status AND s.attempts = :attempts);
+UPDATE runs SET retry = 0 WHERE id = :run_id AND retry <> 0 AND changes() > 0;
 
 -- name: guarded_save_step @postgres
 -- The same, also resetting the run's retry count, so it is one round trip without BEGIN.
