@@ -116,7 +116,6 @@ def _replay(tx: Tx, run: RunRow, now: int) -> None:
         flow_control.add_keys_and_cancels(tx, run_id, run["app_id"], run["function_id"],
                                           definition.flow,
                                           flow_control.event_for(tx, run["event_id"]), now)
-    tx.wake_workers()
 
 
 _RUN_FILTERS = {"function": "r.function_id = :function", "status": "r.status = :status",

@@ -66,7 +66,6 @@ def register(tx: Tx, app_id: str, definitions: list[FunctionDefinition], now: in
     for row in tx.all("app_schedules", app_id=app_id):
         if (row["function_id"], row["cron"], row["tz"]) not in wanted:
             tx.exec("delete_schedule", app_id=app_id, **row)
-    tx.wake_workers()  # schedules may be due sooner than a worker thought
     return True
 
 

@@ -143,7 +143,6 @@ def _insert_run(tx: Tx, app_id: str, function_id: str, event_id: str | None, ava
              parent_step_id=parent_step_id, now=now)
     tx.defer("enqueue", run_id=run_id, app_id=app_id, function_id=function_id,
              available_at=available_at, priority=priority)
-    tx.wake_workers()
     return run_id
 
 
@@ -165,7 +164,6 @@ class PlainRuns:
         """Deferred, like `_insert_run`'s, and waking the workers when there were any."""
         if self.columns["ids"]:
             tx.defer("insert_runs", now=self.now, **self.columns)
-            tx.wake_workers()
 
 
 def event_for(tx: Tx, event_id: str | None) -> dict[str, Any]:

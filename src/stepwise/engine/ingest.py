@@ -181,8 +181,6 @@ def _ingest_routed(tx: Tx, events: list[StoredEvent] | tuple[StoredEvent, ...], 
         for app_id, function_id, _flow, _triggers in _matching(ev, routes.get(ev.name, [])):
             plain.add(app_id, function_id, ev.id, max(now, ev.ts))
     columns = plain.columns
-    if columns["ids"]:
-        tx.wake_workers()
     [[row]] = tx.commit_with([("ingest_routed", {
         **_event_columns(events), "route_names": lookup_names(names), "routes": fingerprint,
         "now": now,

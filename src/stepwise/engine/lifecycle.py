@@ -55,7 +55,6 @@ def wake(tx: Tx, run_id: str, now: int) -> None:
     """Make a parked run available now; if it is executing, it comes back at once after."""
     tx.exec("nudge", run_id=run_id, now=now)
     tx.exec("wake_run_status", run_id=run_id)
-    tx.wake_workers()
 
 
 def park(tx: Tx, run_id: str, available_at: int, status: RunStatus, now: int) -> None:
@@ -63,7 +62,6 @@ def park(tx: Tx, run_id: str, available_at: int, status: RunStatus, now: int) ->
     woke it while it executed)."""
     tx.exec("park", run_id=run_id, available_at=available_at, now=now)
     tx.exec("set_run_status", run_id=run_id, status=status)
-    tx.wake_workers()  # a concurrency slot is free; a nudged run is due now
 
 
 def release(tx: Tx, lease: Lease, available_at: int) -> None:
@@ -71,7 +69,6 @@ def release(tx: Tx, lease: Lease, available_at: int) -> None:
     guard(tx, lease)
     tx.exec("requeue", run_id=lease.run_id, available_at=available_at)
     tx.exec("set_run_status", run_id=lease.run_id, status=RunStatus.queued)
-    tx.wake_workers()
 
 
 def record_failure(tx: Tx, run_id: str, step_id: str | None, attempt: int, error: ErrorInfo,
@@ -101,11 +98,11 @@ def finish(tx: Tx, run_id: str, status: RunStatus, output: str | None, error: Er
     execution: the caller computed from a result that is not the stored one)."""
     # Independent statements, sent together: the end (fenced, when the caller executes the
     # run), the function's definition (is it an SDK's?), and dropping what could still
-    # schedule the run.
+    # schedule the run (which wakes the workers when it frees a concurrency slot).
     key = {"run_id": run_id}
     end = {**key, "run_status": status, "run_output": output, "now": now,
            "run_error": None if error is None else dumps(error, "error")}
-    *answered, finished, definition, cleaned = tx.each([
+    *answered, finished, definition, _ = tx.each([
         *(before or ()),
         ("finish_run", end) if lease is None else ("finish_leased_run",
                                                    {**end, **lease.params()}),
@@ -114,8 +111,6 @@ def finish(tx: Tx, run_id: str, status: RunStatus, output: str | None, error: Er
         return None
     if not all(answered):
         raise LeaseLost(f"run {run_id}: a step was stored by another execution")
-    if cleaned and cleaned[0]["keys"]:
-        tx.wake_workers()  # its concurrency slot is free: a run waiting for it may start
     run = cast(RunRow, finished[0])
     ended = Ended()
     if definition and definition[0]["sdk"]:

@@ -1,5 +1,9 @@
 """The storage interface: run a function over a transaction, and wake workers after commits.
 
+A transaction wakes every worker once it commits when one of its statements made work due:
+which ones do is said beside their SQL (`queries.wakes`), so wake-ups follow from what is
+written, on both backends, instead of from calls the engine must remember.
+
 Storage knows tables and SQL, not the engine: the engine's operations are plain functions
 `op(tx, *args)` that it hands to `write` or `read`.
 """
@@ -72,10 +76,6 @@ class Tx(Protocol):
         """The SQL of a named query or fragment, in this backend's dialect (to compose)."""
         ...
 
-    def wake_workers(self) -> None:
-        """This transaction made work due: wake every worker once it commits (a NOTIFY on
-        PostgreSQL, an in-process signal on SQLite). Rolled back, it wakes nobody."""
-
 
 class Storage(ABC):
     """One small interface, two backends (SQLite, PostgreSQL)."""
@@ -108,8 +108,8 @@ class Storage(ABC):
                               inline: bool = False) -> dict[str, Any] | None:
         """Run one named statement that writes, committed durably on its own, and answer its
         first row. PostgreSQL sends the ones that arrive together in one round trip and one
-        commit (every step's result takes this path). A row with a true `wake` column says
-        the statement made work due: the workers are woken once it committed."""
+        commit (every step's result takes this path). A statement that makes work due
+        (`queries.wakes`) wakes the workers once it committed."""
         return await self.write(_first_row, query, params, inline=inline, one_statement=True)
 
     @abstractmethod
@@ -146,7 +146,4 @@ class Storage(ABC):
 
 
 def _first_row(tx: Tx, query: str, params: dict[str, Any]) -> dict[str, Any] | None:
-    row = tx.one(query, **params)
-    if row is not None and row.get("wake"):
-        tx.wake_workers()
-    return row
+    return tx.one(query, **params)

@@ -2,7 +2,8 @@
 
 The engine's operations are plain functions over a transaction; here each runs in a pooled
 connection on a small thread pool, so one operation is one PostgreSQL transaction. An
-operation that makes work due (`tx.wake_workers()`) sends a NOTIFY in the same transaction,
+operation that makes work due (a statement marked `-- wakes` in queries.sql) sends a NOTIFY
+in the same transaction,
 delivered on commit; every process LISTENs and wakes its workers at once. Polling remains as
 a fallback.
 """
@@ -55,9 +56,13 @@ class _Tx:
         self.began = False  # the prelude was sent: there is a transaction to end
         self.deferred: list[tuple[str, dict[str, Any]]] = []
         self.round_trips = bool(prelude)  # autocommit: one statement per operation anyway
+        self.wakes = queries.wakes()
 
-    def wake_workers(self) -> None:
-        self.woke = True
+    def _ran(self, query: str, params: dict[str, Any],
+             rows: list[dict[str, Any]] | None = None) -> None:
+        """Note whether `query` made work due (`queries.wakes`)."""
+        if query in self.wakes and queries.woke(self.wakes[query], params, rows):
+            self.woke = True
 
     def text(self, query: str, /) -> str:
         return queries.load_raw("postgres")[query]  # raw_all converts the composed whole
@@ -83,15 +88,22 @@ class _Tx:
         return cursor
 
     def one(self, query: str, /, **params: Any) -> dict[str, Any] | None:
-        return self._execute(self.sql[query], params).fetchone()
+        row = self._execute(self.sql[query], params).fetchone()
+        self._ran(query, params, None if row is None else [row])
+        return row
 
     def all(self, query: str, /, **params: Any) -> list[dict[str, Any]]:
-        return self._execute(self.sql[query], params).fetchall()
+        rows = self._execute(self.sql[query], params).fetchall()
+        self._ran(query, params, rows)
+        return rows
 
     def exec(self, query: str, /, **params: Any) -> int:
-        return self._execute(self.sql[query], params).rowcount
+        count = self._execute(self.sql[query], params).rowcount
+        self._ran(query, params)
+        return count
 
     def defer(self, query: str, /, **params: Any) -> None:
+        self._ran(query, params)  # a rule of a parameter, or always: known before it runs
         self.deferred.append((self.sql[query], params))
 
     def raw_all(self, sql: str, params: dict[str, Any]) -> list[dict[str, Any]]:
@@ -108,15 +120,23 @@ class _Tx:
                 cursor.execute(self.sql[query], params)
             for statement in closing:
                 self.conn.execute(statement)
-        return [cursor.fetchall() if cursor.description else [] for cursor in cursors]
+        rows = [cursor.fetchall() if cursor.description else [] for cursor in cursors]
+        for (query, params), answered in zip(calls, rows, strict=True):
+            self._ran(query, params, answered)
+        return rows
 
     def commit_with(self, calls: list[tuple[str, dict[str, Any]]]
                     ) -> list[list[dict[str, Any]]]:
         if not self.prelude:  # no transaction (autocommit): each statement commits itself
             return self.each(calls)
+        for query, params in calls:  # what they wake is known before they run
+            if self.wakes.get(query) != queries.ANSWERED:
+                self._ran(query, params)
         notify = (self.notify,) if self.woke and self.notify else ()
         rows = self.each(calls, (*notify, "COMMIT"))
         self.began = False  # a statement after this opens a new transaction
+        if self.woke and not notify and self.notify:  # woken by an answer, after the COMMIT
+            self.conn.execute(self.notify)
         self.woke_before, self.woke = self.woke_before or self.woke, False
         return rows
 

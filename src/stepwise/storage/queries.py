@@ -4,6 +4,12 @@
 `{run:queued}` / `{step:completed}` to one status word, so the SQL and the code share one
 vocabulary (a misspelt status fails as the queries load); `{query:name}` includes another
 named query or fragment.
+
+A statement that makes work due for workers (a queue row became due, a concurrency key was
+freed, a schedule changed) says so in its comment: `-- wakes: always`, `-- wakes: if :param`
+(when that list parameter is not empty) or `-- wakes: if wake` (when a row it answers has a
+true `wake` column). The backends wake every worker once a transaction that ran one commits
+(`wakes`), so the engine never has to remember to.
 """
 
 from __future__ import annotations
@@ -81,16 +87,52 @@ def _status_word(mark: re.Match[str]) -> str:
         raise ValueError(f"queries.sql: {mark.group(0)} is not a {kind} status") from None
 
 
+_WAKES = re.compile(r"^-- wakes: (always|if :(\w+)|if wake)\s*$", re.M)
+
+#: How a statement makes work due: always, when a list parameter is not empty, or when a
+#: row it answers has a true `wake` column.
+ALWAYS, ANSWERED = "always", "wake"
+
+
+@cache
+def wakes() -> dict[str, str]:
+    """Each waking statement (either dialect's) and its rule: ALWAYS, ANSWERED or the name of
+    the parameter that must not be empty."""
+    text = resources.files("stepwise.storage").joinpath("sql/queries.sql").read_text()
+    marks = list(_NAME.finditer(text))
+    found: dict[str, str] = {}
+    for i, mark in enumerate(marks):
+        end = marks[i + 1].start() if i + 1 < len(marks) else len(text)
+        rule = _WAKES.search(text, mark.end(), end)
+        if rule is not None:
+            found[mark.group(1)] = rule.group(2) or (ANSWERED if rule.group(1) == "if wake"
+                                                     else ALWAYS)
+    return found
+
+
+def woke(rule: str | None, params: dict[str, object], rows: list[dict[str, object]] | None
+         ) -> bool:
+    """Whether a statement with wake `rule` (`wakes()[name]`, None: it never wakes) made work
+    due, from its parameters and (when read) the rows it answered."""
+    if rule is None:
+        return False
+    if rule == ALWAYS:
+        return True
+    if rule == ANSWERED:
+        return bool(rows) and any(row.get("wake") for row in rows or ())
+    return bool(params.get(rule))
+
+
 _INCLUDE = re.compile(r"\{query:(\w+)\}")
 
 
 def _include(body: str, named: dict[str, str]) -> str:
     """`{query:name}` stands for another named query of the same dialect (one statement that
     a larger one uses as is, e.g. in a CTE), so the two cannot drift apart."""
-    return _INCLUDE.sub(lambda m: _include(_code(named[m.group(1)]), named), body)
+    return _INCLUDE.sub(lambda m: _include(without_comments(named[m.group(1)]), named), body)
 
 
-def _code(body: str) -> str:
+def without_comments(body: str) -> str:
     """A named query without its comment lines (an included fragment's notes stay here)."""
     return "\n".join(line for line in body.splitlines() if not line.lstrip().startswith("--"))
 

@@ -57,10 +57,8 @@ class _Tx:
     def __init__(self, conn: sqlite3.Connection, sql: dict[str, str]) -> None:
         self.conn = conn
         self.sql = sql
-        self.woke = False
-
-    def wake_workers(self) -> None:
-        self.woke = True
+        self.woke = False  # a statement made work due (`queries.wakes`)
+        self.wakes = queries.wakes()
 
     def text(self, query: str, /) -> str:
         return self.sql[query]
@@ -73,6 +71,8 @@ class _Tx:
         return self._rows(query, params)
 
     def exec(self, query: str, /, **params: Any) -> int:
+        if query in self.wakes and queries.woke(self.wakes[query], params, None):
+            self.woke = True
         return self.conn.execute(self.sql[query], _bind(params)).rowcount
 
     def defer(self, query: str, /, **params: Any) -> None:
@@ -93,11 +93,13 @@ class _Tx:
         data-modifying CTEs, spelled out for SQLite) runs them in order and answers the
         first one's rows."""
         statements = _statements(self.sql[query])
-        params = _bind(params)
+        bound = _bind(params)
         # fetchall: an UPDATE ... RETURNING runs to its end before the next statement.
-        rows = [dict(r) for r in self.conn.execute(statements[0], params).fetchall()]
+        rows = [dict(r) for r in self.conn.execute(statements[0], bound).fetchall()]
         for statement in statements[1:]:
-            self.conn.execute(statement, params)
+            self.conn.execute(statement, bound)
+        if query in self.wakes and queries.woke(self.wakes[query], params, rows):
+            self.woke = True
         return rows
 
 

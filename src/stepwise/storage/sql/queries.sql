@@ -78,6 +78,8 @@ SELECT n.name FROM unnest(CAST(:names AS text[])) AS n(name)
 WHERE EXISTS (SELECT 1 FROM waits w WHERE w.event_name = n.name);
 
 -- name: ingest_routed @postgres
+-- wakes: if :run_ids
+-- (queued runs, when the routes held)
 -- The common ingest in one statement (sent with the COMMIT): the events, and the runs the
 -- caller routed them to from its cache of routes (the run lists, one per new event and
 -- function), only if that cache is still true: the functions the names :route_names trigger are
@@ -131,10 +133,14 @@ VALUES (:id, :app_id, :function_id, :event_id, {run:queued}, :origin_run_id, :pa
         :parent_step_id, :now);
 
 -- name: enqueue
+-- wakes: always
+-- (a queued run)
 INSERT INTO queue (run_id, app_id, function_id, available_at, priority)
 VALUES (:run_id, :app_id, :function_id, :available_at, :priority);
 
 -- name: insert_runs
+-- wakes: if :ids
+-- (queued runs)
 -- Many runs without flow control, queued: :ids, :app_ids, :function_ids, :event_ids and
 -- :available_ats are parallel lists. Two statements on SQLite.
 INSERT INTO runs (id, app_id, function_id, event_id, status, created_at)
@@ -149,6 +155,8 @@ SELECT i.value, json_extract(:app_ids, '$[' || i.key || ']'),
 FROM json_each(:ids) i;
 
 -- name: insert_runs @postgres
+-- wakes: if :ids
+-- (queued runs)
 WITH r AS (
   SELECT * FROM unnest(CAST(:ids AS text[]), CAST(:app_ids AS text[]),
                        CAST(:function_ids AS text[]), CAST(:event_ids AS text[]),
@@ -461,11 +469,15 @@ WHERE run_id = ANY (CAST(:ids AS text[]))
 UPDATE runs SET retry = :retry WHERE id = :run_id;
 
 -- name: requeue
+-- wakes: always
+-- (a run handed back is due)
 UPDATE queue SET available_at = :available_at, lease_owner = NULL, lease_expires_at = NULL,
                  nudged = 0, takeovers = 0
 WHERE run_id = :run_id;
 
 -- name: park
+-- wakes: always
+-- (a concurrency slot is free; a run nudged while it executed is due now)
 -- Hand a run back until :available_at, unless something woke it while it executed.
 UPDATE queue SET available_at = CASE WHEN nudged = 1 THEN :now ELSE :available_at END,
                  lease_owner = NULL, lease_expires_at = NULL, nudged = 0, takeovers = 0
@@ -475,6 +487,8 @@ WHERE run_id = :run_id;
 UPDATE queue SET takeovers = takeovers + 1 WHERE run_id = :run_id RETURNING takeovers;
 
 -- name: nudge
+-- wakes: always
+-- (a parked run is due now)
 UPDATE queue SET available_at = CASE WHEN available_at > :now THEN :now ELSE available_at END,
                  nudged = 1
 WHERE run_id = :run_id;
@@ -506,12 +520,13 @@ RETURNING id, app_id, function_id, event_id, status, output, error, attempts, re
           ended_at;
 
 -- name: finish_cleanup
--- A finished run: drop everything that could still schedule it. `keys`: the concurrency
--- keys it held (other runs may wait for its slot). It follows finish_run in one round trip, so
+-- wakes: if wake
+-- A finished run: drop everything that could still schedule it. `wake`: it held concurrency
+-- keys (other runs may wait for its slot). It follows finish_run in one round trip, so
 -- it acts only when the run did finish (is no longer unfinished): a fenced finish refused for
 -- a lost lease leaves the new holder's queue row alone. Several statements: SQLite runs them
 -- in order and answers the first one's rows.
-SELECT count(*) AS keys FROM queue_keys WHERE run_id = :run_id;
+SELECT count(*) > 0 AS wake FROM queue_keys WHERE run_id = :run_id;
 DELETE FROM queue WHERE run_id = :run_id
   AND (SELECT status FROM runs WHERE id = :run_id) NOT IN ({unfinished_runs});
 DELETE FROM queue_keys WHERE run_id = :run_id
@@ -534,11 +549,14 @@ run_deadlines AS (DELETE FROM deadlines WHERE run_id = (SELECT id FROM finished)
 run_groups AS (DELETE FROM pending_groups WHERE run_id = (SELECT id FROM finished))
 
 -- name: finish_cleanup @postgres
+-- wakes: if wake
 WITH finished AS (SELECT id FROM runs WHERE id = :run_id AND status NOT IN ({unfinished_runs})),
 {query:run_cleanup}
-SELECT (SELECT count(*) FROM keys) AS keys;
+SELECT EXISTS (SELECT FROM keys) AS wake;
 
 -- name: complete_leased_run @postgres
+-- wakes: if wake
+-- (a concurrency slot was freed)
 -- The common end of an execution in one statement: its last step (when :id is not null; the
 -- step's columns as save_step takes them) stored and the run completed with :run_output and
 -- cleaned up as finish_leased_run and finish_cleanup do, only for a run `owner` leases that
@@ -611,6 +629,8 @@ UPDATE steps SET status = :status, output = :output, error = :error, ended_at = 
 WHERE run_id = :run_id AND id = :id AND status = :expected;
 
 -- name: insert_schedule
+-- wakes: always
+-- (a new schedule may be due sooner than workers thought)
 INSERT INTO schedules (app_id, function_id, cron, tz, next_at)
 VALUES (:app_id, :function_id, :cron, :tz, :next_at)
 ON CONFLICT (app_id, function_id, cron, tz) DO NOTHING;
@@ -701,6 +721,8 @@ UPDATE queue SET available_at = :available_at
 WHERE run_id = :run_id AND lease_owner IS NULL;
 
 -- name: release_now
+-- wakes: always
+-- (a full batch is due now)
 UPDATE queue SET available_at = :now WHERE run_id = :run_id AND lease_owner IS NULL;
 
 -- name: set_run_event
