@@ -107,10 +107,7 @@ def wake_run(tx: Tx, run_id: str, now: int) -> RunDetail:
 
 def _replay(tx: Tx, run: RunRow, now: int) -> None:
     run_id = run["id"]
-    tx.exec("replay_run", run_id=run_id)
-    tx.exec("delete_failed_steps", run_id=run_id)
-    tx.exec("enqueue", run_id=run_id, app_id=run["app_id"], function_id=run["function_id"],
-            available_at=now, priority=0)
+    lifecycle.replay(tx, run, now)
     definition = definitions.get(tx, run["app_id"], run["function_id"])
     if definition is not None and not definition.flow.empty:
         flow_control.add_keys_and_cancels(tx, run_id, run["app_id"], run["function_id"],

@@ -15,7 +15,7 @@ from ..events import event_json
 from ..flow import MAX_PRIORITY_SECONDS, FlowOptions
 from ..payloads import dumps, loads, new_id
 from ..storage import Tx
-from . import definitions, waits
+from . import definitions, lifecycle, waits
 
 log = logging.getLogger("stepwise.engine")
 IDEMPOTENCY_MS = 24 * 3600 * 1000
@@ -50,8 +50,7 @@ def create_run(tx: Tx, app_id: str, function_id: str, event_id: str | None, avai
             error: ErrorInfo = {"name": "RateLimited", "message": (
                 f"skipped: over the rate limit of {limit.limit} runs per "
                 f"{limit.period_ms / 1000:g} s for key {key_value}")}
-            tx.exec("insert_skipped_run", id=run_id, app_id=app_id, function_id=function_id,
-                    event_id=event_id, now=now, error=dumps(error, "error"))
+            lifecycle.skip(tx, run_id, app_id, function_id, event_id, error, now)
             return run_id
     group_key = None
     if flow.debounce:

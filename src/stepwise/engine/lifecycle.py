@@ -1,9 +1,19 @@
 """Run state transitions shared by every engine operation: fencing, waking, parking, finishing.
 
-A run's status changes only here, so the allowed transitions can be read in one place:
-queued -> running (leased) -> queued | sleeping | waiting (parked) -> ... -> completed |
-failed | cancelled; skipped runs never start; replay takes failed, cancelled or skipped back
-to queued (see `admin.replay_run`).
+A run's status changes here, each transition by one function (and one SQL statement or
+fragment of queries.sql), so the allowed transitions can be read in one place:
+
+- created queued (`flow_control.create_run`, many at once `flow_control.PlainRuns`), or
+  `skip`ped (over a rate limit: it never starts);
+- taken: queued | sleeping | waiting -> running, with a new lease epoch (the `run_start`
+  fragment, written by the lease in `leasing.lease`: a take is part of choosing runs);
+- `park`: running -> queued | sleeping | waiting; `release`: running -> queued; `wake`:
+  sleeping | waiting -> queued;
+- `finish` (and `cancel`): -> completed | failed | cancelled (the `run_end` fragment; also
+  PostgreSQL's one-statement completion, `complete_leased_run`, sent by `Engine`);
+- `replay`: failed | cancelled | skipped -> queued.
+
+`tests/unit/test_transitions.py` holds the engine to it.
 """
 
 from __future__ import annotations
@@ -69,6 +79,22 @@ def release(tx: Tx, lease: Lease, available_at: int) -> None:
     guard(tx, lease)
     tx.exec("requeue", run_id=lease.run_id, available_at=available_at)
     tx.exec("set_run_status", run_id=lease.run_id, status=RunStatus.queued)
+
+
+def replay(tx: Tx, run: RunRow, now: int) -> None:
+    """A finished run (failed, cancelled, skipped) starts again, queued now: its completed
+    steps keep their results, its failed or pending ones are forgotten."""
+    tx.exec("replay_run", run_id=run["id"])
+    tx.exec("delete_failed_steps", run_id=run["id"])
+    tx.exec("enqueue", run_id=run["id"], app_id=run["app_id"],
+            function_id=run["function_id"], available_at=now, priority=0)
+
+
+def skip(tx: Tx, run_id: str, app_id: str, function_id: str, event_id: str | None,
+         error: ErrorInfo, now: int) -> None:
+    """A run recorded as skipped (over a rate limit): it never starts."""
+    tx.exec("insert_skipped_run", id=run_id, app_id=app_id, function_id=function_id,
+            event_id=event_id, now=now, error=dumps(error, "error"))
 
 
 def record_failure(tx: Tx, run_id: str, step_id: str | None, attempt: int, error: ErrorInfo,
