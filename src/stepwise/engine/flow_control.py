@@ -34,83 +34,140 @@ def create_run(tx: Tx, app_id: str, function_id: str, event_id: str | None, avai
         return _insert_run(tx, app_id, function_id, event_id, available_at, now,
                            origin_run_id=origin_run_id, parent_run_id=parent_run_id,
                            parent_step_id=parent_step_id)
-    event = event_for(tx, event_id)
-    scope = f"{app_id}:{function_id}"
-    if flow.idempotency:
-        value = _key_value(flow.idempotency, event, missing=None)
-        if value is not None:
-            seen = tx.one("get_idempotency", key=f"idem:{scope}:{value}")
-            if seen is not None and int(seen["expires_at"]) > now:
-                return str(seen["run_id"])
-    if flow.rate_limit:
-        limit = flow.rate_limit
-        key_value = _key_value(limit.key, event)
-        if not _rate_window(tx, f"rate:{scope}:{key_value}", limit.limit, limit.period_ms, now):
-            run_id = new_id()
-            error: ErrorInfo = {"name": "RateLimited", "message": (
-                f"skipped: over the rate limit of {limit.limit} runs per "
-                f"{limit.period_ms / 1000:g} s for key {key_value}")}
-            lifecycle.skip(tx, run_id, app_id, function_id, event_id, error, now)
-            return run_id
-    group_key = None
-    if flow.debounce:
-        debounce = flow.debounce
-        group_key = f"debounce:{scope}:{_key_value(debounce.key, event)}"
-        group = tx.one("get_group", key=group_key)
+    start = _Start(tx, app_id, function_id, event_id, flow, event_for(tx, event_id), now,
+                   available_at)
+    existing = start.idempotent() or start.rate_limited() or start.debounced() or \
+        start.batched()
+    if existing is not None:
+        return existing
+    start.throttle()
+    run_id = _insert_run(tx, app_id, function_id, event_id, start.available_at, now,
+                         origin_run_id=origin_run_id, parent_run_id=parent_run_id,
+                         parent_step_id=parent_step_id, priority=start.priority())
+    start.record(run_id)
+    return run_id
+
+
+class _Start:
+    """A run about to be created under flow control: each option either answers the run the
+    event goes to instead (an idempotent one, a skipped one, an open debounce or batch), or
+    shapes the new run (when it is due, its priority) and what is kept with it."""
+
+    def __init__(self, tx: Tx, app_id: str, function_id: str, event_id: str | None,
+                 flow: FlowOptions, event: dict[str, Any], now: int, available_at: int) -> None:
+        self.tx, self.app_id, self.function_id, self.event_id = tx, app_id, function_id, event_id
+        self.flow, self.event, self.now, self.available_at = flow, event, now, available_at
+        self.scope = f"{app_id}:{function_id}"
+        self.group_key: str | None = None  # the debounce or batch the new run opens
+
+    def _idempotency_key(self) -> str | None:
+        if not self.flow.idempotency:
+            return None
+        value = _key_value(self.flow.idempotency, self.event, missing=None)
+        return None if value is None else f"idem:{self.scope}:{value}"
+
+    def idempotent(self) -> str | None:
+        key = self._idempotency_key()
+        seen = self.tx.one("get_idempotency", key=key) if key is not None else None
+        if seen is not None and int(seen["expires_at"]) > self.now:
+            return str(seen["run_id"])
+        return None
+
+    def rate_limited(self) -> str | None:
+        """Over the rate limit: the run is recorded skipped."""
+        limit = self.flow.rate_limit
+        if not limit:
+            return None
+        key_value = _key_value(limit.key, self.event)
+        if _rate_window(self.tx, f"rate:{self.scope}:{key_value}", limit.limit,
+                        limit.period_ms, self.now):
+            return None
+        run_id = new_id()
+        error: ErrorInfo = {"name": "RateLimited", "message": (
+            f"skipped: over the rate limit of {limit.limit} runs per "
+            f"{limit.period_ms / 1000:g} s for key {key_value}")}
+        lifecycle.skip(self.tx, run_id, self.app_id, self.function_id, self.event_id, error,
+                       self.now)
+        return run_id
+
+    def debounced(self) -> str | None:
+        """An open debounce takes the event and is postponed; else the new run opens one."""
+        debounce = self.flow.debounce
+        if not debounce:
+            return None
+        tx, now = self.tx, self.now
+        self.group_key = f"debounce:{self.scope}:{_key_value(debounce.key, self.event)}"
+        group = tx.one("get_group", key=self.group_key)
         if group is not None:
             due = now + debounce.period_ms
             if debounce.timeout_ms is not None:
                 due = min(due, int(group["first_at"]) + debounce.timeout_ms)
             if tx.exec("postpone_unleased", run_id=group["run_id"], available_at=due):
-                tx.exec("set_run_event", run_id=group["run_id"], event_id=event_id)
+                tx.exec("set_run_event", run_id=group["run_id"], event_id=self.event_id)
                 return str(group["run_id"])
-            tx.exec("delete_group", key=group_key)  # it started meanwhile: begin a new one
-        available_at = max(available_at, now + debounce.period_ms)
-    if flow.batch:
-        batch = flow.batch
-        group_key = f"batch:{scope}:{_key_value(batch.key, event)}"
-        group = tx.one("get_group", key=group_key)
+            tx.exec("delete_group", key=self.group_key)  # it started meanwhile: a new one
+        self.available_at = max(self.available_at, now + debounce.period_ms)
+        return None
+
+    def batched(self) -> str | None:
+        """An open batch takes the event (and is due now once full); else the new run opens
+        one."""
+        batch = self.flow.batch
+        if not batch:
+            return None
+        tx = self.tx
+        self.group_key = f"batch:{self.scope}:{_key_value(batch.key, self.event)}"
+        group = tx.one("get_group", key=self.group_key)
         if group is not None:
             tx.exec("insert_run_event", run_id=group["run_id"], position=group["size"],
-                    event_id=event_id)
+                    event_id=self.event_id)
             if int(group["size"]) + 1 >= batch.max_size:
-                tx.exec("delete_group", key=group_key)
-                tx.exec("release_now", run_id=group["run_id"], now=now)
+                tx.exec("delete_group", key=self.group_key)
+                tx.exec("release_now", run_id=group["run_id"], now=self.now)
             else:
-                tx.exec("grow_group", key=group_key)
+                tx.exec("grow_group", key=self.group_key)
             return str(group["run_id"])
         if batch.max_size > 1:
-            available_at = max(available_at, now + batch.timeout_ms)
+            self.available_at = max(self.available_at, self.now + batch.timeout_ms)
         else:
-            group_key = None
-    if flow.throttle:
-        throttle = flow.throttle
-        key = f"throttle:{scope}:{_key_value(throttle.key, event)}"
-        available_at = max(available_at, _throttle_slot(tx, key, throttle.limit,
-                                                        throttle.period_ms, now))
-    priority = 0
-    if flow.priority:
-        value = _key_value(flow.priority.run, event, missing=None, raw=True)
+            self.group_key = None
+        return None
+
+    def throttle(self) -> None:
+        """The new run is due at its throttle slot."""
+        throttle = self.flow.throttle
+        if throttle:
+            key = f"throttle:{self.scope}:{_key_value(throttle.key, self.event)}"
+            self.available_at = max(self.available_at, _throttle_slot(
+                self.tx, key, throttle.limit, throttle.period_ms, self.now))
+
+    def priority(self) -> int:
+        if not self.flow.priority:
+            return 0
+        value = _key_value(self.flow.priority.run, self.event, missing=None, raw=True)
         if isinstance(value, int | float) and not isinstance(value, bool):
-            priority = max(-MAX_PRIORITY_SECONDS, min(MAX_PRIORITY_SECONDS, int(value)))
-    run_id = _insert_run(tx, app_id, function_id, event_id, available_at, now,
-                         origin_run_id=origin_run_id, parent_run_id=parent_run_id,
-                         parent_step_id=parent_step_id, priority=priority)
-    if group_key is not None:
-        tx.exec("insert_group", key=group_key, run_id=run_id, now=now)
-    if flow.batch:
-        tx.exec("insert_run_event", run_id=run_id, position=0, event_id=event_id)
-    if flow.idempotency:
-        value = _key_value(flow.idempotency, event, missing=None)
-        if value is not None:
-            tx.exec("upsert_idempotency", key=f"idem:{scope}:{value}", run_id=run_id,
+            return max(-MAX_PRIORITY_SECONDS, min(MAX_PRIORITY_SECONDS, int(value)))
+        return 0
+
+    def record(self, run_id: str) -> None:
+        """What is kept with the new run: the group it opened, its idempotency key, its
+        concurrency keys and cancel_on waits, its deadlines."""
+        tx, flow, now = self.tx, self.flow, self.now
+        if self.group_key is not None:
+            tx.exec("insert_group", key=self.group_key, run_id=run_id, now=now)
+        if flow.batch:
+            tx.exec("insert_run_event", run_id=run_id, position=0, event_id=self.event_id)
+        key = self._idempotency_key()
+        if key is not None:
+            tx.exec("upsert_idempotency", key=key, run_id=run_id,
                     expires_at=now + IDEMPOTENCY_MS)
-    add_keys_and_cancels(tx, run_id, app_id, function_id, flow, event, now)
-    if flow.timeouts:
-        for kind, ms in (("start", flow.timeouts.start_ms), ("finish", flow.timeouts.finish_ms)):
-            if ms is not None:
-                tx.exec("insert_deadline", run_id=run_id, kind=kind, app_id=app_id, at=now + ms)
-    return run_id
+        add_keys_and_cancels(tx, run_id, self.app_id, self.function_id, flow, self.event, now)
+        if flow.timeouts:
+            for kind, ms in (("start", flow.timeouts.start_ms),
+                             ("finish", flow.timeouts.finish_ms)):
+                if ms is not None:
+                    tx.exec("insert_deadline", run_id=run_id, kind=kind, app_id=self.app_id,
+                            at=now + ms)
 
 
 def add_keys_and_cancels(tx: Tx, run_id: str, app_id: str, function_id: str, flow: FlowOptions,
