@@ -58,6 +58,36 @@ def lease(tx: Tx, app_id: str, functions: list[str], owner: str, now: int, until
             return _plain_lease(tx, owner, found, now, limit)
         return replace(lease(tx, app_id, functions, owner, now, until, limit, with_state, False),
                        plain=False)
+    picked, taken_over = _pick(tx, app_id, functions, now, limit)
+    if not picked:
+        return Leased([], taken_over, [], [])
+    ids: dict[str, Any] = {"ids": picked}
+    # Independent statements over the picked runs, sent together: the take, the start
+    # (answering the runs), and what executing them needs, or else only the sleeps, waits
+    # and invokes whose time came (`with_state` finds those among the steps).
+    reads = [(query, ids) for query in runs.STATE_READS] if with_state else [
+        ("due_timed_steps", {**ids, "now": now})]
+    # The take commits with them: what follows (settling due steps, reading the origin
+    # of an on_failure run) only concerns runs leased to `owner` by then.
+    _, started, *read = tx.commit_with([
+        ("take", {**ids, "owner": owner, "until": until}),
+        ("start_runs", {**ids, "now": now}), *reads])
+    epochs = {r["id"]: int(r["lease_epoch"]) for r in started}
+    leased: list[runs.RunState] = []
+    if with_state:
+        events, steps = read
+        leased = _started_states(tx, owner, picked, now, started, events, steps)
+    else:
+        (due,) = read
+        settle_due_steps(tx, picked, now, due)
+    return Leased([Lease(run_id, owner, epochs[run_id]) for run_id in picked], taken_over,
+                  [r["function_id"] for r in started if r["first_start"]], leased)
+
+
+def _pick(tx: Tx, app_id: str, functions: list[str], now: int, limit: int
+          ) -> tuple[list[str], int]:
+    """The due runs to take, in order, within their concurrency limits (after firing due cron
+    ticks and deadlines), and how many of them are takeovers of an expired lease."""
     # Due cron ticks, due deadlines and the candidates, read together (one round trip on
     # PostgreSQL); the candidates are read again only when a tick or a deadline changed them.
     reads = [("lease_plan", {}), ("due_schedules", {"app_id": app_id, "now": now}),
@@ -70,16 +100,9 @@ def lease(tx: Tx, app_id: str, functions: list[str], owner: str, now: int, until
         expire_deadlines(tx, app_id, now, deadlines)
         (candidates,) = tx.each(reads[3:])
     keys = {c["run_id"]: tx.all("run_keys", run_id=c["run_id"]) for c in candidates if c["keyed"]}
-    inflight: dict[str, int] = {}
-    for key in sorted({k["key"] for rows in keys.values() for k in rows}):
-        tx.one("lock_key", key=key)  # PostgreSQL: one leaser per key at a time
-        row = tx.one("inflight", key=key, now=now)
-        inflight[key] = int(row["n"]) if row else 0
-    picked = []
+    inflight = _inflight(tx, {k["key"] for rows in keys.values() for k in rows}, now)
+    picked: list[str] = []
     taken_over = 0
-    first_starts: list[str] = []
-    leased: list[runs.RunState] = []
-    leases: list[Lease] = []
     for candidate in candidates:
         run_keys = keys.get(candidate["run_id"], [])
         if any(inflight[k["key"]] >= k["lim"] for k in run_keys):
@@ -93,28 +116,17 @@ def lease(tx: Tx, app_id: str, functions: list[str], owner: str, now: int, until
         picked.append(candidate["run_id"])
         if len(picked) == limit:
             break
-    if picked:
-        ids: dict[str, Any] = {"ids": picked}
-        # Independent statements over the picked runs, sent together: the take, the start
-        # (answering the runs), and what executing them needs, or else only the sleeps, waits
-        # and invokes whose time came (`with_state` finds those among the steps).
-        reads = [(query, ids) for query in runs.STATE_READS] if with_state else [
-            ("due_timed_steps", {**ids, "now": now})]
-        # The take commits with them: what follows (settling due steps, reading the origin
-        # of an on_failure run) only concerns runs leased to `owner` by then.
-        _, started, *read = tx.commit_with([
-            ("take", {**ids, "owner": owner, "until": until}),
-            ("start_runs", {**ids, "now": now}), *reads])
-        first_starts = [r["function_id"] for r in started if r["first_start"]]
-        epochs = {r["id"]: int(r["lease_epoch"]) for r in started}
-        leases = [Lease(run_id, owner, epochs[run_id]) for run_id in picked]
-        if with_state:
-            events, steps = read
-            leased = _started_states(tx, owner, picked, now, started, events, steps)
-        else:
-            (due,) = read
-            settle_due_steps(tx, picked, now, due)
-    return Leased(leases, taken_over, first_starts, leased)
+    return picked, taken_over
+
+
+def _inflight(tx: Tx, keys: set[str], now: int) -> dict[str, int]:
+    """How many runs hold each concurrency key now, each key locked for this transaction."""
+    inflight: dict[str, int] = {}
+    for key in sorted(keys):
+        tx.one("lock_key", key=key)  # PostgreSQL: one leaser per key at a time
+        row = tx.one("inflight", key=key, now=now)
+        inflight[key] = int(row["n"]) if row else 0
+    return inflight
 
 
 def _plain_lease(tx: Tx, owner: str, found: dict[str, Any], now: int, limit: int) -> Leased:
