@@ -26,7 +26,7 @@ from ..engine.outcomes import (
     WaitForEvent,
 )
 from ..errors import ErrorInfo
-from ..events import sessions_meta
+from ..events import event_json, sessions_meta
 from ..payloads import PayloadError, dumps, loads
 from ..status import StepStatus
 from .registration import RegistrationError, duration
@@ -100,10 +100,10 @@ def memo(state: RunState) -> CallState:
     return CallState(steps, [s["id"] for s in done], retrying, int(state.run["retry"]))
 
 
-def event_json(row: Any) -> dict[str, Any]:
-    """A stored event as the SDKs read it (its sessions in `meta`, where it has some)."""
-    event = {"name": row["name"], "data": loads(row["data"]), "id": row["id"], "ts": row["ts"],
-             "user": {}}
+def sdk_event(row: Any) -> dict[str, Any]:
+    """A stored event as the SDKs read it: as functions see it (`events.event_json`), with
+    Inngest's `user` and its sessions in `meta`, where it has some."""
+    event = {**event_json(row), "user": {}}
     if row.get("meta"):
         event["meta"] = loads(row["meta"])
     return event
@@ -111,15 +111,15 @@ def event_json(row: Any) -> dict[str, Any]:
 
 def run_events(state: RunState) -> list[dict[str, Any]]:
     """The run's events (a batch's, or its one event): `/v0/runs/{id}/batch` answers this."""
-    return [event_json(e) for e in state.batch] or (
-        [event_json(state.event)] if state.event is not None else [])
+    return [sdk_event(e) for e in state.batch] or (
+        [sdk_event(state.event)] if state.event is not None else [])
 
 
 def request_body(state: RunState, calls: CallState, max_attempts: int, version: int,
                  step_id: str | None = None) -> dict[str, Any]:
     """The call's body. When the memo and events are large (over `USE_API_BYTES`), they are
     left out and `use_api` tells the SDK to fetch them (`/v0/runs/{id}/actions|batch`)."""
-    event = event_json(state.event) if state.event is not None else {
+    event = sdk_event(state.event) if state.event is not None else {
         "name": "inngest/function.invoked", "data": {}, "id": "", "ts": 0, "user": {}}
     events = run_events(state) or [event]
     steps = calls.steps
