@@ -384,9 +384,9 @@ async def _serve(*, app: App | None, db: str | None, host: str, port: int,
             click.echo(f"stepwise worker {worker_.id}: app {app.id!r} with "
                        f"{len(app.functions)} functions, concurrency {concurrency}")
         if sdk_urls is not None:
-            remote = RemoteApps(storage, sdk_urls, concurrency=concurrency,
-                                lease_seconds=lease_seconds, poll_interval=poll_seconds,
-                                limits=limits, signing_key=signing_key)
+            remote = RemoteApps(storage, sdk_urls, signing_key=signing_key,
+                                concurrency=concurrency, lease_seconds=lease_seconds,
+                                poll_interval=poll_seconds)
             remote_task = asyncio.create_task(remote.run(), name="stepwise-sdk-apps")
             if not with_http:
                 click.echo("stepwise worker: executing the runs of synced SDK apps" +

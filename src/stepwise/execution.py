@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol, TypeVar
 
 from . import expressions, results, tracing
 from .context import CURRENT_STEP, Context
@@ -66,13 +66,22 @@ MAX_STEP_ID = 512
 
 @dataclass
 class ExecutorEnv:
-    """What an execution needs from its surroundings (a worker provides it)."""
+    """What an execution needs from its surroundings (its executor provides it)."""
 
     engine: Engine  # and its clock, the one time every outcome is stamped with
     limits: Limits
     metrics: Metrics
     threads: ThreadPoolExecutor  # where sync functions and sync parallel branches run
     inline: Callable[[], bool] = lambda: False  # commit on the loop (one run executing)
+
+
+class Hold(Protocol):
+    """A worker's hold on the run an execution runs (an `executor.Job`), read as it changes."""
+
+    state: RunState  # the run as its lease read it, with the `Lease` every write is fenced by
+    lease_until: float  # time.monotonic() when the lease surely ends (renewals push it on)
+    lease_margin: float  # no step starts once a renewal is this late: the run may be taken
+    abandoned: bool  # the worker gave the execution up: it must write nothing more
 
 
 class Suspend(ExecutionStopped):
@@ -116,9 +125,12 @@ class StepCall:
 
 
 class Execution:
-    def __init__(self, env: ExecutorEnv, function: Function, state: RunState) -> None:
+    def __init__(self, env: ExecutorEnv, function: Function, job: Hold) -> None:
         self.env = env
         self.function = function
+        #: The worker's hold on the run: its lease's end, and whether it gave the run up.
+        self.job = job
+        state = job.state
         self.run_id: str = state.run["id"]
         if state.lease is None:
             raise ValueError(f"run {self.run_id}: an execution needs the lease it runs under")
@@ -144,23 +156,18 @@ class Execution:
         self.calls: dict[str, StepCall] = {}
         self.body_since = time.monotonic()
         self.timeout_s = function.attempt_timeout_ms / 1000
-        self.fenced = False
         #: Tracing (`stepwise.tracing`): this execution's span, the stored context of the run's
         #: event, and why the run failed, if it did.
         self.span: Any = None
         self.trace = state.event.get("trace") if state.event is not None else None
         self.failure: str | None = None
-        #: time.monotonic() when the worker's lease surely ends (renewals push it on). A step
-        #: does not start once a renewal is overdue by `lease_margin`: another worker may own
-        #: the run by then, and may have stored the step already.
-        self.lease_until = float("inf")
-        self.lease_margin = 0.0
         #: ctx.logger lines not yet reported (they go with the next outcome).
         self.log_lines: list[LogLine] = []
         #: A completed step not stored yet (`end_step`), and its write when under way.
         self.unsaved: StepCompleted | None = None
         self._saving: asyncio.Task[None] | None = None
-        #: Where sync code runs (the worker swaps pools when one is frozen).
+        #: Where sync code runs (the pool when it started: its executor swaps in a fresh one when
+        #: code holds a thread past its attempt timeout).
         self.threads = env.threads
         self.event_json: dict[str, Any] | None = None
         event = None
@@ -190,7 +197,7 @@ class Execution:
         return await self._apply(outcome)
 
     def _apply(self, outcome: Outcome) -> Awaitable[Applied]:
-        if self.fenced:
+        if self.job.abandoned:
             raise Abandoned(self.run_id)
         return self.env.engine.apply(self.lease,
                                      [*self.take_log(), outcome] if self.log_lines else [outcome],
@@ -312,7 +319,7 @@ class Execution:
         kind = results.declared_type(fn, returns)
         if row is not None and row["status"] != StepStatus.retrying:
             return None, results.rebuild(self.memoized(sid, row), kind, sid)
-        if time.monotonic() > self.lease_until - self.lease_margin:
+        if time.monotonic() > self.job.lease_until - self.job.lease_margin:
             raise LeaseLost(f"run {self.run_id}: this worker's lease is about to expire "
                             f"(renewals are late); step {sid!r} is left to the next owner")
         attempt = int(row["attempts"]) if row is not None else 0
@@ -584,7 +591,7 @@ class Execution:
             self.unsaved = None
         else:
             await self.saved()
-        if self.fenced:
+        if self.job.abandoned:
             raise Abandoned(self.run_id)
         applied = await self.env.engine.apply(self.lease,
                                               [*self.take_log(), *outcomes], last=True,

@@ -12,8 +12,9 @@ import httpx
 from stepwise.engine import Engine
 from stepwise.events import StoredEvent
 from stepwise.remote import registration
-from stepwise.remote.executor import RemoteWorker
+from stepwise.remote.executor import HttpExecutor
 from stepwise.storage import open_storage
+from stepwise.worker import Worker
 
 URL = "http://app.test/api/inngest?fnId=fan-out&stepId=step"
 PLANNED = [hashlib.sha1(f"part-{i}".encode()).hexdigest() for i in range(6)]
@@ -43,8 +44,9 @@ async def test_calls_to_one_app_are_bounded_however_many_steps_are_planned(db: s
         "id": "fan-out", "triggers": [{"event": "go"}],
         "steps": {"step": {"runtime": {"type": "http", "url": URL}}}}]})
     await engine.register("fan", synced.functions)
-    worker = RemoteWorker("fan", storage, max_calls=2, concurrency=4, poll_interval=0.01)
-    worker.client = httpx.AsyncClient(transport=httpx.MockTransport(app))
+    executor = HttpExecutor("fan", engine, max_calls=2,
+                            client=httpx.AsyncClient(transport=httpx.MockTransport(app)))
+    worker = Worker(executor, storage, concurrency=4, poll_interval=0.01)
     try:
         await worker.start()
         await engine.ingest([StoredEvent("e1", "go", "{}", engine.clock.now_ms())])

@@ -1,8 +1,8 @@
-"""The HTTP executor: a worker for one SDK app. It leases the runs of the app's functions like
-any worker (same leases, takeovers and fencing) and runs each by calling the app's serve URL:
-every answer becomes engine outcomes. A step's result is applied at once and the app is called
-again with it memoized, until the app answers with the run's end or a step that parks the run
-(a retry, a sleep, a wait)."""
+"""The HTTP executor: runs the functions of one SDK app for a `Worker`, which leases their runs
+like any (same leases, takeovers and fencing); each run executes by calling the app's serve URL,
+and every answer becomes engine outcomes. A step's result is applied at once and the app is
+called again with it memoized, until the app answers with the run's end or a step that parks
+the run (a retry, a sleep, a wait)."""
 
 from __future__ import annotations
 
@@ -14,13 +14,13 @@ from typing import Any
 import httpx
 
 from .. import signing
-from ..app import App
 from ..definition import FunctionDefinition
 from ..engine import Engine, Lease, RunState
 from ..engine.outcomes import Outcome, RunCompleted, RunFailed, StepCompleted, StepFailed
+from ..executor import Job
 from ..payloads import dumps, new_id
 from ..storage import Storage
-from ..worker import Running, Worker, held
+from ..worker import Worker
 from . import protocol
 
 log = logging.getLogger("stepwise.remote")
@@ -28,23 +28,29 @@ log = logging.getLogger("stepwise.remote")
 MAX_CALLS_PER_APP = 16
 
 
-class RemoteWorker(Worker):
-    """Runs the functions an SDK app registered (`stepwise.remote.registration`)."""
+class HttpExecutor:
+    """Executes the functions an SDK app registered (`stepwise.remote.registration`): an
+    `executor.Executor`."""
 
-    def __init__(self, app_id: str, storage: Storage, *, signing_key: str | None = None,
-                 max_calls: int = MAX_CALLS_PER_APP, **options: Any) -> None:
-        options["isolate"] = False  # no user code here: only HTTP calls on the worker's loop
-        super().__init__(App(app_id), storage, **options)
+    def __init__(self, app_id: str, engine: Engine, *, signing_key: str | None = None,
+                 max_calls: int = MAX_CALLS_PER_APP,
+                 client: httpx.AsyncClient | None = None) -> None:
+        self.app_id = app_id
+        self.engine = engine
         #: At most this many calls to the app at once from this process (runs times their
         #: parallel steps could be far more); the others wait their turn.
         self.calls = asyncio.Semaphore(max_calls)
         #: With a key (outside dev mode), calls are signed and answers must be.
         self.signing_key = signing_key
         self.definitions: dict[str, FunctionDefinition] = {}
-        self.client = httpx.AsyncClient(follow_redirects=False)
+        self.client = client or httpx.AsyncClient(follow_redirects=False)
         self.version = -1
+        self._functions: list[str] = []
 
-    async def _prepare(self) -> None:
+    def functions(self) -> list[str]:
+        return self._functions
+
+    async def prepare(self) -> None:
         await self.refresh()
 
     async def refresh(self, functions: list[dict[str, Any]] | None = None) -> None:
@@ -53,45 +59,54 @@ class RemoteWorker(Worker):
         if functions is None:
             functions = await self.engine.list_functions()
         self.definitions = {f["id"]: FunctionDefinition.from_json(f) for f in functions
-                            if f["app_id"] == self.app.id and f.get("url")}
+                            if f["app_id"] == self.app_id and f.get("url")}
         self._functions = sorted(self.definitions)
 
-    async def stop(self, grace: float = 5.0) -> None:
-        await super().stop(grace)
-        await self.client.aclose()
-
-    def _serves(self, function_id: str) -> bool:
+    def serves(self, function_id: str) -> bool:
         definition = self.definitions.get(function_id)
         return definition is not None and definition.url is not None
 
-    async def _execute_state(self, running: Running, state: RunState) -> None:
+    async def execute(self, job: Job) -> None:
         """Call the app until it answers the run's end or a step that parks the run."""
-        run_id = running.run_id
+        state = job.state
         definition = self.definitions[state.run["function_id"]]
         if definition.problems:  # synced with options this server cannot honour
-            await self.engine.apply(held(state), [RunFailed({
+            await self.engine.apply(job.lease, [RunFailed({
                 "name": "FunctionNotRunnable", "message": (
                     f"function {definition.id!r} cannot run on this server as its app synced "
                     f"it: {'; '.join(definition.problems)}")}, retriable=False)], last=True)
             return
         calls = protocol.memo(state)
-        while not running.abandoned:
+        while not job.abandoned:
             answer = await self._call(definition, state, calls)
             while isinstance(answer, protocol.Planned) and answer.race:
-                raced = await self._race(run_id, definition, state, calls, answer)
+                raced = await self._race(job, definition, calls, answer)
                 if raced is None:
                     return
                 answer = raced
             if isinstance(answer, protocol.Planned):  # parallel steps: one call each
                 answer = await self._run_planned(definition, state, calls, answer)
             if answer and all(isinstance(o, StepCompleted) for o in answer):
-                if not await self._memoize(held(state), calls, answer):
+                if not await self._memoize(job.lease, calls, answer):
                     return
                 continue
             # The run's end, or steps that park it (a retry, a sleep, a wait, an invoke), with
             # the steps that completed beside them.
-            await self.engine.apply(held(state), answer, last=True)
+            await self.engine.apply(job.lease, answer, last=True)
             return
+
+    def expired(self, job: Job, now: float) -> list[Outcome]:
+        return []  # each call has the function's attempt timeout (an HTTP timeout)
+
+    async def timed_out(self, job: Job) -> list[Job]:
+        return []  # nothing to free: cancelling its task ends its calls
+
+    @property
+    def stuck_threads(self) -> int:
+        return 0
+
+    async def stop(self) -> None:
+        await self.client.aclose()
 
     async def _memoize(self, lease: Lease, calls: protocol.CallState,
                        completed: list[Outcome]) -> bool:
@@ -113,65 +128,18 @@ class RemoteWorker(Worker):
         calls.attempt = 0  # the next discovery is a new step's first attempt
         return True
 
-    async def _race(self, run_id: str, definition: FunctionDefinition, state: RunState,
+    async def _race(self, job: Job, definition: FunctionDefinition,
                     calls: protocol.CallState, planned: protocol.Planned
                     ) -> list[Outcome] | protocol.Planned | None:
-        """Planned steps in race mode (`parallelMode: "race"`): as soon as one completes it
-        is stored and the app is asked again (the others still running: it only plans), and
-        only the steps it plans that are not running yet are started. Returns the app's
-        answer once no step is running, to be handled as any; a step that does not complete
-        (or an opcode that parks the run) ends the race: the steps running are awaited and
-        everything is applied together. None: the run was lost."""
-        tasks: dict[str, asyncio.Task[list[Outcome] | protocol.Planned]] = {}
-        others: list[Outcome] = []
-
-        def start(plan: protocol.Planned) -> None:
-            others.extend(plan.others)
-            for sid, seq in zip(plan.step_ids, plan.seqs, strict=True):
-                if sid not in tasks and sid not in calls.steps:
-                    tasks[sid] = asyncio.create_task(
-                        self._call(definition, state, calls, step_id=sid, seq=seq))
-
-        async def settle_all(steps: list[Outcome], failure: RunFailed | None,
-                             ending: list[Outcome]) -> list[Outcome]:
-            answers = dict(zip(tasks, await asyncio.gather(*tasks.values()), strict=True))
-            tasks.clear()
-            more, late = _step_outcomes(answers)
-            last = None if any(isinstance(o, RunCompleted | RunFailed) for o in ending) else \
-                failure or late  # the run ends once
-            return [*steps, *more, *others, *ending, *([last] if last is not None else [])]
-
-        start(planned)
-        if not tasks:  # nothing new to run: the steps are called as in the default mode
+        """Planned steps in race mode (`parallelMode: "race"`), see `_Race`."""
+        race = _Race(self, job, definition, calls)
+        race.start(planned)
+        if not race.tasks:  # nothing new to run: the steps are called as in the default mode
             return replace(planned, race=False)
         try:
-            answer: list[Outcome] | protocol.Planned = []
-            while tasks:
-                done, _ = await asyncio.wait(tasks.values(),
-                                             return_when=asyncio.FIRST_COMPLETED)
-                answers = {sid: tasks.pop(sid).result() for sid in list(tasks)
-                           if tasks[sid] in done}
-                steps, failure = _step_outcomes(answers)
-                if failure is not None or others or \
-                        not all(isinstance(o, StepCompleted) for o in steps):
-                    return await settle_all(steps, failure, [])
-                if not await self._memoize(held(state), calls, steps):
-                    return None
-                calls.force_plan = bool(tasks)  # steps are running: the app only plans
-                answer = await self._call(definition, state, calls)
-                calls.force_plan = False
-                if isinstance(answer, protocol.Planned):
-                    start(answer)
-                elif tasks and any(isinstance(o, RunCompleted) for o in answer):
-                    return answer  # the function finished: the steps still running lose
-                elif tasks:
-                    return await settle_all([], None, answer)
-            if isinstance(answer, protocol.Planned):  # it planned only steps already done
-                return [RunFailed({"name": "ProtocolError", "message": (
-                    "the app planned only steps that had completed")}, retriable=False)]
-            return answer
+            return await race.run()
         finally:
-            for task in tasks.values():
+            for task in race.tasks.values():
                 task.cancel()
 
     async def _run_planned(self, definition: FunctionDefinition, state: RunState,
@@ -200,6 +168,34 @@ class RemoteWorker(Worker):
         reach it is a retried failure)."""
         # `stepId=step` asks the app to discover; a step's id runs that planned step alone.
         url = protocol.targeted(str(definition.url), step_id or "step")
+        body, headers = self._request(definition, state, calls, step_id)
+        started = self.engine.clock.now_ms()
+        try:
+            response = await self.client.post(
+                url, content=body, headers=headers,
+                timeout=httpx.Timeout(definition.attempt_timeout_ms / 1000, connect=10.0))
+        except httpx.HTTPError as exc:
+            return [RunFailed({"name": "AppUnreachable", "message": (
+                f"could not call the app at {url}: {type(exc).__name__}: {exc}")})]
+        unsigned = self._unsigned(url, response)
+        if unsigned is not None:
+            return [unsigned]
+        version = response.headers.get("x-inngest-req-version", "")
+        if version.lstrip("-").isdigit():
+            self.version = int(version)
+        try:
+            return protocol.outcomes(response.status_code,
+                                     {k.lower(): v for k, v in response.headers.items()},
+                                     response.content, calls, started,
+                                     self.engine.clock.now_ms(), seq)
+        except protocol.ProtocolError as exc:
+            return [RunFailed({"name": "ProtocolError", "message": (
+                f"the app at {url} answered outside the protocol: {exc}")}, retriable=False)]
+
+    def _request(self, definition: FunctionDefinition, state: RunState,
+                 calls: protocol.CallState, step_id: str | None
+                 ) -> tuple[bytes, dict[str, str]]:
+        """A call's body and headers, signed with a signing key."""
         request = protocol.request_body(state, calls, definition.retry.retries + 1,
                                         self.version, step_id)
         # Signed calls carry canonical (JCS) JSON, which is what the SDKs check the signature
@@ -215,38 +211,87 @@ class RemoteWorker(Worker):
                    "X-Inngest-Step-ID": step_id or "step"}
         if self.signing_key is not None:
             headers["X-Inngest-Signature"] = signing.sign(body, self.signing_key,
-                                                          self.clock.now_ms() // 1000)
+                                                          self.engine.clock.now_ms() // 1000)
         if self.version != -1:
             headers["X-Inngest-Req-Version"] = str(self.version)
-        started = self.clock.now_ms()
-        try:
-            response = await self.client.post(
-                url, content=body, headers=headers,
-                timeout=httpx.Timeout(definition.attempt_timeout_ms / 1000, connect=10.0))
-        except httpx.HTTPError as exc:
-            return [RunFailed({"name": "AppUnreachable", "message": (
-                f"could not call the app at {url}: {type(exc).__name__}: {exc}")})]
-        if self.signing_key is not None:
-            unsigned = signing.verify(response.content,
-                                      response.headers.get("x-inngest-signature"),
-                                      self.signing_key, self.clock.now_ms() // 1000)
-            if unsigned is not None:  # not the app's answer, or the keys differ: retried
-                return [RunFailed({"name": "AnswerNotSigned", "message": (
-                    f"the app at {url} answered HTTP {response.status_code} and "
-                    f"{unsigned}; " + ("it refused this server's signature: " if
-                                       response.status_code == 401 else "") +
-                    "the app's INNGEST_SIGNING_KEY must be this server's --signing-key")})]
-        version = response.headers.get("x-inngest-req-version", "")
-        if version.lstrip("-").isdigit():
-            self.version = int(version)
-        try:
-            return protocol.outcomes(response.status_code,
-                                     {k.lower(): v for k, v in response.headers.items()},
-                                     response.content, calls, started, self.clock.now_ms(),
-                                     seq)
-        except protocol.ProtocolError as exc:
+        return body, headers
+
+    def _unsigned(self, url: str, response: httpx.Response) -> RunFailed | None:
+        """With a signing key, a (retried) failure when the answer is not signed by it."""
+        if self.signing_key is None:
+            return None
+        unsigned = signing.verify(response.content, response.headers.get("x-inngest-signature"),
+                                  self.signing_key, self.engine.clock.now_ms() // 1000)
+        if unsigned is None:
+            return None
+        # Not the app's answer, or the keys differ.
+        return RunFailed({"name": "AnswerNotSigned", "message": (
+            f"the app at {url} answered HTTP {response.status_code} and {unsigned}; " +
+            ("it refused this server's signature: " if response.status_code == 401 else "") +
+            "the app's INNGEST_SIGNING_KEY must be this server's --signing-key")})
+
+
+class _Race:
+    """Planned steps in race mode (`parallelMode: "race"`): as soon as one completes it is
+    stored and the app is asked again (the others still running: it only plans), and only
+    the steps it plans that are not running yet are started. `run` returns the app's answer
+    once no step is running, to be handled as any; a step that does not complete (or an
+    opcode that parks the run) ends the race: the steps running are awaited and everything
+    is applied together. None: the run was lost."""
+
+    def __init__(self, executor: HttpExecutor, job: Job, definition: FunctionDefinition,
+                 calls: protocol.CallState) -> None:
+        self.executor = executor
+        self.job = job
+        self.definition = definition
+        self.calls = calls
+        self.tasks: dict[str, asyncio.Task[list[Outcome] | protocol.Planned]] = {}
+        self.others: list[Outcome] = []  # the plans' other opcodes, applied at the end
+
+    def start(self, plan: protocol.Planned) -> None:
+        self.others.extend(plan.others)
+        for sid, seq in zip(plan.step_ids, plan.seqs, strict=True):
+            if sid not in self.tasks and sid not in self.calls.steps:
+                self.tasks[sid] = asyncio.create_task(self.executor._call(
+                    self.definition, self.job.state, self.calls, step_id=sid, seq=seq))
+
+    async def run(self) -> list[Outcome] | None:
+        answer: list[Outcome] | protocol.Planned = []
+        while self.tasks:
+            done, _ = await asyncio.wait(self.tasks.values(),
+                                         return_when=asyncio.FIRST_COMPLETED)
+            answers = {sid: self.tasks.pop(sid).result() for sid in list(self.tasks)
+                       if self.tasks[sid] in done}
+            steps, failure = _step_outcomes(answers)
+            if failure is not None or self.others or \
+                    not all(isinstance(o, StepCompleted) for o in steps):
+                return await self.settle_all(steps, failure, [])
+            if not await self.executor._memoize(self.job.lease, self.calls, steps):
+                return None
+            self.calls.force_plan = bool(self.tasks)  # steps are running: the app only plans
+            answer = await self.executor._call(self.definition, self.job.state, self.calls)
+            self.calls.force_plan = False
+            if isinstance(answer, protocol.Planned):
+                self.start(answer)
+            elif self.tasks and any(isinstance(o, RunCompleted) for o in answer):
+                return answer  # the function finished: the steps still running lose
+            elif self.tasks:
+                return await self.settle_all([], None, answer)
+        if isinstance(answer, protocol.Planned):  # it planned only steps already done
             return [RunFailed({"name": "ProtocolError", "message": (
-                f"the app at {url} answered outside the protocol: {exc}")}, retriable=False)]
+                "the app planned only steps that had completed")}, retriable=False)]
+        return answer
+
+    async def settle_all(self, steps: list[Outcome], failure: RunFailed | None,
+                         ending: list[Outcome]) -> list[Outcome]:
+        """The race ends: wait for the steps running and put every outcome together."""
+        answers = dict(zip(self.tasks, await asyncio.gather(*self.tasks.values()),
+                           strict=True))
+        self.tasks.clear()
+        more, late = _step_outcomes(answers)
+        last = None if any(isinstance(o, RunCompleted | RunFailed) for o in ending) else \
+            failure or late  # the run ends once
+        return [*steps, *more, *self.others, *ending, *([last] if last is not None else [])]
 
 
 def _step_outcomes(answers: dict[str, list[Outcome] | protocol.Planned]
@@ -268,21 +313,27 @@ def _step_outcomes(answers: dict[str, list[Outcome] | protocol.Planned]
 
 
 class RemoteApps:
-    """Keeps one `RemoteWorker` per synced SDK app, refreshed as apps re-sync. In `stepwise dev`
-    it also asks the apps at `urls` to sync (a `PUT` to its serve URL makes an SDK register
-    itself with this server) at start and every `resync_every` seconds after, so an app that
-    restarted with other functions is re-synced (an unchanged sync writes nothing)."""
+    """Keeps one `Worker` with an `HttpExecutor` per synced SDK app, refreshed as apps re-sync
+    (`signing_key`, `max_calls`: the executors'; `worker_options`: the workers'). In
+    `stepwise dev` it also asks the apps at `urls` to sync (a `PUT` to its serve URL makes an
+    SDK register itself with this server) at start and every `resync_every` seconds after, so
+    an app that restarted with other functions is re-synced (an unchanged sync writes
+    nothing)."""
 
     def __init__(self, storage: Storage, urls: tuple[str, ...] = (), *,
                  check_every: float = 1.0, resync_every: float = 5.0,
+                 signing_key: str | None = None, max_calls: int = MAX_CALLS_PER_APP,
                  **worker_options: Any) -> None:
         self.storage = storage
         self.engine = Engine(storage)
         self.urls = list(urls)
         self.check_every = check_every
         self.resync_every = resync_every
+        self.signing_key = signing_key
+        self.max_calls = max_calls
         self.worker_options = worker_options
-        self.workers: dict[str, RemoteWorker] = {}
+        self.workers: dict[str, Worker] = {}
+        self.executors: dict[str, HttpExecutor] = {}
         self._synced_at: dict[str, float] = {}  # URL -> when it last answered a sync
         self._down: set[str] = set()  # URLs that did not answer since they last did
 
@@ -296,14 +347,17 @@ class RemoteApps:
                 await asyncio.gather(*(self._sync(client, url, now) for url in due))
         functions = await self.engine.list_functions()
         for app_id in sorted({f["app_id"] for f in functions if f.get("url")}):
-            worker = self.workers.get(app_id)
-            if worker is None:
-                worker = RemoteWorker(app_id, self.storage, **self.worker_options)
+            executor = self.executors.get(app_id)
+            if executor is None:
+                executor = HttpExecutor(app_id, Engine(self.storage),
+                                        signing_key=self.signing_key, max_calls=self.max_calls)
+                worker = Worker(executor, self.storage, **self.worker_options)
                 await worker.start()
+                self.executors[app_id] = executor
                 self.workers[app_id] = worker
-                log.info("serving SDK app %s: %s", app_id, ", ".join(worker.definitions))
+                log.info("serving SDK app %s: %s", app_id, ", ".join(executor.definitions))
             else:
-                await worker.refresh(functions)
+                await executor.refresh(functions)
 
     async def _sync(self, client: httpx.AsyncClient, url: str, now: float) -> None:
         try:
