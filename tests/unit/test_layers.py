@@ -17,7 +17,7 @@ LAYERS: dict[str, int] = {
     "storage": 1,  # backends, transactions, named queries, migrations
     "flow": 2, "definition": 2,  # what is stored about a function
     "engine": 3,  # every decision about events, runs and steps
-    "app": 4, "context": 4, "execution": 4,  # the in-process executor and what users write
+    "app": 4, "context": 4, "execution": 4, "executor": 4,  # executors and what users write
     "worker": 5, "server": 5, "dashboard": 5, "remote": 5,
     "testing": 6, "cli": 6, "__init__": 6, "pytest_plugin": 7,
 }

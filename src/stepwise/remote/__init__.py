@@ -2,6 +2,6 @@
 
 `registration` turns an SDK's `POST /fn/register` into stored function definitions (each with
 the URL that runs it); `protocol` speaks the SDK's call protocol (request bodies, step memos,
-opcodes to outcomes); `executor` is the worker that leases runs of those functions and calls
-their app.
+opcodes to outcomes); `executor` holds `HttpExecutor`, the `Executor` that runs those
+functions by calling their app (a `Worker` leases for it), and `RemoteApps`, one per app.
 """
