@@ -107,9 +107,10 @@ class Storage(ABC):
     async def write_statement(self, query: str, params: dict[str, Any], *,
                               inline: bool = False) -> dict[str, Any] | None:
         """Run one named statement that writes, committed durably on its own, and answer its
-        first row. PostgreSQL sends the ones that arrive together in one round trip and one
-        commit (every step's result takes this path). A statement that makes work due
-        (`queries.wakes`) wakes the workers once it committed."""
+        first row (SQLite: or, for a statement without RETURNING, `{"written": n}` when it
+        wrote n > 0 rows, else None). PostgreSQL sends the ones that arrive together in one
+        round trip and one commit (every step's result takes this path). A statement that
+        makes work due (`queries.wakes`) wakes the workers once it committed."""
         return await self.write(_first_row, query, params, inline=inline, one_statement=True)
 
     @abstractmethod

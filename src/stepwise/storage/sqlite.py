@@ -88,6 +88,23 @@ class _Tx:
                     ) -> list[list[dict[str, Any]]]:
         return self.each(calls)  # no round trips to save: the operation stays one transaction
 
+    def written(self, query: str, params: dict[str, Any]) -> dict[str, Any] | None:
+        """A statement's first row, or for one that answers none (no RETURNING) `{"written":
+        n}` when its first statement wrote n > 0 rows: `write_statement` on SQLite."""
+        statements = _statements(self.sql[query])
+        bound = _bind(params)
+        cursor = self.conn.execute(statements[0], bound)
+        row = cursor.fetchone()
+        written = cursor.rowcount
+        for statement in statements[1:]:
+            self.conn.execute(statement, bound)
+        if query in self.wakes and queries.woke(self.wakes[query], params,
+                                                None if row is None else [dict(row)]):
+            self.woke = True
+        if row is not None:
+            return dict(row)
+        return {"written": written} if cursor.description is None and written > 0 else None
+
     def _rows(self, query: str, params: dict[str, Any]) -> list[dict[str, Any]]:
         """A named query's rows; a query of several statements (one PostgreSQL statement of
         data-modifying CTEs, spelled out for SQLite) runs them in order and answers the
@@ -190,6 +207,10 @@ class SQLiteStorage(Storage):
         self._queue.put((op, args, durable, loop, fut))
         return await fut
 
+    async def write_statement(self, query: str, params: dict[str, Any], *,
+                              inline: bool = False) -> dict[str, Any] | None:
+        return await self.write(_written, query, params, inline=inline)
+
     async def read(self, op: Callable[..., T], *args: Any, snapshot: bool = True) -> T:
         conn = getattr(self._local, "conn", None)
         if conn is None:
@@ -220,8 +241,14 @@ class SQLiteStorage(Storage):
                     batch.append(item)
                 results = self._run_batch([(op, args, durable)
                                            for op, args, durable, _, _ in batch])
+            # One wake-up per event loop for the whole batch, not one per caller: each
+            # call_soon_threadsafe writes to the loop's self-pipe and wakes it.
+            answers: dict[asyncio.AbstractEventLoop, list[tuple[Any, bool, Any]]] = {}
             for (ok, value), (_op, _args, _d, loop, fut) in zip(results, batch, strict=True):
-                loop.call_soon_threadsafe(resolve_future, fut, ok, value)
+                answers.setdefault(loop, []).append((fut, ok, value))
+            for loop, answered in answers.items():
+                if not loop.is_closed():
+                    loop.call_soon_threadsafe(_resolve_all, answered)
             if stop:
                 return
 
@@ -267,6 +294,15 @@ class SQLiteStorage(Storage):
         if woke:
             self.notify_new_work()
         return results
+
+
+def _written(tx: _Tx, query: str, params: dict[str, Any]) -> dict[str, Any] | None:
+    return tx.written(query, params)
+
+
+def _resolve_all(answered: list[tuple[Any, bool, Any]]) -> None:
+    for fut, ok, value in answered:
+        resolve_future(fut, ok, value)
 
 
 def _unavailable(exc: sqlite3.OperationalError) -> bool:
