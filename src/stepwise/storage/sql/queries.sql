@@ -793,7 +793,13 @@ FROM runs WHERE event_id = :event_id ORDER BY id;
 CAST(json_extract(e.data, '$.' || :data_field) AS TEXT) = :data_value
 
 -- name: event_field_equals @postgres
-jsonb_extract_path_text(CAST(e.data AS jsonb), VARIADIC string_to_array(:data_field, '.'))
+-- jsonb cannot hold a NUL (U+0000), which JSON text (and so an event's data) may: before the
+-- cast, each `\u0000` escape (one not itself escaped: after an even number of backslashes)
+-- reads as U+FFFD, so one such event never breaks the search of every other.
+jsonb_extract_path_text(CAST(CASE WHEN strpos(e.data, '\u0000') = 0 THEN e.data
+                                  ELSE regexp_replace(e.data, '(?<!\\)((?:\\\\)*)\\u0000',
+                                                      '\1\\ufffd', 'g') END AS jsonb),
+                        VARIADIC string_to_array(:data_field, '.'))
   = :data_value
 
 -- name: count_run_logs
