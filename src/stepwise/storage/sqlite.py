@@ -91,33 +91,29 @@ class _Tx:
     def written(self, query: str, params: dict[str, Any]) -> dict[str, Any] | None:
         """A statement's first row, or for one that answers none (no RETURNING) `{"written":
         n}` when its first statement wrote n > 0 rows: `write_statement` on SQLite."""
-        statements = _statements(self.sql[query])
-        bound = _bind(params)
-        cursor = self.conn.execute(statements[0], bound)
-        row = cursor.fetchone()
-        written = cursor.rowcount
-        for statement in statements[1:]:
-            self.conn.execute(statement, bound)
-        if query in self.wakes and queries.woke(self.wakes[query], params,
-                                                None if row is None else [dict(row)]):
-            self.woke = True
-        if row is not None:
-            return dict(row)
-        return {"written": written} if cursor.description is None and written > 0 else None
+        rows, written = self._run(query, params)
+        if rows:
+            return rows[0]
+        return {"written": written} if written > 0 else None
 
     def _rows(self, query: str, params: dict[str, Any]) -> list[dict[str, Any]]:
-        """A named query's rows; a query of several statements (one PostgreSQL statement of
-        data-modifying CTEs, spelled out for SQLite) runs them in order and answers the
-        first one's rows."""
+        return self._run(query, params)[0]
+
+    def _run(self, query: str, params: dict[str, Any]) -> tuple[list[dict[str, Any]], int]:
+        """A named query's rows and how many rows its first statement wrote; a query of
+        several statements (one PostgreSQL statement of data-modifying CTEs, spelled out for
+        SQLite) runs them in order and answers the first one's."""
         statements = _statements(self.sql[query])
         bound = _bind(params)
         # fetchall: an UPDATE ... RETURNING runs to its end before the next statement.
-        rows = [dict(r) for r in self.conn.execute(statements[0], bound).fetchall()]
+        cursor = self.conn.execute(statements[0], bound)
+        rows = [dict(r) for r in cursor.fetchall()]
+        written = cursor.rowcount
         for statement in statements[1:]:
             self.conn.execute(statement, bound)
         if query in self.wakes and queries.woke(self.wakes[query], params, rows):
             self.woke = True
-        return rows
+        return rows, written
 
 
 def _bind(params: dict[str, Any]) -> dict[str, Any]:
