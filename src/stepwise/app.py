@@ -18,6 +18,7 @@ from .definition import (
     FunctionDefinition,
     RetryPolicy,
     Trigger,
+    check_executor,
     check_retries,
 )
 from .errors import DefinitionError
@@ -86,6 +87,8 @@ class Function:
     handles_failure_of: str | None = None
     flow: FlowOptions = field(default_factory=FlowOptions)
     attempt_timeout_ms: int = DEFAULT_ATTEMPT_TIMEOUT_MS
+    #: Where its plain (sync) step code runs: "thread" or "process" (see `App.function`).
+    executor: str = "thread"
     is_async: bool = field(init=False)
 
     def __post_init__(self) -> None:
@@ -128,6 +131,7 @@ class App:
         cancel_on: CancelOn | list[CancelOn] | None = None,
         timeouts: Timeouts | None = None,
         attempt_timeout: timedelta | None = None,
+        executor: str = "thread",
     ) -> Callable[[Callable[..., Any]], Function]:
         """Declare a function; see the README for every option.
 
@@ -135,8 +139,15 @@ class App:
         of the function's code between steps, may run. Past it the attempt fails with an
         AttemptTimeout error (retried like any failure) and the worker's slot is freed, even
         if the code never yields.
+
+        `executor`: where the function's plain (sync) step code runs. "thread" (the default):
+        a thread of the worker. "process": a child process of the worker's process pool, so
+        CPU-bound Python uses every core; such code must be a module-level function (given
+        as `ctx.step.run(id, fn, *args)`), and its arguments and result cross as JSON. A
+        child that dies (a crash, the memory bound) fails only that attempt, which is retried.
         """
         _check_id("function", id)
+        check_executor(f"function {id!r}", executor)
         timeout_ms = _attempt_timeout_ms(id, attempt_timeout)
         flow = flow_definition(id, concurrency=concurrency, throttle=throttle,
                                rate_limit=rate_limit, debounce=debounce, priority=priority,
@@ -166,7 +177,7 @@ class App:
                 handler = Function(self, f"{id}-failure", handler_fn, (), retries=retries,
                                    handles_failure_of=id, attempt_timeout_ms=timeout_ms)
             func = Function(self, id, fn, triggers, retries=retries, on_failure=handler,
-                            flow=flow, attempt_timeout_ms=timeout_ms)
+                            flow=flow, attempt_timeout_ms=timeout_ms, executor=executor)
             self.functions[id] = func
             if handler is not None:
                 self.functions[handler.id] = handler

@@ -15,6 +15,7 @@ import sys
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -318,8 +319,59 @@ def new_key(signing: bool) -> None:
                secrets.token_urlsafe(32))
 
 
+def _function_ids(_: Any, param: click.Parameter, values: tuple[str, ...]
+                  ) -> list[str] | None:
+    """`--functions a,b --functions c` to ["a", "b", "c"]; None when not given."""
+    if not values:
+        return None
+    ids = [part.strip() for value in values for part in value.split(",") if part.strip()]
+    if not ids:
+        raise click.BadParameter("names no function (give function ids: ID,ID)")
+    return ids
+
+
+def _function_limits(_: Any, param: click.Parameter, values: tuple[str, ...]
+                     ) -> dict[str, int]:
+    """`--function-concurrency a=1,b=2 --function-concurrency c=1` to {"a": 1, ...}."""
+    limits: dict[str, int] = {}
+    for value in values:
+        for part in (p.strip() for p in value.split(",")):
+            if not part:
+                continue
+            function_id, equals, number = (x.strip() for x in part.partition("="))
+            if not equals or not function_id:
+                raise click.BadParameter(f"{part!r} is not ID=N (e.g. transcribe-audio=1)")
+            try:
+                limit = int(number)
+            except ValueError:
+                limit = 0
+            if limit < 1:
+                raise click.BadParameter(f"{part!r}: N must be a positive integer (at most N "
+                                         f"runs of {function_id!r} at once)")
+            if function_id in limits:
+                raise click.BadParameter(f"{function_id!r} is given twice")
+            limits[function_id] = limit
+    return limits
+
+
+#: The `stepwise worker` flag of each `Worker` option choosing functions.
+_SELECTION_FLAGS = {"functions": "--functions", "exclude": "--exclude",
+                    "function_concurrency": "--function-concurrency"}
+
+
 @main.command()
 @click.argument("app_spec", metavar="[MODULE:APP]", required=False)
+@click.option("--functions", "only", multiple=True, metavar="ID,ID", callback=_function_ids,
+              help="Serve only these functions of MODULE:APP (comma-separated, repeatable): a "
+                   "dedicated worker; the others are left to other workers")
+@click.option("--exclude", multiple=True, metavar="ID,ID", callback=_function_ids,
+              help="Serve every function of MODULE:APP but these (comma-separated, "
+                   "repeatable)")
+@click.option("--function-concurrency", "function_limits", multiple=True, metavar="ID=N",
+              callback=_function_limits,
+              help="At most N runs of function ID at once in this process, executing or "
+                   "leased ahead (repeatable, or comma-separated; within --concurrency), "
+                   "e.g. for a model loaded once per process")
 @click.option("--sdk", "sdk_apps", is_flag=True,
               help="Also execute the runs of every synced Inngest SDK app (over HTTP)")
 @signing_key_options
@@ -330,24 +382,44 @@ def new_key(signing: bool) -> None:
 @limits_options
 @grace_option
 @max_stuck_option
-def worker(app_spec: str | None, sdk_apps: bool, signing_key: str | None,
+def worker(app_spec: str | None, only: list[str] | None, exclude: list[str] | None,
+           function_limits: dict[str, int], sdk_apps: bool, signing_key: str | None,
            signing_key_file: str | None, db: str | None, concurrency: int,
            lease_seconds: float, poll_seconds: float, grace_seconds: float,
            max_stuck_threads: int, **limits: int) -> None:
     """A worker alone: executes the app's runs from the database, and with --sdk the runs of
-    SDK apps (signed with --signing-key, which a `stepwise server` with a signing key needs)."""
+    SDK apps (signed with --signing-key, which a `stepwise server` with a signing key needs).
+
+    --functions and --exclude make a dedicated worker, serving some of the app's functions
+    only; runs of a function no live worker serves stay queued (`GET /api/v1/workers` lists
+    them) until one does.
+    """
     if app_spec is None and not sdk_apps:
         raise click.UsageError("name an app (MODULE:APP), or pass --sdk to execute SDK apps' "
                                "runs, or both")
+    if app_spec is None and (only is not None or exclude or function_limits):
+        raise click.UsageError("--functions, --exclude and --function-concurrency choose "
+                               "among the functions of a Python app: name it (MODULE:APP)")
     signing_key = _signing_key(signing_key, signing_key_file)
     if signing_key is not None and not sdk_apps:
         raise click.UsageError("--signing-key is for SDK apps: add --sdk")
     app = load_app(app_spec) if app_spec else None
+    if app is not None and (only is not None or exclude or function_limits):
+        from .worker import FunctionSelectionError, select_functions
+
+        try:
+            select_functions(app.id, list(app.functions), functions=only,
+                             exclude=exclude or (), function_concurrency=function_limits)
+        except FunctionSelectionError as exc:
+            raise click.BadParameter(exc.detail,
+                                     param_hint=f"'{_SELECTION_FLAGS[exc.option]}'") from None
     asyncio.run(_serve(app=app, db=db, host="", port=0, access=Access(),
                        concurrency=concurrency, lease_seconds=lease_seconds,
                        poll_seconds=poll_seconds, with_http=False, limits=_limits(limits),
                        grace=grace_seconds, max_stuck=max_stuck_threads,
-                       sdk_urls=() if sdk_apps else None, signing_key=signing_key))
+                       sdk_urls=() if sdk_apps else None, signing_key=signing_key,
+                       functions=only, exclude=exclude or (),
+                       function_concurrency=function_limits))
 
 
 async def _serve(*, app: App | None, db: str | None, host: str, port: int,
@@ -355,9 +427,13 @@ async def _serve(*, app: App | None, db: str | None, host: str, port: int,
                  poll_seconds: float, with_http: bool, limits: Limits,
                  max_in_flight: int = DEFAULT_MAX_IN_FLIGHT, grace: float = DEFAULT_GRACE_S,
                  max_stuck: int | None = None, sdk_urls: tuple[str, ...] | None = None,
-                 signing_key: str | None = None) -> None:
+                 signing_key: str | None = None, functions: list[str] | None = None,
+                 exclude: Sequence[str] = (),
+                 function_concurrency: dict[str, int] | None = None) -> None:
     """`sdk_urls` (None: no SDK apps here; may be empty): execute the runs of synced SDK apps
-    in this process too, after asking the apps at these URLs to sync."""
+    in this process too, after asking the apps at these URLs to sync. `functions`, `exclude`
+    and `function_concurrency`: which of the app's functions its worker serves, and how many
+    runs of each at once (see `Worker`)."""
     import uvicorn
 
     from .remote.executor import RemoteApps
@@ -379,10 +455,12 @@ async def _serve(*, app: App | None, db: str | None, host: str, port: int,
     try:
         if app is not None:
             worker_ = Worker(app, storage, concurrency=concurrency, lease_seconds=lease_seconds,
-                             poll_interval=poll_seconds, limits=limits)
+                             poll_interval=poll_seconds, limits=limits, functions=functions,
+                             exclude=exclude, function_concurrency=function_concurrency)
             await worker_.start()
-            click.echo(f"stepwise worker {worker_.id}: app {app.id!r} with "
-                       f"{len(app.functions)} functions, concurrency {concurrency}")
+            click.echo(f"stepwise worker {worker_.id}: app {app.id!r} " +
+                       _serving(worker_.functions, len(app.functions),
+                                worker_.function_concurrency, concurrency))
         if sdk_urls is not None:
             remote = RemoteApps(storage, sdk_urls, signing_key=signing_key,
                                 concurrency=concurrency, lease_seconds=lease_seconds,
@@ -419,6 +497,17 @@ async def _serve(*, app: App | None, db: str | None, host: str, port: int,
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(exit_code)
+
+
+def _serving(served: list[str], of: int, limits: dict[str, int], concurrency: int) -> str:
+    """What a worker serves, for its start-up line."""
+    if len(served) == of and not limits:
+        return f"with {of} functions, concurrency {concurrency}"  # as before dedicated workers
+    what = (f"serving all {of} functions" if len(served) == of else
+            f"serving {len(served)} of its {of} functions: {', '.join(served)}")
+    if limits:
+        what += " (at most " + ", ".join(f"{n} {f}" for f, n in limits.items()) + " at once)"
+    return f"{what}; concurrency {concurrency}"
 
 
 def _shown(db: str | None) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextvars
-import inspect
 import logging
 import traceback
 from collections.abc import Awaitable, Callable
@@ -11,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
-from .definition import check_retries
+from .definition import check_executor, check_retries
 from .errors import ErrorInfo
 from .events import Event
 
@@ -33,8 +32,12 @@ class Execution(Protocol):
     def replaying(self) -> bool: ...
     def keep_log(self, level: int, message: str) -> None: ...
     async def saved(self) -> None: ...
-    def start_step(self, step_id: str, retries: int | None, fn: object, returns: Any = None
-                   ) -> tuple[Any, Any]: ...
+    def start_step(self, step_id: str, retries: int | None, fn: object, returns: Any = None,
+                   executor: str | None = None) -> tuple[Any, Any]: ...
+    async def step_code(self, call: Any, fn: Callable[..., Any], args: tuple[Any, ...],
+                        kwargs: dict[str, Any]) -> Any: ...
+    def step_code_sync(self, call: Any, fn: Callable[..., Any], args: tuple[Any, ...],
+                       kwargs: dict[str, Any]) -> Any: ...
     async def end_step(self, call: Any, result: Any = None,
                        exc: Exception | None = None) -> Any: ...
     def enter(self) -> None: ...
@@ -101,21 +104,26 @@ class _ReplayQuietLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
 class StepOptions:
     """A step id with options of its own: `ctx.step.run(StepOptions("charge", retries=10), fn)`
     retries that step 10 times whatever the function's `retries`; `returns=Order` rebuilds
-    its result as an `Order` where `fn` has no return annotation (a lambda)."""
+    its result as an `Order` where `fn` has no return annotation (a lambda);
+    `executor="process"` runs plain (sync) step code in a child process, `"thread"` in a
+    thread, whatever the function's `executor`."""
 
     id: str
     retries: int | None = None
     #: The type the step's result is rebuilt as, when `fn` does not declare it (see `results`).
     returns: Any = None
+    executor: str | None = None
 
     def __post_init__(self) -> None:
         if self.retries is not None:
             check_retries(f"step {self.id!r}", self.retries)
+        if self.executor is not None:
+            check_executor(f"step {self.id!r}", self.executor)
 
 
-def _split(step: str | StepOptions) -> tuple[str, int | None, Any]:
-    return ((step.id, step.retries, step.returns) if isinstance(step, StepOptions)
-            else (step, None, None))
+def _split(step: str | StepOptions) -> tuple[str, int | None, Any, str | None]:
+    return ((step.id, step.retries, step.returns, step.executor)
+            if isinstance(step, StepOptions) else (step, None, None, None))
 
 
 class AsyncStep:
@@ -128,24 +136,20 @@ class AsyncStep:
                   **kwargs: Any) -> Any:
         """Run `fn(*args, **kwargs)` once for this run; later executions get its stored result.
 
-        A sync `fn` runs on the worker's event loop: keep it short or make it async.
+        An `async def` fn runs on the function's event loop; a plain one in a thread (or a
+        child process, with `executor="process"`), so it never holds the loop.
         """
-        sid, retries, returns = _split(step_id)
+        sid, retries, returns, executor = _split(step_id)
         await self._ex.saved()  # the step before is stored before this one starts
-        call, stored = self._ex.start_step(sid, retries, fn, returns)
+        call, stored = self._ex.start_step(sid, retries, fn, returns, executor)
         if call is None:
             return stored
         self._ex.enter()
-        token = CURRENT_STEP.set(call.sid)  # this step's code logs as this step
         try:
             try:
-                result = fn(*args, **kwargs)
-                if inspect.isawaitable(result):
-                    result = await result
+                result = await self._ex.step_code(call, fn, args, kwargs)
             except Exception as exc:
                 return await self._ex.end_step(call, exc=exc)
-            finally:
-                CURRENT_STEP.reset(token)
             return await self._ex.end_step(call, result)
         finally:
             self._ex.leave()
@@ -196,21 +200,19 @@ class SyncStep:
 
     def run(self, step_id: str | StepOptions, fn: Callable[..., Any], /, *args: Any,
             **kwargs: Any) -> Any:
-        """Run `fn(*args, **kwargs)` once for this run; later executions get its stored result."""
+        """Run `fn(*args, **kwargs)` once for this run; later executions get its stored result.
+
+        It runs in this function's thread (or a child process, with `executor="process"`).
+        """
         ex = self._ex
-        sid, retries, returns = _split(step_id)
-        call, stored = ex.start_step(sid, retries, fn, returns)
+        sid, retries, returns, executor = _split(step_id)
+        call, stored = ex.start_step(sid, retries, fn, returns, executor)
         if call is None:
             return stored
-        token = CURRENT_STEP.set(call.sid)  # this step's code logs as this step
         try:
-            result = fn(*args, **kwargs)
-            if inspect.isawaitable(result):
-                result = ex.call(result)
+            result = ex.step_code_sync(call, fn, args, kwargs)
         except Exception as exc:
             return ex.call(ex.end_step(call, exc=exc))
-        finally:
-            CURRENT_STEP.reset(token)
         return ex.call(ex.end_step(call, result))
 
     def sleep(self, step_id: str, duration: timedelta) -> None:

@@ -92,6 +92,17 @@ def check_retries(owner: str, value: object) -> int:
     return value
 
 
+#: Where plain (sync) step code runs: a thread of the worker, or a child process of its pool.
+EXECUTORS = ("thread", "process")
+
+
+def check_executor(owner: str, value: object) -> str:
+    if value not in EXECUTORS:
+        raise DefinitionError(f"{owner}: executor must be one of {', '.join(map(repr, EXECUTORS))}"
+                              f", got {value!r}")
+    return str(value)
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     """A failed attempt is retried `retries` times; retry n waits a random time between half

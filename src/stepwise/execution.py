@@ -10,6 +10,9 @@ knows that no engine can is the code's step order, so the non-determinism check 
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
+import inspect
 import logging
 import threading
 import time
@@ -51,6 +54,7 @@ from .errors import (
 from .events import Event, StoredEvent, coerce_events
 from .metrics import Metrics
 from .payloads import Limits, PayloadError, PayloadTooLarge, dumps, loads
+from .processes import ChildRaised
 from .status import RunStatus, StepStatus
 from .storage.rows import StepRow
 
@@ -64,6 +68,13 @@ T = TypeVar("T")
 MAX_STEP_ID = 512
 
 
+class ChildProcesses(Protocol):
+    """Where `executor="process"` step code runs (`processes.ProcessPool`)."""
+
+    async def run(self, fn: Callable[..., Any], args_json: str, kwargs_json: str, what: str,
+                  limit: int) -> str: ...
+
+
 @dataclass
 class ExecutorEnv:
     """What an execution needs from its surroundings (its executor provides it)."""
@@ -71,7 +82,10 @@ class ExecutorEnv:
     engine: Engine  # and its clock, the one time every outcome is stamped with
     limits: Limits
     metrics: Metrics
-    threads: ThreadPoolExecutor  # where sync functions and sync parallel branches run
+    threads: ThreadPoolExecutor  # where sync functions, sync step code and sync branches run
+    #: The child processes where the step code of `executor="process"` runs (started on
+    #: first use).
+    processes: Callable[[], ChildProcesses]
     inline: Callable[[], bool] = lambda: False  # commit on the loop (one run executing)
 
 
@@ -122,6 +136,15 @@ class StepCall:
     kind: Any = None  # the declared result type (`results`), None: the stored JSON
     began: float = 0.0  # time.monotonic(): attempt timeouts count real time, not engine time
     span: Any = None  # the attempt's trace span, when tracing is on
+    where: str = "thread"  # where its code runs: "loop" (a coroutine), "thread" or "process"
+    task: asyncio.Task[Any] | None = None  # the task running its code on a loop, if any
+
+
+def is_coroutine_function(fn: object) -> bool:
+    """Whether calling `fn` makes a coroutine (an `async def`, a partial of one, or an object
+    whose `__call__` is one): such step code runs on the loop, any other in a thread."""
+    call = None if inspect.isroutine(fn) else type(fn).__dict__.get("__call__")
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(call)
 
 
 class Execution:
@@ -169,6 +192,9 @@ class Execution:
         #: Where sync code runs (the pool when it started: its executor swaps in a fresh one when
         #: code holds a thread past its attempt timeout).
         self.threads = env.threads
+        #: Step attempts whose code runs in a thread now (a thread the executor may have to
+        #: give up on, if the attempt overruns its timeout).
+        self.threaded = 0
         self.event_json: dict[str, Any] | None = None
         event = None
         if state.event is not None:
@@ -310,9 +336,10 @@ class Execution:
 
     # --- step.run: the whole protocol; the async and sync tools only call `fn` --------------
 
-    def start_step(self, step_id: str, retries: int | None, fn: object, returns: Any = None
-                   ) -> tuple[StepCall | None, Any]:
-        """(None, stored result) when memoized, else (the call to make, None)."""
+    def start_step(self, step_id: str, retries: int | None, fn: object, returns: Any = None,
+                   executor: str | None = None) -> tuple[StepCall | None, Any]:
+        """(None, stored result) when memoized, else (the call to make, None). `executor`:
+        the step's own choice for plain code ("thread" or "process"), else the function's."""
         if not callable(fn):
             raise TypeError(f"step.run({step_id!r}, fn): fn must be callable, got {fn!r}")
         sid, seq, row = self.claim(step_id)
@@ -324,7 +351,9 @@ class Execution:
                             f"(renewals are late); step {sid!r} is left to the next owner")
         attempt = int(row["attempts"]) if row is not None else 0
         self.ctx.attempt = attempt
-        call = StepCall(sid, seq, attempt, self.now_ms(), retries, kind, time.monotonic())
+        where = "loop" if is_coroutine_function(fn) else (executor or self.function.executor)
+        call = StepCall(sid, seq, attempt, self.now_ms(), retries, kind, time.monotonic(),
+                        where=where)
         if self.span is not None:
             call.span = tracing.start_step(self.span, sid, attempt)
         self.calls[sid] = call
@@ -350,11 +379,10 @@ class Execution:
             except PayloadError as problem:
                 exc = StepOutputError(str(problem))
         if exc is not None:
-            outcome = StepFailed(
-                call.sid, call.seq, describe_exception(exc, call.sid), call.started, now,
-                call.attempt, retriable=not isinstance(exc, NonRetriableError),
-                retry_after_ms=int(exc.delay * 1000) if isinstance(exc, RetryAfterError)
-                else None, retries=call.retries)
+            error, retriable, retry_after_ms = failure_of(exc, call.sid)
+            outcome = StepFailed(call.sid, call.seq, error, call.started, now, call.attempt,
+                                 retriable=retriable, retry_after_ms=retry_after_ms,
+                                 retries=call.retries)
         if call.span is not None:
             tracing.end(call.span, exc)
         if isinstance(outcome, StepCompleted) and self._may_defer():
@@ -384,6 +412,68 @@ class Execution:
         log.warning("run %s %s: step %r attempt %d failed, will retry: %s", self.run_id,
                     self.function.id, call.sid, call.attempt + 1, message)
         self.wait_for(None)
+
+    # --- where a step's code runs ----------------------------------------------------------
+    # Plain (sync) code never runs on an event loop: in an async function it runs in the
+    # executor's thread pool (so `ctx.step.parallel` of plain steps overlaps, and a slow one
+    # holds no other run), or in a child process when the function or step asks for
+    # `executor="process"` (CPU-bound code on every core). Coroutines run on the loop.
+
+    async def step_code(self, call: StepCall, fn: Callable[..., Any], args: tuple[Any, ...],
+                        kwargs: dict[str, Any]) -> Any:
+        """Run a step's code for an async function; return its result."""
+        token = CURRENT_STEP.set(call.sid)  # this step's code logs as this step
+        try:
+            if call.where == "process":
+                return await self._in_child(call, fn, args, kwargs)
+            if call.where == "loop":
+                call.task = asyncio.current_task()
+                return await fn(*args, **kwargs)
+            self.threaded += 1
+            try:
+                result = await self.loop.run_in_executor(self.env.threads, functools.partial(
+                    contextvars.copy_context().run, fn, *args, **kwargs))
+            finally:
+                self.threaded -= 1
+            if inspect.isawaitable(result):  # a lambda that returns a coroutine
+                call.task = asyncio.current_task()
+                result = await result
+            return result
+        finally:
+            CURRENT_STEP.reset(token)
+
+    def step_code_sync(self, call: StepCall, fn: Callable[..., Any], args: tuple[Any, ...],
+                       kwargs: dict[str, Any]) -> Any:
+        """Run a step's code for a sync function, from its thread; return its result. A
+        coroutine it makes runs to its end in this thread, on an event loop of its own."""
+        token = CURRENT_STEP.set(call.sid)
+        try:
+            if call.where == "process":
+                return self.call(self._in_child(call, fn, args, kwargs))
+            result = fn(*args, **kwargs)
+            if inspect.isawaitable(result):
+                result = asyncio.run(_awaited(result))
+            return result
+        finally:
+            CURRENT_STEP.reset(token)
+
+    async def _in_child(self, call: StepCall, fn: Callable[..., Any], args: tuple[Any, ...],
+                        kwargs: dict[str, Any]) -> Any:
+        """Run plain step code in a child process; arguments and result cross as JSON, as
+        the result is stored, so the step behaves the same in a thread."""
+        limit = self.env.limits.step_output_bytes
+        try:
+            args_json = dumps(list(args), f"the arguments of step {call.sid!r}", limit)
+            kwargs_json = dumps(kwargs, f"the keyword arguments of step {call.sid!r}", limit)
+        except PayloadError as exc:
+            raise NonRetriableError(f"{exc} (the code of step {call.sid!r} runs in a "
+                                    "process: its arguments cross as JSON)") from None
+        try:
+            output = await self.env.processes().run(fn, args_json, kwargs_json,
+                                                    f"output of step {call.sid!r}", limit)
+        except TypeError as exc:  # code that cannot cross by reference (a lambda)
+            raise NonRetriableError(str(exc)) from None
+        return loads(output)
 
     # --- other step kinds ------------------------------------------------------------------
 
@@ -602,6 +692,20 @@ class Execution:
         if applied.run_status in (RunStatus.completed, RunStatus.failed):
             self.env.metrics.run_finished(self.function.id, applied.run_status, self.created_at,
                                           self.now_ms())
+
+
+async def _awaited(awaitable: Awaitable[T]) -> T:
+    return await awaitable
+
+
+def failure_of(exc: Exception, step_id: str) -> tuple[ErrorInfo, bool, int | None]:
+    """A failed attempt's stored error, whether it may be retried, and after how long (ms,
+    None: the usual backoff). An error raised in a child process crosses as its stored shape."""
+    if isinstance(exc, ChildRaised):
+        return (ErrorInfo(**exc.error, step_id=step_id), not exc.non_retriable,
+                None if exc.retry_after_s is None else int(exc.retry_after_s * 1000))
+    return (describe_exception(exc, step_id), not isinstance(exc, NonRetriableError),
+            int(exc.delay * 1000) if isinstance(exc, RetryAfterError) else None)
 
 
 def settle_branches(results: list[Any]) -> list[Any]:

@@ -9,13 +9,16 @@ more. `InProcessExecutor` runs the Python functions of an `App` in this process;
 
 In process, user code does not run on the worker's own event loop: async functions run on a
 `UserLoop` (one thread with its own event loop, shared by the runs, so loop-bound clients such
-as a connection pool work across runs), sync functions on a thread pool. Code that blocks or
-never yields stalls only user code: the worker's loop goes on leasing, renewing leases, serving
-HTTP (in `stepwise dev`), enforcing attempt timeouts and handling SIGTERM. When an attempt
-overruns its timeout and its code does not stop (a frozen user loop, a thread that never
-returns), the executor starts a fresh loop or pool and the worker hands the other runs on the
-frozen loop back; frozen threads cannot be killed, so `stuck_threads` tells `stepwise worker`
-to restart the process once there are too many.
+as a connection pool work across runs), sync functions on a thread pool, and plain step code
+in that pool too (or in child processes, `processes.ProcessPool`, for `executor="process"`).
+Code that blocks or never yields stalls only user code: the worker's loop goes on leasing,
+renewing leases, serving HTTP (in `stepwise dev`), enforcing attempt timeouts and handling
+SIGTERM. Async code that holds the user loop longer than `loop_stall_s` (a blocking call, a
+busy loop) fails its attempt with the file and line it was stuck at, and the other runs of
+that loop move to a fresh one at once. When an attempt overruns its timeout and its code does
+not stop (a thread that never returns), the executor starts a fresh pool; frozen threads
+cannot be killed, so `stuck_threads` tells `stepwise worker` to restart the process once there
+are too many. Child processes can be killed: a process step that overruns is.
 """
 
 from __future__ import annotations
@@ -24,23 +27,36 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import os
+import sys
 import threading
-from collections.abc import Coroutine
+import time
+import traceback
+import weakref
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .app import App
 from .engine import Engine, Lease, RunState
-from .engine.outcomes import Outcome
-from .execution import Execution, ExecutorEnv
+from .engine.outcomes import Outcome, RunFailed, StepFailed
+from .errors import ErrorInfo
+from .execution import ChildProcesses, Execution, ExecutorEnv
 from .metrics import Metrics
 from .payloads import Limits
+from .processes import ProcessOptions, ProcessPool
 
 log = logging.getLogger("stepwise.worker")
 
-#: A user loop that does not answer a ping within this many seconds is frozen.
+#: A user loop whose last turn is older than this (seconds) is frozen.
 FROZEN_AFTER_S = 1.0
+#: How often a user loop notes that it had a turn (seconds).
+TICK_S = 0.1
+#: By default, async code that holds the user loop this long without yielding fails its
+#: attempt (seconds): long enough for a slow callback, short enough that one bug does not
+#: stall the other runs of the worker for minutes.
+DEFAULT_LOOP_STALL_S = 5.0
 
 
 @dataclass(eq=False)
@@ -116,15 +132,50 @@ class Executor(Protocol):
 
 
 class UserLoop:
-    """A thread running the event loop where user code executes."""
+    """A thread running the event loop where user code executes. It notes each turn it gets
+    (`stalled_for`), and which job each of its tasks works for (a task inherits its creator's),
+    so code that holds it can be named."""
 
     def __init__(self, name: str) -> None:
         self.loop = asyncio.new_event_loop()
+        self.last_turn = time.monotonic()
+        self.owners: weakref.WeakKeyDictionary[asyncio.Task[Any], Job] = \
+            weakref.WeakKeyDictionary()
+        self.loop.set_task_factory(self._new_task)
         self.thread = threading.Thread(target=self._serve, name=name, daemon=True)
         self.thread.start()
 
+    def _new_task(self, loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any
+                  ) -> asyncio.Task[Any]:
+        task: asyncio.Task[Any] = asyncio.Task(coro, loop=loop, **kwargs)
+        parent = asyncio.current_task(loop)
+        owner = self.owners.get(parent) if parent is not None else None
+        if owner is not None:
+            self.owners[task] = owner
+        return task
+
+    def _turn(self) -> None:
+        self.last_turn = time.monotonic()
+        self.loop.call_later(TICK_S, self._turn)
+
+    def stalled_for(self, now: float) -> float:
+        """How long (seconds, at time.monotonic() `now`) the loop has not had a turn."""
+        return max(0.0, now - self.last_turn - TICK_S)
+
+    def holder(self) -> tuple[Job | None, asyncio.Task[Any] | None]:
+        """The job whose code holds the loop now, and the task running it (read from another
+        thread while the loop is stuck in that task)."""
+        task = asyncio.current_task(self.loop)
+        return (self.owners.get(task) if task is not None else None), task
+
+    def stack(self) -> list[traceback.FrameSummary]:
+        """Where the loop's thread is now, outermost frame first."""
+        frame = sys._current_frames().get(self.thread.ident or -1)
+        return traceback.extract_stack(frame) if frame is not None else []
+
     def _serve(self) -> None:
         asyncio.set_event_loop(self.loop)
+        self.loop.call_soon(self._turn)
         try:
             self.loop.run_forever()
         finally:
@@ -138,21 +189,6 @@ class UserLoop:
     def submit(self, coro: Coroutine[Any, Any, None]) -> concurrent.futures.Future[None]:
         return asyncio.run_coroutine_threadsafe(coro, self.loop)
 
-    async def responsive(self) -> bool:
-        """Whether the loop runs a callback within FROZEN_AFTER_S."""
-        loop = asyncio.get_running_loop()
-        answered: asyncio.Future[bool] = loop.create_future()
-
-        def answer() -> None:
-            if not answered.done():
-                answered.set_result(True)
-
-        try:
-            self.loop.call_soon_threadsafe(loop.call_soon_threadsafe, answer)
-            return await asyncio.wait_for(answered, FROZEN_AFTER_S)
-        except (TimeoutError, RuntimeError):
-            return False
-
     def retire(self) -> None:
         """Stop once the loop is free (never, if user code froze it: the thread is a daemon
         and dies with the process)."""
@@ -164,7 +200,7 @@ class UserLoop:
 class _Placed:
     """Where one job's code runs."""
 
-    user_loop: UserLoop | None  # None: on the worker's loop (the test harness)
+    user_loop: UserLoop | None  # None: on the worker's loop (sync functions, the test harness)
     execution: Execution | None = None  # once made, on that loop
 
 
@@ -172,37 +208,58 @@ class InProcessExecutor:
     """Runs the Python functions of an `App` in this process (see the module's docstring)."""
 
     def __init__(self, app: App, engine: Engine, *, concurrency: int = 10,
-                 limits: Limits | None = None, isolate: bool = True) -> None:
+                 limits: Limits | None = None, isolate: bool = True,
+                 loop_stall_s: float = DEFAULT_LOOP_STALL_S,
+                 processes: ProcessOptions | None = None) -> None:
         """`isolate=False` runs async user code on the worker's own loop (the test harness
         does, so tests can share asyncio objects with functions); nothing then protects the
-        worker from code that blocks. `concurrency`: the worker's, to size the thread pool."""
+        worker from code that blocks. `concurrency`: the worker's, to size the thread pool.
+        `loop_stall_s`: async code holding the user loop longer fails its attempt.
+        `processes`: the pool for `executor="process"` step code (default: one child per
+        core, started on first use)."""
+        if loop_stall_s <= 0:
+            raise ValueError("loop_stall_s must be positive")
         self.app = app
         self.app_id = app.id
         self.engine = engine
         self.isolate = isolate
+        self.loop_stall_s = loop_stall_s
+        self.process_options = processes or ProcessOptions()
         self._functions = list(app.functions)
         self._pool_size = concurrency * 2
         self._generation = 0
         self._running: dict[Job, _Placed] = {}
         self._user_loop: UserLoop | None = None
+        self._home: asyncio.AbstractEventLoop | None = None  # the worker's loop
+        self._processes: ProcessPool | None = None
         #: User loops and thread pools given up because user code in them overran its
         #: attempt timeout without yielding (see `stuck_threads`).
         self._retired_loops: list[UserLoop] = []
         self._retired_pools: list[ThreadPoolExecutor] = []
         self.env = ExecutorEnv(engine=engine, limits=limits or Limits(), metrics=Metrics(),
                                inline=lambda: len(self._running) <= 1,
-                               threads=self._new_pool())
+                               threads=self._new_pool(), processes=self._process_pool)
 
     def _new_pool(self) -> ThreadPoolExecutor:
         self._generation += 1
         return ThreadPoolExecutor(max_workers=self._pool_size,
                                   thread_name_prefix=f"stepwise-sync-{self._generation}")
 
+    def _process_pool(self) -> ChildProcesses:
+        """The child processes, started on first use; used from the worker's loop whatever
+        loop the step runs on (`_HomePool`)."""
+        if self._processes is None:
+            self._processes = ProcessPool(self.process_options)
+        if self._home is None:
+            return self._processes
+        return _HomePool(self._processes, self._home)
+
     def functions(self) -> list[str]:
         return self._functions
 
     async def prepare(self) -> None:
         """Store the app's definitions, so servers route its events; start the user loop."""
+        self._home = asyncio.get_running_loop()
         await self.engine.register(self.app.id, [f.definition() for f in
                                                  self.app.functions.values()])
         if self.isolate and self._user_loop is None:
@@ -212,8 +269,11 @@ class InProcessExecutor:
         return self.app.get(function_id) is not None
 
     async def execute(self, job: Job) -> None:
-        """Run the function's code on the user loop (on this one, without isolation)."""
-        placed = _Placed(self._user_loop)
+        """Run an async function's code on the user loop, a sync one's from this loop (its
+        code runs in a thread); without isolation, all on this loop."""
+        function = self.app.get(job.state.run["function_id"])
+        assert function is not None  # the worker asked `serves`
+        placed = _Placed(self._user_loop if function.is_async else None)
         self._running[job] = placed
         try:
             if placed.user_loop is None:
@@ -225,7 +285,11 @@ class InProcessExecutor:
 
     async def _execution(self, job: Job, placed: _Placed) -> None:
         function = self.app.get(job.state.run["function_id"])
-        assert function is not None  # the worker asked `serves`
+        assert function is not None
+        if placed.user_loop is not None:
+            current = asyncio.current_task()
+            if current is not None:
+                placed.user_loop.owners[current] = job  # its tasks are this job's
         placed.execution = Execution(self.env, function, job)
         if not job.abandoned:
             await placed.execution.run()
@@ -234,26 +298,55 @@ class InProcessExecutor:
         placed = self._running.get(job)
         if placed is None or placed.execution is None:
             return []
+        user_loop = placed.user_loop
+        if user_loop is not None and user_loop is self._user_loop and \
+                user_loop.stalled_for(now) > self.loop_stall_s:
+            holder, task = user_loop.holder()
+            if holder is job:
+                return self._stalled(placed.execution, task, user_loop, now)
         return placed.execution.expired(now)
 
+    def _stalled(self, execution: Execution, task: asyncio.Task[Any] | None, user_loop: UserLoop,
+                 now: float) -> list[Outcome]:
+        """Fail the attempt whose code holds the user loop, naming where it is stuck."""
+        frames = [f for f in user_loop.stack() if not _internal(f.filename)]
+        where = f"{frames[-1].filename}:{frames[-1].lineno} in {frames[-1].name}" if frames \
+            else "an unknown place"
+        held = user_loop.stalled_for(now)
+        error = ErrorInfo(name="LoopStalled", stack="".join(traceback.format_list(frames)),
+                          message=(
+            f"function {execution.function.id!r} held its event loop for {held:.1f} s "
+            f"without yielding, at {where}; every run on that loop waited meanwhile. In an "
+            "async function, await instead of blocking, or put blocking or CPU-bound code in "
+            "a plain (def) step, which runs in a thread (executor=\"process\": a process). "
+            f"The bound is the worker's loop_stall_s ({self.loop_stall_s:g} s)."))
+        ended = execution.now_ms()
+        steps = [c for c in list(execution.calls.values()) if task is not None and c.task is task]
+        if steps:
+            return [StepFailed(c.sid, c.seq, ErrorInfo(**error, step_id=c.sid), c.started,
+                               ended, c.attempt, retriable=True, retries=c.retries)
+                    for c in steps]
+        return [RunFailed(error)]
+
     async def timed_out(self, job: Job) -> list[Job]:
-        """A sync function's code may hold its pool thread for ever: new runs get a fresh
-        pool (work queued on the old one still runs). Async code that froze the user loop
-        stops every run on it: a fresh loop takes new runs, the others are answered."""
+        """Code in a thread may hold it for ever: new runs get a fresh pool (work queued on
+        the old one still runs). Async code that froze the user loop stops every run on it:
+        a fresh loop takes new runs, the others are answered."""
         placed = self._running.get(job)
         execution = placed.execution if placed is not None else None
         if placed is None or execution is None:
             return []  # it ended meanwhile: it holds nothing
-        pool = execution.threads
-        if pool is self.env.threads and not execution.function.is_async:
+        if not execution.function.is_async or execution.threaded:
+            pool = self.env.threads
             self._retired_pools.append(pool)
             self.env.threads = self._new_pool()
             pool.shutdown(wait=False)
         frozen = placed.user_loop
-        if frozen is None or frozen is not self._user_loop or await frozen.responsive():
+        if frozen is None or frozen is not self._user_loop or frozen.stalled_for(
+                time.monotonic()) < min(FROZEN_AFTER_S, self.loop_stall_s):
             return []
         others = [other for other, on in self._running.items()
-                  if on.user_loop is frozen and not other.abandoned]
+                  if on.user_loop is frozen and not other.abandoned and other is not job]
         log.error("app %s: user code froze its event loop; starting a new one and handing "
                   "back %d other runs", self.app_id, len(others))
         self._retired_loops.append(frozen)
@@ -275,3 +368,33 @@ class InProcessExecutor:
         if self._user_loop is not None:
             self._user_loop.retire()
         self.env.threads.shutdown(wait=False, cancel_futures=True)
+        if self._processes is not None:
+            await self._processes.close()
+
+
+_STEPWISE_DIR = os.path.dirname(os.path.abspath(__file__))
+_ASYNCIO_DIR = os.path.dirname(os.path.abspath(asyncio.__file__))
+
+
+def _internal(filename: str) -> bool:
+    """Frames of stepwise, asyncio and threading: not where user code is stuck."""
+    path = os.path.abspath(filename)
+    return path.startswith((_STEPWISE_DIR + os.sep, _ASYNCIO_DIR + os.sep)) or \
+        os.path.basename(path) == "threading.py"
+
+
+class _HomePool:
+    """A `ProcessPool` used from any loop: its calls run on the loop it belongs to (the
+    worker's); cancelling the caller cancels the call there (which kills the child)."""
+
+    def __init__(self, pool: ProcessPool, home: asyncio.AbstractEventLoop) -> None:
+        self._pool = pool
+        self._home = home
+
+    async def run(self, fn: Callable[..., Any], args_json: str, kwargs_json: str, what: str,
+                  limit: int) -> str:
+        if asyncio.get_running_loop() is self._home:
+            return await self._pool.run(fn, args_json, kwargs_json, what, limit)
+        future = asyncio.run_coroutine_threadsafe(
+            self._pool.run(fn, args_json, kwargs_json, what, limit), self._home)
+        return await asyncio.wrap_future(future)

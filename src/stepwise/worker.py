@@ -8,6 +8,11 @@ Everything here runs on the worker's own event loop, which user code never block
 handled whatever the code does. An execution the worker gives up (attempt timeout, shutdown)
 is fenced (`Job.abandoned`), its run failed or handed back through the engine, and its task
 cancelled.
+
+A dedicated worker serves some of its executor's functions only (`functions`, `exclude`): it
+leases and announces only those, so other workers (or none, which the workers view shows) take
+the rest. `function_concurrency` caps how many runs of a function it holds at once (a model
+loaded once per process).
 """
 
 from __future__ import annotations
@@ -19,14 +24,17 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Collection, Mapping, Sequence
 
 from .app import App
 from .clock import Clock
 from .engine import Engine
+from .engine.leasing import Leased
 from .engine.outcomes import Outcome
 from .errors import ExecutionStopped, LeaseLost, RunCancelled
-from .executor import Executor, InProcessExecutor, Job
+from .executor import DEFAULT_LOOP_STALL_S, Executor, InProcessExecutor, Job
 from .payloads import Limits, new_id
+from .processes import ProcessOptions
 from .storage import Storage
 
 log = logging.getLogger("stepwise.worker")
@@ -41,6 +49,56 @@ PREFETCH_BELOW_S = 0.05
 #: A run leased ahead and not started within this many seconds is handed back (executions
 #: grew long meanwhile: another worker may start it sooner).
 PREFETCH_HOLD_S = 2.0
+
+
+class FunctionSelectionError(ValueError):
+    """A worker's `functions`, `exclude` or `function_concurrency` (named by `option`) does not
+    fit its executor's functions; `detail` says why."""
+
+    def __init__(self, option: str, detail: str) -> None:
+        super().__init__(f"{option}: {detail}")
+        self.option = option
+        self.detail = detail
+
+
+def select_functions(app_id: str, available: Sequence[str], *,
+                     functions: Collection[str] | None = None, exclude: Collection[str] = (),
+                     function_concurrency: Mapping[str, int] | None = None) -> list[str]:
+    """The functions a worker serves, in `available`'s order: those of `available` (its
+    executor's), only `functions` when given, minus `exclude`. Raises FunctionSelectionError
+    for ids `available` lacks (in any of the three), a limit below 1 or for a function not
+    served, and when nothing is left to serve."""
+    limits = dict(function_concurrency or {})
+    for option, ids in (("functions", functions), ("exclude", exclude)):
+        if isinstance(ids, str):
+            raise TypeError(f"{option}: a collection of function ids, not one string")
+    known = set(available)
+    listing = ", ".join(available) or "none"
+    for option, ids in (("functions", functions or ()), ("exclude", exclude),
+                        ("function_concurrency", limits)):
+        unknown = sorted({i for i in ids if i not in known})
+        if unknown:
+            raise FunctionSelectionError(option, (
+                f"unknown function{'s' if len(unknown) > 1 else ''} "
+                f"{', '.join(map(repr, unknown))} (app {app_id!r} has: {listing})"))
+    if functions is not None and not functions:
+        raise FunctionSelectionError("functions", "names no function: the worker would serve "
+                                                  "nothing")
+    chosen = known if functions is None else set(functions)
+    served = [f for f in available if f in chosen and f not in exclude]
+    if not served:
+        whose = f"of app {app_id!r}" if functions is None else "given to serve"
+        raise FunctionSelectionError("exclude", (
+            f"excludes every function {whose} ({', '.join(sorted(chosen))}): the worker "
+            "would serve nothing"))
+    for function_id, limit in limits.items():
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise FunctionSelectionError("function_concurrency", (
+                f"{function_id}={limit!r}: a limit must be a positive integer"))
+        if function_id not in served:
+            raise FunctionSelectionError("function_concurrency", (
+                f"{function_id!r} is not served by this worker (serves: {', '.join(served)})"))
+    return served
 
 
 class Worker:
@@ -58,10 +116,22 @@ class Worker:
         poll_interval: float = 1.0,
         limits: Limits | None = None,
         isolate: bool = True,
+        functions: Collection[str] | None = None,
+        exclude: Collection[str] = (),
+        function_concurrency: Mapping[str, int] | None = None,
+        loop_stall_s: float = DEFAULT_LOOP_STALL_S,
+        processes: ProcessOptions | None = None,
     ) -> None:
-        """An `App` gets an `InProcessExecutor` (on an engine with `clock`, with `limits` and
-        `isolate`: see there); another executor brings its engine, which the worker leases
-        with."""
+        """An `App` gets an `InProcessExecutor` (on an engine with `clock`, with `limits`,
+        `isolate`, `loop_stall_s` and `processes`: see there); another executor brings its
+        engine, which the worker leases with.
+
+        The worker serves the executor's functions, only `functions` when given, minus
+        `exclude`; and holds (executing, or leased ahead) at most `function_concurrency[id]`
+        runs of a function at once. Ids are checked against the executor's functions as it
+        lists them now (an App's: all of them); a ValueError (`FunctionSelectionError`) names
+        what does not fit. Without any of the three it serves whatever the executor lists at
+        each lease."""
         if concurrency < 1:
             raise ValueError("worker concurrency must be at least 1")
         if lease_seconds <= 0 or poll_interval <= 0:
@@ -69,10 +139,25 @@ class Worker:
         if isinstance(executor, App):
             executor = InProcessExecutor(executor, Engine(storage, clock),
                                          concurrency=concurrency, limits=limits,
-                                         isolate=isolate)
-        elif clock is not None or limits is not None or not isolate:
-            raise ValueError("clock, limits and isolate are for an App's in-process executor; "
-                             "an executor brings its own engine and clock")
+                                         isolate=isolate, loop_stall_s=loop_stall_s,
+                                         processes=processes)
+        elif clock is not None or limits is not None or not isolate or processes is not None \
+                or loop_stall_s != DEFAULT_LOOP_STALL_S:
+            raise ValueError("clock, limits, isolate, loop_stall_s and processes are for an "
+                             "App's in-process executor; an executor brings its own")
+        #: The functions served, when chosen (else: every one the executor lists), and the
+        #: per-function limits; without limits one lease per loop takes them all.
+        self._served: list[str] | None = None
+        self._served_set: frozenset[str] | None = None
+        self._limits: dict[str, int] = {}
+        self._unlimited: list[str] = []
+        if functions is not None or exclude or function_concurrency:
+            self._served = select_functions(executor.app_id, executor.functions(),
+                                            functions=functions, exclude=exclude,
+                                            function_concurrency=function_concurrency)
+            self._served_set = frozenset(self._served)
+            self._limits = dict(function_concurrency or {})
+            self._unlimited = [f for f in self._served if f not in self._limits]
         self.executor = executor
         self.storage = storage
         self.engine = executor.engine
@@ -146,6 +231,16 @@ class Worker:
         self._wake.set()
 
     @property
+    def functions(self) -> list[str]:
+        """The functions whose runs this worker leases (and announces in its heartbeat)."""
+        return self._served or self.executor.functions()
+
+    @property
+    def function_concurrency(self) -> dict[str, int]:
+        """Per function, how many of its runs the worker holds at most at once."""
+        return dict(self._limits)
+
+    @property
     def busy(self) -> bool:
         """True while the worker holds or is taking work (tests wait for it to be idle)."""
         return self._leasing or bool(self._jobs) or bool(self._prefetched)
@@ -164,29 +259,67 @@ class Worker:
                 if room > 0:
                     self._leasing = True
                     asked = time.monotonic()
-                    found = await self.engine.lease_runs(self.executor.app_id,
-                                                         self.executor.functions(),
-                                                         self.id, room, self.lease_ms)
-                    for state in found.states:
-                        self._prefetched.append(Job(state, asked, asked + self.lease_seconds,
-                                                    self.lease_seconds / 3))
+                    found: Leased | None
+                    if self._limits:
+                        found, filled = await self._lease_limited(room, asked)
+                    else:  # the common case: one lease
+                        found = await self.engine.lease_runs(
+                            self.executor.app_id, self._served or self.executor.functions(),
+                            self.id, room, self.lease_ms)
+                        self._hold(found, asked)
+                        filled = len(found.states) == room
                     self._start_prefetched()
                     self.activity += 1
                     self._leasing = False
-                    if len(found.states) == room:
+                    if filled:
                         continue  # there may be more waiting
                     # Slots left free: wait until something is due (with no free slot, only
-                    # a finished execution, a wake, frees one).
-                    due = found.next_due if found.next_due_known else \
-                        await self.engine.next_due(self.executor.app_id)
+                    # a finished execution, a wake, frees one). No lease (every function at
+                    # its limit): wait for one to finish.
+                    if found is not None:
+                        due = found.next_due if found.next_due_known else \
+                            await self.engine.next_due(self.executor.app_id)
                     if due is not None and due <= self.clock.now_ms():
-                        due = None  # due but held back by a concurrency limit: wait for a wake
+                        # Due but held back (a concurrency limit; a function this worker
+                        # does not serve): wait for a wake, or poll.
+                        due = None
             except Exception:
                 log.exception("worker %s: leasing failed; retrying", self.id)
             finally:
                 self._leasing = False
             await self.clock.wait(self._wake, None if due is None else due / 1000,
                                   self.poll_interval)
+
+    def _hold(self, found: Leased, asked: float) -> None:
+        for state in found.states:
+            self._prefetched.append(Job(state, asked, asked + self.lease_seconds,
+                                        self.lease_seconds / 3))
+
+    async def _lease_limited(self, room: int, asked: float) -> tuple[Leased | None, bool]:
+        """Lease up to `room` runs, at most `function_concurrency[id]` held of a function:
+        each limited function below its limit alone first, then the others together with the
+        room left (limited first, so a backlog of the others cannot keep them waiting; they
+        take at most their limits). Answers the last lease (None: none asked) and whether
+        the room was filled."""
+        held = collections.Counter(job.state.run["function_id"]
+                                   for job in (*self._jobs.values(), *self._prefetched))
+        app_id = self.executor.app_id
+        left = room
+        found: Leased | None = None
+        for function_id, limit in self._limits.items():
+            want = min(left, limit - held[function_id])
+            if want <= 0:
+                continue
+            found = await self.engine.lease_runs(app_id, [function_id], self.id, want,
+                                                 self.lease_ms)
+            self._hold(found, asked)
+            left -= len(found.states)
+        if left > 0 and self._unlimited:
+            found = await self.engine.lease_runs(app_id, self._unlimited, self.id, left,
+                                                 self.lease_ms)
+            self._hold(found, asked)
+            left -= len(found.states)
+        return found, left == 0
 
     def _start_prefetched(self) -> None:
         """Start leased runs while there are free slots."""
@@ -234,7 +367,7 @@ class Worker:
         try:
             await self.engine.heartbeat(
                 {"id": self.id, "app_id": self.executor.app_id, "host": socket.gethostname(),
-                 "pid": os.getpid(), "functions": self.executor.functions(),
+                 "pid": os.getpid(), "functions": self.functions,
                  "slots": self.concurrency, "in_use": len(self._jobs)}, self.lease_ms)
         except Exception as exc:
             log.warning("worker %s: heartbeat not recorded: %s", self.id, exc)
@@ -303,6 +436,12 @@ class Worker:
         run_id = job.run_id
         try:
             function_id = job.state.run["function_id"]
+            if self._served_set is not None and function_id not in self._served_set:
+                log.error("run %s: function %r is not among the functions this worker "
+                          "serves (%s); handing it back", run_id, function_id,
+                          ", ".join(self.functions))
+                await self.engine.release(job.lease, 0)  # for a worker that serves it
+                return
             if not self.executor.serves(function_id):
                 log.error("run %s: function %r is not served by this worker of app %r (it "
                           "was leased before the worker stopped serving it); releasing it "
