@@ -25,7 +25,9 @@ from .access import LOCAL_HOSTS, Access, mask
 from .admission import DEFAULT_MAX_IN_FLIGHT
 from .app import App
 from .errors import DefinitionError
+from .executor import DEFAULT_LOOP_STALL_S
 from .payloads import Limits
+from .processes import ProcessOptions
 from .status import RunStatus
 
 DEFAULT_URL = "http://127.0.0.1:8288"
@@ -181,6 +183,36 @@ max_stuck_option = click.option(
     help="Exit (status 75, for the supervisor to restart the process) when more threads than "
          "this are stuck in user code that overran its attempt timeout and cannot be killed")
 
+def execution_options(fn: Any) -> Any:
+    """Where and how user code runs in a worker (`InProcessExecutor`)."""
+    fn = click.option(
+        "--max-memory-per-child", type=click.IntRange(min=1), default=None, metavar="MB",
+        help="Kill a process running step code (executor=\"process\") whose memory goes "
+             "over this many MiB; its attempt fails and is retried")(fn)
+    fn = click.option(
+        "--max-tasks-per-child", type=click.IntRange(min=1), default=None, metavar="N",
+        help="Replace a process running step code after N steps (code that leaks)")(fn)
+    fn = click.option(
+        "--processes", type=click.IntRange(min=1), default=None, metavar="N",
+        help="Processes at most for step code of executor=\"process\" (started on first "
+             "use)  [default: one per core]")(fn)
+    return click.option(
+        "--loop-stall-seconds", type=float, default=DEFAULT_LOOP_STALL_S, show_default=True,
+        callback=_positive, envvar="STEPWISE_LOOP_STALL_SECONDS",
+        help="Async code that holds its event loop this long without yielding fails its "
+             "attempt (naming the line), and the other runs on that loop move to a fresh one "
+             " [env STEPWISE_LOOP_STALL_SECONDS]")(fn)
+
+
+def _executing(options: dict[str, Any]) -> dict[str, Any]:
+    """Worker keyword arguments from `execution_options` (removed from `options`)."""
+    size = options.pop("processes")
+    processes = ProcessOptions(max_tasks_per_child=options.pop("max_tasks_per_child"),
+                               max_memory_mb=options.pop("max_memory_per_child"),
+                               **({} if size is None else {"size": size}))
+    return {"loop_stall_s": options.pop("loop_stall_seconds"), "processes": processes}
+
+
 concurrency_option = click.option("--concurrency", type=int, default=10, show_default=True,
                                   callback=_positive, help="Runs executed at once per process")
 
@@ -220,10 +252,11 @@ def main(verbose: bool) -> None:
 @limits_options
 @max_in_flight_option
 @grace_option
+@execution_options
 def dev(app_spec: str | None, sdk_urls: tuple[str, ...], port: int, host: str,
         allow_hosts: tuple[str, ...], insecure: bool,
         db: str | None, concurrency: int, lease_seconds: float, poll_seconds: float,
-        max_in_flight: int, grace_seconds: float, **limits: int) -> None:
+        max_in_flight: int, grace_seconds: float, **limits: Any) -> None:
     """Server, worker and dashboard in one process, on embedded SQLite by default.
 
     No credentials: it listens on localhost only, accepts requests addressed to local host
@@ -238,10 +271,12 @@ def dev(app_spec: str | None, sdk_urls: tuple[str, ...], port: int, host: str,
             raise click.BadParameter(f"{url!r} is not an http(s) URL", param_hint="--sdk-url")
     app = load_app(app_spec) if app_spec else None
     access = Access.dev(frozenset(h.lower() for h in allow_hosts))
+    executing = _executing(limits)
     asyncio.run(_serve(app=app, db=db, host=host, port=port, access=access,
                        concurrency=concurrency, lease_seconds=lease_seconds,
                        poll_seconds=poll_seconds, with_http=True, limits=_limits(limits),
-                       max_in_flight=max_in_flight, grace=grace_seconds, sdk_urls=sdk_urls))
+                       max_in_flight=max_in_flight, grace=grace_seconds, sdk_urls=sdk_urls,
+                       **executing))
 
 
 def _loopback(host: str) -> bool:
@@ -382,11 +417,12 @@ _SELECTION_FLAGS = {"functions": "--functions", "exclude": "--exclude",
 @limits_options
 @grace_option
 @max_stuck_option
+@execution_options
 def worker(app_spec: str | None, only: list[str] | None, exclude: list[str] | None,
            function_limits: dict[str, int], sdk_apps: bool, signing_key: str | None,
            signing_key_file: str | None, db: str | None, concurrency: int,
            lease_seconds: float, poll_seconds: float, grace_seconds: float,
-           max_stuck_threads: int, **limits: int) -> None:
+           max_stuck_threads: int, **limits: Any) -> None:
     """A worker alone: executes the app's runs from the database, and with --sdk the runs of
     SDK apps (signed with --signing-key, which a `stepwise server` with a signing key needs).
 
@@ -413,13 +449,14 @@ def worker(app_spec: str | None, only: list[str] | None, exclude: list[str] | No
         except FunctionSelectionError as exc:
             raise click.BadParameter(exc.detail,
                                      param_hint=f"'{_SELECTION_FLAGS[exc.option]}'") from None
+    executing = _executing(limits)
     asyncio.run(_serve(app=app, db=db, host="", port=0, access=Access(),
                        concurrency=concurrency, lease_seconds=lease_seconds,
                        poll_seconds=poll_seconds, with_http=False, limits=_limits(limits),
                        grace=grace_seconds, max_stuck=max_stuck_threads,
                        sdk_urls=() if sdk_apps else None, signing_key=signing_key,
                        functions=only, exclude=exclude or (),
-                       function_concurrency=function_limits))
+                       function_concurrency=function_limits, **executing))
 
 
 async def _serve(*, app: App | None, db: str | None, host: str, port: int,
@@ -429,7 +466,9 @@ async def _serve(*, app: App | None, db: str | None, host: str, port: int,
                  max_stuck: int | None = None, sdk_urls: tuple[str, ...] | None = None,
                  signing_key: str | None = None, functions: list[str] | None = None,
                  exclude: Sequence[str] = (),
-                 function_concurrency: dict[str, int] | None = None) -> None:
+                 function_concurrency: dict[str, int] | None = None,
+                 loop_stall_s: float = DEFAULT_LOOP_STALL_S,
+                 processes: ProcessOptions | None = None) -> None:
     """`sdk_urls` (None: no SDK apps here; may be empty): execute the runs of synced SDK apps
     in this process too, after asking the apps at these URLs to sync. `functions`, `exclude`
     and `function_concurrency`: which of the app's functions its worker serves, and how many
@@ -456,7 +495,8 @@ async def _serve(*, app: App | None, db: str | None, host: str, port: int,
         if app is not None:
             worker_ = Worker(app, storage, concurrency=concurrency, lease_seconds=lease_seconds,
                              poll_interval=poll_seconds, limits=limits, functions=functions,
-                             exclude=exclude, function_concurrency=function_concurrency)
+                             exclude=exclude, function_concurrency=function_concurrency,
+                             loop_stall_s=loop_stall_s, processes=processes)
             await worker_.start()
             click.echo(f"stepwise worker {worker_.id}: app {app.id!r} " +
                        _serving(worker_.functions, len(app.functions),

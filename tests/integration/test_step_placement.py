@@ -119,3 +119,48 @@ async def test_async_code_that_holds_the_loop_fails_and_other_runs_go_on(db: str
     assert error["name"] == "LoopStalled", error
     assert "test_step_placement.py" in error["message"] and "in blocks" in error["message"], error
     assert "release.wait(30)" in error["stack"], error
+
+
+async def test_process_steps_run_in_children_and_a_dead_child_fails_only_its_attempt(
+        db: str) -> None:
+    """`executor="process"`: plain step code runs in a child (arguments and result crossing
+    as JSON); a child that exits fails that attempt (retried, then the run fails naming the
+    cause), a lambda is refused with a message that says what to do, and the worker goes on."""
+    import os
+
+    from tests.integration import process_steps as steps
+
+    app = stepwise.App("t")
+
+    @app.function(id="heavy", trigger=stepwise.on_event("heavy"), retries=0, executor="process")
+    async def heavy(ctx: stepwise.Context) -> dict[str, Any]:
+        child = await ctx.step.run("pid", steps.pid)
+        total = await ctx.step.run("add", steps.add, [1, "é"], b=[{"b": 2}])
+        here = await ctx.step.run(stepwise.StepOptions("here", executor="thread"), steps.pid)
+        return {"child": child, "total": total, "here": here}
+
+    @app.function(id="dies", trigger=stepwise.on_event("dies"), retries=1, executor="process")
+    def dies(ctx: stepwise.Context) -> None:
+        ctx.step.run("exit", steps.exit_1)
+
+    @app.function(id="lambda", trigger=stepwise.on_event("lambda"), retries=3)
+    async def closure(ctx: stepwise.Context) -> None:
+        await ctx.step.run(stepwise.StepOptions("inline", executor="process"), lambda: 1)
+
+    async with Harness(app, db) as h:
+        ok = await h.send("heavy")
+        died = await h.send("dies")
+        refused = await h.send("lambda")
+        await h.settle()
+        run = await h.run_for(ok, "heavy")
+        dead = await h.run_for(died, "dies")
+        closure_run = await h.run_for(refused, "lambda")
+    assert run["status"] == "completed", run["error"]
+    out = run["output"]
+    assert out["child"] != os.getpid() and out["here"] == os.getpid(), out
+    assert out["total"] == [1, "é", {"b": 2}]
+    assert dead["status"] == "failed"
+    assert [f["error"]["name"] for f in dead["failures"]] == ["ChildDied", "ChildDied"]
+    assert "exited with status 1" in dead["error"]["message"], dead["error"]
+    assert closure_run["status"] == "failed" and closure_run["steps"][0]["attempts"] == 1
+    assert "module-level function" in closure_run["error"]["message"], closure_run["error"]
