@@ -1,7 +1,9 @@
 """The media pipeline: an uploaded recording is probed, transcoded to several formats in
 parallel, transcribed offline, stored as transcript segments, embedded in chunks for search,
 and its owner is notified. Each of those is a step: a worker killed mid-transcode resumes at
-the transcode, and the transcription (the slow part) never runs twice once stored.
+the transcode, and the transcription (the slow part) never runs twice once stored. The
+transcodes are plain steps, so they run in threads at once; the transcription runs in a
+child process (`executor="process"`), on a core of its own.
 
     stepwise dev examples.media_pipeline:app
     python -m examples.media_pipeline.sample /tmp/talk.wav      # a spoken sample (espeak-ng)
@@ -68,12 +70,14 @@ async def transcribe_audio(ctx: stepwise.Context) -> dict[str, Any]:
     path = ctx.event.data["path"]
     out_dir = os.environ.get("MEDIA_WORKDIR") or str(Path(path).parent / f"{media_id}.out")
     meta = await ctx.step.run("fetch-audio-metadata", probe_or_stop, path)
-    files = await ctx.step.parallel(*(
+    files = await ctx.step.parallel(*(  # plain steps in threads: the three run at once
         (lambda fmt=fmt: ctx.step.run(f"transcode-{fmt}", audio.transcode, path, out_dir, fmt))
         for fmt in audio.FORMATS))
     wav16k = next(f["path"] for f in files if f["format"] == "wav16k")
-    transcript = await ctx.step.run(
-        "transcribe", lambda: transcribe_now_and_then(wav16k, media_id, ctx.attempt))
+    # Seconds of CPU-bound Python: in a child process, so it uses a core of its own and
+    # holds no other run of the worker (a plain step runs in a thread otherwise).
+    transcript = await ctx.step.run(stepwise.StepOptions("transcribe", executor="process"),
+                                    transcribe_now_and_then, wav16k, media_id, ctx.attempt)
     ctx.logger.info("transcribed %s: %d segments", media_id, len(transcript["segments"]))
     saved = await ctx.step.run("save-transcript", store.save_segments, media_id,
                                transcript["segments"])

@@ -92,6 +92,9 @@ class ChildDied(Exception):
         #: The child's exit code: negative for a signal, None when unknown.
         self.exitcode = exitcode
 
+    def __reduce__(self) -> tuple[Any, ...]:  # pickled whole (Exception's keeps args only)
+        return (type(self), (str(self), self.exitcode))
+
 
 class ChildRaised(Exception):
     """The step code raised in the child. The exception cannot cross as itself (its class
@@ -106,6 +109,9 @@ class ChildRaised(Exception):
         self.non_retriable = non_retriable
         #: It was a stepwise.errors.RetryAfterError: its delay, seconds.
         self.retry_after_s = retry_after_s
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.error, self.non_retriable, self.retry_after_s))
 
 
 # --- the child ----------------------------------------------------------------------------
@@ -503,6 +509,7 @@ def _kill_at_exit() -> None:
     threads are joined (they wait for their child's answer) and before multiprocessing
     joins its children."""
     for pool in list(_POOLS):
+        pool._closed = True  # a child starting now is killed as it is registered
         pool._kill_all("the parent process is exiting")
 
 

@@ -131,6 +131,11 @@ def test_through_the_cli_with_stepwise_dev_and_send(sample: Path, tmp_path: Path
         run = wait_until(done, 120, "the media run")
         detail = http("GET", base + run["url"])
         assert recall(detail["output"]["text"]) >= 0.6
+        # On the real clock: the three transcodes (plain steps, in threads) ran at once.
+        steps = {s["id"]: s for s in detail["steps"]}
+        transcodes = [steps[f"transcode-{fmt}"] for fmt in ("mp3", "opus", "wav16k")]
+        assert max(s["started_at"] for s in transcodes) < \
+            min(s["ended_at"] for s in transcodes), f"the transcodes ran one by one: {transcodes}"
     finally:
         stop(proc)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -68,6 +69,15 @@ def test_options_are_validated() -> None:
                 {"size": True}):
         with pytest.raises(ValueError, match=f"ProcessOptions.{next(iter(bad))}"):
             ProcessOptions(**bad)
+
+
+def test_the_errors_pickle_whole() -> None:
+    died = pickle.loads(pickle.dumps(ChildDied("gone", -9)))
+    assert (str(died), died.exitcode) == ("gone", -9)
+    raised = pickle.loads(pickle.dumps(ChildRaised(
+        {"name": "ValueError", "message": "m", "stack": "s"}, True, 1.5)))
+    assert (raised.error["name"], raised.non_retriable, raised.retry_after_s) == \
+        ("ValueError", True, 1.5)
 
 
 async def test_json_round_trip_and_async_def(pool: ProcessPool) -> None:
