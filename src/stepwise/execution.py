@@ -57,6 +57,7 @@ from .payloads import Limits, PayloadError, PayloadTooLarge, dumps, loads
 from .processes import ChildRaised
 from .status import RunStatus, StepStatus
 from .storage.rows import StepRow
+from .threads import StepThreads
 
 if TYPE_CHECKING:
     from .app import Function
@@ -82,7 +83,7 @@ class ExecutorEnv:
     engine: Engine  # and its clock, the one time every outcome is stamped with
     limits: Limits
     metrics: Metrics
-    threads: ThreadPoolExecutor  # where sync functions, sync step code and sync branches run
+    threads: StepThreads  # where sync functions and plain step code run
     #: The child processes where the step code of `executor="process"` runs (started on
     #: first use).
     processes: Callable[[], ChildProcesses]
@@ -431,7 +432,7 @@ class Execution:
                 return await fn(*args, **kwargs)
             self.threaded += 1
             try:
-                result = await self.loop.run_in_executor(self.env.threads, functools.partial(
+                result = await self.env.threads.run(functools.partial(
                     contextvars.copy_context().run, fn, *args, **kwargs))
             finally:
                 self.threaded -= 1
@@ -651,7 +652,8 @@ class Execution:
     async def _invoke(self) -> Any:
         if self.function.is_async:
             return await self.function.fn(self.ctx)
-        return await self.loop.run_in_executor(self.threads, self.function.fn, self.ctx)
+        return await self.threads.run(functools.partial(
+            contextvars.copy_context().run, self.function.fn, self.ctx))
 
     def expired(self, now: float) -> list[Outcome]:
         """What to report if this execution ran past its attempt timeout at monotonic `now`:

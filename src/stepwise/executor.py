@@ -34,7 +34,6 @@ import time
 import traceback
 import weakref
 from collections.abc import Callable, Coroutine
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -46,6 +45,7 @@ from .execution import ChildProcesses, Execution, ExecutorEnv
 from .metrics import Metrics
 from .payloads import Limits
 from .processes import ProcessOptions, ProcessPool
+from .threads import StepThreads
 
 log = logging.getLogger("stepwise.worker")
 
@@ -235,15 +235,14 @@ class InProcessExecutor:
         #: User loops and thread pools given up because user code in them overran its
         #: attempt timeout without yielding (see `stuck_threads`).
         self._retired_loops: list[UserLoop] = []
-        self._retired_pools: list[ThreadPoolExecutor] = []
+        self._retired_pools: list[StepThreads] = []
         self.env = ExecutorEnv(engine=engine, limits=limits or Limits(), metrics=Metrics(),
                                inline=lambda: len(self._running) <= 1,
                                threads=self._new_pool(), processes=self._process_pool)
 
-    def _new_pool(self) -> ThreadPoolExecutor:
+    def _new_pool(self) -> StepThreads:
         self._generation += 1
-        return ThreadPoolExecutor(max_workers=self._pool_size,
-                                  thread_name_prefix=f"stepwise-sync-{self._generation}")
+        return StepThreads(self._pool_size, f"stepwise-sync-{self._generation}")
 
     def _process_pool(self) -> ChildProcesses:
         """The child processes, started on first use; used from the worker's loop whatever
@@ -340,7 +339,7 @@ class InProcessExecutor:
             pool = self.env.threads
             self._retired_pools.append(pool)
             self.env.threads = self._new_pool()
-            pool.shutdown(wait=False)
+            pool.shutdown()
         frozen = placed.user_loop
         if frozen is None or frozen is not self._user_loop or frozen.stalled_for(
                 time.monotonic()) < min(FROZEN_AFTER_S, self.loop_stall_s):
@@ -360,14 +359,13 @@ class InProcessExecutor:
         timeout). Python cannot kill them; `stepwise worker` exits (to be restarted by its
         supervisor) when there are too many."""
         self._retired_loops = [u for u in self._retired_loops if u.thread.is_alive()]
-        alive = [t for pool in self._retired_pools
-                 for t in getattr(pool, "_threads", ()) if t.is_alive()]
-        return len(self._retired_loops) + len(alive)
+        self._retired_pools = [pool for pool in self._retired_pools if pool.alive]
+        return len(self._retired_loops) + sum(pool.alive for pool in self._retired_pools)
 
     async def stop(self) -> None:
         if self._user_loop is not None:
             self._user_loop.retire()
-        self.env.threads.shutdown(wait=False, cancel_futures=True)
+        self.env.threads.shutdown(cancel_queued=True)
         if self._processes is not None:
             await self._processes.close()
 

@@ -23,7 +23,7 @@ import contextlib
 import ctypes
 import inspect
 import multiprocessing
-import multiprocessing.util
+import multiprocessing.util  # its exit hook (joins children) registered before ours
 import os
 import pickle
 import signal
@@ -513,8 +513,8 @@ def _kill_at_exit() -> None:
         pool._kill_all("the parent process is exiting")
 
 
-# threading's exit hooks run before non-daemon threads are joined, and (registered after
-# concurrent.futures' and multiprocessing's) before theirs.
+# threading's exit hooks run before non-daemon threads (the pools' threads) are joined, and
+# before atexit's (multiprocessing's); atexit (last in, first out) is the fallback.
 _register = getattr(threading, "_register_atexit", None)
 if _register is not None:
     _register(_kill_at_exit)

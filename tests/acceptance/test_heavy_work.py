@@ -7,7 +7,6 @@ run on two cores at once."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import textwrap

@@ -14,7 +14,7 @@ LAYERS: dict[str, int] = {
     "status": 0, "errors": 0, "payloads": 0, "clock": 0, "events": 0, "expressions": 0,
     "schedules": 0, "metrics": 0, "access": 0, "admission": 0,
     "tracing": 0, "results": 0, "signing": 0,
-    "processes": 0,
+    "processes": 0, "threads": 0,
     "storage": 1,  # backends, transactions, named queries, migrations
     "flow": 2, "definition": 2,  # what is stored about a function
     "engine": 3,  # every decision about events, runs and steps
