@@ -164,3 +164,38 @@ async def test_process_steps_run_in_children_and_a_dead_child_fails_only_its_att
     assert "exited with status 1" in dead["error"]["message"], dead["error"]
     assert closure_run["status"] == "failed" and closure_run["steps"][0]["attempts"] == 1
     assert "module-level function" in closure_run["error"]["message"], closure_run["error"]
+
+
+async def test_a_process_step_past_its_attempt_timeout_is_killed(db: str) -> None:
+    """Unlike a thread, a child process can be stopped: the overrunning attempt fails with
+    AttemptTimeout and the child running it is gone."""
+    from datetime import timedelta
+
+    import psutil  # type: ignore[import-untyped, unused-ignore]
+    from tests.integration import process_steps as steps
+
+    app = stepwise.App("t")
+
+    @app.function(id="slow", trigger=stepwise.on_event("slow"), retries=0, executor="process",
+                  attempt_timeout=timedelta(seconds=1))
+    async def slow(ctx: stepwise.Context) -> None:
+        await ctx.step.run("sleep", steps.sleep_long, 60)
+
+    async with Harness(app, db) as h:
+        event_id = await h.send("slow")
+        deadline = time.monotonic() + 30
+        children: list[int] = []
+        while not children:  # the child that runs the step
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+            pool = h.worker.executor._processes  # type: ignore[attr-defined]
+            children = list(pool.pids) if pool is not None else []
+        while (run := await h.run_for(event_id, "slow"))["status"] != "failed":
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        while any(psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"
+                  for p in children):
+            assert time.monotonic() < deadline, "the child still runs the step"
+            await asyncio.sleep(0.05)
+    assert run["error"]["name"] == "AttemptTimeout", run["error"]
+    assert "step 'sleep' ran longer than" in run["error"]["message"]
