@@ -199,3 +199,34 @@ async def test_a_process_step_past_its_attempt_timeout_is_killed(db: str) -> Non
             await asyncio.sleep(0.05)
     assert run["error"]["name"] == "AttemptTimeout", run["error"]
     assert "step 'sleep' ran longer than" in run["error"]["message"]
+
+
+async def test_a_sync_function_runs_while_async_code_holds_the_user_loop(db: str) -> None:
+    """Sync functions do not go through the user loop at all: one completes while async code
+    holds that loop (the stall bound is far away here)."""
+    app = stepwise.App("t")
+    release = threading.Event()
+
+    @app.function(id="blocks", trigger=stepwise.on_event("block"), retries=0)
+    async def blocks(ctx: stepwise.Context) -> None:
+        release.wait(30)
+
+    @app.function(id="plain", trigger=stepwise.on_event("plain"), retries=0)
+    def plain(ctx: stepwise.Context) -> str:
+        return str(ctx.step.run("work", lambda: "done"))
+
+    try:
+        async with Harness(app, db, isolate=True, loop_stall_s=60) as h:
+            blocked = await h.send("block")
+            deadline = time.monotonic() + 10
+            while (await h.run_for(blocked, "blocks"))["status"] != "running":
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.05)
+            other = await h.send("plain")
+            while (run := await h.run_for(other, "plain"))["status"] != "completed":
+                assert time.monotonic() < deadline, "the sync run waited for the user loop"
+                await asyncio.sleep(0.05)
+            assert (await h.run_for(blocked, "blocks"))["status"] == "running"
+            assert run["output"] == "done"
+    finally:
+        release.set()
