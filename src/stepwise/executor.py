@@ -32,12 +32,12 @@ import sys
 import threading
 import time
 import traceback
-import weakref
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .app import App
+from .context import AsyncStep, Context, SyncStep
 from .engine import Engine, Lease, RunState
 from .engine.outcomes import Outcome, RunFailed, StepFailed
 from .errors import ErrorInfo
@@ -133,26 +133,14 @@ class Executor(Protocol):
 
 class UserLoop:
     """A thread running the event loop where user code executes. It notes each turn it gets
-    (`stalled_for`), and which job each of its tasks works for (a task inherits its creator's),
-    so code that holds it can be named."""
+    (`stalled_for`), so code that holds it is noticed, and can tell whose code that is
+    (`holder`)."""
 
     def __init__(self, name: str) -> None:
         self.loop = asyncio.new_event_loop()
         self.last_turn = time.monotonic()
-        self.owners: weakref.WeakKeyDictionary[asyncio.Task[Any], Job] = \
-            weakref.WeakKeyDictionary()
-        self.loop.set_task_factory(self._new_task)
         self.thread = threading.Thread(target=self._serve, name=name, daemon=True)
         self.thread.start()
-
-    def _new_task(self, loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any
-                  ) -> asyncio.Task[Any]:
-        task: asyncio.Task[Any] = asyncio.Task(coro, loop=loop, **kwargs)
-        parent = asyncio.current_task(loop)
-        owner = self.owners.get(parent) if parent is not None else None
-        if owner is not None:
-            self.owners[task] = owner
-        return task
 
     def _turn(self) -> None:
         self.last_turn = time.monotonic()
@@ -162,11 +150,20 @@ class UserLoop:
         """How long (seconds, at time.monotonic() `now`) the loop has not had a turn."""
         return max(0.0, now - self.last_turn - TICK_S)
 
-    def holder(self) -> tuple[Job | None, asyncio.Task[Any] | None]:
-        """The job whose code holds the loop now, and the task running it (read from another
-        thread while the loop is stuck in that task)."""
+    def holder(self) -> tuple[Execution | None, asyncio.Task[Any] | None]:
+        """The execution whose code holds the loop now, and the task running it, read from
+        another thread while the loop is stuck: the innermost frame of the loop's thread that
+        holds an execution, its context or its step tools (a function body, a step, a branch
+        of `parallel`, and what they call, all do)."""
         task = asyncio.current_task(self.loop)
-        return (self.owners.get(task) if task is not None else None), task
+        frame = sys._current_frames().get(self.thread.ident or -1)
+        while frame is not None:
+            for value in list(frame.f_locals.values()):
+                found = _execution_of(value)
+                if found is not None:
+                    return found, task
+            frame = frame.f_back
+        return None, task
 
     def stack(self) -> list[traceback.FrameSummary]:
         """Where the loop's thread is now, outermost frame first."""
@@ -285,10 +282,6 @@ class InProcessExecutor:
     async def _execution(self, job: Job, placed: _Placed) -> None:
         function = self.app.get(job.state.run["function_id"])
         assert function is not None
-        if placed.user_loop is not None:
-            current = asyncio.current_task()
-            if current is not None:
-                placed.user_loop.owners[current] = job  # its tasks are this job's
         placed.execution = Execution(self.env, function, job)
         if not job.abandoned:
             await placed.execution.run()
@@ -301,7 +294,8 @@ class InProcessExecutor:
         if user_loop is not None and user_loop is self._user_loop and \
                 user_loop.stalled_for(now) > self.loop_stall_s:
             holder, task = user_loop.holder()
-            if holder is job:
+            alone = [j for j, on in self._running.items() if on.user_loop is user_loop] == [job]
+            if holder is placed.execution or (holder is None and alone):
                 return self._stalled(placed.execution, task, user_loop, now)
         return placed.execution.expired(now)
 
@@ -372,6 +366,16 @@ class InProcessExecutor:
 
 _STEPWISE_DIR = os.path.dirname(os.path.abspath(__file__))
 _ASYNCIO_DIR = os.path.dirname(os.path.abspath(asyncio.__file__))
+
+
+def _execution_of(value: object) -> Execution | None:
+    """The execution behind a frame's local: itself, a `Context`, or its step tools."""
+    if isinstance(value, Execution):
+        return value
+    if isinstance(value, Context):
+        value = value.step
+    found = getattr(value, "_ex", None) if isinstance(value, AsyncStep | SyncStep) else None
+    return found if isinstance(found, Execution) else None
 
 
 def _internal(filename: str) -> bool:

@@ -121,7 +121,7 @@ def test_poison_code_beside_normal_runs_on_one_worker(tmp_path: Path) -> None:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     proc = start(["dev", "poison_app:app", "--port", str(port), "--db", str(tmp_path / "p.db"),
-                  "--grace-seconds", str(GRACE_S), "--loop-stall-seconds", "2",
+                  "--grace-seconds", str(GRACE_S), "--loop-stall-seconds", "1",
                   "--max-memory-per-child", "300", "--processes", "2"], tmp_path)
     try:
         wait_healthy(base, proc)
@@ -151,7 +151,9 @@ def test_poison_code_beside_normal_runs_on_one_worker(tmp_path: Path) -> None:
             assert sorted(r["output"] for r in by_function[function]) == list(range(30))
             slowest = max(_ms(r["ended_at"]) - sent_at[str(r["output"])]
                           for r in by_function[function])
-            assert slowest < 6000, f"a normal run of {function} took {slowest:.0f} ms"
+            # Two runs stall the loop in turn (1 s each before they are noticed), and the
+            # busy loop's thread spins on (Python cannot stop it), taking its share of the GIL.
+            assert slowest < 8000, f"a normal run of {function} took {slowest:.0f} ms"
             print(f"{function}: slowest run ended {slowest:.0f} ms after its event")
         for function, (name, says) in POISON.items():
             [run] = by_function[function]
