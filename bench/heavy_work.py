@@ -70,11 +70,12 @@ def expected_sum(loops: int) -> int:
 
 def calibrate(step_ms: float) -> tuple[int, float]:
     """Loops for one burn() call of about step_ms here, and the median ms of 3 such calls."""
-    probe = 300_000
-    burn(probe)
-    best = min(_timed(probe) for _ in range(3))
-    loops = max(1000, round(probe * step_ms / 1000 / best))
-    return loops, statistics.median(_timed(loops) for _ in range(3)) * 1000
+    loops = 300_000
+    burn(loops)
+    for _ in range(2):  # scale from a short probe, then once more from a call of ~step_ms
+        best = min(_timed(loops) for _ in range(3))
+        loops = max(1000, round(loops * step_ms / 1000 / best))
+    return loops, statistics.median(_timed(loops) for _ in range(5)) * 1000
 
 
 def _timed(loops: int) -> float:
@@ -178,6 +179,8 @@ async def measure_cpu(options: argparse.Namespace) -> dict[str, Any]:
         "processes": len(pids) if in_process else 0,
         "step_ms_median": statistics.median((o["end"] - o["start"]) * 1000 for o in outputs),
         "first_step_start_ms": (starts[0] - sent_wall) * 1000,
+        # runs/s from the first step's start (leaves out the children's spawn, in processes)
+        "runs_per_s_from_first_step": options.runs / (seconds - (starts[0] - sent_wall)),
         "stepwise": stepwise.__file__,
     }
 
@@ -323,10 +326,10 @@ def run_cpu(options: argparse.Namespace) -> dict[str, Any]:
             m = measure("cpu", options.tree, executor=executor, loops=loops, runs=options.runs,
                         concurrency=options.concurrency, timeout=options.timeout)
             rounds[executor].append(m)
-            print(f"  [{r + 1}] {executor + 'es' if executor == 'process' else 'threads':9} {m['seconds']:6.2f} s  "
-                  f"{m['runs_per_s']:5.2f} runs/s  step {m['step_ms_median']:6.0f} ms median  "
-                  f"first step started {m['first_step_start_ms']:5.0f} ms after sending",
-                  flush=True)
+            label = "processes" if executor == "process" else "threads"
+            print(f"  [{r + 1}] {label:9} {m['seconds']:6.2f} s  {m['runs_per_s']:5.2f} runs/s"
+                  f"  step {m['step_ms_median']:6.0f} ms median  first step started "
+                  f"{m['first_step_start_ms']:4.0f} ms after sending", flush=True)
     threads = statistics.median(m["runs_per_s"] for m in rounds["thread"])
     processes = statistics.median(m["runs_per_s"] for m in rounds["process"])
     print(f"cpu: threads {threads:.2f} runs/s, processes {processes:.2f} runs/s: "
@@ -338,12 +341,17 @@ def run_cpu(options: argparse.Namespace) -> dict[str, Any]:
         "threads_runs_per_s_median": round(threads, 3),
         "processes_runs_per_s_median": round(processes, 3),
         "ratio_processes_over_threads": round(processes / threads, 3),
+        "ratio_from_first_step": round(
+            statistics.median(m["runs_per_s_from_first_step"] for m in rounds["process"])
+            / statistics.median(m["runs_per_s_from_first_step"] for m in rounds["thread"]), 3),
         "ideal_runs_per_s": {"threads": round(1000 / call_ms, 2),
                              "processes": round(1000 / call_ms * (os.cpu_count() or 1), 2)},
         "rounds": {k: [{"seconds": round(m["seconds"], 3),
                         "runs_per_s": round(m["runs_per_s"], 3),
                         "step_ms_median": round(m["step_ms_median"], 1),
-                        "first_step_start_ms": round(m["first_step_start_ms"], 1)}
+                        "first_step_start_ms": round(m["first_step_start_ms"], 1),
+                        "runs_per_s_from_first_step": round(m["runs_per_s_from_first_step"],
+                                                            3)}
                        for m in v] for k, v in rounds.items()},
         "stepwise": rounds["thread"][0]["stepwise"],
     }
@@ -379,7 +387,7 @@ def run_media(options: argparse.Namespace) -> dict[str, Any]:
                                "concurrency": options.concurrency}
     for side, ms in rounds.items():
         figures[side] = {
-            "tree": str(trees[side]), "git": git_rev(trees[side]),
+            "tree": str(trees[side]), "git": options.git.get(trees[side]),
             "seconds_median": round(statistics.median(m["seconds"] for m in ms), 3),
             "seconds": [round(m["seconds"], 3) for m in ms],
             "transcodes_overlap_m0": [m["transcodes_overlap_m0"] for m in ms],
@@ -443,10 +451,13 @@ def main(options: argparse.Namespace) -> dict[str, Any]:
         "python": platform.python_version(), "tree": str(options.tree),
         "git": git_rev(options.tree),
     }
+    options.git = {tree: git_rev(tree) for tree in (options.tree, options.before) if tree}
     if options.only in (None, "cpu"):
         figures["cpu"] = run_cpu(options)
     if options.only in (None, "media"):
         figures["media"] = run_media(options)
+    if git_rev(options.tree) != figures["git"]:  # others committed meanwhile
+        figures["git_end"] = git_rev(options.tree)
     figures["loadavg_1m"] = {"start": round(load[0], 2), "end": round(os.getloadavg()[0], 2)}
     figures["total_seconds"] = round(time.monotonic() - began, 1)
     return figures
