@@ -13,6 +13,7 @@ from .errors import (
 from .events import Event
 from .flow import Batch, CancelOn, Concurrency, Debounce, Priority, RateLimit, Throttle, Timeouts
 from .payloads import Limits
+from .processes import ProcessOptions
 from .status import RunStatus, StepStatus
 from .storage import Storage, open_storage
 from .worker import Worker
@@ -32,6 +33,7 @@ __all__ = [
     "NonDeterminismError",
     "NonRetriableError",
     "Priority",
+    "ProcessOptions",
     "RateLimit",
     "RetryAfterError",
     "RunStatus",

@@ -44,6 +44,10 @@ APP = textwrap.dedent('''
         ctypes.string_at(0)
 
 
+    def nap():
+        time.sleep(3600)
+
+
     def burn(n):
         started = time.time()
         x = 0
@@ -93,6 +97,11 @@ APP = textwrap.dedent('''
                   executor="process")
     def segfault_fn(ctx):
         ctx.step.run("segfault", segfault)
+
+
+    @app.function(id="nap", trigger=stepwise.on_event("nap"), retries=0, executor="process")
+    async def nap_fn(ctx):
+        await ctx.step.run("nap", nap)
 
 
     @app.function(id="burn", trigger=stepwise.on_event("burn"), retries=0, executor="process")
@@ -170,11 +179,23 @@ def test_poison_code_beside_normal_runs_on_one_worker(tmp_path: Path) -> None:
         assert a["pid"] != b["pid"] and os.getpid() not in (a["pid"], b["pid"])
         assert a["start"] < b["end"] and b["start"] < a["end"], "the two steps did not overlap"
 
+        # SIGTERM while a process step sleeps: the worker stops within its grace period and
+        # its children go with it.
+        import psutil  # type: ignore[import-untyped, unused-ignore]
+
+        http("POST", base + "/api/v1/events", {"name": "nap"})
+        wait_until(lambda: [r for r in http("GET", base + "/api/v1/runs?function=nap")["runs"]
+                            if r["status"] == "running"], 30, "the nap step to start")
+        children = psutil.Process(proc.pid).children(recursive=True)
+        assert children, "no child process runs the step"
         began = time.monotonic()
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(GRACE_S + 10)
         took = time.monotonic() - began
         assert took < GRACE_S + 4, f"SIGTERM took {took:.1f} s"
+        gone = wait_until(lambda: not any(c.is_running() and c.status() != "zombie"
+                                          for c in children), 5, "the children to exit")
+        assert gone
     finally:
         stop(proc)
     log = "".join(p.read_text() for p in tmp_path.glob("proc-*.log"))
