@@ -264,8 +264,7 @@ class Worker:
                         found, filled = await self._lease_limited(room, asked)
                     else:  # the common case: one lease
                         found = await self.engine.lease_runs(
-                            self.executor.app_id, self._served or self.executor.functions(),
-                            self.id, room, self.lease_ms)
+                            self.executor.app_id, self.functions, self.id, room, self.lease_ms)
                         self._hold(found, asked)
                         filled = len(found.states) == room
                     self._start_prefetched()

@@ -13,6 +13,17 @@ import stepwise
 from stepwise.testing import Harness
 
 
+async def until(h: Harness, event_id: str, function_id: str, status: str,
+                what: str = "the run", seconds: float = 10) -> dict[str, Any]:
+    """The run of `function_id` for `event_id`, once its status is `status` (real time: these
+    tests run code on real threads and loops)."""
+    deadline = time.monotonic() + seconds
+    while (run := await h.run_for(event_id, function_id))["status"] != status:
+        assert time.monotonic() < deadline, f"{what} is {run['status']}, not {status}"
+        await asyncio.sleep(0.05)
+    return run
+
+
 async def test_plain_step_code_of_an_async_function_runs_in_a_thread(db: str) -> None:
     app = stepwise.App("t")
     seen: dict[str, Any] = {}
@@ -100,19 +111,10 @@ async def test_async_code_that_holds_the_loop_fails_and_other_runs_go_on(db: str
     try:
         async with Harness(app, db, isolate=True, loop_stall_s=0.5) as h:
             blocked = await h.send("block")
-            deadline = time.monotonic() + 10
-            while (await h.run_for(blocked, "blocks"))["status"] != "running":
-                assert time.monotonic() < deadline
-                await asyncio.sleep(0.05)
+            await until(h, blocked, "blocks", "running")
             other = await h.send("normal")
-            while (await h.run_for(other, "normal"))["status"] != "completed":
-                assert time.monotonic() < deadline, "the other run did not complete"
-                await asyncio.sleep(0.05)
-            failed = await h.run_for(blocked, "blocks")
-            while failed["status"] != "failed":
-                assert time.monotonic() < deadline
-                await asyncio.sleep(0.05)
-                failed = await h.run_for(blocked, "blocks")
+            await until(h, other, "normal", "completed", "the other run", seconds=5)
+            failed = await until(h, blocked, "blocks", "failed", seconds=5)
     finally:
         release.set()
     error = failed["error"]
@@ -190,9 +192,7 @@ async def test_a_process_step_past_its_attempt_timeout_is_killed(db: str) -> Non
             await asyncio.sleep(0.05)
             pool = h.worker.executor._processes  # type: ignore[attr-defined]
             children = list(pool.pids) if pool is not None else []
-        while (run := await h.run_for(event_id, "slow"))["status"] != "failed":
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.05)
+        run = await until(h, event_id, "slow", "failed")
         while any(psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"
                   for p in children):
             assert time.monotonic() < deadline, "the child still runs the step"
@@ -218,14 +218,10 @@ async def test_a_sync_function_runs_while_async_code_holds_the_user_loop(db: str
     try:
         async with Harness(app, db, isolate=True, loop_stall_s=60) as h:
             blocked = await h.send("block")
-            deadline = time.monotonic() + 10
-            while (await h.run_for(blocked, "blocks"))["status"] != "running":
-                assert time.monotonic() < deadline
-                await asyncio.sleep(0.05)
+            await until(h, blocked, "blocks", "running")
             other = await h.send("plain")
-            while (run := await h.run_for(other, "plain"))["status"] != "completed":
-                assert time.monotonic() < deadline, "the sync run waited for the user loop"
-                await asyncio.sleep(0.05)
+            run = await until(h, other, "plain", "completed", "the sync run (waiting for the "
+                              "user loop?)", seconds=5)
             assert (await h.run_for(blocked, "blocks"))["status"] == "running"
             assert run["output"] == "done"
     finally:
