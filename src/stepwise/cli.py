@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import secrets
+import signal
 import sqlite3
 import sys
 import urllib.error
@@ -517,7 +518,14 @@ async def _serve(*, app: App | None, db: str | None, host: str, port: int,
             http = uvicorn.Server(config)
             click.echo(f"stepwise is running: dashboard and API at http://{host}:{port}/",
                        err=False)
-            await http.serve()
+            # uvicorn stops serving on SIGTERM, then raises the signal again once done; with
+            # the default handler in place that kills the process before the worker below
+            # hands its runs back. Ours lets `serve` return and the graceful stop run.
+            previous = signal.signal(signal.SIGTERM, _stopping_already)
+            try:
+                await http.serve()
+            finally:
+                signal.signal(signal.SIGTERM, previous)
             if not http.started:
                 raise click.ClickException(f"could not listen on {host}:{port}")
         elif await _until_signal_or_stuck(worker_, max_stuck):
@@ -550,6 +558,11 @@ def _serving(served: list[str], of: int, limits: dict[str, int], concurrency: in
     return f"{what}; concurrency {concurrency}"
 
 
+def _stopping_already(signum: int, frame: object) -> None:
+    """SIGTERM once the HTTP server has begun its graceful stop: the stop goes on."""
+    logging.getLogger("stepwise").info("stopping: handing back the runs in progress")
+
+
 def _shown(db: str | None) -> str:
     """The database URL for messages, without a password."""
     from .storage.base import redact_url
@@ -559,8 +572,6 @@ def _shown(db: str | None) -> str:
 
 async def _until_signal_or_stuck(worker: Any | None, max_stuck: int | None) -> bool:
     """Wait for SIGTERM or SIGINT; True if instead too many threads got stuck in user code."""
-    import signal
-
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
