@@ -35,4 +35,4 @@ def create_server(storage: Storage, *, access: Access | None = None,
     dashboard.mount_assets(app)
     schema = openapi.schema(app, limits)
     app.openapi = lambda: schema  # type: ignore[method-assign]
-    return Admission(Gate(app, access), max_in_flight)
+    return Admission(Gate(errors.KeepConnection(app), access), max_in_flight)

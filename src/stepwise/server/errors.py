@@ -68,6 +68,34 @@ _HANDLERS: dict[type[Exception], Callable[[Request, Any], Awaitable[JSONResponse
 }
 
 
+class KeepConnection:
+    """ASGI: Starlette answers an unexpected error with the 500 above, then raises it again for
+    the server to log, and uvicorn then closes the connection, so a client's next request on
+    its kept-alive connection fails. `_internal` logged it already: once the answer went out,
+    the error stops here."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        answered = False
+
+        async def watched(message: Any) -> None:
+            nonlocal answered
+            await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                answered = True
+
+        try:
+            await self.app(scope, receive, watched)
+        except Exception:
+            if not answered:
+                raise
+
+
 def install(api: FastAPI) -> None:
     """Answer every failure of `api` as above."""
     for exc_class, handler in _HANDLERS.items():
