@@ -305,3 +305,19 @@ async def test_health_metrics_openapi_and_dashboard(db: str) -> None:
         assert (await h.http.get("/assets/nope.js")).status_code == 404
         functions = (await h.http.get("/api/v1/functions")).json()["functions"]
         assert [f["id"] for f in functions] == ["echo"]
+
+
+async def test_every_405_names_all_the_methods_of_its_path(db: str) -> None:
+    """A path's Allow lists every method the API documents for it, not those of the first
+    pattern that matches (`/api/v1/runs/{run_id}` shadowed `/api/v1/runs/cancel`)."""
+    async with Harness(make_app(), db) as h:
+        spec = (await h.http.get("/openapi.json")).json()
+        methods = {path: {m.upper() for m in operations} for path, operations
+                   in spec["paths"].items() if "{" not in path}
+        assert {"/api/v1/runs/cancel", "/api/v1/events"} <= set(methods)
+        for path, allowed in methods.items():
+            response = await h.http.request("OPTIONS", path)
+            assert response.status_code == 405, (path, response.status_code)
+            assert response.headers["allow"] == ", ".join(sorted(allowed)), path
+            assert response.json()["error"]
+        assert (await h.http.request("OPTIONS", "/api/v1/runs/abc")).headers["allow"] == "GET"

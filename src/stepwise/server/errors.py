@@ -39,9 +39,25 @@ async def _conflict(_: Request, exc: Conflict) -> JSONResponse:
     return JSONResponse({"error": str(exc)}, status_code=409)
 
 
-async def _http_error(_: Request, exc: HTTPException) -> JSONResponse:
+async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    headers = exc.headers
+    if exc.status_code == 405:
+        headers = {**(headers or {}), "Allow": allowed_methods(request)}
     return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code,
-                        headers=exc.headers)  # 405 keeps its Allow
+                        headers=headers)
+
+
+def allowed_methods(request: Request) -> str:
+    """The methods of every route of this path, for a 405's Allow. Starlette names only the
+    first route whose pattern matches, so `/api/v1/runs/{run_id}` (GET) shadowed
+    `/api/v1/runs/cancel` (POST), and one of `/api/v1/events`'s two methods went unnamed.
+    Routes spelled as this path win over patterns with parameters."""
+    path = request.url.path
+    matching = [route for route in _routes(request.app)
+                if getattr(route, "methods", None) and route.path_regex.match(path)]
+    exact = [route for route in matching if route.path == path]
+    methods = {method for route in (exact or matching) for method in route.methods}
+    return ", ".join(sorted(methods))
 
 
 async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -94,6 +110,16 @@ class KeepConnection:
         except Exception:
             if not answered:
                 raise
+
+
+def _routes(app: Any) -> list[Any]:
+    """The app's routes, those of its included routers in place of the router (FastAPI lists
+    an included router as one entry)."""
+    found: list[Any] = []
+    for route in app.routes:
+        original = getattr(route, "original_router", None)
+        found.extend(_routes(original) if original is not None else [route])
+    return found
 
 
 def install(api: FastAPI) -> None:
