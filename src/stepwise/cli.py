@@ -478,6 +478,7 @@ async def _serve(*, app: App | None, db: str | None, host: str, port: int,
 
     from .remote.executor import RemoteApps
     from .server import create_server
+    from .server.errors import JsonErrorsH11
     from .storage import open_storage
     from .worker import Worker
 
@@ -514,6 +515,7 @@ async def _serve(*, app: App | None, db: str | None, host: str, port: int,
             config = uvicorn.Config(create_server(storage, access=access, limits=limits,
                                                   max_in_flight=max_in_flight),
                                     host=host, port=port, log_level="warning", lifespan="off",
+                                    http=JsonErrorsH11,
                                     timeout_graceful_shutdown=max(1, int(grace)))
             http = uvicorn.Server(config)
             click.echo(f"stepwise is running: dashboard and API at http://{host}:{port}/",

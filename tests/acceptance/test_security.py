@@ -180,3 +180,25 @@ def test_dev_listens_only_on_loopback_unless_insecure(tmp_path: Path) -> None:
                              str(free_port())], capture_output=True, text=True, timeout=30,
                             cwd=tmp_path)
     assert result.returncode == 2 and "--insecure" in result.stderr
+
+
+@pytest.mark.parametrize("request_bytes", [
+    b"GET /api/v1/\x00runs HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+    b"POST /api/v1/events HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: abc\r\n\r\n",
+], ids=["nul-in-path", "bad-content-length"])
+def test_a_request_http_cannot_parse_gets_a_json_400(dev: str, request_bytes: bytes) -> None:
+    """uvicorn answers these before the app sees them; the answer is still our JSON shape."""
+    import json
+    import socket
+    from urllib.parse import urlsplit
+
+    address = urlsplit(dev)
+    with socket.create_connection((address.hostname, address.port), timeout=5) as conn:
+        conn.sendall(request_bytes)
+        answer = b""
+        while chunk := conn.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400"), head
+    assert b"content-type: application/json" in head.lower(), head
+    assert json.loads(body)["error"].startswith("invalid HTTP request"), body

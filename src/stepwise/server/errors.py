@@ -5,14 +5,17 @@ logged)."""
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import h11
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from ..engine import Conflict, NotFound
 from ..storage import StorageUnavailable
@@ -110,6 +113,24 @@ class KeepConnection:
         except Exception:
             if not answered:
                 raise
+
+
+class JsonErrorsH11(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol, answering a request it cannot parse (a NUL in the path, a
+    bad Content-Length) with our JSON error shape instead of a text/plain 400; pass it as
+    `uvicorn.Config(http=JsonErrorsH11)`."""
+
+    def send_400_response(self, msg: str) -> None:
+        body = json.dumps({"error": f"invalid HTTP request: {msg}"}).encode()
+        for event in (h11.Response(status_code=400, reason=b"Bad Request", headers=[
+                          (b"content-type", b"application/json"),
+                          (b"content-length", str(len(body)).encode()),
+                          (b"connection", b"close")]),
+                      h11.Data(data=body), h11.EndOfMessage()):
+            output = self.conn.send(event)
+            if output:
+                self.transport.write(output)
+        self.transport.close()
 
 
 def _routes(app: Any) -> list[Any]:
