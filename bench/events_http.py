@@ -22,6 +22,9 @@ from stepwise.engine import Engine
 from stepwise.storage import open_storage
 
 BATCH = 100
+#: The server's keys (it refuses to start without both).
+EVENT_KEY = "bench-event-key-0123456789abcdef"
+API_KEY = "bench-api-key-0123456789abcdef01"
 
 
 def free_port() -> int:
@@ -46,7 +49,7 @@ async def prepare(db: str) -> None:
 
 async def load(base: str, requests: int, concurrency: int) -> float:
     body = [{"name": "bench.event", "data": {"i": i, "user": f"u{i % 97}"}} for i in range(BATCH)]
-    headers = {"authorization": "Bearer bench"}
+    headers = {"authorization": f"Bearer {EVENT_KEY}"}
     sent = 0
 
     async with httpx.AsyncClient(base_url=base, timeout=60) as client:
@@ -69,7 +72,7 @@ def main(requests: int = 200, concurrency: int = 8) -> dict[str, float]:
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "stepwise.cli", "server", "--db", db,
                                "--port", str(port), "--host", "127.0.0.1",
-                               "--event-key", "bench"],
+                               "--event-key", EVENT_KEY, "--api-key", API_KEY],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                               env=os.environ.copy())
     base = f"http://127.0.0.1:{port}"

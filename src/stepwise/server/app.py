@@ -21,8 +21,8 @@ from .state import Server
 def create_server(storage: Storage, *, access: Access | None = None,
                   limits: Limits | None = None, clock: Clock | None = None,
                   max_in_flight: int = DEFAULT_MAX_IN_FLIGHT) -> Any:
-    """The ASGI app: the API behind the access gate (credentials, hosts, body types) and the
-    admission bound. Without `access`, everything is open (tests, dev mode sets its own)."""
+    """The ASGI app: the API behind the access gate (credentials, hosts, body types), then the
+    admission bound (bodies read under a deadline, requests in flight). Without `access`, everything is open (tests, dev mode sets its own)."""
     limits = limits or Limits()
     access = access or Access(dev_mode=True)
     app = FastAPI(title="stepwise", version="1", docs_url="/docs", redoc_url=None,
@@ -35,4 +35,7 @@ def create_server(storage: Storage, *, access: Access | None = None,
     dashboard.mount_assets(app)
     schema = openapi.schema(app, limits)
     app.openapi = lambda: schema  # type: ignore[method-assign]
-    return Admission(Gate(errors.KeepConnection(app), access), max_in_flight)
+    # The gate refuses on headers alone, so only a client with the right credentials gets
+    # as far as having its body read (under admission's deadline and bounds).
+    return Gate(Admission(errors.KeepConnection(app), max_in_flight,
+                          max_body_bytes=limits.request_bytes), access)
