@@ -22,7 +22,8 @@ def create_server(storage: Storage, *, access: Access | None = None,
                   limits: Limits | None = None, clock: Clock | None = None,
                   max_in_flight: int = DEFAULT_MAX_IN_FLIGHT) -> Any:
     """The ASGI app: the API behind the access gate (credentials, hosts, body types), then the
-    admission bound (bodies read under a deadline, requests in flight). Without `access`, everything is open (tests, dev mode sets its own)."""
+    admission bound (bodies read under a deadline, requests in flight). Without `access`,
+    everything is open (tests, dev mode sets its own)."""
     limits = limits or Limits()
     access = access or Access(dev_mode=True)
     app = FastAPI(title="stepwise", version="1", docs_url="/docs", redoc_url=None,
