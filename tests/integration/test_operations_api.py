@@ -204,3 +204,15 @@ async def test_an_event_with_a_nul_in_its_data_never_breaks_searching_by_event_d
 
 def loads_note(event: dict[str, Any]) -> str:
     return str(event["data"]["note"])
+
+
+async def test_bulk_dry_run_must_be_a_boolean(db: str) -> None:
+    """Found by the fuzz test: `{"dry_run": 0}` was read as false and replayed for real."""
+    app = stepwise.App("strict")
+    async with Harness(app, db) as h:
+        for wrong in (0, 1, "yes", "true", None):
+            response = await h.http.post("/api/v1/runs/replay", json={"dry_run": wrong})
+            assert response.status_code == 400, (wrong, response.text)
+            assert "dry_run" in response.json()["error"]
+        assert (await h.http.post("/api/v1/runs/replay", json={"dry_run": True})).status_code \
+            == 200

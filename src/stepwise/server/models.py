@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 from fastapi import Path
 from fastapi.responses import JSONResponse
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictBool
 
 from ..status import RunStatus, StepStatus
 
@@ -178,7 +178,8 @@ class RunFilter(BaseModel):
                               json_schema_extra={"format": "date-time"})
     until: str | None = Field(None, max_length=64, description="Created before (ISO 8601)",
                               json_schema_extra={"format": "date-time"})
-    dry_run: bool = Field(False, description="Only count the runs it would touch")
+    #: Strict: `0` or `"yes"` is refused (400), not read as a boolean.
+    dry_run: StrictBool = Field(False, description="Only count the runs it would touch")
 
 
 class BulkResult(BaseModel):
