@@ -29,6 +29,7 @@ from .errors import DefinitionError
 from .executor import DEFAULT_LOOP_STALL_S
 from .payloads import Limits
 from .processes import ProcessOptions
+from .remote.protocol import DEFAULT_CALL_TIMEOUT_S
 from .status import RunStatus
 
 DEFAULT_URL = "http://127.0.0.1:8288"
@@ -197,6 +198,13 @@ def execution_options(fn: Any) -> Any:
         "--processes", type=click.IntRange(min=1), default=None, metavar="N",
         help="Processes at most for step code of executor=\"process\" (started on first "
              "use)  [default: one per core]")(fn)
+    fn = click.option(
+        "--sdk-call-timeout", "sdk_call_timeout", type=float,
+        default=DEFAULT_CALL_TIMEOUT_S, show_default=True, callback=_positive,
+        envvar="STEPWISE_SDK_CALL_TIMEOUT", metavar="SECONDS",
+        help="Longest one call to an SDK app may take (shorter for a function whose "
+             "timeouts.finish is); past it the attempt fails with CallTimeout and is retried "
+             " [env STEPWISE_SDK_CALL_TIMEOUT]")(fn)
     return click.option(
         "--loop-stall-seconds", type=float, default=DEFAULT_LOOP_STALL_S, show_default=True,
         callback=_positive, envvar="STEPWISE_LOOP_STALL_SECONDS",
@@ -211,7 +219,8 @@ def _executing(options: dict[str, Any]) -> dict[str, Any]:
     processes = ProcessOptions(max_tasks_per_child=options.pop("max_tasks_per_child"),
                                max_memory_mb=options.pop("max_memory_per_child"),
                                **({} if size is None else {"size": size}))
-    return {"loop_stall_s": options.pop("loop_stall_seconds"), "processes": processes}
+    return {"loop_stall_s": options.pop("loop_stall_seconds"), "processes": processes,
+            "sdk_call_timeout_s": options.pop("sdk_call_timeout")}
 
 
 concurrency_option = click.option("--concurrency", type=int, default=10, show_default=True,
@@ -469,7 +478,8 @@ async def _serve(*, app: App | None, db: str | None, host: str, port: int,
                  exclude: Sequence[str] = (),
                  function_concurrency: dict[str, int] | None = None,
                  loop_stall_s: float = DEFAULT_LOOP_STALL_S,
-                 processes: ProcessOptions | None = None) -> None:
+                 processes: ProcessOptions | None = None,
+                 sdk_call_timeout_s: float = DEFAULT_CALL_TIMEOUT_S) -> None:
     """`sdk_urls` (None: no SDK apps here; may be empty): execute the runs of synced SDK apps
     in this process too, after asking the apps at these URLs to sync. `functions`, `exclude`
     and `function_concurrency`: which of the app's functions its worker serves, and how many
@@ -505,8 +515,8 @@ async def _serve(*, app: App | None, db: str | None, host: str, port: int,
                                 worker_.function_concurrency, concurrency))
         if sdk_urls is not None:
             remote = RemoteApps(storage, sdk_urls, signing_key=signing_key,
-                                concurrency=concurrency, lease_seconds=lease_seconds,
-                                poll_interval=poll_seconds)
+                                call_timeout_s=sdk_call_timeout_s, concurrency=concurrency,
+                                lease_seconds=lease_seconds, poll_interval=poll_seconds)
             remote_task = asyncio.create_task(remote.run(), name="stepwise-sdk-apps")
             if not with_http:
                 click.echo("stepwise worker: executing the runs of synced SDK apps" +

@@ -61,3 +61,59 @@ async def test_calls_to_one_app_are_bounded_however_many_steps_are_planned(db: s
     finally:
         await worker.stop()
         await storage.close()
+
+
+async def test_an_app_that_never_answers_fails_the_attempt_after_the_call_timeout(
+        db: str) -> None:
+    """The app accepts the connection and says nothing: each attempt fails with CallTimeout
+    after the server's SDK call timeout (not the 15-minute attempt timeout); a function's
+    `timeouts.finish` shortens a call's limit further."""
+    writers: list[asyncio.StreamWriter] = []
+    release = asyncio.Event()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
+        await release.wait()
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    url = f"http://127.0.0.1:{port}/api/inngest?fnId=mute&stepId=step"
+    storage = open_storage(db)
+    await storage.open()
+    engine = Engine(storage)
+    synced = registration.parse({"appName": "mute", "url": url, "functions": [
+        {"id": "mute", "triggers": [{"event": "go"}],
+         "steps": {"step": {"retries": {"attempts": 1},
+                            "runtime": {"type": "http", "url": url}}}},
+        {"id": "short", "triggers": [{"event": "never"}], "timeouts": {"finish": "2s"},
+         "steps": {"step": {"runtime": {"type": "http", "url": url}}}}]})
+    await engine.register("mute", synced.functions)
+    executor = HttpExecutor("mute", engine, call_timeout_s=0.5)
+    worker = Worker(executor, storage, concurrency=2, poll_interval=0.01)
+    began = asyncio.get_running_loop().time()
+    try:
+        await worker.start()
+        assert executor.call_timeout(executor.definitions["short"]) == 0.5
+        assert HttpExecutor("mute", engine, call_timeout_s=60).call_timeout(
+            synced.functions[1]) == 2.0
+        await engine.ingest([StoredEvent("e1", "go", "{}", engine.clock.now_ms())])
+        for _ in range(1500):
+            runs = await engine.list_runs({}, 10)
+            if runs and runs[0]["status"] == "failed":
+                break
+            await asyncio.sleep(0.01)
+        took = asyncio.get_running_loop().time() - began
+        [run] = runs
+        assert run["status"] == "failed", run
+        error = json.loads(run["error"])
+        assert error["name"] == "CallTimeout" and "within 0.5 s" in error["message"], error
+        assert len(writers) == 2  # the attempt and its retry, each cut off at 0.5 s
+        assert took < 14, took  # 2 x 0.5 s and a retry's backoff, not 2 x 15 minutes
+    finally:
+        await worker.stop()
+        await storage.close()
+        release.set()
+        server.close()
+        await server.wait_closed()
+        await asyncio.sleep(0)  # the handlers close their connections

@@ -26,6 +26,7 @@ from . import protocol
 log = logging.getLogger("stepwise.remote")
 #: Calls to one app at once from one process.
 MAX_CALLS_PER_APP = 16
+DEFAULT_CALL_TIMEOUT_S = protocol.DEFAULT_CALL_TIMEOUT_S
 
 
 class HttpExecutor:
@@ -34,9 +35,13 @@ class HttpExecutor:
 
     def __init__(self, app_id: str, engine: Engine, *, signing_key: str | None = None,
                  max_calls: int = MAX_CALLS_PER_APP,
+                 call_timeout_s: float = DEFAULT_CALL_TIMEOUT_S,
                  client: httpx.AsyncClient | None = None) -> None:
+        if call_timeout_s <= 0:
+            raise ValueError("call_timeout_s must be positive")
         self.app_id = app_id
         self.engine = engine
+        self.call_timeout_s = call_timeout_s
         #: At most this many calls to the app at once from this process (runs times their
         #: parallel steps could be far more); the others wait their turn.
         self.calls = asyncio.Semaphore(max_calls)
@@ -96,7 +101,7 @@ class HttpExecutor:
             return
 
     def expired(self, job: Job, now: float) -> list[Outcome]:
-        return []  # each call has the function's attempt timeout (an HTTP timeout)
+        return []  # each call has its own limit (`call_timeout`, an HTTP timeout)
 
     async def timed_out(self, job: Job) -> list[Job]:
         return []  # nothing to free: cancelling its task ends its calls
@@ -170,10 +175,15 @@ class HttpExecutor:
         url = protocol.targeted(str(definition.url), step_id or "step")
         body, headers = self._request(definition, state, calls, step_id)
         started = self.engine.clock.now_ms()
+        limit = self.call_timeout(definition)
         try:
-            response = await self.client.post(
-                url, content=body, headers=headers,
-                timeout=httpx.Timeout(definition.attempt_timeout_ms / 1000, connect=10.0))
+            response = await self.client.post(url, content=body, headers=headers,
+                                              timeout=httpx.Timeout(limit, connect=10.0))
+        except httpx.TimeoutException as exc:
+            return [RunFailed({"name": "CallTimeout", "message": (
+                f"the app at {url} did not answer within {limit:g} s ({type(exc).__name__}); "
+                "the limit is the server's SDK call timeout (--sdk-call-timeout), or the "
+                "function's timeouts.finish when shorter")})]
         except httpx.HTTPError as exc:
             return [RunFailed({"name": "AppUnreachable", "message": (
                 f"could not call the app at {url}: {type(exc).__name__}: {exc}")})]
@@ -191,6 +201,15 @@ class HttpExecutor:
         except protocol.ProtocolError as exc:
             return [RunFailed({"name": "ProtocolError", "message": (
                 f"the app at {url} answered outside the protocol: {exc}")}, retriable=False)]
+
+    def call_timeout(self, definition: FunctionDefinition) -> float:
+        """Seconds one call of this function may take: the server's SDK call timeout, or
+        less when the function's attempt timeout or `timeouts.finish` is shorter."""
+        limits = [self.call_timeout_s, definition.attempt_timeout_ms / 1000]
+        timeouts = definition.flow.timeouts
+        if timeouts is not None and timeouts.finish_ms is not None:
+            limits.append(timeouts.finish_ms / 1000)
+        return min(limits)
 
     def _request(self, definition: FunctionDefinition, state: RunState,
                  calls: protocol.CallState, step_id: str | None
@@ -323,8 +342,10 @@ class RemoteApps:
     def __init__(self, storage: Storage, urls: tuple[str, ...] = (), *,
                  check_every: float = 1.0, resync_every: float = 5.0,
                  signing_key: str | None = None, max_calls: int = MAX_CALLS_PER_APP,
+                 call_timeout_s: float = DEFAULT_CALL_TIMEOUT_S,
                  **worker_options: Any) -> None:
         self.storage = storage
+        self.call_timeout_s = call_timeout_s
         self.engine = Engine(storage)
         self.urls = list(urls)
         self.check_every = check_every
@@ -350,7 +371,8 @@ class RemoteApps:
             executor = self.executors.get(app_id)
             if executor is None:
                 executor = HttpExecutor(app_id, Engine(self.storage),
-                                        signing_key=self.signing_key, max_calls=self.max_calls)
+                                        signing_key=self.signing_key, max_calls=self.max_calls,
+                                        call_timeout_s=self.call_timeout_s)
                 worker = Worker(executor, self.storage, **self.worker_options)
                 await worker.start()
                 self.executors[app_id] = executor

@@ -39,6 +39,10 @@ _SERIALIZER_KEYS = ("__serialized",)
 #: Above this size of memoized step data and events, a call leaves them out and the SDK reads
 #: them from `/v0/runs/{id}/actions` and `/batch` (`use_api`), keeping each call small.
 USE_API_BYTES = 1024 * 1024
+#: How long one call to an SDK app may take by default (seconds): an app that accepts the
+#: connection and never answers fails the attempt after this, not after the 15-minute attempt
+#: timeout. A function's own `timeouts.finish` shortens it.
+DEFAULT_CALL_TIMEOUT_S = 300.0
 #: How long a wait with no timeout lasts (the SDKs always send one).
 DEFAULT_WAIT_MS = 7 * 24 * 3600 * 1000
 
