@@ -48,8 +48,16 @@ APP = textwrap.dedent('''
         time.sleep(3600)
 
 
-    def burn(n):
+    def burn(n, rendezvous):
+        """CPU-bound; first waits (up to 60 s) until the other branch runs too, in its own
+        process: they finish only if two processes run them at once."""
         started = time.time()
+        os.makedirs(rendezvous, exist_ok=True)
+        open(os.path.join(rendezvous, str(os.getpid())), "w").close()
+        while len(os.listdir(rendezvous)) < 2:
+            if time.time() - started > 60:
+                raise RuntimeError("the other branch never ran alongside")
+            time.sleep(0.01)
         x = 0
         for i in range(n):
             x += i * i
@@ -106,8 +114,9 @@ APP = textwrap.dedent('''
 
     @app.function(id="burn", trigger=stepwise.on_event("burn"), retries=0, executor="process")
     async def burn_fn(ctx):
-        return await ctx.step.parallel(
-            lambda: ctx.step.run("a", burn, 3_000_000), lambda: ctx.step.run("b", burn, 3_000_000))
+        where = ctx.event.data["rendezvous"]
+        return await ctx.step.parallel(lambda: ctx.step.run("a", burn, 3_000_000, where),
+                                       lambda: ctx.step.run("b", burn, 3_000_000, where))
 ''')
 
 GRACE_S = 2.0
@@ -172,7 +181,8 @@ def test_poison_code_beside_normal_runs_on_one_worker(tmp_path: Path) -> None:
                 (function, detail["error"])
 
         # CPU-bound steps in processes: two children, at once.
-        http("POST", base + "/api/v1/events", {"name": "burn"})
+        http("POST", base + "/api/v1/events", {"name": "burn",
+                                               "data": {"rendezvous": str(tmp_path / "r")}})
         burned = wait_until(lambda: [r for r in http("GET", base + "/api/v1/runs?function=burn")
                                      ["runs"] if r["status"] == "completed"], 60, "burn")
         a, b = http("GET", base + f"/api/v1/runs/{burned[0]['id']}")["output"]
