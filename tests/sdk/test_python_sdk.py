@@ -225,11 +225,11 @@ def test_a_large_memo_is_read_by_the_sdk_from_the_api(shop: Shop) -> None:
     (event_id,) = shop.send({"name": "report.big", "data": {"n": 1}})
     run = shop.run_of(event_id, "py-shop-big", "completed")
     assert run["output"] == {"size": 1_200_000, "head": "xxx"}
-    steps = http("GET", f"{shop.base}/v0/runs/{run['id']}/actions")
-    assert sorted(len(str(v)) > 1_000_000 for v in steps.values()) == [False, True]
-    (event,) = http("GET", f"{shop.base}/v0/runs/{run['id']}/batch")
-    assert event["id"] == event_id and event["data"] == {"n": 1}
-    with pytest.raises(urllib.error.HTTPError) as missing:
-        http("GET", f"{shop.base}/v0/runs/nope/actions")
-    assert missing.value.code == 404
-    missing.value.close()
+    # It completed with what the SDK read while executing it; now that it is not executing,
+    # these reads answer nothing of it (tests/integration/test_sdk_reads.py reads a live one).
+    for path in (f"/v0/runs/{run['id']}/actions", f"/v0/runs/{run['id']}/batch",
+                 "/v0/runs/nope/actions"):
+        with pytest.raises(urllib.error.HTTPError) as missing:
+            http("GET", shop.base + path)
+        assert missing.value.code == 404, path
+        missing.value.close()

@@ -119,6 +119,10 @@ class Engine:
         # only wakes early or polls.
         return await self.storage.read(leasing.next_due, app_id, snapshot=False)
 
+    async def load_for_sdk(self, run_id: str) -> RunState | None:
+        """`load` for an SDK's `use_api` read: only an SDK function's run executing now."""
+        return await self.storage.read(runs.load_for_sdk, run_id, snapshot=False)
+
     async def load(self, run_id: str) -> RunState | None:
         # No snapshot needed: the run is leased by the caller, its event is immutable, and a
         # step resolved meanwhile is only seen sooner.

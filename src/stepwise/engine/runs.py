@@ -71,6 +71,17 @@ def load(tx: Tx, run_id: str) -> RunState | None:
     return _state(tx, cast(RunRow, found[0]), event[0] if event else None, steps, batch)
 
 
+def load_for_sdk(tx: Tx, run_id: str) -> RunState | None:
+    """`load`, only for an SDK function's run that is executing: all that an SDK's `use_api`
+    reads need. Any other run (a Python function's, one finished or waiting) is not there
+    for the signing key, which every SDK app of the server holds."""
+    found = tx.one("definition_of_run", run_id=run_id)
+    if found is None or not found["sdk"]:
+        return None
+    state = load(tx, run_id)
+    return state if state is not None and state.run["status"] == RunStatus.running else None
+
+
 #: What `states` reads besides the runs (which `leasing.lease` has from starting them).
 STATE_READS = ("events_of_runs", "steps_of_runs")
 

@@ -75,9 +75,11 @@ async def register_sdk_app(request: Request, server: ServerDep) -> JSONResponse:
 
 
 async def _run_state(server: Server, run_id: str) -> RunState:
-    state = await server.engine.load(run_id)
+    """The run an SDK reads while executing it; any other is answered as absent (404), so the
+    signing key reads no Python function's run, nor any run not executing now."""
+    state = await server.engine.load_for_sdk(run_id)
     if state is None:
-        raise ApiError(404, f"run {run_id} not found")
+        raise ApiError(404, f"run {run_id} not found among the SDK runs executing now")
     return state
 
 
