@@ -58,6 +58,19 @@ class Access:
     signing_key: str | None = None
     #: Dev mode (`stepwise dev`): SDK apps see a dev server, not a "cloud" one.
     dev_mode: bool = False
+    #: Host names an SDK app may be synced at (its URL and every function's): None, any.
+    #: Whoever holds the signing key can sync; with a list, not point runs elsewhere.
+    sdk_hosts: frozenset[str] | None = None
+
+    def sdk_host_refused(self, urls: list[str]) -> str | None:
+        """The first host of `urls` this server does not allow SDK apps at, if any."""
+        if self.sdk_hosts is None:
+            return None
+        for url in urls:
+            host = (urlsplit(url).hostname or "").lower()
+            if host not in self.sdk_hosts:
+                return host
+        return None
 
     @property
     def server_kind(self) -> str:

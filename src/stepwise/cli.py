@@ -315,11 +315,17 @@ def _loopback(host: str) -> bool:
               help="Start without keys: anyone who reaches the port can read and control "
                    "every run. Only for a network you fully trust.")
 @signing_key_options
+@click.option("--sdk-allow-host", "sdk_hosts", multiple=True, metavar="HOST",
+              envvar="STEPWISE_SDK_ALLOW_HOSTS",
+              help="Only sync SDK apps served at this host name (repeatable; the app's URL and "
+                   "every function's must match): whoever holds the signing key then cannot "
+                   "point runs, and the run data the workers send, elsewhere. Without it, "
+                   "any host  [env STEPWISE_SDK_ALLOW_HOSTS, space-separated]")
 @limits_options
 @max_in_flight_option
 def server(db: str | None, port: int, host: str, api_key: str | None,
            api_key_file: str | None, event_key: str | None, event_key_file: str | None,
-           signing_key: str | None, signing_key_file: str | None,
+           signing_key: str | None, signing_key_file: str | None, sdk_hosts: tuple[str, ...],
            insecure: bool, max_in_flight: int, **limits: int) -> None:
     """The HTTP API and dashboard alone (run workers separately).
 
@@ -349,7 +355,13 @@ def server(db: str | None, port: int, host: str, api_key: str | None,
                    err=True)
     else:
         click.echo(f"API key {mask(api_key or '')}, event key {mask(event_key or '')}")
-    access = Access(api_key=api_key, event_key=event_key, signing_key=signing_key)
+    for name in sdk_hosts:
+        if not name or "/" in name or name.count(":") == 1 or not name.isprintable() \
+                or " " in name:
+            raise click.BadParameter(f"{name!r} is not a host name (no scheme, port or path)",
+                                     param_hint="--sdk-allow-host")
+    access = Access(api_key=api_key, event_key=event_key, signing_key=signing_key,
+                    sdk_hosts=frozenset(h.lower() for h in sdk_hosts) if sdk_hosts else None)
     asyncio.run(_serve(app=None, db=db, host=host, port=port, access=access,
                        concurrency=1, lease_seconds=30.0, poll_seconds=1.0, with_http=True,
                        limits=_limits(limits), max_in_flight=max_in_flight))

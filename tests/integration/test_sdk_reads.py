@@ -42,3 +42,31 @@ async def test_sdk_reads_serve_only_sdk_runs_executing_now(db: str) -> None:
         assert batch[0]["data"] == {"secret": 1}
         for part in ("actions", "batch"):  # a Python function's run, executing: not served
             assert await status(runs["py-fn"], part) == 404
+
+
+async def test_a_sync_at_a_host_the_server_does_not_allow_is_refused(db: str) -> None:
+    """`--sdk-allow-host`: the app's URL and every function's must be at an allowed host;
+    otherwise 403 naming the host, and nothing is stored."""
+    from stepwise.access import Access
+
+    def body(app_url: str, step_url: str) -> dict[str, object]:
+        return {"appName": "shop", "url": app_url, "functions": [{
+            "id": "shop-f", "triggers": [{"event": "go"}],
+            "steps": {"step": {"runtime": {"type": "http", "url": step_url}}}}]}
+
+    good = "http://app.internal:3000/api/inngest"
+    access = Access(dev_mode=True, sdk_hosts=frozenset({"app.internal"}))
+    async with Harness(stepwise.App("py"), db, access=access) as h:
+        for app_url, step_url, host in (
+                ("http://evil.example/api/inngest", good, "evil.example"),
+                (good, "https://collector.example/x?fnId=shop-f&stepId=step",
+                 "collector.example")):
+            refused = await h.http.post("/fn/register", json=body(app_url, step_url))
+            assert refused.status_code == 403, refused.text
+            assert repr(host) in refused.json()["error"] and "--sdk-allow-host" in \
+                refused.json()["error"]
+        assert [f for f in await h.engine.list_functions() if f["app_id"] == "shop"] == []
+        synced = await h.http.post("/fn/register", json=body(good, good + "?fnId=shop-f"))
+        assert synced.status_code == 200, synced.text
+        assert [f["id"] for f in await h.engine.list_functions()
+                if f["app_id"] == "shop"] == ["shop-f"]

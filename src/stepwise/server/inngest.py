@@ -67,6 +67,13 @@ async def register_sdk_app(request: Request, server: ServerDep) -> JSONResponse:
         synced = registration.parse(body)
     except registration.RegistrationError as exc:
         return _refused(400, f"cannot sync the app: {exc}")
+    host = server.access.sdk_host_refused(
+        [synced.url, *(str(d.url) for d in synced.functions if d.url)])
+    if host is not None:
+        log.warning("sync of app %r refused: host %r is not allowed (--sdk-allow-host)",
+                    synced.app_id, host)
+        return _refused(403, f"cannot sync the app: {host!r} is not among the hosts this "
+                             "server allows SDK apps at (--sdk-allow-host)")
     modified = await server.engine.register(synced.app_id, synced.functions, AppSource(
         synced.sdk, synced.url, synced.framework, synced.warnings))
     if modified:
