@@ -99,6 +99,12 @@ async def test_a_worker_drives_any_executor(db: str) -> None:
                 break
             await asyncio.sleep(0.01)
         assert executor.timed_out_runs == [hung] and executor.cancelled == [hung]
+        # Idle: it holds no job. (`busy` is also true for the moment a poll for work is in
+        # flight, which this worker, polling every 10 ms, often is: look a few times.)
+        for _ in range(200):
+            if not worker.busy:
+                break
+            await asyncio.sleep(0.005)
         assert not worker.busy and worker.stuck_threads == 0
     finally:
         await worker.stop()
