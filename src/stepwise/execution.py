@@ -53,7 +53,7 @@ from .errors import (
 )
 from .events import Event, StoredEvent, coerce_events
 from .metrics import Metrics
-from .payloads import Limits, PayloadError, PayloadTooLarge, dumps, loads
+from .payloads import Limits, PayloadError, PayloadTooLarge, dumps, loads, unstorable
 from .processes import ChildRaised
 from .status import RunStatus, StepStatus
 from .storage.rows import StepRow
@@ -283,9 +283,10 @@ class Execution:
 
     def claim(self, step_id: str) -> tuple[str, int, StepRow | None]:
         """Give this call its unique step id and position; check it against the stored history."""
-        if not isinstance(step_id, str) or not step_id or len(step_id) > MAX_STEP_ID:
+        if not isinstance(step_id, str) or not step_id or len(step_id) > MAX_STEP_ID \
+                or unstorable(step_id):
             raise TypeError(f"a step id must be a non-empty string of at most {MAX_STEP_ID} "
-                            f"characters, got {step_id!r}")
+                            f"characters without U+0000 or lone surrogates, got {step_id!r}")
         with self._claims:
             if self.stopping and self._parallel == 0:
                 raise Suspend()  # the run is parking: start nothing new

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -130,6 +131,21 @@ def loads(text: str | bytes) -> Any:
         raise PayloadError(f"unreadable JSON value: {exc}") from None
     except RecursionError:
         raise PayloadError("JSON is nested too deeply") from None
+
+
+#: What no database text column can hold: U+0000 (PostgreSQL) and lone surrogates (UTF-8).
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def storable_text(text: str) -> str:
+    """`text` for a plain text column (a log line): U+0000 and lone surrogates, which the
+    databases cannot store, read as U+FFFD. JSON columns need none of this: JSON escapes them."""
+    return _UNSTORABLE.sub("\ufffd", text)
+
+
+def unstorable(text: str) -> bool:
+    """Whether `text` holds what no database text column can (see `storable_text`)."""
+    return _UNSTORABLE.search(text) is not None
 
 
 def new_id() -> str:

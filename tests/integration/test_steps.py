@@ -537,3 +537,54 @@ async def test_a_last_step_is_stored_with_the_run_end(db: str) -> None:
     assert run["status"] == "completed" and run["output"] == {"n": 1}
     assert [(s["id"], s["output"]) for s in run["steps"]] == [("work", {"n": 1})]
     assert applied == [["StepCompleted", "RunCompleted"]]  # one transaction, not two
+
+
+async def test_nul_and_unicode_edge_values_round_trip_through_every_stored_column(
+        db: str) -> None:
+    """Values JSON allows that a database column may not (a NUL, astral characters, a
+    backslash before a u): step outputs, the run's output, log lines, event data and errors
+    keep them exactly, and the listings that read them still answer (on PostgreSQL a TEXT
+    column cannot hold U+0000: it stays escaped inside the stored JSON)."""
+    app = stepwise.App("t")
+    odd = "a\u0000b \U0001f600 \\u0000 \u2028"
+
+    @app.function(id="odd", trigger=stepwise.on_event("odd"), retries=0)
+    async def odd_values(ctx: stepwise.Context) -> dict[str, Any]:
+        echoed = await ctx.step.run("echo", lambda: {"v": ctx.event.data["v"], odd: [odd]})
+        ctx.logger.info("logged %s", odd)
+        return {"echoed": echoed}
+
+    @app.function(id="odd-failure", trigger=stepwise.on_event("odd"), retries=0)
+    async def odd_failure(ctx: stepwise.Context) -> None:
+        raise ValueError(odd)
+
+    async with Harness(app, db) as h:
+        event_id = await h.send("odd", {"v": odd})
+        await h.settle()
+        run = await h.run_for(event_id, "odd")
+        failed = await h.run_for(event_id, "odd-failure")
+        listed = (await h.http.get("/api/v1/runs")).json()["runs"]
+        event = (await h.http.get(f"/api/v1/events/{event_id}")).json()
+    assert run["status"] == "completed", run["error"]
+    assert run["output"] == {"echoed": {"v": odd, odd: [odd]}}
+    assert run["steps"][0]["output"] == {"v": odd, odd: [odd]}
+    # A log line is plain text: U+0000 reads as U+FFFD there (PostgreSQL cannot hold it).
+    assert [line["message"] for line in run["logs"]] == [f"logged {odd}".replace("\0", "\ufffd")]
+    assert failed["error"]["message"] == odd
+    assert event["data"] == {"v": odd}
+    assert {r["function_id"] for r in listed} == {"odd", "odd-failure"}
+
+
+async def test_a_step_id_no_database_can_store_is_refused(db: str) -> None:
+    app = stepwise.App("t")
+
+    @app.function(id="bad-id", trigger=stepwise.on_event("go"), retries=0)
+    async def bad_id(ctx: stepwise.Context) -> None:
+        await ctx.step.run("a\u0000b", lambda: 1)
+
+    async with Harness(app, db) as h:
+        event_id = await h.send("go")
+        await h.settle()
+        run = await h.run_for(event_id, "bad-id")
+    assert run["status"] == "failed", run
+    assert "without U+0000" in run["error"]["message"], run["error"]

@@ -16,7 +16,7 @@ from .. import expressions
 from ..definition import FunctionDefinition, RetryPolicy
 from ..errors import ErrorInfo
 from ..events import StoredEvent
-from ..payloads import dumps, loads
+from ..payloads import dumps, loads, storable_text
 from ..status import TERMINAL_RUN, RunStatus, StepStatus
 from ..storage import Tx
 from ..storage.rows import EventRow, RunRow, StepRow
@@ -356,7 +356,7 @@ def _keep_log(tx: Tx, run_id: str, lines: tuple[LogLine, ...]) -> None:
             return
         capped = seq == MAX_LOG_LINES
         message = (f"(log capped at {MAX_LOG_LINES} lines: later lines are not kept)"
-                   if capped else line.message[:MAX_LOG_CHARS])
+                   if capped else storable_text(line.message[:MAX_LOG_CHARS]))
         tx.defer("insert_run_log", run_id=run_id, seq=seq, at=line.at,
                  level="WARNING" if capped else line.level,
                  step_id=None if capped else line.step_id, message=message)
