@@ -321,3 +321,27 @@ async def test_every_405_names_all_the_methods_of_its_path(db: str) -> None:
             assert response.headers["allow"] == ", ".join(sorted(allowed)), path
             assert response.json()["error"]
         assert (await h.http.request("OPTIONS", "/api/v1/runs/abc")).headers["allow"] == "GET"
+
+
+async def test_functions_are_listed_a_page_at_a_time(db: str) -> None:
+    from stepwise.definition import EventTrigger, FunctionDefinition
+
+    async with Harness(make_app(), db) as h:
+        await h.engine.register("many/app", [
+            FunctionDefinition(id=f"f{i:03}", app_id="many/app", triggers=(EventTrigger("x"),))
+            for i in range(25)])
+        everything = (await h.http.get("/api/v1/functions")).json()
+        assert everything["next"] is None
+        seen: list[tuple[str, str]] = []
+        url: str | None = "/api/v1/functions?limit=7"
+        while url is not None:
+            page = (await h.http.get(url)).json()
+            assert len(page["functions"]) <= 7
+            seen += [(f["app_id"], f["id"]) for f in page["functions"]]
+            url = page["next"]
+        assert seen == [(f["app_id"], f["id"]) for f in everything["functions"]]
+        assert len(seen) == len(set(seen)) and ("many/app", "f024") in seen
+        after = (await h.http.get("/api/v1/functions", params={
+            "after_app": "many/app", "after_id": "f020"})).json()["functions"]
+        assert [f["id"] for f in after if f["app_id"] == "many/app"] == [
+            "f021", "f022", "f023", "f024"]

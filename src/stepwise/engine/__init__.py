@@ -73,6 +73,11 @@ class Engine:
     async def list_functions(self) -> list[dict[str, Any]]:
         return await self.storage.read(definitions.list_all)
 
+    async def list_functions_page(self, after: tuple[str, str] | None, limit: int
+                                  ) -> list[dict[str, Any]]:
+        """Up to `limit` functions after `after` (app id, function id), in that order."""
+        return await self.storage.read(definitions.list_page, after, limit)
+
     # --- executors ---------------------------------------------------------------------------
 
     async def lease(self, app_id: str, functions: list[str], owner: str, limit: int,

@@ -103,5 +103,15 @@ def list_apps(tx: Tx) -> list[dict[str, Any]]:
 
 def list_all(tx: Tx) -> list[dict[str, Any]]:
     """Every registered function as the API shows it."""
-    return [{**loads(r["definition"]), "updated_at": r["updated_at"]}
-            for r in tx.all("list_functions")]
+    return [_shown(r) for r in tx.all("list_functions")]
+
+
+def list_page(tx: Tx, after: tuple[str, str] | None, limit: int) -> list[dict[str, Any]]:
+    """Up to `limit` registered functions after `after` (app id, function id), in that order."""
+    after_app, after_id = after or ("", "")
+    return [_shown(r) for r in tx.all("list_functions_page", after_app=after_app,
+                                      after_id=after_id, limit=limit)]
+
+
+def _shown(row: dict[str, Any]) -> dict[str, Any]:
+    return {**loads(row["definition"]), "updated_at": row["updated_at"]}

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 from typing import Annotated, Any
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import Response
@@ -258,10 +259,21 @@ async def get_event(event_id: Annotated[str, Path(pattern=NO_NUL)],
 
 
 # The two answers below are free-form objects in the schema (`dict[str, Any]`): kept so.
-@router.get("/api/v1/functions", summary="Functions registered by workers",
+@router.get("/api/v1/functions", summary="Functions registered by workers and SDK syncs, "
+            "by app and id, a page at a time (`next`: the URL of the next page, or null)",
             responses=errors(401))
-async def list_functions(server: ServerDep) -> dict[str, Any]:
-    return {"functions": await server.engine.list_functions()}
+async def list_functions(
+        server: ServerDep, limit: Limit = 500,
+        after_app: str | None = Query(None, max_length=256, pattern=NO_NUL,
+                                      description="Only functions after this app's ..."),
+        after_id: str | None = Query(None, max_length=256, pattern=NO_NUL,
+                                     description="... function of this id (paging)")
+) -> dict[str, Any]:
+    after = None if after_app is None and after_id is None else (after_app or "", after_id or "")
+    functions = await server.engine.list_functions_page(after, limit)
+    last = functions[-1] if len(functions) == limit else None
+    return {"functions": functions, "next": None if last is None else "/api/v1/functions?" +
+            urlencode({"limit": limit, "after_app": last["app_id"], "after_id": last["id"]})}
 
 
 @router.get("/healthz", summary="Liveness and storage check (needs no credential)",

@@ -24,6 +24,18 @@ const $ = (selector, root = document) => root.querySelector(selector);
 
 class ApiError extends Error {}
 /** Call the API; a non-2xx answer throws its `error` message. */
+// Every registered function: /api/v1/functions answers a page at a time.
+async function allFunctions() {
+  const functions = [];
+  let next = "/api/v1/functions?limit=1000";
+  while (next) {
+    const page = await api(next);
+    functions.push(...page.functions);
+    next = page.next;
+  }
+  return { functions };
+}
+
 async function api(path, { method = "GET", body } = {}) {
   const init = { method, headers: {} };
   if (body !== undefined) {
@@ -207,7 +219,7 @@ const toLocal = iso => {
 async function pageRuns({ failedOnly }) {
   const query = new URLSearchParams(location.search);
   if (failedOnly) query.set("status", "failed");
-  const { functions } = await api("/api/v1/functions");
+  const { functions } = await allFunctions();
   const ids = [...new Set(functions.map(f => f.id))].sort();
   const value = name => query.get(name) || "";
   const page = $("#page");
@@ -613,7 +625,7 @@ async function pageFunctions() {
   const charts = new Map();
   return async () => {
     const [{ functions }, stats] = await Promise.all([
-      api("/api/v1/functions"), api(`/api/v1/stats/functions?hours=${hours}&buckets=24`)]);
+      allFunctions(), api(`/api/v1/stats/functions?hours=${hours}&buckets=24`)]);
     const box = $("#functions");
     const key = fn => `${fn.app_id}/${fn.id}`;
     if (!box.dataset.drawn || box.dataset.drawn !== functions.map(key).join()) {
@@ -705,7 +717,7 @@ async function pageApps() {
   $("#page").innerHTML = html`<h1>Apps</h1><div id="apps"><p class="muted">Loading…</p></div>`;
   return async () => {
     const [{ apps }, { functions }] = await Promise.all([api("/api/v1/apps"),
-                                                        api("/api/v1/functions")]);
+                                                        allFunctions()]);
     // A function synced with options this server cannot honour: its runs fail naming them.
     const problems = Object.fromEntries(functions.filter(f => f.problems?.length)
       .map(f => [f.id, f.problems]));

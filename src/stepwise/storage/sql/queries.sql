@@ -23,6 +23,12 @@ ON CONFLICT DO NOTHING;
 -- name: list_functions
 SELECT app_id, id, definition, updated_at FROM functions ORDER BY app_id, id;
 
+-- name: list_functions_page
+-- After (:after_app, :after_id) in (app, id) order: '' and '' for the first page.
+SELECT app_id, id, definition, updated_at FROM functions
+WHERE app_id > :after_app OR (app_id = :after_app AND id > :after_id)
+ORDER BY app_id, id LIMIT :limit;
+
 -- name: insert_event
 -- Answers the id when the event is new (an id stored already is a resend: no row).
 INSERT INTO events (id, name, data, ts, received_at, trace, meta)
