@@ -10,8 +10,6 @@ knows that no engine can is the code's step order, so the non-determinism check 
 from __future__ import annotations
 
 import asyncio
-import contextvars
-import functools
 import inspect
 import logging
 import threading
@@ -54,7 +52,7 @@ from .errors import (
 from .events import Event, StoredEvent, coerce_events
 from .metrics import Metrics
 from .payloads import Limits, PayloadError, PayloadTooLarge, dumps, loads, unstorable
-from .processes import ChildRaised
+from .processes import ChildRaised, run_to_end
 from .status import RunStatus, StepStatus
 from .storage.rows import StepRow
 from .threads import StepThreads
@@ -433,8 +431,7 @@ class Execution:
                 return await fn(*args, **kwargs)
             self.threaded += 1
             try:
-                result = await self.env.threads.run(functools.partial(
-                    contextvars.copy_context().run, fn, *args, **kwargs))
+                result = await self.env.threads.run(fn, *args, **kwargs)
             finally:
                 self.threaded -= 1
             if inspect.isawaitable(result):  # a lambda that returns a coroutine
@@ -454,7 +451,7 @@ class Execution:
                 return self.call(self._in_child(call, fn, args, kwargs))
             result = fn(*args, **kwargs)
             if inspect.isawaitable(result):
-                result = asyncio.run(_awaited(result))
+                result = run_to_end(result)
             return result
         finally:
             CURRENT_STEP.reset(token)
@@ -653,8 +650,7 @@ class Execution:
     async def _invoke(self) -> Any:
         if self.function.is_async:
             return await self.function.fn(self.ctx)
-        return await self.threads.run(functools.partial(
-            contextvars.copy_context().run, self.function.fn, self.ctx))
+        return await self.threads.run(self.function.fn, self.ctx)
 
     def expired(self, now: float) -> list[Outcome]:
         """What to report if this execution ran past its attempt timeout at monotonic `now`:
@@ -695,10 +691,6 @@ class Execution:
         if applied.run_status in (RunStatus.completed, RunStatus.failed):
             self.env.metrics.run_finished(self.function.id, applied.run_status, self.created_at,
                                           self.now_ms())
-
-
-async def _awaited(awaitable: Awaitable[T]) -> T:
-    return await awaitable
 
 
 def failure_of(exc: Exception, step_id: str) -> tuple[ErrorInfo, bool, int | None]:

@@ -229,6 +229,7 @@ class InProcessExecutor:
         self._user_loop: UserLoop | None = None
         self._home: asyncio.AbstractEventLoop | None = None  # the worker's loop
         self._processes: ProcessPool | None = None
+        self._child_processes: ChildProcesses | None = None  # the pool, as executions use it
         #: User loops and thread pools given up because user code in them overran its
         #: attempt timeout without yielding (see `stuck_threads`).
         self._retired_loops: list[UserLoop] = []
@@ -244,11 +245,11 @@ class InProcessExecutor:
     def _process_pool(self) -> ChildProcesses:
         """The child processes, started on first use; used from the worker's loop whatever
         loop the step runs on (`_HomePool`)."""
-        if self._processes is None:
+        if self._child_processes is None:  # (after `prepare`, which knows the home loop)
             self._processes = ProcessPool(self.process_options)
-        if self._home is None:
-            return self._processes
-        return _HomePool(self._processes, self._home)
+            self._child_processes = self._processes if self._home is None else \
+                _HomePool(self._processes, self._home)
+        return self._child_processes
 
     def functions(self) -> list[str]:
         return self._functions

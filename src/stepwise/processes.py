@@ -154,13 +154,19 @@ def _run_task(fn_pickle: bytes, args_json: str, kwargs_json: str, what: str,
         fn = pickle.loads(fn_pickle)
         result = fn(*loads(args_json), **loads(kwargs_json))
         if inspect.isawaitable(result):
-            result = asyncio.run(_awaited(result))
+            result = run_to_end(result)
         return ("ok", dumps(result, what, limit))
     except Exception as exc:
         error = ErrorInfo(name=type(exc).__name__, message=_text(exc, str),
                           stack=_text(exc, lambda e: "".join(traceback.format_exception(e))))
         return ("raised", error, isinstance(exc, NonRetriableError),
                 exc.delay if isinstance(exc, RetryAfterError) else None)
+
+
+def run_to_end(awaitable: Awaitable[Any]) -> Any:
+    """What a coroutine made by plain step code gives, run on an event loop of its own in
+    this thread (a child's, or a sync function's)."""
+    return asyncio.run(_awaited(awaitable))
 
 
 async def _awaited(awaitable: Awaitable[Any]) -> Any:

@@ -70,6 +70,24 @@ def wait_until(check: Any, timeout: float = 30.0, what: str = "condition") -> An
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def engine_call(db: str, op: Callable[[Any], Any]) -> Any:
+    """`await op(engine)` on an Engine over database `db`, opened for this call alone."""
+    import asyncio
+
+    from stepwise.engine import Engine
+    from stepwise.storage import open_storage
+
+    async def go() -> Any:
+        storage = open_storage(db)
+        await storage.open()
+        try:
+            return await op(Engine(storage))
+        finally:
+            await storage.close()
+
+    return asyncio.run(go())
+
+
 def wait_healthy(base: str, proc: subprocess.Popen[str], timeout: float = 30.0) -> None:
     def healthy() -> bool:
         if proc.poll() is not None:

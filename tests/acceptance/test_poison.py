@@ -5,7 +5,6 @@ grace period."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
@@ -14,11 +13,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from procs import start, stop, wait_until
+from procs import engine_call, start, stop, wait_until
 
-from stepwise.engine import Engine
 from stepwise.events import StoredEvent
-from stepwise.storage import open_storage
 
 APP = textwrap.dedent('''
     import time
@@ -58,20 +55,8 @@ APP = textwrap.dedent('''
 GRACE_S = 2.0
 
 
-def _query(db: str, op: Any) -> Any:
-    async def go() -> Any:
-        storage = open_storage(db)
-        await storage.open()
-        try:
-            return await op(Engine(storage))
-        finally:
-            await storage.close()
-
-    return asyncio.run(go())
-
-
 def _runs(db: str) -> dict[str, list[dict[str, Any]]]:
-    rows = _query(db, lambda e: e.list_runs({}, 1000))
+    rows = engine_call(db, lambda e: e.list_runs({}, 1000))
     by_function: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         by_function.setdefault(row["function_id"], []).append(row)
@@ -84,11 +69,11 @@ def test_poison_functions_cannot_take_the_workers_down(db: str, tmp_path: Path) 
             "0.2", "--grace-seconds", str(GRACE_S), "--max-stuck-threads", "100"]
     workers = [start(args, tmp_path) for _ in range(2)]
     try:
-        wait_until(lambda: _query(db, lambda e: e.list_functions()), 30, "registration")
+        wait_until(lambda: engine_call(db, lambda e: e.list_functions()), 30, "registration")
         events = [StoredEvent(f"p-{name}", name, "{}", 0)
                   for name in ("spin-async", "spin-sync", "block-step")]
         events += [StoredEvent(f"n-{i}", "normal", json.dumps({"i": i}), 0) for i in range(40)]
-        _query(db, lambda e: e.ingest(events))
+        engine_call(db, lambda e: e.ingest(events))
 
         def settled() -> bool:
             runs = _runs(db)
@@ -127,8 +112,8 @@ def test_a_worker_with_too_many_stuck_threads_exits_to_be_restarted(tmp_path: Pa
     proc = start(["worker", "poison_app:app", "--db", db, "--poll-seconds", "0.2",
                   "--max-stuck-threads", "0"], tmp_path)
     try:
-        wait_until(lambda: _query(db, lambda e: e.list_functions()), 30, "registration")
-        _query(db, lambda e: e.ingest([StoredEvent("s", "spin-sync", "{}", 0)]))
+        wait_until(lambda: engine_call(db, lambda e: e.list_functions()), 30, "registration")
+        engine_call(db, lambda e: e.ingest([StoredEvent("s", "spin-sync", "{}", 0)]))
         assert proc.wait(30) == 75
     finally:
         stop(proc)

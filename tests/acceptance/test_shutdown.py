@@ -4,7 +4,6 @@ no lease), not left `running` until its lease expires."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import textwrap
@@ -12,11 +11,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from procs import free_port, http, start, stop, wait_healthy, wait_until
+from procs import engine_call, free_port, http, start, stop, wait_healthy, wait_until
 
-from stepwise.engine import Engine
 from stepwise.events import StoredEvent
-from stepwise.storage import open_storage
 
 APP = textwrap.dedent('''
     import time
@@ -36,20 +33,8 @@ APP = textwrap.dedent('''
 GRACE_S = 2.0
 
 
-def _query(db: str, op: Any) -> Any:
-    async def go() -> Any:
-        storage = open_storage(db)
-        await storage.open()
-        try:
-            return await op(Engine(storage))
-        finally:
-            await storage.close()
-
-    return asyncio.run(go())
-
-
 def _runs(db: str) -> list[dict[str, Any]]:
-    return list(_query(db, lambda e: e.list_runs({}, 100)))
+    return list(engine_call(db, lambda e: e.list_runs({}, 100)))
 
 
 def _sigterm_within_grace(proc: Any) -> float:
@@ -72,8 +57,8 @@ def test_worker_stops_on_sigterm_while_sync_code_blocks(db: str, tmp_path: Path)
     proc = start(["worker", "stuck_app:app", "--db", db, "--poll-seconds", "0.2",
                   "--grace-seconds", str(GRACE_S)], tmp_path)
     try:
-        wait_until(lambda: _query(db, lambda e: e.list_functions()), 30, "registration")
-        _query(db, lambda e: e.ingest([StoredEvent("s", "sync", "{}", 0),
+        wait_until(lambda: engine_call(db, lambda e: e.list_functions()), 30, "registration")
+        engine_call(db, lambda e: e.ingest([StoredEvent("s", "sync", "{}", 0),
                                        StoredEvent("a", "async", "{}", 0)]))
         wait_until(lambda: [r["status"] for r in _runs(db)] == ["running", "running"], 30,
                    "both runs to block")
