@@ -42,16 +42,20 @@ async def test_events_are_listed_newest_first_with_paging_and_filters(db: str) -
             ids.append(await h.send("user.signup", {"user": {"id": n, "name": f"u{n}"}}))
             h.clock.advance(1)
         other = await h.send("order.placed", {"order": 7})
+        # The worker runs in the background: let the parent's invoke event exist before
+        # listing. It was received at the same instant as `other`, and ties go by id.
+        await h.settle(advance=False)
+        run = await h.run_for(other, "parent")
+        invoked = f"invoke:{run['id']}:double"
         listing = (await h.http.get("/api/v1/events")).json()
-        assert [e["id"] for e in listing["events"]] == [other, *reversed(ids)]
-        assert listing["events"][0]["data"] == {"order": 7} and listing["next"] is None
+        assert [e["id"] for e in listing["events"]] == [invoked, other, *reversed(ids)]
+        assert listing["events"][1]["data"] == {"order": 7} and listing["next"] is None
         first = (await h.http.get("/api/v1/events", params={"name": "user.signup",
                                                                "limit": 2})).json()
         assert [e["id"] for e in first["events"]] == [ids[2], ids[1]]
         rest = (await h.http.get("/api/v1/events", params={
             "name": "user.signup", "limit": 2, "before": first["next"]})).json()
         assert [e["id"] for e in rest["events"]] == [ids[0]] and rest["next"] is None
-        await h.settle()
         detail = (await h.http.get(f"/api/v1/events/{ids[1]}")).json()
         assert detail["data"] == {"user": {"id": 1, "name": "u1"}}
         assert [(r["function_id"], r["status"]) for r in detail["runs"]] == [
