@@ -3,6 +3,7 @@
 from .app import App, Function, on_cron, on_event
 from .clock import Clock, ManualClock
 from .context import Context, StepOptions
+from .definition import Retention
 from .errors import (
     NonDeterminismError,
     NonRetriableError,
@@ -35,6 +36,7 @@ __all__ = [
     "Priority",
     "ProcessOptions",
     "RateLimit",
+    "Retention",
     "RetryAfterError",
     "RunStatus",
     "StepError",

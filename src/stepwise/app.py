@@ -16,6 +16,7 @@ from .definition import (
     CronTrigger,
     EventTrigger,
     FunctionDefinition,
+    Retention,
     RetryPolicy,
     Trigger,
     check_executor,
@@ -89,6 +90,8 @@ class Function:
     attempt_timeout_ms: int = DEFAULT_ATTEMPT_TIMEOUT_MS
     #: Where its plain (sync) step code runs: "thread" or "process" (see `App.function`).
     executor: str = "thread"
+    #: How long its finished runs are kept (see `App.function`); None: the server's setting.
+    retention: Retention | None = None
     is_async: bool = field(init=False)
 
     def __post_init__(self) -> None:
@@ -104,7 +107,7 @@ class Function:
             retry=RetryPolicy(retries=self.retries),
             on_failure=self.on_failure.id if self.on_failure else None,
             handles_failure_of=self.handles_failure_of, flow=self.flow,
-            attempt_timeout_ms=self.attempt_timeout_ms)
+            attempt_timeout_ms=self.attempt_timeout_ms, retention=self.retention)
 
 
 class App:
@@ -132,6 +135,7 @@ class App:
         timeouts: Timeouts | None = None,
         attempt_timeout: timedelta | None = None,
         executor: str = "thread",
+        retention: Retention | timedelta | None = None,
     ) -> Callable[[Callable[..., Any]], Function]:
         """Declare a function; see the README for every option.
 
@@ -145,6 +149,10 @@ class App:
         CPU-bound Python uses every core; such code must be a module-level function (given
         as `ctx.step.run(id, fn, *args)`), and its arguments and result cross as JSON. A
         child that dies (a crash, the memory bound) fails only that attempt, which is retried.
+
+        `retention`: how long its finished runs are kept, overriding the server's setting: a
+        `stepwise.Retention(completed=, failed=)`, or one timedelta for both. Its on_failure
+        handler's runs are kept as long.
         """
         _check_id("function", id)
         check_executor(f"function {id!r}", executor)
@@ -162,6 +170,11 @@ class App:
                 raise DefinitionError(f"function {id!r}: trigger must come from "
                                       f"stepwise.on_event() or stepwise.on_cron(), got {t!r}")
         check_retries(f"function {id!r}", retries)
+        if isinstance(retention, timedelta):
+            retention = Retention(retention, retention)
+        elif retention is not None and not isinstance(retention, Retention):
+            raise DefinitionError(f"function {id!r}: retention must be a stepwise.Retention or "
+                                  f"a timedelta, got {retention!r}")
         if on_failure is not None and not callable(on_failure):
             raise DefinitionError(f"function {id!r}: on_failure must be a function(ctx)")
 
@@ -175,9 +188,11 @@ class App:
             if on_failure is not None:
                 handler_fn = on_failure.fn if isinstance(on_failure, Function) else on_failure
                 handler = Function(self, f"{id}-failure", handler_fn, (), retries=retries,
-                                   handles_failure_of=id, attempt_timeout_ms=timeout_ms)
+                                   handles_failure_of=id, attempt_timeout_ms=timeout_ms,
+                                   retention=retention)
             func = Function(self, id, fn, triggers, retries=retries, on_failure=handler,
-                            flow=flow, attempt_timeout_ms=timeout_ms, executor=executor)
+                            flow=flow, attempt_timeout_ms=timeout_ms, executor=executor,
+                            retention=retention)
             self.functions[id] = func
             if handler is not None:
                 self.functions[handler.id] = handler

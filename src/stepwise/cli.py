@@ -22,6 +22,7 @@ from typing import Any
 
 import click
 
+from . import durations
 from .access import LOCAL_HOSTS, Access, mask
 from .admission import DEFAULT_MAX_IN_FLIGHT
 from .app import App
@@ -668,10 +669,9 @@ def _since(value: str | None) -> str | None:
     """`30m`, `2h`, `7d` ago, or an ISO 8601 time, as the ISO time the API takes."""
     if value is None:
         return None
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    if value[:-1].isdigit() and value[-1:] in units:
-        moment = datetime.now(UTC) - timedelta(seconds=int(value[:-1]) * units[value[-1]])
-        return moment.isoformat()
+    with contextlib.suppress(ValueError):
+        return (datetime.now(UTC) - timedelta(milliseconds=durations.parse_ms(value))
+                ).isoformat()
     try:
         return datetime.fromisoformat(value).isoformat()
     except ValueError:

@@ -8,6 +8,7 @@ the same policy from storage.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 from . import expressions, schedules
@@ -119,6 +120,46 @@ class RetryPolicy:
             raise DefinitionError("retry policy: backoff must satisfy 0 < initial <= max")
 
 
+#: The longest retention accepted: 100 years (in effect, forever).
+MAX_RETENTION_MS = 100 * 365 * 24 * 3600 * 1000
+
+
+def _retention_ms(kind: str, value: timedelta | None) -> int | None:
+    if value is None:
+        return None
+    if not isinstance(value, timedelta):
+        raise DefinitionError(f"retention: {kind} must be a timedelta or None, got {value!r}")
+    ms = int(value.total_seconds() * 1000)
+    if not 0 < ms <= MAX_RETENTION_MS:
+        raise DefinitionError(f"retention: {kind} must be positive and at most 100 years")
+    return ms
+
+
+@dataclass(frozen=True)
+class Retention:
+    """How long a function's finished runs are kept (from when they ended), with their steps,
+    logs and the events nothing else holds: `completed` for completed, cancelled and skipped
+    runs, `failed` for failed ones (the dead-letter list). None: the server's setting
+    (`stepwise server --retention`, `--failed-retention`)."""
+
+    completed: timedelta | None = None
+    failed: timedelta | None = None
+
+    def __post_init__(self) -> None:
+        _retention_ms("completed", self.completed)
+        _retention_ms("failed", self.failed)
+
+    def to_json(self) -> dict[str, int | None]:
+        return {"completed_ms": _retention_ms("completed", self.completed),
+                "failed_ms": _retention_ms("failed", self.failed)}
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> Retention:
+        def span(ms: Any) -> timedelta | None:
+            return None if ms is None else timedelta(milliseconds=int(ms))
+        return cls(span(raw.get("completed_ms")), span(raw.get("failed_ms")))
+
+
 @dataclass(frozen=True)
 class FunctionDefinition:
     id: str
@@ -135,6 +176,8 @@ class FunctionDefinition:
     #: Why this server cannot run the function as its app synced it (an option it does not
     #: support, or cannot read): each run of it fails with these, naming them.
     problems: tuple[str, ...] = ()
+    #: How long its finished runs are kept; None: the server's setting.
+    retention: Retention | None = None
 
     def to_json(self) -> dict[str, Any]:
         out = {
@@ -153,6 +196,8 @@ class FunctionDefinition:
             out["url"] = self.url
         if self.problems:
             out["problems"] = list(self.problems)
+        if self.retention is not None:
+            out["retention"] = self.retention.to_json()
         return out
 
     @classmethod
@@ -170,4 +215,5 @@ class FunctionDefinition:
             on_failure=raw.get("on_failure"), handles_failure_of=raw.get("handles_failure_of"),
             flow=FlowOptions.from_json(raw.get("flow")),
             attempt_timeout_ms=int(raw.get("attempt_timeout_ms", DEFAULT_ATTEMPT_TIMEOUT_MS)),
-            url=raw.get("url"), problems=tuple(raw.get("problems") or ()))
+            url=raw.get("url"), problems=tuple(raw.get("problems") or ()),
+            retention=Retention.from_json(raw["retention"]) if raw.get("retention") else None)

@@ -27,6 +27,11 @@ RUN_SECONDS = Histogram("stepwise_run_duration_seconds",
 LEASE_TAKEOVERS = Counter("stepwise_lease_takeovers",
                           "Runs taken over because their worker's lease expired (crash, kill, "
                           "freeze)", registry=REGISTRY)
+PRUNED_ROWS = Counter("stepwise_pruned_rows", "Rows deleted by retention and `stepwise prune`, "
+                      "by table (runs, steps, events)", ["table"], registry=REGISTRY)
+OLDEST_KEPT = Gauge("stepwise_oldest_finished_run_age_seconds",
+                    "How long ago the oldest finished run still kept ended (after this "
+                    "process's last retention pass; 0: none kept)", registry=REGISTRY)
 # Read from the database when /metrics is scraped (any server shows the whole deployment):
 UNFINISHED_RUNS = Gauge("stepwise_unfinished_runs",
                         "Runs not yet finished, by function and status (queued, running, "

@@ -14,12 +14,12 @@ LAYERS: dict[str, int] = {
     "status": 0, "errors": 0, "payloads": 0, "clock": 0, "events": 0, "expressions": 0,
     "schedules": 0, "metrics": 0, "access": 0, "admission": 0,
     "tracing": 0, "results": 0, "signing": 0,
-    "processes": 0, "threads": 0,
+    "processes": 0, "threads": 0, "durations": 0,
     "storage": 1,  # backends, transactions, named queries, migrations
     "flow": 2, "definition": 2,  # what is stored about a function
     "engine": 3,  # every decision about events, runs and steps
     "app": 4, "context": 4, "execution": 4, "executor": 4,  # executors and what users write
-    "worker": 5, "server": 5, "dashboard": 5, "remote": 5,
+    "worker": 5, "server": 5, "dashboard": 5, "remote": 5, "pruner": 5,
     "testing": 6, "cli": 6, "__init__": 6, "pytest_plugin": 7,
 }
 
@@ -93,7 +93,7 @@ ENGINE_ORDER: dict[str, int] = {
     "flow_control": 4,
     "ingest": 5,  # ingests what run ends announce: above the transitions
     "runs": 6,
-    "leasing": 7, "admin": 7,
+    "leasing": 7, "admin": 7, "retention": 7,
     "__init__": 8,
 }
 

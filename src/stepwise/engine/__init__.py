@@ -12,6 +12,7 @@ methods run one engine operation each in one storage transaction:
 - `waits`, `definitions`, `retries`, `admin`: waits for events, stored definitions, retry
   decisions, operators' actions;
 - `workers`: which workers are alive and what they serve;
+- `retention`: which finished runs and events are deleted, a page at a time;
 - `sdk_events`: the lifecycle events a run of an SDK function emits when it ends.
 """
 
@@ -27,7 +28,7 @@ from ..events import StoredEvent
 from ..status import RunStatus
 from ..storage import Storage
 from ..storage.rows import EventRow, RunDetail, RunRow
-from . import admin, definitions, ingest, leasing, lifecycle, runs, workers
+from . import admin, definitions, ingest, leasing, lifecycle, retention, runs, workers
 from .admin import Conflict, NotFound
 from .leasing import Leased
 from .lifecycle import FOREVER
@@ -231,4 +232,53 @@ class Engine:
 
     async def run_counts(self) -> dict[str, int]:
         return await self.storage.read(admin.run_counts)
+
+    # --- retention (`retention`; the passes are `pruner.Pruner`'s) -------------------------
+
+    async def retention_windows(self) -> retention.Windows:
+        return await self.storage.read(retention.stored_windows)
+
+    async def set_retention_windows(self, windows: retention.Windows) -> retention.Windows:
+        return await self.storage.write(retention.store_windows, windows)
+
+    async def claim_retention_pass(self, owner: str, hold_ms: int) -> bool:
+        now = self.clock.now_ms()
+        return await self.storage.write(retention.claim_pass, owner, now, now + hold_ms,
+                                        durable=False)
+
+    async def release_retention_pass(self, owner: str) -> None:
+        await self.storage.write(retention.release_pass, owner, durable=False)
+
+    async def retention_plan(self) -> retention.Plan:
+        return await self.storage.read(retention.plan)
+
+    async def prunable_runs(self, plan: retention.Plan, after: tuple[int, str], limit: int
+                            ) -> retention.RunsPage:
+        return await self.storage.read(retention.runs_page, plan, self.clock.now_ms(), after,
+                                       limit)
+
+    async def delete_runs(self, ids: list[str], ended_by: int) -> retention.Deleted:
+        return await self.storage.write(retention.delete_runs, ids, ended_by)
+
+    async def old_events(self, before: int, after: tuple[int, str], limit: int
+                         ) -> tuple[list[str], tuple[int, str] | None]:
+        return await self.storage.read(retention.events_page, before, after, limit)
+
+    async def delete_events(self, ids: list[str]) -> int:
+        return await self.storage.write(retention.delete_events, ids)
+
+    async def expire_idempotency_keys(self, limit: int) -> int:
+        return await self.storage.write(retention.expire_keys, self.clock.now_ms(), limit)
+
+    async def oldest_finished(self) -> int | None:
+        return await self.storage.read(retention.oldest_finished)
+
+    async def erase(self, match: dict[str, str | None], *, dry_run: bool,
+                    cancel_unfinished: bool) -> dict[str, Any]:
+        """Delete everything stored about a subject (see `retention.erase`)."""
+        return await self.storage.write(retention.erase, match, self.clock.now_ms(), dry_run,
+                                        cancel_unfinished)
+
+    async def prune_counts(self, window_ms: int) -> dict[str, Any]:
+        return await self.storage.read(retention.counts, window_ms, self.clock.now_ms())
 

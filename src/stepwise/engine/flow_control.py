@@ -79,7 +79,7 @@ class _Start:
         if not limit:
             return None
         key_value = _key_value(limit.key, self.event)
-        if _rate_window(self.tx, f"rate:{self.scope}:{key_value}", limit.limit,
+        if _rate_window(self.tx, _rate_key(self.scope, key_value), limit.limit,
                         limit.period_ms, self.now):
             return None
         run_id = new_id()
@@ -137,7 +137,7 @@ class _Start:
         """The new run is due at its throttle slot."""
         throttle = self.flow.throttle
         if throttle:
-            key = f"throttle:{self.scope}:{_key_value(throttle.key, self.event)}"
+            key = _throttle_key(self.scope, _key_value(throttle.key, self.event))
             self.available_at = max(self.available_at, _throttle_slot(
                 self.tx, key, throttle.limit, throttle.period_ms, self.now))
 
@@ -168,6 +168,27 @@ class _Start:
                 if ms is not None:
                     tx.exec("insert_deadline", run_id=run_id, kind=kind, app_id=self.app_id,
                             at=now + ms)
+
+
+def _rate_key(scope: str, key_value: str) -> str:
+    return f"rate:{scope}:{key_value}"
+
+
+def _throttle_key(scope: str, key_value: str) -> str:
+    return f"throttle:{scope}:{key_value}"
+
+
+def keys_from_data(app_id: str, function_id: str, flow: FlowOptions, event: dict[str, Any]
+                   ) -> list[str]:
+    """The flow state an event of this function keeps after its run ended whose key is a
+    value of the event's data (rate limit and throttle windows with a key): erased with it."""
+    scope = f"{app_id}:{function_id}"
+    keys = []
+    if flow.rate_limit and flow.rate_limit.key is not None:
+        keys.append(_rate_key(scope, _key_value(flow.rate_limit.key, event)))
+    if flow.throttle and flow.throttle.key is not None:
+        keys.append(_throttle_key(scope, _key_value(flow.throttle.key, event)))
+    return keys
 
 
 def add_keys_and_cancels(tx: Tx, run_id: str, app_id: str, function_id: str, flow: FlowOptions,

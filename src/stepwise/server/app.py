@@ -1,4 +1,4 @@
-"""`create_server`: one FastAPI app made of the three routers, its error answers and its
+"""`create_server`: one FastAPI app made of its routers, its error answers and its
 schema, behind the access gate and the admission bound."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from ..clock import Clock
 from ..engine import Engine
 from ..payloads import Limits
 from ..storage import Storage
-from . import api, dashboard, errors, inngest, openapi
+from . import api, dashboard, errors, inngest, openapi, retention
 from .models import JSONText
 from .state import Server
 
@@ -31,6 +31,7 @@ def create_server(storage: Storage, *, access: Access | None = None,
     app.state.server = Server(Engine(storage, clock or Clock()), limits, access)
     errors.install(app)
     app.include_router(api.router)
+    app.include_router(retention.router)
     app.include_router(inngest.router)
     app.include_router(dashboard.router)
     dashboard.mount_assets(app)

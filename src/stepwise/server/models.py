@@ -247,3 +247,76 @@ class FunctionStats(BaseModel):
     buckets: int
     truncated: bool = Field(description="Only the newest 100,000 finished runs were counted")
     functions: dict[str, FunctionStatsOut]
+
+
+class RetentionIn(BaseModel):
+    """The server's retention: how long finished runs are kept after they ended (`30d`,
+    `12h`, ... or `forever`); an omitted kind keeps its setting."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    completed: str | None = Field(None, max_length=32, description="Completed, cancelled and "
+                                  "skipped runs, e.g. 30d")
+    failed: str | None = Field(None, max_length=32, description="Failed runs, e.g. 90d")
+
+
+class FunctionRetention(BaseModel):
+    app_id: str
+    function_id: str
+    completed: str
+    failed: str
+
+
+class RetentionOut(BaseModel):
+    completed: str = Field(description="Completed, cancelled and skipped runs are kept this "
+                                       "long after they ended (or `forever`)")
+    failed: str = Field(description="Failed runs are kept this long (or `forever`)")
+    functions: list[FunctionRetention] = Field(
+        description="Functions with a retention of their own (`@app.function(retention=)`)")
+
+
+class PruneIn(BaseModel):
+    """Delete finished runs that ended longer ago than `older_than`, whatever their function's
+    retention, with their steps and the events nothing else holds."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    older_than: str = Field(max_length=32, description="A duration: 30d, 12h, 90m, 1s")
+    dry_run: StrictBool = Field(False, description="Only count what it would delete")
+    max_runs: int = Field(10_000, ge=1, le=1_000_000,
+                          description="Stop after deleting about this many runs (`more`)")
+
+
+class PruneOut(BaseModel):
+    dry_run: bool
+    runs: int
+    steps: int
+    events: int
+    by_status: dict[str, int] | None = Field(None, description="Runs by status (dry run)")
+    idempotency_keys: int = Field(0, description="Idempotency keys past their window, deleted")
+    more: bool = Field(False, description="Stopped at max_runs: send it again")
+
+
+class EraseIn(BaseModel):
+    """Whose data to erase: the events whose data has `value` at the dotted `event_data`
+    path (`user.id=42`), optionally of one event name."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    event_data: str = Field(max_length=1024, pattern=DATA_MATCH)
+    event_name: str | None = Field(None, max_length=256, pattern=NO_NUL)
+    dry_run: StrictBool = Field(False, description="Only count what it would delete")
+    cancel_unfinished: StrictBool = Field(
+        False, description="Cancel the unfinished runs holding the data, then delete them; "
+                           "without it, such runs make the request fail (409)")
+
+
+class EraseOut(BaseModel):
+    dry_run: bool
+    events: int = Field(description="Events matching the filter (in this request)")
+    runs: int = Field(description="Runs holding them, with the runs those invoked, replay or "
+                                  "re-run")
+    unfinished: int = Field(description="Of those, runs not finished")
+    deleted: dict[str, int] | None = Field(None, description="Rows deleted: runs, steps, events")
+    more: bool = Field(description="More events match than one request erases (500): send "
+                                   "it again")

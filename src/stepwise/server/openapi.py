@@ -13,7 +13,7 @@ from pydantic import BaseModel
 
 from ..events import EventIn
 from ..payloads import Limits
-from .models import BulkCancel, ErrorOut, RunFilter
+from .models import BulkCancel, EraseIn, ErrorOut, PruneIn, RetentionIn, RunFilter
 
 ERROR_TEXT = {
     400: "Bad input; `error` names what is wrong",
@@ -25,7 +25,8 @@ ERROR_TEXT = {
 }
 
 #: Models of request bodies read by `inputs.read_model`, added to the schema's components.
-BODY_MODELS: tuple[type[BaseModel], ...] = (RunFilter, BulkCancel)
+BODY_MODELS: tuple[type[BaseModel], ...] = (RunFilter, BulkCancel, RetentionIn, PruneIn,
+                                              EraseIn)
 
 _ERROR_REF = {"content": {"application/json": {"schema": {
     "$ref": "#/components/schemas/ErrorOut"}}}}

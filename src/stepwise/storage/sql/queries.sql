@@ -871,3 +871,149 @@ r.status IN (SELECT value FROM json_each(:statuses))
 
 -- name: run_status_in @postgres
 r.status IN (SELECT jsonb_array_elements_text(CAST(:statuses AS jsonb)))
+
+-- name: in_ids
+-- (A fragment: the ids of the list parameter :ids, for `IN {query:in_ids}`.)
+(SELECT value FROM json_each(:ids))
+
+-- name: in_ids @postgres
+(SELECT unnest(CAST(:ids AS text[])))
+
+-- name: finished_runs_page
+-- The pruner's scan: finished runs by when they ended, after the cursor (:after_at,
+-- :after_id) and before :before, a page at a time (the runs_ended index, in its order).
+SELECT id, app_id, function_id, status, ended_at FROM runs
+WHERE ended_at IS NOT NULL AND ended_at < :before
+  AND (ended_at > :after_at OR (ended_at = :after_at AND id > :after_id))
+ORDER BY ended_at, id
+LIMIT :limit;
+
+-- name: idempotent_runs
+-- Of the runs :ids, those an unexpired idempotency key still points at: kept while it does,
+-- since the key's later events go to them.
+SELECT DISTINCT run_id FROM idempotency WHERE run_id IN {query:in_ids} AND expires_at > :now;
+
+-- name: prune_runs
+-- Delete the runs :ids that are still finished and ended at or before :ended_by (one replayed
+-- since the pruner read it is running again, or ended later: kept). Answers the deleted ones.
+DELETE FROM runs WHERE id IN {query:in_ids}
+  AND status NOT IN ({unfinished_runs}) AND ended_at <= :ended_by
+RETURNING id, event_id;
+
+-- name: batch_event_ids
+SELECT DISTINCT event_id FROM run_events WHERE run_id IN {query:in_ids};
+
+-- name: prune_steps
+-- The steps of deleted runs :ids.
+DELETE FROM steps WHERE run_id IN {query:in_ids};
+
+-- name: prune_run_rows
+-- Everything else stored about the deleted runs :ids (a finished run has no queue row, key,
+-- wait, deadline or group left; a crash between a finish and its cleanup could leave one).
+DELETE FROM failures WHERE run_id IN {query:in_ids};
+DELETE FROM run_logs WHERE run_id IN {query:in_ids};
+DELETE FROM run_events WHERE run_id IN {query:in_ids};
+DELETE FROM idempotency WHERE run_id IN {query:in_ids};
+DELETE FROM queue WHERE run_id IN {query:in_ids};
+DELETE FROM queue_keys WHERE run_id IN {query:in_ids};
+DELETE FROM waits WHERE run_id IN {query:in_ids};
+DELETE FROM deadlines WHERE run_id IN {query:in_ids};
+DELETE FROM pending_groups WHERE run_id IN {query:in_ids};
+
+-- name: prune_run_rows @postgres
+WITH f AS (DELETE FROM failures WHERE run_id IN {query:in_ids}),
+l AS (DELETE FROM run_logs WHERE run_id IN {query:in_ids}),
+e AS (DELETE FROM run_events WHERE run_id IN {query:in_ids}),
+i AS (DELETE FROM idempotency WHERE run_id IN {query:in_ids}),
+q AS (DELETE FROM queue WHERE run_id IN {query:in_ids}),
+k AS (DELETE FROM queue_keys WHERE run_id IN {query:in_ids}),
+w AS (DELETE FROM waits WHERE run_id IN {query:in_ids}),
+d AS (DELETE FROM deadlines WHERE run_id IN {query:in_ids})
+DELETE FROM pending_groups WHERE run_id IN {query:in_ids};
+
+-- name: events_page
+-- The pruner's scan of events received before :before, after the cursor (:after_at,
+-- :after_id), a page at a time (the events_received index, in its order).
+SELECT id, received_at FROM events
+WHERE received_at < :before
+  AND (received_at > :after_at OR (received_at = :after_at AND id > :after_id))
+ORDER BY received_at, id
+LIMIT :limit;
+
+-- name: prune_events
+-- Delete the events :ids that no run holds (as the event that started it, or in its batch).
+DELETE FROM events WHERE id IN {query:in_ids}
+  AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.event_id = events.id)
+  AND NOT EXISTS (SELECT 1 FROM run_events re WHERE re.event_id = events.id);
+
+-- name: expire_idempotency
+-- Up to :limit idempotency keys whose window closed.
+DELETE FROM idempotency WHERE key IN (
+    SELECT key FROM idempotency WHERE expires_at <= :now LIMIT :limit);
+
+-- name: prunable_run
+-- (A fragment: run `r` would be pruned at cutoff :before.)
+(r.ended_at IS NOT NULL AND r.ended_at < :before AND r.status NOT IN ({unfinished_runs})
+ AND NOT EXISTS (SELECT 1 FROM idempotency i WHERE i.run_id = r.id AND i.expires_at > :now))
+
+-- name: prunable_counts
+-- What pruning at cutoff :before would delete: runs by status, their steps, and the events
+-- received before it that no remaining run would hold.
+SELECT 'run:' || r.status AS what, COUNT(*) AS n FROM runs r WHERE {query:prunable_run}
+GROUP BY r.status
+UNION ALL
+SELECT 'steps', COUNT(*) FROM steps s JOIN runs r ON r.id = s.run_id
+WHERE {query:prunable_run}
+UNION ALL
+SELECT 'events', COUNT(*) FROM events e WHERE e.received_at < :before
+  AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.event_id = e.id AND NOT {query:prunable_run})
+  AND NOT EXISTS (SELECT 1 FROM run_events re JOIN runs r ON r.id = re.run_id
+                  WHERE re.event_id = e.id AND NOT {query:prunable_run});
+
+-- name: get_setting
+SELECT value FROM settings WHERE name = :name;
+
+-- name: put_setting
+INSERT INTO settings (name, value) VALUES (:name, :value)
+ON CONFLICT (name) DO UPDATE SET value = excluded.value;
+
+-- name: functions_with_retention
+-- Definitions with a retention of their own (compact JSON: the key appears only as one).
+SELECT app_id, id, definition FROM functions WHERE definition LIKE '%"retention":%';
+
+-- name: oldest_finished
+SELECT MIN(ended_at) AS at FROM runs WHERE ended_at IS NOT NULL;
+
+-- name: claim_retention_pass
+-- One process of a deployment prunes at a time: it holds the `retention.pass` setting,
+-- "<expiry, 16 digits> <owner>", until that expiry; another takes it once it expired.
+-- Answers a row when :owner holds it now.
+INSERT INTO settings (name, value) VALUES ('retention.pass', :claim)
+ON CONFLICT (name) DO UPDATE SET value = excluded.value
+WHERE settings.value < :now_key OR substr(settings.value, 18) = :owner
+RETURNING value;
+
+-- name: release_retention_pass
+DELETE FROM settings WHERE name = 'retention.pass' AND substr(value, 18) = :owner;
+
+-- name: runs_holding_events
+-- Runs started by the events :ids, or holding one in their batch.
+SELECT id, app_id, function_id, status, event_id FROM runs WHERE event_id IN {query:in_ids}
+UNION
+SELECT r.id, r.app_id, r.function_id, r.status, r.event_id
+FROM run_events re JOIN runs r ON r.id = re.run_id WHERE re.event_id IN {query:in_ids};
+
+-- name: runs_descended
+-- Runs that the runs :ids invoked, or that replay or re-run them.
+SELECT id, app_id, function_id, status, event_id FROM runs WHERE parent_run_id IN {query:in_ids}
+UNION
+SELECT id, app_id, function_id, status, event_id FROM runs WHERE origin_run_id IN {query:in_ids}
+UNION
+SELECT id, app_id, function_id, status, event_id FROM runs WHERE rerun_of IN {query:in_ids};
+
+-- name: event_ids_between
+-- Event ids in (:lo, :hi): the lifecycle events of one run, whose ids start with its own.
+SELECT id FROM events WHERE id > :lo AND id < :hi;
+
+-- name: delete_flow_state
+DELETE FROM flow_state WHERE key IN {query:in_ids};
