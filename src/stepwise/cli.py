@@ -224,6 +224,30 @@ def _executing(options: dict[str, Any]) -> dict[str, Any]:
             "sdk_call_timeout_s": options.pop("sdk_call_timeout")}
 
 
+def _window(_: Any, param: click.Parameter, value: str | None) -> int | str | None:
+    """A retention flag: 30d, 12h, or forever; "unset" (the stored setting stays) if absent."""
+    if value is None:
+        return "unset"
+    try:
+        return durations.parse_window(value)
+    except ValueError as exc:
+        raise click.BadParameter(f"{exc}, or forever") from None
+
+
+def retention_options(fn: Any) -> Any:
+    fn = click.option(
+        "--failed-retention", metavar="DURATION", callback=_window,
+        envvar="STEPWISE_FAILED_RETENTION",
+        help="Keep failed runs this long after they ended (e.g. 90d, or forever); stored in "
+             "the database for every server. Default: as stored, else 90d")(fn)
+    return click.option(
+        "--retention", metavar="DURATION", callback=_window, envvar="STEPWISE_RETENTION",
+        help="Keep completed, cancelled and skipped runs this long after they ended (e.g. "
+             "30d, or forever), then delete them with their steps, logs and the events "
+             "nothing else holds; stored in the database for every server. A function's own "
+             "retention (@app.function(retention=)) wins. Default: as stored, else 30d")(fn)
+
+
 concurrency_option = click.option("--concurrency", type=int, default=10, show_default=True,
                                   callback=_positive, help="Runs executed at once per process")
 
@@ -264,10 +288,12 @@ def main(verbose: bool) -> None:
 @max_in_flight_option
 @grace_option
 @execution_options
+@retention_options
 def dev(app_spec: str | None, sdk_urls: tuple[str, ...], port: int, host: str,
         allow_hosts: tuple[str, ...], insecure: bool,
         db: str | None, concurrency: int, lease_seconds: float, poll_seconds: float,
-        max_in_flight: int, grace_seconds: float, **limits: Any) -> None:
+        max_in_flight: int, grace_seconds: float, retention: int | str | None,
+        failed_retention: int | str | None, **limits: Any) -> None:
     """Server, worker and dashboard in one process, on embedded SQLite by default.
 
     No credentials: it listens on localhost only, accepts requests addressed to local host
@@ -287,7 +313,7 @@ def dev(app_spec: str | None, sdk_urls: tuple[str, ...], port: int, host: str,
                        concurrency=concurrency, lease_seconds=lease_seconds,
                        poll_seconds=poll_seconds, with_http=True, limits=_limits(limits),
                        max_in_flight=max_in_flight, grace=grace_seconds, sdk_urls=sdk_urls,
-                       **executing))
+                       retention=(retention, failed_retention), **executing))
 
 
 def _loopback(host: str) -> bool:
@@ -324,10 +350,12 @@ def _loopback(host: str) -> bool:
                    "any host  [env STEPWISE_SDK_ALLOW_HOSTS, space-separated]")
 @limits_options
 @max_in_flight_option
+@retention_options
 def server(db: str | None, port: int, host: str, api_key: str | None,
            api_key_file: str | None, event_key: str | None, event_key_file: str | None,
            signing_key: str | None, signing_key_file: str | None, sdk_hosts: tuple[str, ...],
-           insecure: bool, max_in_flight: int, **limits: int) -> None:
+           insecure: bool, max_in_flight: int, retention: int | str | None,
+           failed_retention: int | str | None, **limits: int) -> None:
     """The HTTP API and dashboard alone (run workers separately).
 
     Needs two keys, from flags, environment or files: the API key (management API,
@@ -365,7 +393,8 @@ def server(db: str | None, port: int, host: str, api_key: str | None,
                     sdk_hosts=frozenset(h.lower() for h in sdk_hosts) if sdk_hosts else None)
     asyncio.run(_serve(app=None, db=db, host=host, port=port, access=access,
                        concurrency=1, lease_seconds=30.0, poll_seconds=1.0, with_http=True,
-                       limits=_limits(limits), max_in_flight=max_in_flight))
+                       limits=_limits(limits), max_in_flight=max_in_flight,
+                       retention=(retention, failed_retention)))
 
 
 @main.command("new-key")
@@ -492,11 +521,15 @@ async def _serve(*, app: App | None, db: str | None, host: str, port: int,
                  function_concurrency: dict[str, int] | None = None,
                  loop_stall_s: float = DEFAULT_LOOP_STALL_S,
                  processes: ProcessOptions | None = None,
-                 sdk_call_timeout_s: float = DEFAULT_CALL_TIMEOUT_S) -> None:
-    """`sdk_urls` (None: no SDK apps here; may be empty): execute the runs of synced SDK apps
-    in this process too, after asking the apps at these URLs to sync. `functions`, `exclude`
-    and `function_concurrency`: which of the app's functions its worker serves, and how many
-    runs of each at once (see `Worker`)."""
+                 sdk_call_timeout_s: float = DEFAULT_CALL_TIMEOUT_S,
+                 retention: tuple[int | str | None, int | str | None] = ("unset", "unset")
+                 ) -> None:
+    """`retention`: the completed and failed runs' windows to store ("unset": keep what is
+    stored); with the HTTP server runs the background retention passes. `sdk_urls` (None: no
+    SDK apps here; may be empty): execute the runs of synced SDK apps in this process too,
+    after asking the apps at these URLs to sync. `functions`, `exclude` and
+    `function_concurrency`: which of the app's functions its worker serves, and how many runs
+    of each at once (see `Worker`)."""
     import uvicorn
 
     from .remote.executor import RemoteApps
@@ -515,8 +548,12 @@ async def _serve(*, app: App | None, db: str | None, host: str, port: int,
     worker_ = None
     remote: RemoteApps | None = None
     remote_task: asyncio.Task[None] | None = None
+    pruning: asyncio.Task[None] | None = None
     exit_code = 0
     try:
+        if with_http:
+            pruning = asyncio.create_task(_retention(storage, retention),
+                                          name="stepwise-retention")
         if app is not None:
             worker_ = Worker(app, storage, concurrency=concurrency, lease_seconds=lease_seconds,
                              poll_interval=poll_seconds, limits=limits, functions=functions,
@@ -556,6 +593,10 @@ async def _serve(*, app: App | None, db: str | None, host: str, port: int,
         elif await _until_signal_or_stuck(worker_, max_stuck):
             exit_code = EXIT_RESTART
     finally:
+        if pruning is not None:
+            pruning.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pruning
         if remote_task is not None and remote is not None:
             remote_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -570,6 +611,29 @@ async def _serve(*, app: App | None, db: str | None, host: str, port: int,
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(exit_code)
+
+
+async def _retention(storage: Any, given: tuple[int | str | None, int | str | None]) -> None:
+    """Store the retention flags given, say what applies, then prune in the background."""
+    from .engine import Engine
+    from .engine.retention import Windows
+    from .pruner import Pruner
+
+    engine = Engine(storage)
+    try:
+        stored = await engine.retention_windows()
+        completed, failed = given
+        windows = Windows(stored.completed_ms if isinstance(completed, str) else completed,
+                          stored.failed_ms if isinstance(failed, str) else failed)
+        if windows != stored:
+            await engine.set_retention_windows(windows)
+        logging.getLogger("stepwise.retention").info(
+            "retention: completed runs %s, failed runs %s", durations.show(windows.completed_ms),
+            durations.show(windows.failed_ms))
+    except Exception as exc:  # the database is down, say: the server still serves
+        logging.getLogger("stepwise.retention").warning("retention setting not applied: %s",
+                                                        exc)
+    await Pruner(engine).run()
 
 
 def _serving(served: list[str], of: int, limits: dict[str, int], concurrency: int) -> str:
@@ -822,6 +886,77 @@ def cancel(run_id: str, url: str, api_key: str | None) -> None:
     """Cancel a run; a running one stops at its next step."""
     run = _call(url, "POST", f"/api/v1/runs/{run_id}/cancel", key=api_key)
     click.echo(f"{run['id']} {run['status']}")
+
+
+def _duration(_: Any, param: click.Parameter, value: str | None) -> str | None:
+    """A duration flag (30d, 12h, 1s), checked here so a typo fails before any request."""
+    if value is not None:
+        try:
+            durations.parse_ms(value)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from None
+    return value
+
+
+@main.command()
+@click.option("--older-than", required=True, metavar="DURATION", callback=_duration,
+              help="Delete finished runs that ended longer ago than this: 30d, 12h, 1s")
+@click.option("--dry-run", is_flag=True, help="Only count what would be deleted")
+@url_option
+@api_key_option
+def prune(older_than: str, dry_run: bool, url: str, api_key: str | None) -> None:
+    """Delete finished runs older than a duration, with their steps, logs and the events
+    nothing else holds (never an unfinished run), through the server at --url."""
+    body = {"older_than": older_than, "dry_run": dry_run}
+    if dry_run:
+        found = _call(url, "POST", "/api/v1/prune", body, key=api_key)
+        statuses = ", ".join(f"{n} {s}" for s, n in sorted(found["by_status"].items()))
+        click.echo(f"would delete {found['runs']} runs" + (f" ({statuses})" if statuses else "")
+                   + f", {found['steps']} steps, {found['events']} events")
+        return
+    total = {"runs": 0, "steps": 0, "events": 0}
+    while True:
+        done = _call(url, "POST", "/api/v1/prune", body, key=api_key)
+        for key in total:
+            total[key] += done[key]
+        if not done["more"]:
+            break
+    click.echo(f"deleted {total['runs']} runs, {total['steps']} steps, {total['events']} "
+               "events")
+
+
+@main.command()
+@click.option("--event-data", required=True, metavar="PATH=VALUE",
+              help="The subject: events whose data has VALUE at PATH, e.g. user.id=42")
+@click.option("--event-name", default=None, help="Only events of this name")
+@click.option("--dry-run", is_flag=True, help="Only count what would be deleted")
+@click.option("--cancel-unfinished", is_flag=True,
+              help="Cancel unfinished runs that hold the data, then delete them (without it, "
+                   "such runs stop the erasure)")
+@url_option
+@api_key_option
+def erase(event_data: str, event_name: str | None, dry_run: bool, cancel_unfinished: bool,
+          url: str, api_key: str | None) -> None:
+    """Delete everything stored about a subject: the events whose data matches, every run
+    holding one (and the runs those invoked, replay or re-run), their steps, logs and keys."""
+    if "=" not in event_data:
+        raise click.BadParameter("give PATH=VALUE, e.g. user.id=42", param_hint="--event-data")
+    body = {"event_data": event_data, "event_name": event_name, "dry_run": dry_run,
+            "cancel_unfinished": cancel_unfinished}
+    if dry_run:
+        found = _call(url, "POST", "/api/v1/erase", body, key=api_key)
+        click.echo(f"would delete {found['events']}{'+' if found['more'] else ''} events and "
+                   f"{found['runs']} runs ({found['unfinished']} unfinished)")
+        return
+    total = {"runs": 0, "steps": 0, "events": 0}
+    while True:
+        done = _call(url, "POST", "/api/v1/erase", body, key=api_key)
+        for key in total:
+            total[key] += done["deleted"][key]
+        if not done["more"]:
+            break
+    click.echo(f"erased {total['events']} events, {total['runs']} runs, {total['steps']} "
+               "steps")
 
 
 if __name__ == "__main__":

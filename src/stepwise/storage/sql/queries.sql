@@ -908,6 +908,8 @@ SELECT DISTINCT event_id FROM run_events WHERE run_id IN {query:in_ids};
 DELETE FROM steps WHERE run_id IN {query:in_ids};
 
 -- name: prune_run_rows
+-- wakes: if :ids
+-- (a concurrency key left by a crash between a run's end and its cleanup frees a slot)
 -- Everything else stored about the deleted runs :ids (a finished run has no queue row, key,
 -- wait, deadline or group left; a crash between a finish and its cleanup could leave one).
 DELETE FROM failures WHERE run_id IN {query:in_ids};
@@ -921,6 +923,7 @@ DELETE FROM deadlines WHERE run_id IN {query:in_ids};
 DELETE FROM pending_groups WHERE run_id IN {query:in_ids};
 
 -- name: prune_run_rows @postgres
+-- wakes: if :ids
 WITH f AS (DELETE FROM failures WHERE run_id IN {query:in_ids}),
 l AS (DELETE FROM run_logs WHERE run_id IN {query:in_ids}),
 e AS (DELETE FROM run_events WHERE run_id IN {query:in_ids}),
