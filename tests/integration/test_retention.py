@@ -230,3 +230,106 @@ async def test_a_run_replayed_while_a_batch_is_chosen_is_kept(db: str) -> None:
         run = await h.run(failed)
         assert run["status"] == "failed" and run["attempts"] == 2
         assert [s["name"] for s in run["steps"]] == ["ok"]
+
+
+SUBJECT = "erase-me@example.com"
+OTHER = "keep-me@example.com"
+
+
+def erasure_app() -> stepwise.App:
+    app = stepwise.App("gdpr")
+
+    @app.function(id="mailer", trigger=stepwise.on_event("mail.requested"))
+    async def mailer(ctx: stepwise.Context) -> Any:
+        return await ctx.step.run("send", lambda: {"sent_to": ctx.event.data["email"]})
+
+    @app.function(id="signup", trigger=stepwise.on_event("user.signup"),
+                  rate_limit=stepwise.RateLimit(10, timedelta(days=1), key="event.data.email"),
+                  throttle=stepwise.Throttle(10, timedelta(hours=1), key="event.data.email"),
+                  idempotency="event.data.email")
+    async def signup(ctx: stepwise.Context) -> Any:
+        email = ctx.event.data["email"]
+        ctx.logger.info(f"welcoming {email}")
+        sent = await ctx.step.invoke("mail", function=mailer, data={"email": email})
+        return {"welcomed": email, "mail": sent}
+
+    @app.function(id="upgrade", trigger=stepwise.on_event("user.upgrade"), retries=1)
+    async def upgrade(ctx: stepwise.Context) -> Any:
+        await ctx.step.run("charge", _decline, ctx.event.data["email"])
+
+    @app.function(id="waits", trigger=stepwise.on_event("user.signup"),
+                  concurrency=stepwise.Concurrency(5, key="event.data.email"))
+    async def waits(ctx: stepwise.Context) -> Any:
+        await ctx.step.wait_for_event("confirm", event="user.confirmed", match="data.email",
+                                      timeout=timedelta(days=30))
+
+    return app
+
+
+def _decline(email: str) -> None:
+    raise RuntimeError(f"card of {email} declined")
+
+
+async def _rows_holding(h: Harness, text: str) -> list[str]:
+    """Every row of every table in which `text` appears, as `table: row`."""
+    def scan(tx: Tx) -> list[str]:
+        if h.storage.dialect == "postgres":
+            tables = [r["t"] for r in tx.raw_all(
+                "SELECT table_name AS t FROM information_schema.tables "
+                "WHERE table_schema = current_schema()", {})]
+        else:
+            tables = [r["t"] for r in tx.raw_all(
+                "SELECT name AS t FROM sqlite_master WHERE type = 'table'", {})]
+        assert {"events", "runs", "steps", "flow_state", "idempotency"} <= set(tables)
+        return [f"{table}: {row}" for table in tables
+                for row in tx.raw_all(f"SELECT * FROM {table}", {}) if text in str(row)]
+    return await h.storage.read(scan)
+
+
+async def test_erasure_leaves_no_row_holding_the_subjects_data(db: str) -> None:
+    async with Harness(erasure_app(), db) as h:
+        first = await h.send("user.signup", {"email": SUBJECT, "user": {"id": 42}})
+        await h.send("user.upgrade", {"email": SUBJECT, "user": {"id": 42}})
+        await h.send("user.signup", {"email": SUBJECT, "user": {"id": 42}})  # idempotent
+        await h.send("user.signup", {"email": OTHER, "user": {"id": 7}})
+        await h.settle(max_advance=3600)  # the upgrade's retry, not the waits' timeout
+        signup = await h.run_for(first, "signup")
+        assert signup["status"] == "completed" and signup["output"]["welcomed"] == SUBJECT
+        replayed = await h.http.post(f"/api/v1/runs/{signup['id']}/rerun")
+        assert replayed.status_code == 200, replayed.text
+        await h.settle(advance=False)
+        assert await _rows_holding(h, SUBJECT), "the test must start with the data stored"
+        others = {r["id"]: r["status"] for r in await h.runs()
+                  if r["id"] not in {x["id"] for x in await _subject_runs(h)}}
+
+        failures = (await h.run((await h.runs(function="upgrade"))[0]["id"]))["failures"]
+        assert len(failures) == 2 and SUBJECT in str(failures)
+
+        dry = await h.http.post("/api/v1/erase", json={"event_data": "user.id=42",
+                                                       "dry_run": True})
+        assert dry.status_code == 200, dry.text
+        # Events: 3 signups/upgrades. Runs: signup, its re-run, the mailer run each invoked,
+        # upgrade, and the two waits runs (one per signup event; unfinished).
+        assert {k: dry.json()[k] for k in ("events", "runs", "unfinished", "more")} == {
+            "events": 3, "runs": 7, "unfinished": 2, "more": False}
+        refused = await h.http.post("/api/v1/erase", json={"event_data": "user.id=42"})
+        assert refused.status_code == 409 and "cancel" in refused.json()["error"]
+        assert await _rows_holding(h, SUBJECT), "a refused erasure deletes nothing"
+
+        done = await h.http.post("/api/v1/erase", json={"event_data": "user.id=42",
+                                                        "cancel_unfinished": True})
+        assert done.status_code == 200, done.text
+        assert done.json()["deleted"]["runs"] == 7 and not done.json()["more"]
+        assert done.json()["deleted"]["events"] == 5  # and the 2 invoke events
+        assert await _rows_holding(h, SUBJECT) == []
+        assert {r["id"]: r["status"] for r in await h.runs()} == others
+        assert others and await _rows_holding(h, OTHER)
+
+        for bad in ({"event_data": "no-equals"}, {"event_data": "user.id=1", "dry_run": 1},
+                    {"event_data": "user.id=1", "cancel": True}, {}):
+            response = await h.http.post("/api/v1/erase", json=bad)
+            assert response.status_code == 400, (bad, response.text)
+
+
+async def _subject_runs(h: Harness) -> list[dict[str, Any]]:
+    return [r for r in await h.runs() if SUBJECT in str(await h.run(r["id"]))]
