@@ -24,9 +24,10 @@ from .engine.retention import START, Deleted, Plan
 
 log = logging.getLogger("stepwise.retention")
 
-#: Finished runs read per page, and deleted per transaction.
+#: Finished runs read per page, and deleted per transaction (100: about 3 ms of SQLite's
+#: writer here, steps and logs included).
 PAGE = 1000
-BATCH = 200
+BATCH = 100
 #: The pause between two deletions: other writers go first.
 PAUSE_S = 0.005
 #: How long a claim on the deployment's pass lasts without being renewed.
