@@ -62,7 +62,8 @@ async def checkout(ctx: stepwise.Context) -> dict[str, Any]:
     return {"order": order_id, **charged, **parcel}
 
 
-@app.function(id="send-receipt", trigger=stepwise.on_event("order.placed"))
+@app.function(id="send-receipt", trigger=stepwise.on_event("order.placed"),
+              retention=stepwise.Retention(completed=timedelta(days=7)))
 async def send_receipt(ctx: stepwise.Context) -> dict[str, Any]:
     await ctx.step.run("render", lambda: {"pdf": "receipt.pdf"})
     return {"sent": True}

@@ -179,6 +179,12 @@ def test_runs_functions_and_workers_pages(shop: Shop, page: Any) -> None:
     assert page.locator(".fn canvas").count() >= 2 * page.locator(".fn").count()
     completed = int(card.locator(".counts b").first.inner_text())
     assert completed >= 1
+    assert page.locator("#retention").inner_text() == (
+        "Finished runs are kept 30 days after they end, failed runs 90 days; 1 function has "
+        "its own (shown on it).")
+    assert "kept 1 week (failed 90 days)" in \
+        page.locator('[data-function="send-receipt"]').inner_text()
+    assert "kept" not in card.inner_text()
     shot(page, "functions")
 
     page.click("header nav >> text=Workers")

@@ -621,11 +621,19 @@ async function pageFunctions() {
     <span class="actions" style="font-size:.85rem;font-weight:400">over the last
     ${[1, 24, 24 * 7].map(h => html`<a href="/functions?hours=${h}" ${h === hours ?
       raw('style="font-weight:700"') : ""}>${h === 1 ? "hour" : h === 24 ? "day" : "week"}</a>`)}
-    </span></h1><div id="functions"><p class="muted">Loading…</p></div>`;
+    </span></h1><p class="muted" id="retention"></p>
+    <div id="functions"><p class="muted">Loading…</p></div>`;
   const charts = new Map();
   return async () => {
-    const [{ functions }, stats] = await Promise.all([
-      allFunctions(), api(`/api/v1/stats/functions?hours=${hours}&buckets=24`)]);
+    const [{ functions }, stats, retention] = await Promise.all([
+      allFunctions(), api(`/api/v1/stats/functions?hours=${hours}&buckets=24`),
+      api("/api/v1/retention")]);
+    $("#retention").textContent = `Finished runs are kept ${keptFor(retention.completed)} ` +
+      `after they end, failed runs ${keptFor(retention.failed)}` +
+      (retention.functions.length === 1 ? "; 1 function has its own (shown on it)." :
+       retention.functions.length ? `; ${retention.functions.length} functions have their ` +
+       "own (shown on them)." : ".");
+    const own = new Map(retention.functions.map(f => [`${f.app_id}/${f.function_id}`, f]));
     const box = $("#functions");
     const key = fn => `${fn.app_id}/${fn.id}`;
     if (!box.dataset.drawn || box.dataset.drawn !== functions.map(key).join()) {
@@ -640,7 +648,9 @@ async function pageFunctions() {
               `on_failure of ${fn.handles_failure_of}` : "invoked only"}</div>
           <div class="settings">retries ${fn.retries} · attempt timeout
             ${duration(fn.attempt_timeout_ms)}${fn.on_failure ? ` · on_failure ${fn.on_failure}`
-            : ""}${flowSummary(fn).map(p => ` · ${p}`).join("")}</div>
+            : ""}${flowSummary(fn).map(p => ` · ${p}`).join("")}${own.has(key(fn)) ?
+            ` · kept ${keptFor(own.get(key(fn)).completed)} (failed ${
+              keptFor(own.get(key(fn)).failed)})` : ""}</div>
           <div class="counts"></div>
           <div class="chart-title">runs finished per ${duration(stats.bucket_ms)}:
             <i class="key" style="background:#1a7f4b"></i>completed
@@ -686,6 +696,16 @@ async function pageFunctions() {
         v => v === null ? "–" : duration(v), { step: stats.bucket_ms / 1000 });
     }
   };
+}
+
+/** A retention as the API writes it (`30d`, `forever`) in words. */
+function keptFor(window) {
+  if (window === "forever") return "forever";
+  const units = { w: "week", d: "day", h: "hour", m: "minute", s: "second" };
+  const found = /^(\d+)(w|d|h|m|s)$/.exec(window);
+  if (!found) return window;
+  const n = Number(found[1]);
+  return `${n} ${units[found[2]]}${n === 1 ? "" : "s"}`;
 }
 
 const NO_POINTS = { show: false };
