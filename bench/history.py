@@ -1,8 +1,8 @@
 """History that grows: does reading it stay flat? (issue "Data lifecycle")
 
     .venv/bin/python bench/history.py [--backend sqlite|postgres|both] [--sizes 10000,1000000]
-                                      [--repeat 30] [--out PATH] [--keep] [--no-analyze]
-                                      [--postgres URL]
+                                      [--repeat 30] [--out PATH] [--label TEXT] [--keep]
+                                      [--no-analyze] [--postgres URL]
 
 For each backend and each size N: a fresh database (a SQLite file in a temporary directory; on
 PostgreSQL a fresh schema of the database at --postgres, or STEPWISE_BENCH_POSTGRES, default
@@ -44,7 +44,7 @@ schema's tables) and the generation's time. Prints a table per backend, then one
 at the end unless --keep (then their locations are printed, for EXPLAIN). Exits non-zero only
 on errors, never on SLOW. stepwise is imported as the venv finds it (this repository's src/);
 PYTHONPATH=<tree>/src measures another tree, such as a commit exported with `git archive`
-(recorded as `stepwise_from`).
+(recorded as `stepwise_from`, with --label saying which; `git` is then null).
 """
 
 from __future__ import annotations
@@ -565,14 +565,14 @@ def table(backend: str, sizes: list[int], figures: dict[int, dict[str, Any]]
     small, large = sizes[0], sizes[-1]
     names = list(figures[small]["ops"])
     width = max(len(n) for n in names) + 2
-    heads = "".join(f"{f'p50 (p95) ms @ {s:,}':>24}" for s in sizes)
-    lines = [f"{backend}: {'operation':<{width - 10}}{heads}{'ratio':>9}  verdict"]
+    heads = "".join(f"{f'p50 (p95) ms @ {s:,}':>27}" for s in sizes)
+    lines = [f"{backend}:", f"  {'operation':<{width}}{heads}{'ratio':>9}  verdict"]
     verdicts: dict[str, Any] = {}
     for name in names:
         cells = ""
         for s in sizes:
             op = figures[s]["ops"][name]
-            cells += f"{op['p50_ms']:>14.2f} ({op['p95_ms']:>7.2f})"
+            cells += f"{op['p50_ms']:>17.2f} ({op['p95_ms']:>7.2f})"
         ratio = figures[large]["ops"][name]["p50_ms"] / max(1e-6,
                                                             figures[small]["ops"][name]["p50_ms"])
         verdict = "OK" if ratio <= SLOW_RATIO else "SLOW"
@@ -582,20 +582,22 @@ def table(backend: str, sizes: list[int], figures: dict[int, dict[str, Any]]
                                                                   "{:,.0f}"),
                             ("bytes per step", "bytes_per_step", "{:,.0f}"),
                             ("generation s", "generation_s", "{:,.1f}")]:
-        cells = "".join(f"{fmt.format(figures[s][key] / (1e6 if key == 'bytes' else 1)):>24}"
+        cells = "".join(f"{fmt.format(figures[s][key] / (1e6 if key == 'bytes' else 1)):>27}"
                         for s in sizes)
         lines.append(f"  {label:<{width}}{cells}")
     return lines, verdicts
 
 
 def git_rev() -> str | None:
-    """This repository's commit, and whether the stepwise measured is its src/ with changes
-    (stepwise may come from elsewhere: PYTHONPATH=<a tree>/src; see `stepwise_from`)."""
+    """The commit measured: this repository's, when stepwise comes from its src/ (marked when
+    src/ has changes); None when it comes from elsewhere (PYTHONPATH=<a tree>/src: see
+    `stepwise_from` and --label)."""
+    if not Path(stepwise.__file__).resolve().is_relative_to(ROOT / "src"):
+        return None
     done = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
                           capture_output=True, text=True)
-    dirty = Path(stepwise.__file__).resolve().is_relative_to(ROOT / "src") and subprocess.run(
-        ["git", "-C", str(ROOT), "status", "--porcelain", "src"],
-        capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "src"],
+                           capture_output=True, text=True).stdout.strip()
     return done.stdout.strip() + (" (src modified)" if dirty else "") \
         if done.returncode == 0 else None
 
@@ -607,6 +609,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
                         help="finished runs in each database, comma-separated")
     parser.add_argument("--repeat", type=int, default=30)
     parser.add_argument("--out", type=Path, help="also write the JSON line here")
+    parser.add_argument("--label", help="a note recorded with the figures (e.g. which tree)")
     parser.add_argument("--postgres", default=POSTGRES, help="PostgreSQL database URL")
     parser.add_argument("--keep", action="store_true",
                         help="keep the databases (their locations are printed and recorded)")
@@ -632,7 +635,8 @@ def main(options: argparse.Namespace) -> dict[str, Any]:
         "sizes": options.size_list, "repeat": options.repeat, "warmup": WARMUP,
         "cpu_count": os.cpu_count(), "python": platform.python_version(),
         "sqlite": sqlite3.sqlite_version, "git": git_rev(),
-        "stepwise_from": str(Path(stepwise.__file__).resolve().parent), "analyze": options.analyze,
+        "stepwise_from": str(Path(stepwise.__file__).resolve().parent), "label": options.label,
+        "analyze": options.analyze,
         "slow_ratio": SLOW_RATIO, "backends": {}}
     tables: list[str] = []
     for backend in backends:

@@ -14,6 +14,8 @@ from fastapi import Path
 from fastapi.responses import JSONResponse
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictBool
 
+from ..durations import PATTERN as DURATION_PATTERN
+from ..durations import WINDOW_PATTERN
 from ..status import RunStatus, StepStatus
 
 #: In run lists, an output or error longer than this many characters of JSON is left out
@@ -255,9 +257,9 @@ class RetentionIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    completed: str | None = Field(None, max_length=32, description="Completed, cancelled and "
-                                  "skipped runs, e.g. 30d")
-    failed: str | None = Field(None, max_length=32, description="Failed runs, e.g. 90d")
+    completed: str | None = Field(None, pattern=WINDOW_PATTERN, description="Completed, "
+                                  "cancelled and skipped runs, e.g. 30d")
+    failed: str | None = Field(None, pattern=WINDOW_PATTERN, description="Failed runs, e.g. 90d")
 
 
 class FunctionRetention(BaseModel):
@@ -281,7 +283,8 @@ class PruneIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    older_than: str = Field(max_length=32, description="A duration: 30d, 12h, 90m, 1s")
+    older_than: str = Field(pattern=DURATION_PATTERN,
+                            description="A duration: 30d, 12h, 90m, 1s")
     dry_run: StrictBool = Field(False, description="Only count what it would delete")
     max_runs: int = Field(10_000, ge=1, le=1_000_000,
                           description="Stop after deleting about this many runs (`more`)")
