@@ -1,5 +1,6 @@
 """Retention passes: a server deletes finished runs past their window in the background, and
-`stepwise prune` deletes those older than a duration, both through `Pruner.prune`.
+`stepwise prune` deletes those older than a duration, both through `Pruner.prune`, which first
+adds the runs that finished since the last pass to the function stats' rollup.
 
 A pass reads finished runs oldest first, a page at a time, and deletes the chosen ones in
 small batches, each its own short transaction, with a pause between them: ingestion and
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 from . import durations, metrics
 from .engine import Engine
 from .engine.retention import START, Deleted, Plan
+from .engine.stats import ROLLUP_ROWS
 
 log = logging.getLogger("stepwise.retention")
 
@@ -61,6 +63,9 @@ class Pruner:
         the old events no run holds and the idempotency keys whose window closed. `claimed`:
         renew the deployment's claim as it goes (a background pass)."""
         result = Result()
+        # Counted before deleted: the function stats outlive the runs.
+        while await self.engine.roll_up_stats() == ROLLUP_ROWS:
+            await asyncio.sleep(self.pause_s)
         after: tuple[int, str] | None = START
         while after is not None:
             if claimed and not await self.engine.claim_retention_pass(self.owner, CLAIM_MS):
@@ -92,6 +97,7 @@ class Pruner:
             if expired < KEYS_BATCH:
                 break
             await asyncio.sleep(self.pause_s)
+        await self.engine.forget_old_stats()
         oldest = await self.engine.oldest_finished()
         metrics.OLDEST_KEPT.set(0 if oldest is None else
                                 max(0, self.engine.clock.now_ms() - oldest) / 1000)

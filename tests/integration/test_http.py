@@ -287,7 +287,8 @@ async def test_health_metrics_openapi_and_dashboard(db: str) -> None:
         await h.send("ping")
         await h.settle()
         health = await h.http.get("/healthz")
-        assert health.status_code == 200 and health.json()["runs"] == {"completed": 1}
+        # Unfinished runs only: counting the whole history would cost a scan of it.
+        assert health.status_code == 200 and health.json() == {"ok": True, "runs": {}}
         metrics = (await h.http.get("/metrics")).text
         assert "stepwise_events_received_total" in metrics
         assert 'stepwise_runs_finished_total{function="echo",status="completed"}' in metrics

@@ -118,6 +118,8 @@ async def test_retention_deletes_exactly_the_finished_runs_past_their_window(db:
             "waiter": "waiting", "retrier": "queued"}
         assert await _status(h, fresh_run) == "completed"
         assert await _status(h, debounced_run) == "queued"
+        assert (await h.http.get("/healthz")).json()["runs"] == {
+            "queued": 2, "sleeping": 1, "waiting": 1}
         for name in ("broken", "keepy", "sleeper", "waiter", "retrier"):
             assert (await h.http.get(f"/api/v1/events/{old[name]}")).status_code == 200
 

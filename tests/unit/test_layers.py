@@ -93,7 +93,7 @@ ENGINE_ORDER: dict[str, int] = {
     "flow_control": 4,
     "ingest": 5,  # ingests what run ends announce: above the transitions
     "runs": 6,
-    "leasing": 7, "admin": 7, "retention": 7,
+    "leasing": 7, "admin": 7, "retention": 7, "stats": 7,
     "__init__": 8,
 }
 

@@ -13,6 +13,7 @@ methods run one engine operation each in one storage transaction:
   decisions, operators' actions;
 - `workers`: which workers are alive and what they serve;
 - `retention`: which finished runs and events are deleted, a page at a time;
+- `stats`: function statistics over time, from a rollup of finished runs;
 - `sdk_events`: the lifecycle events a run of an SDK function emits when it ends.
 """
 
@@ -28,7 +29,7 @@ from ..events import StoredEvent
 from ..status import RunStatus
 from ..storage import Storage
 from ..storage.rows import EventRow, RunDetail, RunRow
-from . import admin, definitions, ingest, leasing, lifecycle, retention, runs, workers
+from . import admin, definitions, ingest, leasing, lifecycle, retention, runs, stats, workers
 from .admin import Conflict, NotFound
 from .leasing import Leased
 from .lifecycle import FOREVER
@@ -216,8 +217,15 @@ class Engine:
         return await self.storage.write(admin.rerun, run_id, self.clock.now_ms())
 
     async def function_stats(self, since: int, buckets: int) -> dict[str, Any]:
-        return await self.storage.read(admin.function_stats, since, self.clock.now_ms(),
+        return await self.storage.read(stats.function_stats, since, self.clock.now_ms(),
                                        buckets)
+
+    async def roll_up_stats(self) -> int:
+        """Add finished runs to the stats rollup (`stats.roll_up`), one transaction's worth."""
+        return await self.storage.write(stats.roll_up, self.clock.now_ms(), durable=False)
+
+    async def forget_old_stats(self) -> int:
+        return await self.storage.write(stats.forget, self.clock.now_ms(), durable=False)
 
     async def workers(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """Workers (live and recently gone) and queued runs no live worker serves."""

@@ -3,7 +3,6 @@ settings). Every change goes through `lifecycle`, like the executors' outcomes."
 
 from __future__ import annotations
 
-import math
 from dataclasses import replace
 from typing import Any, cast
 
@@ -209,41 +208,6 @@ def rerun(tx: Tx, run_id: str, now: int) -> RunDetail:
     return get_run(tx, new_id)
 
 
-def function_stats(tx: Tx, since: int, now: int, buckets: int) -> dict[str, Any]:
-    """Per function: completed and failed runs and p50/p95 durations (creation to end), in
-    `buckets` equal slices of [since, now], from at most STATS_ROWS recent runs."""
-    width = max(1, (now - since + buckets - 1) // buckets)
-    rows = tx.all("finished_since", since=since, now=now, limit=STATS_ROWS)
-    out: dict[str, Any] = {}
-    for row in rows:
-        stats = out.get(row["function_id"])
-        if stats is None:
-            stats = out[row["function_id"]] = {
-                "completed": [0] * buckets, "failed": [0] * buckets,
-                "durations": [[] for _ in range(buckets)]}
-        index = min(buckets - 1, (int(row["ended_at"]) - since) // width)
-        stats[row["status"]][index] += 1
-        stats["durations"][index].append(int(row["ended_at"]) - int(row["created_at"]))
-    for stats in out.values():
-        durations = stats.pop("durations")
-        stats["p50_ms"] = [_percentile(d, 0.50) for d in durations]
-        stats["p95_ms"] = [_percentile(d, 0.95) for d in durations]
-    return {"since": since, "bucket_ms": width, "buckets": buckets, "truncated":
-            len(rows) == STATS_ROWS, "functions": out}
-
-
-#: The most finished runs `function_stats` reads (the newest ones).
-STATS_ROWS = 100_000
-
-
-def _percentile(values: list[int], q: float) -> int | None:
-    """Nearest-rank percentile (None for no values)."""
-    if not values:
-        return None
-    values.sort()
-    return values[min(len(values) - 1, max(0, math.ceil(q * len(values)) - 1))]
-
-
 def deployment_stats(tx: Tx, now: int) -> tuple[list[tuple[str, str, int]], int, int]:
     unfinished = [(r["function_id"], r["status"], int(r["n"]))
                   for r in tx.all("unfinished_by_function")]
@@ -254,4 +218,5 @@ def deployment_stats(tx: Tx, now: int) -> tuple[list[tuple[str, str, int]], int,
 
 
 def run_counts(tx: Tx) -> dict[str, int]:
-    return {r["status"]: int(r["n"]) for r in tx.all("count_runs_by_status")}
+    """Unfinished runs by status (an index range: no count of the whole history)."""
+    return {r["status"]: int(r["n"]) for r in tx.all("count_unfinished_runs")}

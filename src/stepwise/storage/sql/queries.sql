@@ -597,9 +597,6 @@ WHERE id = :run_id;
 -- name: delete_failed_steps
 DELETE FROM steps WHERE run_id = :run_id AND status <> {step:completed};
 
--- name: count_runs_by_status
-SELECT status, COUNT(*) AS n FROM runs GROUP BY status;
-
 -- name: insert_wait
 INSERT INTO waits (run_id, step_id, event_name, match_path, match_key, if_expr, trigger_event,
                    expires_at, created_at)
@@ -855,13 +852,6 @@ SELECT app_id, function_id, COUNT(*) AS n, MIN(available_at) AS oldest FROM queu
 WHERE available_at <= :now AND (lease_expires_at IS NULL OR lease_expires_at <= :now)
 GROUP BY app_id, function_id;
 
--- name: finished_since
--- Runs that ended in [since, now], for counts and durations over time.
-SELECT function_id, status, created_at, started_at, ended_at FROM runs
-WHERE ended_at >= :since AND ended_at <= :now AND status IN ({run:completed}, {run:failed})
-ORDER BY ended_at DESC
-LIMIT :limit;
-
 -- name: copy_run_events
 INSERT INTO run_events (run_id, position, event_id)
 SELECT :run_id, position, event_id FROM run_events WHERE run_id = :source;
@@ -880,9 +870,9 @@ r.status IN (SELECT jsonb_array_elements_text(CAST(:statuses AS jsonb)))
 (SELECT unnest(CAST(:ids AS text[])))
 
 -- name: finished_runs_page
--- The pruner's scan: finished runs by when they ended, after the cursor (:after_at,
+-- The pruner's and the stats rollup's scan: finished runs by when they ended, after the cursor (:after_at,
 -- :after_id) and before :before, a page at a time (the runs_ended index, in its order).
-SELECT id, app_id, function_id, status, ended_at FROM runs
+SELECT id, app_id, function_id, status, created_at, ended_at FROM runs
 WHERE ended_at IS NOT NULL AND ended_at < :before
   AND (ended_at > :after_at OR (ended_at = :after_at AND id > :after_id))
 ORDER BY ended_at, id
@@ -1020,3 +1010,31 @@ SELECT id FROM events WHERE id > :lo AND id < :hi;
 
 -- name: delete_flow_state
 DELETE FROM flow_state WHERE key IN {query:in_ids};
+
+-- name: get_run_stats
+SELECT n, durations FROM run_stats
+WHERE slot = :slot AND function_id = :function_id AND status = :status;
+
+-- name: put_run_stats
+INSERT INTO run_stats (slot, function_id, status, n, durations)
+VALUES (:slot, :function_id, :status, :n, :durations)
+ON CONFLICT (slot, function_id, status) DO UPDATE SET n = excluded.n,
+  durations = excluded.durations;
+
+-- name: run_stats_since
+SELECT slot, function_id, status, n, durations FROM run_stats WHERE slot >= :since;
+
+-- name: finished_after
+-- Completed and failed runs that ended after the rollup's cursor, newest first.
+SELECT function_id, status, created_at, ended_at FROM runs
+WHERE ended_at IS NOT NULL AND ended_at <= :now
+  AND (ended_at > :after_at OR (ended_at = :after_at AND id > :after_id))
+  AND status IN ({run:completed}, {run:failed})
+ORDER BY ended_at DESC
+LIMIT :limit;
+
+-- name: prune_run_stats
+DELETE FROM run_stats WHERE slot < :before;
+
+-- name: count_unfinished_runs
+SELECT status, COUNT(*) AS n FROM runs WHERE status IN ({unfinished_runs}) GROUP BY status;
