@@ -44,7 +44,9 @@ schema's tables) and the generation's time. Prints a table per backend, then one
 at the end unless --keep (then their locations are printed, for EXPLAIN). Exits non-zero only
 on errors, never on SLOW. stepwise is imported as the venv finds it (this repository's src/);
 PYTHONPATH=<tree>/src measures another tree, such as a commit exported with `git archive`
-(recorded as `stepwise_from`, with --label saying which; `git` is then null).
+(recorded as `stepwise_from`, with --label saying which; `git` is then null). Where the code
+keeps function stats in a rollup (`Engine.roll_up_stats`), it is brought up to date after the
+generation, as a running server's passes would have (`rollup_s`; null without one).
 """
 
 from __future__ import annotations
@@ -527,6 +529,25 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered) + 0.5) - 1))]
 
 
+async def roll_up(url: str) -> float | None:
+    """Where the code keeps function stats in a rollup (`Engine.roll_up_stats`, which a
+    server's retention passes run every minute), bring it up to date as a running server
+    would have; answers the seconds it took (None: this code has no rollup)."""
+    step: Callable[[], Awaitable[int]] | None = None
+    storage = open_storage(url)
+    await storage.open()
+    try:
+        step = getattr(Engine(storage), "roll_up_stats", None)
+        if step is None:
+            return None
+        began = time.perf_counter()
+        while await step():
+            pass
+        return round(time.perf_counter() - began, 2)
+    finally:
+        await storage.close()
+
+
 def one_size(backend: str, runs: int, options: argparse.Namespace) -> dict[str, Any]:
     db = Database.create(backend, options.postgres, runs)
     print(f"{backend} {runs:,} runs: {db.url if options.keep else db.place}", flush=True)
@@ -542,10 +563,14 @@ def one_size(backend: str, runs: int, options: argparse.Namespace) -> dict[str, 
                 await storage.close()
         asyncio.run(register())
         generated = db.generate(runs, now, analyze=options.analyze)
+        generated["rollup_s"] = asyncio.run(roll_up(db.url))
         size = db.size()
         steps = size["rows"]["steps"]
+        rolled = "" if generated["rollup_s"] is None else \
+            f", stats rollup {generated['rollup_s']:.1f} s"
         print(f"  generated in {generated['generation_s']:.1f} s (load {generated['load_s']:.1f}"
-              f" s, analyze {generated['analyze_s']:.1f} s); {size['bytes'] / 1e6:,.1f} MB, "
+              f" s, analyze {generated['analyze_s']:.1f} s{rolled}); "
+              f"{size['bytes'] / 1e6:,.1f} MB, "
               f"{size['bytes'] / (runs + QUEUED):,.0f} B/run, "
               f"{size['bytes'] / max(1, steps):,.0f} B/step", flush=True)
         began = time.perf_counter()
@@ -630,6 +655,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
 def main(options: argparse.Namespace) -> dict[str, Any]:
     backends = ["sqlite", "postgres"] if options.backend == "both" else [options.backend]
     began = time.monotonic()
+    load = os.getloadavg()[0]  # recorded: other work on the machine skews every figure
     figures: dict[str, Any] = {
         "bench": "history", "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "sizes": options.size_list, "repeat": options.repeat, "warmup": WARMUP,
@@ -651,6 +677,7 @@ def main(options: argparse.Namespace) -> dict[str, Any]:
                                         "verdicts": verdicts,
                                         "slow": [n for n, v in verdicts.items()
                                                  if v["verdict"] == "SLOW"]}
+    figures["loadavg_1m"] = {"start": round(load, 2), "end": round(os.getloadavg()[0], 2)}
     figures["total_seconds"] = round(time.monotonic() - began, 1)
     print("\n".join(tables), flush=True)
     return figures

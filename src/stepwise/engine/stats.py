@@ -111,7 +111,7 @@ def function_stats(tx: Tx, since: int, now: int, buckets: int) -> dict[str, Any]
 
     for row in raw:
         index = min(buckets - 1, (int(row["ended_at"]) - since) // width)
-        if index < 0:
+        if index < 0 or row["status"] not in _COUNTED:
             continue
         counted, histogram, values = slot_of(row["function_id"])
         duration = int(row["ended_at"]) - int(row["created_at"])

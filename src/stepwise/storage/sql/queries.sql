@@ -1025,11 +1025,12 @@ ON CONFLICT (slot, function_id, status) DO UPDATE SET n = excluded.n,
 SELECT slot, function_id, status, n, durations FROM run_stats WHERE slot >= :since;
 
 -- name: finished_after
--- Completed and failed runs that ended after the rollup's cursor, newest first.
+-- Runs that ended after the rollup's cursor, newest first (by runs_ended; the caller keeps the
+-- completed and failed ones: a status condition here makes SQLite read by runs_status, which
+-- holds every run, and sort them).
 SELECT function_id, status, created_at, ended_at FROM runs
 WHERE ended_at IS NOT NULL AND ended_at <= :now
   AND (ended_at > :after_at OR (ended_at = :after_at AND id > :after_id))
-  AND status IN ({run:completed}, {run:failed})
 ORDER BY ended_at DESC
 LIMIT :limit;
 
