@@ -9,6 +9,7 @@ from typing import Any
 
 import stepwise
 from stepwise.engine.retention import uniform
+from stepwise.engine.stats import SLOT_MS
 from stepwise.pruner import Pruner
 from stepwise.testing import Harness
 
@@ -50,7 +51,7 @@ async def test_rolled_up_stats_match_the_runs_and_outlive_them(db: str) -> None:
             await h.settle(max_advance=0.5 * HOUR)
             h.clock.advance(HOUR)
         # A slot's start now: the rollup's buckets then start where the exact read's do.
-        h.clock.set((int(h.clock.now()) // 300 + 1) * 300)
+        h.clock.set((int(h.clock.now() * 1000) // SLOT_MS + 1) * SLOT_MS / 1000)
         exact = await _stats(h, 24, 24)
         assert exact["bucket_ms"] == 3_600_000
         work = exact["functions"]["work"]

@@ -221,8 +221,14 @@ class Engine:
                                        buckets)
 
     async def roll_up_stats(self) -> int:
-        """Add finished runs to the stats rollup (`stats.roll_up`), one transaction's worth."""
-        return await self.storage.write(stats.roll_up, self.clock.now_ms(), durable=False)
+        """Add up to `stats.ROLLUP_ROWS` finished runs to the stats rollup: read, then written
+        in a short transaction. Answers how many were read (0 when caught up, or when another
+        process added them first)."""
+        rollup = await self.storage.read(stats.read_rollup, self.clock.now_ms())
+        if not rollup.rows or not await self.storage.write(stats.add_rollup, rollup,
+                                                           durable=False):
+            return 0
+        return rollup.rows
 
     async def forget_old_stats(self) -> int:
         return await self.storage.write(stats.forget, self.clock.now_ms(), durable=False)

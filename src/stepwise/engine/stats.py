@@ -1,28 +1,31 @@
 """Function statistics: completed and failed runs and their p50/p95 durations over time, read
 from a rollup, so that a request costs as much at ten million runs as at ten thousand.
 
-`roll_up` (run before every retention pass, so about every minute) adds the runs that
-finished since its cursor to 5-minute slots per function and status: a count and a histogram
-of durations (creation to end) in buckets an eighth of a doubling wide, so a percentile read
-from it is within about 5% of the exact one. A read takes the slots of its window and adds
-the runs that finished after the cursor, read raw: its counts are exact and as fresh as the
-last commit. Only runs that ended over LAG_MS ago are rolled up, so that a run stamped by a
-worker whose clock runs a little behind, or whose end commits a moment later, is not passed
-over. The rollup outlives the runs: retention deletes runs, not their counts (slots older
-than the longest window asked for go with a pass).
+`read_rollup` and `add_rollup` (before every retention pass, so about every minute) add the
+runs that finished since its cursor to hourly slots per function and status: a count and a
+histogram of durations (creation to end) in buckets an eighth of a doubling wide, so a
+percentile read from it is within about 5% of the exact one. A read takes the slots of its
+window and adds the runs that finished after the cursor, read raw: its counts are exact and as
+fresh as the last commit. Only runs that ended over LAG_MS ago are rolled up, so that a run
+stamped by a worker whose clock runs a little behind, or whose end commits a moment later, is
+not passed over. The rollup outlives the runs: retention deletes runs, not their counts
+(slots older than the longest window asked for go with a pass).
 """
 
 from __future__ import annotations
 
 import math
 from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..payloads import dumps, loads
 from ..status import RunStatus
 from ..storage import Tx
 
-SLOT_MS = 300_000
+#: An hour: a week's window reads 168 slots per function and status; narrower buckets than a
+#: slot (the last hour in 2.5-minute buckets) are read raw.
+SLOT_MS = 3_600_000
 LAG_MS = 60_000
 #: Finished runs rolled up per transaction.
 ROLLUP_ROWS = 5_000
@@ -51,31 +54,49 @@ def _cursor(tx: Tx) -> tuple[int, str] | None:
     return int(at), run_id
 
 
-def roll_up(tx: Tx, now: int, limit: int = ROLLUP_ROWS) -> int:
-    """Add up to `limit` more finished runs to the rollup; answers how many were read (fewer
-    than `limit`: it has caught up)."""
-    after = _cursor(tx) or (-1, "")
-    rows = tx.all("finished_runs_page", before=now - LAG_MS, after_at=after[0],
-                  after_id=after[1], limit=limit)
-    if not rows:
-        return 0
-    slots: dict[tuple[int, str, str], Counter[int]] = {}
+@dataclass
+class Rollup:
+    """Finished runs read past the cursor (`read_rollup`), to add (`add_rollup`)."""
+
+    after: tuple[int, str] | None
+    until: tuple[int, str] | None = None
+    rows: int = 0
+    slots: dict[tuple[int, str, str], Counter[int]] = field(default_factory=dict)
+
+
+def read_rollup(tx: Tx, now: int, limit: int = ROLLUP_ROWS) -> Rollup:
+    """Read up to `limit` runs that finished past the cursor (a read: no writer is held)."""
+    after = _cursor(tx)
+    start = after or (-1, "")
+    rows = tx.all("finished_runs_page", before=now - LAG_MS, after_at=start[0],
+                  after_id=start[1], limit=limit)
+    rollup = Rollup(after, rows=len(rows))
     for row in rows:
         if row["status"] not in _COUNTED:
             continue
         ended = int(row["ended_at"])
         key = (ended - ended % SLOT_MS, row["function_id"], row["status"])
-        slots.setdefault(key, Counter())[_bucket(ended - int(row["created_at"]))] += 1
-    for (slot, function_id, status), durations in slots.items():
+        rollup.slots.setdefault(key, Counter())[_bucket(ended - int(row["created_at"]))] += 1
+    if rows:
+        rollup.until = (int(rows[-1]["ended_at"]), str(rows[-1]["id"]))
+    return rollup
+
+
+def add_rollup(tx: Tx, rollup: Rollup) -> bool:
+    """Add what `read_rollup` read and move the cursor past it, unless another process moved
+    it meanwhile (then nothing is written: its caller reads again)."""
+    if rollup.until is None or _cursor(tx) != rollup.after:
+        return False
+    for (slot, function_id, status), durations in rollup.slots.items():
         found = tx.one("get_run_stats", slot=slot, function_id=function_id, status=status)
         if found is not None:
-            durations.update({int(k): int(v) for k, v in loads(found["durations"]).items()})
+            durations = durations + Counter(
+                {int(k): int(v) for k, v in loads(found["durations"]).items()})
         tx.exec("put_run_stats", slot=slot, function_id=function_id, status=status,
                 n=sum(durations.values()), durations=dumps(
                     {str(k): v for k, v in sorted(durations.items())}, "durations"))
-    last = rows[-1]
-    tx.exec("put_setting", name=_CURSOR, value=f"{int(last['ended_at'])} {last['id']}")
-    return len(rows)
+    tx.exec("put_setting", name=_CURSOR, value=f"{rollup.until[0]} {rollup.until[1]}")
+    return True
 
 
 def forget(tx: Tx, now: int) -> int:

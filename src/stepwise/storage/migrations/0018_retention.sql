@@ -6,7 +6,7 @@ CREATE INDEX runs_ended ON runs (ended_at, id) WHERE ended_at IS NOT NULL;
 CREATE INDEX run_events_event ON run_events (event_id);
 CREATE INDEX idempotency_run ON idempotency (run_id);
 CREATE INDEX idempotency_expiry ON idempotency (expires_at);
--- Function statistics from a rollup: per 5-minute slot, function and status, how many runs
+-- Function statistics from a rollup: per hour, function and status, how many runs
 -- finished and a histogram of their durations (JSON: bucket -> count), so that the stats read
 -- as much at ten million runs as at ten thousand, and outlive the runs retention deletes.
 CREATE TABLE run_stats (
