@@ -771,6 +771,14 @@ def _error_line(error: Any) -> str:
     return message.splitlines()[0][:80] if message else ""
 
 
+def _listed_error(run: dict[str, Any]) -> str:
+    """A listed run's error: an error over the list's preview is left out of the list, so
+    its first line (`error_title`) stands for it."""
+    if run["error"] is None and run.get("error_truncated"):
+        return str(run.get("error_title") or "(error too long to list; see `stepwise run`)")[:80]
+    return _error_line(run["error"])
+
+
 @main.command()
 @click.option("--status", type=click.Choice([s.value for s in RunStatus]))
 @click.option("--function", "function_id", default=None)
@@ -787,7 +795,7 @@ def runs(status: str | None, function_id: str | None, event_name: str | None,
                      event_name=event_name, since=_since(since), limit=limit)
     if found:
         _table([[r["id"], r["function_id"], r["status"], str(r["failed_attempts"]),
-                 str(r["attempts"] - 1), r["started_at"] or "-", _error_line(r["error"])]
+                 str(r["attempts"] - 1), r["started_at"] or "-", _listed_error(r)]
                 for r in found],
                ["RUN", "FUNCTION", "STATUS", "FAILURES", "REPLAYS", "STARTED", "ERROR"])
 

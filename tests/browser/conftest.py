@@ -39,21 +39,49 @@ def browser() -> Iterator[Any]:
         chromium.close()
 
 
+class Watched:
+    """Opens pages that fail the test on any script error, or any failed request but the
+    API's own 4xx answers (which the page shows) and the statuses a test expects."""
+
+    def __init__(self, browser: Any) -> None:
+        self.browser = browser
+        self.problems: list[str] = []
+        self.pages: list[Any] = []
+        self.expected: set[tuple[int, str]] = set()
+
+    def open(self, **options: Any) -> Any:
+        """A new page (in a context of its own: `viewport`, `timezone_id`, ...)."""
+        page = self.browser.new_page(**{"viewport": {"width": 1400, "height": 1000},
+                                        **options})
+        problems = self.problems
+        page.on("pageerror", lambda error: problems.append(f"script error: {error}"))
+        page.on("console", lambda m: problems.append(f"console: {m.text}")
+                if m.type == "error" and "Failed to load resource" not in m.text else None)
+        page.on("requestfailed", lambda r: problems.append(f"request failed: {r.url}"))
+        page.on("response", lambda r: problems.append(f"{r.status}: {r.url}")
+                if r.status >= 400 and "/api/v1/" not in r.url
+                and (r.status, r.url) not in self.expected else None)
+        self.pages.append(page)
+        return page
+
+    def expect(self, status: int, url: str) -> None:
+        """Let `url` answer `status` without failing the test."""
+        self.expected.add((status, url))
+
+
 @pytest.fixture
-def page(browser: Any) -> Iterator[Any]:
-    """A page that fails the test on any script error, or any failed request but the API's
-    own 4xx answers (which the page shows)."""
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    problems: list[str] = []
-    page.on("pageerror", lambda error: problems.append(f"script error: {error}"))
-    page.on("console", lambda m: problems.append(f"console: {m.text}")
-            if m.type == "error" and "Failed to load resource" not in m.text else None)
-    page.on("requestfailed", lambda r: problems.append(f"request failed: {r.url}"))
-    page.on("response", lambda r: problems.append(f"{r.status}: {r.url}")
-            if r.status >= 400 and "/api/v1/" not in r.url else None)
-    yield page
-    page.close()
-    assert problems == []
+def pages(browser: Any) -> Iterator[Watched]:
+    watched = Watched(browser)
+    yield watched
+    for page in watched.pages:
+        page.close()
+    assert watched.problems == []
+
+
+@pytest.fixture
+def page(pages: Watched) -> Any:
+    """A watched page, 1400x1000 (see `Watched`)."""
+    return pages.open()
 
 
 def shot(page: Any, name: str) -> None:

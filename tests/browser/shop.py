@@ -1,6 +1,7 @@
 """The app the dashboard tests drive: a checkout whose card charge fails until a "fix" is
 deployed (the file named by STEPWISE_TEST_FIXED exists), with a flaky step that retries once,
-log lines, an invoked function and a short sleep."""
+log lines, an invoked function and a short sleep; and a ledger post that fails at once with
+the message its event gives (long errors)."""
 
 from __future__ import annotations
 
@@ -67,3 +68,12 @@ async def checkout(ctx: stepwise.Context) -> dict[str, Any]:
 async def send_receipt(ctx: stepwise.Context) -> dict[str, Any]:
     await ctx.step.run("render", lambda: {"pdf": "receipt.pdf"})
     return {"sent": True}
+
+
+def refuse(message: str) -> None:
+    raise stepwise.NonRetriableError(message)
+
+
+@app.function(id="post-ledger", trigger=stepwise.on_event("ledger.post"), retries=0)
+async def post_ledger(ctx: stepwise.Context) -> None:
+    await ctx.step.run("post", refuse, ctx.event.data["message"])

@@ -6,13 +6,17 @@ Screenshots of every page are saved under `test-artifacts/dashboard/` (look at t
 from __future__ import annotations
 
 import json
+import re
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
 from tests.acceptance.procs import free_port, http, start, stop, wait_healthy, wait_until
-from tests.browser.conftest import shot
+from tests.browser.conftest import Watched, shot
 
 
 class Shop:
@@ -37,8 +41,18 @@ class Shop:
         return list(http("GET", f"{self.base}/api/v1/runs?limit=1000&{query}")["runs"])
 
     def checkout_of(self, event_id: str) -> dict[str, Any]:
+        return self.run_of(event_id, "checkout")
+
+    def run_of(self, event_id: str, function_id: str) -> dict[str, Any]:
         runs = http("GET", f"{self.base}/api/v1/events/{event_id}")["runs"]
-        return next(r for r in runs if r["function_id"] == "checkout")
+        return next(r for r in runs if r["function_id"] == function_id)
+
+    def failed_ledger_post(self, message: str) -> dict[str, Any]:
+        """A run of post-ledger failed with `message`."""
+        event_id = str(http("POST", self.base + "/api/v1/events",
+                            {"name": "ledger.post", "data": {"message": message}})["ids"][0])
+        return dict(wait_until(lambda: (run := self.run_of(event_id, "post-ledger"))["status"]
+                               == "failed" and run, 30, "post-ledger failed"))
 
     def wait_status(self, event_id: str, status: str) -> dict[str, Any]:
         return dict(wait_until(lambda: (run := self.checkout_of(event_id))["status"] == status
@@ -191,10 +205,114 @@ def test_runs_functions_and_workers_pages(shop: Shop, page: Any) -> None:
     row = page.locator("#worker-list tbody tr").first
     row.wait_for()
     text = row.inner_text()
-    assert "live" in text and "checkout, checkout-failure, pack-parcel, send-receipt" in text
+    assert "live" in text and ("checkout, checkout-failure, pack-parcel, post-ledger, "
+                               "send-receipt") in text
     assert page.locator("#warning").is_hidden()
     shot(page, "workers")
 
     missing = page.goto(f"{shop.base}/runs/no-such-run")
     assert missing is not None and missing.ok  # the page loads and says what is wrong
     page.get_by_text("run no-such-run not found").wait_for()
+
+
+#: Times are shown in the browser's zone with its offset: one without summer time.
+ZONE, OFFSET = "Asia/Tokyo", timezone(timedelta(hours=9))
+
+
+def no_horizontal_scroll(page: Any) -> bool:
+    return bool(page.evaluate(
+        "document.documentElement.scrollWidth <= window.innerWidth"))
+
+
+def test_a_failed_run_with_an_error_over_1_kib_is_listed_by_its_title_with_dated_times(
+        shop: Shop, pages: Watched) -> None:
+    message = 'ledger said "no" → batch 7 refused: ' + "0123456789" * 297  # 3,006 characters
+    run = shop.failed_ledger_post(message)
+    listed = next(r for r in shop.runs(status="failed", function="post-ledger")
+                  if r["id"] == run["id"])
+    assert listed["error"] is None and listed["error_truncated"] is True
+    page = pages.open(timezone_id=ZONE)
+    page.goto(f"{shop.base}/failed?function=post-ledger")
+    row = page.locator(f'#runs tr[data-id="{run["id"]}"]')
+    row.wait_for()
+    error = row.locator("td").last.inner_text()  # the error column
+    assert error.startswith('NonRetriableError: ledger said "no" → batch 7 refused: 0123456789')
+    assert error.endswith("…")
+    # Lists say how long ago; the exact day, time and zone are on hover.
+    created = row.locator("time")
+    assert re.fullmatch(r"just now|\d+ (s|min) ago", created.inner_text())
+    when = datetime.fromisoformat(run["created_at"]).astimezone(OFFSET)
+    assert created.get_attribute("title") == (
+        f"{when:%Y-%m-%d %H:%M:%S}.{when.microsecond // 1000:03d} UTC+09:00 ({ZONE})")
+    shot(page, "failed-long-error")
+    # The run's own page: the whole error, and exact times with their day and zone.
+    row.locator("a").first.click()
+    page.locator("#run-error .error-title").wait_for()
+    assert message in page.locator("#run-error .error-title").inner_text()
+    facts = page.locator(".facts").inner_text()
+    assert f"{when:%Y-%m-%d %H:%M:%S} UTC+09:00" in facts
+
+
+def test_a_long_unbroken_error_wraps_and_the_pages_fit_a_phone(
+        shop: Shop, pages: Watched) -> None:
+    unbroken = "E" + "0123456789" * 30  # 301 characters, no space
+    run = shop.failed_ledger_post(unbroken)
+    page = pages.open(viewport={"width": 1366, "height": 768})
+    page.goto(f"{shop.base}/runs/{run['id']}")
+    page.locator("#run-error .error-title").wait_for()
+    page.locator('#steps [data-step="post"] .error-title').wait_for()
+    assert no_horizontal_scroll(page), page.evaluate("document.documentElement.scrollWidth")
+    shot(page, "run-unbroken-error-1366")
+
+    phone = pages.open(viewport={"width": 390, "height": 844})
+    for path, ready, name in ((f"/runs/{run['id']}", "#run-error .error-title", "run-390"),
+                              ("/failed", "#runs tbody tr", "failed-390"),
+                              ("/functions", ".fn canvas", "functions-390")):
+        phone.goto(shop.base + path)
+        phone.locator(ready).first.wait_for()
+        assert no_horizontal_scroll(phone), (path, phone.evaluate(
+            "document.documentElement.scrollWidth"))
+        header = phone.locator("header").bounding_box()
+        for link in phone.locator("header nav a").all():
+            box = link.bounding_box()
+            assert box["x"] >= 0 and box["x"] + box["width"] <= 390, (path, box)
+            assert box["y"] + box["height"] <= header["y"] + header["height"], (path, box)
+        shot(phone, name)
+    # Rows are stacked cards there: an error gets the screen's width, not a sliver of it.
+    phone.goto(f"{shop.base}/failed?function=post-ledger")
+    cell = phone.locator(f'#runs tr[data-id="{run["id"]}"] td.error-cell')
+    cell.wait_for()
+    assert cell.bounding_box()["width"] > 300
+    phone.goto(f"{shop.base}/runs/{run['id']}")
+    step_error = phone.locator('#steps [data-step="post"] .error-title')
+    step_error.wait_for()
+    assert step_error.bounding_box()["width"] > 300
+
+
+def test_an_unknown_address_shows_the_dashboards_not_found_page(
+        shop: Shop, pages: Watched) -> None:
+    page = pages.open()
+    pages.expect(404, f"{shop.base}/no/such/page")
+    answer = page.goto(f"{shop.base}/no/such/page")
+    assert answer is not None and answer.status == 404
+    view = page.locator("#not-found")
+    view.wait_for()
+    assert view.locator("h1").inner_text() == "Page not found"
+    assert "/no/such/page" in view.inner_text()
+    assert page.locator("header nav a").count() == 6  # in the dashboard's own frame
+    shot(page, "not-found")
+    page.click("#back-to-runs")
+    page.wait_for_url(f"{shop.base}/runs")
+    page.locator("#runs tbody tr").first.wait_for()
+    api = http_status(f"{shop.base}/api/v1/no-such-thing")
+    assert api == (404, {"error": "Not Found"})
+
+
+def http_status(url: str) -> tuple[int, Any]:
+    """A GET's status and JSON body, as a browser would send it (Accept: text/html)."""
+    request = urllib.request.Request(url, headers={"Accept": "text/html,*/*;q=0.8"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())

@@ -216,3 +216,27 @@ async def test_bulk_dry_run_must_be_a_boolean(db: str) -> None:
             assert "dry_run" in response.json()["error"]
         assert (await h.http.post("/api/v1/runs/replay", json={"dry_run": True})).status_code \
             == 200
+
+
+async def test_a_browser_gets_the_dashboards_not_found_page_and_programs_json(db: str) -> None:
+    """An unknown page address answers the dashboard's shell with 404 to a browser (its
+    script shows "Page not found"); the API's paths, other clients and other methods keep
+    the JSON 404, and a known page's wrong method its 405."""
+    browser = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
+    async with Harness(make_app(), db) as h:
+        for path in ("/no/such/page", "/runs/some-run/extra", "/functions/checkout"):
+            page = await h.http.get(path, headers=browser)
+            assert page.status_code == 404, path
+            assert page.headers["content-type"].startswith("text/html")
+            assert '<main id="page">' in page.text and "/assets/app.js" in page.text
+        assert (await h.http.get("/runs", headers=browser)).status_code == 200
+        for path, headers in (("/api/v1/nope", browser), ("/api", browser),
+                              ("/no/such/page", {"Accept": "*/*"}),
+                              ("/no/such/page", {"Accept": "application/json"})):
+            answer = await h.http.get(path, headers=headers)
+            assert answer.status_code == 404, path
+            assert answer.json() == {"error": "Not Found"}, (path, headers)
+        posted = await h.http.post("/no/such/page", headers=browser, json={})
+        assert posted.status_code == 404 and posted.json() == {"error": "Not Found"}
+        wrong = await h.http.post("/runs", headers=browser, json={})
+        assert wrong.status_code == 405 and wrong.headers["allow"] == "GET"

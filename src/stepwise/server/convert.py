@@ -3,19 +3,22 @@ summary becomes its model in `models`, field by field.
 
 Times are stored as milliseconds and shown as ISO 8601 (UTC, milliseconds); JSON values are
 stored as text and shown parsed. In lists, long outputs, errors and event data are left out
-(`preview`) and flagged `*_truncated`.
+(`preview`) and flagged `*_truncated`; an error left out still shows its first line
+(`error_title`), read from the start of its JSON.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from ..payloads import MAX_DEPTH, PayloadError, encoded_too_deep, loads
+from ..payloads import MAX_DEPTH, PayloadError, encoded_too_deep, loads, storable_text
 from ..status import RunStatus, StepStatus
 from ..storage import rows
 from .models import (
+    ERROR_TITLE_CHARS,
     AppOut,
     EventDetail,
     EventOut,
@@ -60,6 +63,91 @@ def _preview(text: str | None, preview: int | None) -> tuple[Any, bool]:
     return (None if cut else stored(text)), cut
 
 
+_DECODER = json.JSONDecoder()
+
+
+def error_title(text: str | None) -> str | None:
+    """The first line of a stored error, `name: message` (at most ERROR_TITLE_CHARS), from
+    its JSON text or only the start of it: a list reads a prefix of each error, and an error
+    over the preview would otherwise show nothing there. Errors are stored name, message,
+    stack, so the prefix holds what the title needs."""
+    if not text:
+        return None
+    start = _skip(text, 0)
+    if text.startswith('"', start):  # an error stored as a bare string
+        parts = [_string_from(text, start)[0]]
+    else:
+        fields = _top_strings(text, start, ("name", "message"))
+        parts = [fields[k] for k in ("name", "message") if k in fields]
+    lines = [line for part in parts for line in part.strip().splitlines()[:1]]
+    title = ": ".join(line.strip() for line in lines if line.strip())
+    if not title:
+        return None
+    if len(title) > ERROR_TITLE_CHARS:
+        title = title[:ERROR_TITLE_CHARS - 1].rstrip() + "…"
+    return storable_text(title)
+
+
+def _top_strings(text: str, pos: int, wanted: tuple[str, ...]) -> dict[str, str]:
+    """The string values of `wanted` keys of the JSON object starting at `pos`, reading
+    only its top level and stopping where the text is cut (nested errors, such as an SDK's
+    `cause`, have names and messages of their own)."""
+    found: dict[str, str] = {}
+    if not text.startswith("{", pos):
+        return found
+    pos += 1
+    while len(found) < len(wanted):
+        pos = _skip(text, pos)
+        if not text.startswith('"', pos):
+            break
+        key, pos, whole = _string_from(text, pos)
+        pos = _skip(text, pos)
+        if not whole or not text.startswith(":", pos):
+            break
+        pos = _skip(text, pos + 1)
+        if key in wanted and text.startswith('"', pos):
+            found[key], pos, whole = _string_from(text, pos)
+            if not whole:
+                break
+        else:
+            try:
+                _, pos = _DECODER.raw_decode(text, pos)
+            except (ValueError, RecursionError):
+                break
+        pos = _skip(text, pos)
+        if not text.startswith(",", pos):
+            break
+        pos += 1
+    return found
+
+
+def _skip(text: str, pos: int) -> int:
+    """Past JSON whitespace from `pos`."""
+    while pos < len(text) and text[pos] in " \t\n\r":
+        pos += 1
+    return pos
+
+
+def _string_from(text: str, quote: int) -> tuple[str, int, bool]:
+    """The JSON string opened at `quote`, where it ends, and whether it is whole; a string
+    cut short reads as far as it goes (less an escape torn in two)."""
+    try:
+        value, end = _DECODER.raw_decode(text, quote)
+        return str(value), end, True
+    except ValueError:
+        pass
+    fragment = text[quote:]
+    for cut in range(len(fragment), max(0, len(fragment) - 12), -1):
+        try:
+            value = str(_DECODER.raw_decode(fragment[:cut] + '"')[0])
+        except ValueError:
+            continue
+        if value and "\ud800" <= value[-1] <= "\udbff":  # half of a pair
+            value = value[:-1]
+        return value, len(text), False
+    return "", len(text), False
+
+
 def _run(model: type[RunT], row: rows.RunRow, preview: int | None, failed: int | None,
          **detail: Any) -> RunT:
     output, output_cut = _preview(row["output"], preview)
@@ -73,7 +161,7 @@ def _run(model: type[RunT], row: rows.RunRow, preview: int | None, failed: int |
         url=f"/api/v1/runs/{row['id']}", failed_attempts=failed,
         parent_run_id=row["parent_run_id"], origin_run_id=row["origin_run_id"],
         rerun_of=row.get("rerun_of"), worker=owner or None, output_truncated=output_cut,
-        error_truncated=error_cut, **detail)
+        error_truncated=error_cut, error_title=error_title(row["error"]), **detail)
 
 
 def run_out(row: rows.RunRow, preview: int | None = None) -> RunOut:

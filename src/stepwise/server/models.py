@@ -22,6 +22,8 @@ from ..status import RunStatus, StepStatus
 #: (`output_truncated`/`error_truncated`); the run's own URL has it whole. This bounds a page
 #: of 1,000 runs to a few MiB, whatever the runs returned.
 LIST_PREVIEW_CHARS = 1024
+#: The longest `error_title`: one line of a list, whatever the message.
+ERROR_TITLE_CHARS = 200
 #: Text in a URL: no NUL (the gate refuses it before any route; documented here).
 NO_NUL = r"^[^\x00]*$"
 #: `event_data=path=value`: a dotted path of names, then the value.
@@ -85,6 +87,10 @@ class RunOut(BaseModel):
         default=False, description=f"In lists: the output is over {LIST_PREVIEW_CHARS} "
                                    "characters and left out; GET the run's url for it")
     error_truncated: bool = Field(default=False, description="As output_truncated, for error")
+    error_title: str | None = Field(
+        default=None, description=f"The error's first line, `name: message` (at most "
+                                  f"{ERROR_TITLE_CHARS} characters); in lists too, where an "
+                                  "error left out (error_truncated) still shows it")
 
 
 class FailureOut(BaseModel):

@@ -58,12 +58,50 @@ const STATUSES = ["queued", "running", "sleeping", "waiting", "completed", "fail
 
 const badge = status => html`<span class="badge s-${status}">${status}</span>`;
 const ms = iso => iso ? Date.parse(iso) : null;
+
+// Times: lists say how long ago ("3 min ago"), with the exact date, time and zone on hover;
+// the facts of one run or event show the exact time, with how long ago on hover. Exact
+// times are the browser's local time with its UTC offset ("2026-12-03 06:34:34 UTC+01:00"),
+// so a time read at 3 a.m. is never ambiguous about its day or zone.
+const ZONE = Intl.DateTimeFormat().resolvedOptions().timeZone || "";
+const pad = (n, width = 2) => String(n).padStart(width, "0");
+function offset(date) {
+  const minutes = -date.getTimezoneOffset();
+  if (!minutes) return "UTC";
+  const a = Math.abs(minutes);
+  return `UTC${minutes > 0 ? "+" : "-"}${pad(Math.floor(a / 60))}:${pad(a % 60)}`;
+}
+/** "2026-12-03 06:34:34 UTC+01:00" (with `millis`, "06:34:34.120"). */
+function exact(iso, { millis = false } = {}) {
+  const d = new Date(iso);
+  return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ` +
+    `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}` +
+    `${millis ? "." + pad(d.getMilliseconds(), 3) : ""} ${offset(d)}`;
+}
+/** "just now", "3 min ago", "2 days ago", "in 5 min"; past a year, the date. */
+function relative(iso) {
+  const d = Date.now() - ms(iso);
+  const s = Math.abs(d) / 1000;
+  if (s < 5) return "just now";
+  const units = [[60, 1, "s"], [3600, 60, "min"], [86400, 3600, "h"],
+                 [86400 * 365, 86400, "day"]];
+  const found = units.find(([below]) => s < below);
+  if (!found) return exact(iso).slice(0, 10);
+  const n = Math.floor(s / found[1]);
+  const unit = found[2] === "day" && n !== 1 ? "days" : found[2];
+  return d < 0 ? `in ${n} ${unit}` : `${n} ${unit} ago`;
+}
+const hover = iso => `${exact(iso, { millis: true })}${ZONE ? ` (${ZONE})` : ""}`;
+/** A time in a list: how long ago, the exact time on hover (kept current by `tick`). */
 function when(iso) {
   if (!iso) return html`<span class="muted">–</span>`;
-  const date = new Date(iso);
-  const today = new Date().toDateString() === date.toDateString();
-  const text = today ? date.toLocaleTimeString() : date.toLocaleString();
-  return html`<time datetime="${iso}" title="${iso}">${text}</time>`;
+  return html`<time class="rel" datetime="${iso}" title="${hover(iso)}">${relative(iso)}</time>`;
+}
+/** A time in a run's or event's facts, or a log line's: exact, how long ago on hover. */
+function at(iso, { millis = false } = {}) {
+  if (!iso) return html`<span class="muted">–</span>`;
+  return html`<time class="exact" datetime="${iso}"
+    title="${relative(iso)} · ${hover(iso)}">${exact(iso, { millis })}</time>`;
 }
 function duration(milliseconds) {
   if (milliseconds === null || milliseconds === undefined || isNaN(milliseconds)) return "–";
@@ -76,10 +114,7 @@ function duration(milliseconds) {
   if (s < 86400) return two(Math.floor(s / 3600), "h", Math.round((s % 3600) / 60), "min");
   return two(Math.floor(s / 86400), "d", Math.round((s % 86400) / 3600), "h");
 }
-function ago(iso) {
-  const d = Date.now() - ms(iso);
-  return d < 0 ? "just now" : `${duration(d)} ago`;
-}
+const ago = iso => iso ? relative(iso) : "–";
 const json = value => JSON.stringify(value, null, 2);
 const short = id => id && id.length > 12 ? id.slice(0, 6) + "…" + id.slice(-4) : id;
 const runLink = id => html`<a href="/runs/${encodeURIComponent(id)}" class="mono"
@@ -154,7 +189,11 @@ async function render() {
     }
     return;
   }
-  page.innerHTML = html`<h1>Not found</h1><p>No page at ${path}. <a href="/runs">Runs</a></p>`;
+  document.querySelectorAll("header nav a").forEach(a => a.classList.remove("active"));
+  page.innerHTML = html`<div id="not-found"><h1>Page not found</h1>
+    <p>Nothing lives at <code>${path}</code> in this dashboard.</p>
+    <p><a href="/runs" id="back-to-runs">← Back to Runs</a></p></div>`;
+  setLive("live");
 }
 
 function setLive(state) {
@@ -165,6 +204,7 @@ function setLive(state) {
 
 async function tick() {
   if (document.visibilityState !== "visible") { setLive("paused"); return; }
+  document.querySelectorAll("time.rel").forEach(t => { t.textContent = relative(t.dateTime); });
   const refresh = current.refresh;
   const generation = current.generation;
   if (refresh) {
@@ -202,6 +242,23 @@ document.addEventListener("click", event => {
 });
 window.addEventListener("popstate", render);
 setInterval(tick, 2000);
+
+/** Name each table cell after its column (`data-label`): on a narrow screen, rows are drawn
+ *  as stacked cards (app.css), each value under its column's name. */
+function labelCells() {
+  for (const table of document.querySelectorAll("#page table")) {
+    const names = [...table.querySelectorAll("thead th")].map(th => th.textContent.trim());
+    if (!names.length) continue;
+    for (const row of table.querySelectorAll("tbody tr")) {
+      [...row.children].forEach((cell, i) => {
+        if (names[i] && cell.colSpan === 1 && cell.dataset.label !== names[i]) {
+          cell.dataset.label = names[i];
+        }
+      });
+    }
+  }
+}
+new MutationObserver(labelCells).observe($("#page"), { childList: true, subtree: true });
 
 // --- runs and failed runs --------------------------------------------------------------------
 
@@ -314,8 +371,7 @@ async function pageRuns({ failedOnly }) {
         <td>${when(run.created_at)}</td>
         <td class="num">${run.ended_at ? duration(ms(run.ended_at) - ms(run.created_at)) :
                           run.started_at ? "running" : ""}</td>
-        <td>${run.error ? html`<span class="muted">${run.error.name}:
-          ${String(run.error.message || "").slice(0, 90)}</span>` : ""}</td>
+        <td class="error-cell">${listedError(run)}</td>
       </tr>`)}</tbody></table>
       <div class="pager">
         ${query.get("before") ? html`<a href="${location.pathname}?${newest}">← newest</a>` : ""}
@@ -324,6 +380,21 @@ async function pageRuns({ failedOnly }) {
           " · updates live"}</span>
       </div>` : html`<p class="muted">No runs match.</p>`;
   };
+}
+
+/** A listed run's error, one line: an error over 1 KiB is left out of lists, so its first
+ *  line (`error_title`, from the server) stands for it. */
+function listedError(run) {
+  const clip = text => text.length > 90 ? text.slice(0, 89) + "…" : text;
+  if (run.error) {
+    const text = typeof run.error === "object" ?
+      `${run.error.name || "Error"}: ${String(run.error.message || "").split("\n")[0]}` :
+      String(run.error).split("\n")[0];
+    return html`<span class="muted">${clip(text)}</span>`;
+  }
+  if (!run.error_truncated) return "";
+  return html`<span class="muted" title="The whole error is on the run's page">${
+    clip(run.error_title || "(an error too long to list: open the run)")}</span>`;
 }
 
 // --- one run --------------------------------------------------------------------------------
@@ -389,9 +460,9 @@ function runView(run) {
       <div><span>App</span>${run.app_id}</div>
       <div><span>Event</span>${run.event ? html`${eventLink(run.event.id)}
         <span class="mono" style="display:inline;color:inherit">${run.event.name}</span>` : "–"}</div>
-      <div><span>Created</span>${when(run.created_at)}</div>
-      <div><span>Started</span>${when(run.started_at)}</div>
-      <div><span>Ended</span>${when(run.ended_at)}</div>
+      <div><span>Created</span>${at(run.created_at)}</div>
+      <div><span>Started</span>${at(run.started_at)}</div>
+      <div><span>Ended</span>${at(run.ended_at)}</div>
       <div><span>Duration</span>${duration((ended || Date.now()) - created)}${ended ? "" : " so far"}</div>
       <div><span>Attempts (replays + 1)</span>${run.attempts}</div>
       <div><span>Failed attempts</span>${run.failed_attempts ?? 0}</div>
@@ -405,7 +476,8 @@ function runView(run) {
       : ""}
     <h2>Log</h2>${run.logs.length ? html`<table id="logs"><thead><tr><th>Time</th><th>Level</th>
       <th>Step</th><th>Message</th></tr></thead><tbody>${run.logs.map(line => html`<tr>
-      <td>${when(line.at)}</td><td>${line.level}</td><td class="mono">${line.step_id ?? ""}</td>
+      <td>${at(line.at, { millis: true })}</td><td>${line.level}</td>
+      <td class="mono">${line.step_id ?? ""}</td>
       <td><pre style="max-height:10rem">${line.message}</pre></td></tr>`)}</tbody></table>`
       : html`<p class="muted">No <code>ctx.logger</code> lines.</p>`}
     ${run.event ? html`<h2>Event <span class="mono muted">${run.event.name}</span></h2>
@@ -469,7 +541,7 @@ function timeline(run) {
         pos(b.to) - pos(b.from)).toFixed(2)}%"></div>`)}</div>
       <div class="tl-dur">${r.failed ? `${r.failed}× failed · ` : ""}${duration(r.duration)}</div>
     </div>`)}
-    <div class="tl-axis"><span>${when(run.created_at)}</span><span>+${duration(span)}</span></div>
+    <div class="tl-axis"><span>${at(run.created_at)}</span><span>+${duration(span)}</span></div>
     <div class="legend"><span><i style="background:#37b26c"></i>completed</span>
       <span><i style="background:#e5484d"></i>failed attempt</span>
       <span><i style="background:#b9a6f5"></i>sleeping / waiting / invoking</span>
@@ -483,7 +555,7 @@ function stepsTable(run) {
     <th>Started</th><th class="num">Took</th><th>Output or error</th></tr></thead><tbody>
     ${run.steps.map(step => html`<tr data-step="${step.id}">
       <td class="mono" title="${step.id}">${step.name ?? step.id}</td><td>${badge(step.status)}</td>
-      <td class="num">${step.attempts}</td><td>${when(step.started_at)}</td>
+      <td class="num">${step.attempts}</td><td>${at(step.started_at)}</td>
       <td class="num">${step.ended_at && step.started_at ?
         duration(ms(step.ended_at) - ms(step.started_at)) : ""}</td>
       <td>${step.error ? errorBlock(step.error) :
@@ -571,8 +643,8 @@ async function pageEvent(id) {
       <div class="notices"></div>
       <div class="card facts">
         <div><span>Event</span><span class="mono" style="color:inherit">${event.id}</span></div>
-        <div><span>Timestamp (ts)</span>${when(new Date(event.ts).toISOString())}</div>
-        <div><span>Received</span>${when(event.received_at)}</div>
+        <div><span>Timestamp (ts)</span>${at(new Date(event.ts).toISOString())}</div>
+        <div><span>Received</span>${at(event.received_at)}</div>
         <div><span>Runs started</span>${event.runs.length}</div>
       </div>
       <h2>Data</h2><pre id="event-data">${json(event.data)}</pre>
@@ -748,7 +820,7 @@ async function pageApps() {
         <td>${a.sdk}${a.framework ? html` <span class="muted">(${a.framework})</span>` : ""}</td>
         <td class="mono" style="font-size:12px">${a.url ?? html`<span class="muted">Python
           workers</span>`}</td>
-        <td>${ago(a.synced_at)}</td><td>${when(a.changed_at)}</td>
+        <td>${when(a.synced_at)}</td><td>${when(a.changed_at)}</td>
         <td class="mono" style="font-size:12px">${a.functions.map((f, i) => html`${i ? ", " : ""}<a
           href="/runs?function=${encodeURIComponent(f)}">${f}</a>${problems[f] ? html` <span
           class="badge s-failed" title="${problems[f].join("; ")}">cannot run</span>` : ""}`)}
@@ -789,7 +861,7 @@ async function pageWorkers() {
                 html`<span class="badge s-cancelled">gone</span>`}</td>
           <td><span class="bar-slots"><i style="width:${Math.round(100 * w.in_use /
             Math.max(1, w.slots))}%"></i></span>${w.in_use} / ${w.slots}</td>
-          <td>${ago(w.heartbeat_at)}</td><td>${when(w.started_at)}</td>
+          <td>${when(w.heartbeat_at)}</td><td>${when(w.started_at)}</td>
           <td class="mono" style="font-size:12px">${w.functions.join(", ")}</td></tr>`)}
         </tbody></table>
         <p class="muted">A worker is live while it heart-beats (every third of its lease);
