@@ -17,6 +17,7 @@ import contextlib
 import logging
 import os
 import socket
+import time
 from dataclasses import dataclass, field
 
 from . import durations, metrics
@@ -30,8 +31,11 @@ log = logging.getLogger("stepwise.retention")
 #: writer here, steps and logs included).
 PAGE = 1000
 BATCH = 100
-#: The pause between two deletions: other writers go first.
+#: The pause between two deletions, at least: other writers go first.
 PAUSE_S = 0.005
+#: And at least this many times as long as the deletion took: a pass takes at most a third
+#: of the database's time, however slow a batch is (bench/prune_impact.py).
+PAUSE_RATIO = 2.0
 #: How long a claim on the deployment's pass lasts without being renewed.
 CLAIM_MS = 60_000
 #: Idempotency keys past their window deleted per transaction.
@@ -72,11 +76,12 @@ class Pruner:
                 return result  # another process took over (this one was frozen too long)
             page = await self.engine.prunable_runs(plan, after, self.page)
             for start in range(0, len(page.ids), self.batch):
+                began = time.monotonic()
                 deleted = await self.engine.delete_runs(page.ids[start:start + self.batch],
                                                         page.ended_by)
                 _count(deleted)
                 result.deleted.add(deleted)
-                await asyncio.sleep(self.pause_s)
+                await self._pause(began)
             after = page.next
             if max_runs is not None and result.deleted.runs >= max_runs and after is not None:
                 result.more = True
@@ -88,10 +93,11 @@ class Pruner:
             while after is not None:
                 ids, after = await self.engine.old_events(before, after, self.page)
                 for start in range(0, len(ids), self.batch):
+                    began = time.monotonic()
                     removed = await self.engine.delete_events(ids[start:start + self.batch])
                     metrics.PRUNED_ROWS.labels("events").inc(removed)
                     result.deleted.events += removed
-                    await asyncio.sleep(self.pause_s)
+                    await self._pause(began)
         while (expired := await self.engine.expire_idempotency_keys(KEYS_BATCH)) > 0:
             result.keys += expired
             if expired < KEYS_BATCH:
@@ -102,6 +108,10 @@ class Pruner:
         metrics.OLDEST_KEPT.set(0 if oldest is None else
                                 max(0, self.engine.clock.now_ms() - oldest) / 1000)
         return result
+
+    async def _pause(self, began: float) -> None:
+        """After a deletion that began at `began`: let the other writers have the database."""
+        await asyncio.sleep(max(self.pause_s, (time.monotonic() - began) * PAUSE_RATIO))
 
     async def run(self) -> None:
         """Background passes under the stored retention settings, every `interval_s`, until
