@@ -56,6 +56,8 @@ class Access:
     same_origin_only: bool = False
     #: The Inngest signing key SDK apps share with this server (see `signing`).
     signing_key: str | None = None
+    #: A second signing key accepted while keys rotate (`--signing-key-fallback`).
+    signing_fallback: str | None = None
     #: Dev mode (`stepwise dev`): SDK apps see a dev server, not a "cloud" one.
     dev_mode: bool = False
     #: Host names an SDK app may be synced at (its URL and every function's): None, any.
@@ -181,7 +183,8 @@ class Gate:
             return None
         if path.startswith(SDK_KEY_PATHS):
             if access.signing_key is not None and given is not None and \
-                    signing.accepts_bearer(given, access.signing_key):
+                    signing.accepts_bearer(given, access.signing_key,
+                                           access.signing_fallback):
                 return None
             return 401, ("missing or wrong API key or signing key: an SDK app syncs with the "
                          "hash of the signing key this server was started with "

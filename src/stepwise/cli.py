@@ -154,6 +154,16 @@ EXIT_RESTART = 75
 
 def signing_key_options(command: Any) -> Any:
     command = click.option(
+        "--signing-key-fallback-file", envvar="STEPWISE_SIGNING_KEY_FALLBACK_FILE",
+        default=None, help="Read the fallback signing key from this file  [env "
+                           "STEPWISE_SIGNING_KEY_FALLBACK_FILE]")(command)
+    command = click.option(
+        "--signing-key-fallback", envvar="STEPWISE_SIGNING_KEY_FALLBACK", default=None,
+        help="A second signing key accepted while keys rotate (apps may sync with it and sign "
+             "their answers with it; calls are still signed with --signing-key): see "
+             "'Rotating the signing key' in docs/inngest-sdk.md  [env "
+             "STEPWISE_SIGNING_KEY_FALLBACK]")(command)
+    command = click.option(
         "--signing-key-file", envvar="STEPWISE_SIGNING_KEY_FILE", default=None,
         help="Read the signing key from this file  [env STEPWISE_SIGNING_KEY_FILE]")(command)
     return click.option(
@@ -163,16 +173,37 @@ def signing_key_options(command: Any) -> Any:
              "STEPWISE_SIGNING_KEY]")(command)
 
 
-def _signing_key(value: str | None, file: str | None) -> str | None:
+def _signing_key(value: str | None, file: str | None, what: str = "signing key"
+                 ) -> str | None:
     from .signing import SigningKeyError, check_key
 
-    key = _key(value, file, "signing key")
+    key = _key(value, file, what)
     if key is None:
         return None
     try:
         return check_key(key)
     except SigningKeyError as exc:
-        raise click.UsageError(str(exc)) from None
+        raise click.UsageError(f"{what}: {exc}") from None
+
+
+def _signing_keys(key: str | None, key_file: str | None, fallback: str | None,
+                  fallback_file: str | None) -> tuple[str | None, str | None]:
+    """The signing key and its fallback, from `signing_key_options`' flags."""
+    signing_key = _signing_key(key, key_file)
+    signing_fallback = _signing_key(fallback, fallback_file, "fallback signing key")
+    if signing_fallback is not None and signing_key is None:
+        raise click.UsageError("--signing-key-fallback is accepted beside a --signing-key: "
+                               "give both while keys rotate")
+    if signing_fallback is not None and signing_key is not None and \
+            _strip(signing_fallback) == _strip(signing_key):
+        raise click.UsageError("the fallback signing key is the signing key itself")
+    return signing_key, signing_fallback
+
+
+def _strip(key: str) -> str:
+    from .signing import strip_prefix
+
+    return strip_prefix(key).lower()
 
 
 grace_option = click.option(
@@ -353,7 +384,9 @@ def _loopback(host: str) -> bool:
 @retention_options
 def server(db: str | None, port: int, host: str, api_key: str | None,
            api_key_file: str | None, event_key: str | None, event_key_file: str | None,
-           signing_key: str | None, signing_key_file: str | None, sdk_hosts: tuple[str, ...],
+           signing_key: str | None, signing_key_file: str | None,
+           signing_key_fallback: str | None, signing_key_fallback_file: str | None,
+           sdk_hosts: tuple[str, ...],
            insecure: bool, max_in_flight: int, retention: int | str | None,
            failed_retention: int | str | None, **limits: int) -> None:
     """The HTTP API and dashboard alone (run workers separately).
@@ -364,7 +397,8 @@ def server(db: str | None, port: int, host: str, api_key: str | None,
     with the signing key (--signing-key), and send events to /e/<event key>; their runs are
     executed by `stepwise worker --sdk` with the same signing key.
     """
-    signing_key = _signing_key(signing_key, signing_key_file)
+    signing_key, signing_fallback = _signing_keys(
+        signing_key, signing_key_file, signing_key_fallback, signing_key_fallback_file)
     api_key = _key(api_key, api_key_file, "API key")
     event_key = _key(event_key, event_key_file, "event key")
     if (api_key is None or event_key is None) and not insecure:
@@ -390,6 +424,7 @@ def server(db: str | None, port: int, host: str, api_key: str | None,
             raise click.BadParameter(f"{name!r} is not a host name (no scheme, port or path)",
                                      param_hint="--sdk-allow-host")
     access = Access(api_key=api_key, event_key=event_key, signing_key=signing_key,
+                    signing_fallback=signing_fallback,
                     sdk_hosts=frozenset(h.lower() for h in sdk_hosts) if sdk_hosts else None)
     asyncio.run(_serve(app=None, db=db, host=host, port=port, access=access,
                        concurrency=1, lease_seconds=30.0, poll_seconds=1.0, with_http=True,
@@ -472,7 +507,8 @@ _SELECTION_FLAGS = {"functions": "--functions", "exclude": "--exclude",
 @execution_options
 def worker(app_spec: str | None, only: list[str] | None, exclude: list[str] | None,
            function_limits: dict[str, int], sdk_apps: bool, signing_key: str | None,
-           signing_key_file: str | None, db: str | None, concurrency: int,
+           signing_key_file: str | None, signing_key_fallback: str | None,
+           signing_key_fallback_file: str | None, db: str | None, concurrency: int,
            lease_seconds: float, poll_seconds: float, grace_seconds: float,
            max_stuck_threads: int, **limits: Any) -> None:
     """A worker alone: executes the app's runs from the database, and with --sdk the runs of
@@ -488,7 +524,8 @@ def worker(app_spec: str | None, only: list[str] | None, exclude: list[str] | No
     if app_spec is None and (only is not None or exclude or function_limits):
         raise click.UsageError("--functions, --exclude and --function-concurrency choose "
                                "among the functions of a Python app: name it (MODULE:APP)")
-    signing_key = _signing_key(signing_key, signing_key_file)
+    signing_key, signing_fallback = _signing_keys(
+        signing_key, signing_key_file, signing_key_fallback, signing_key_fallback_file)
     if signing_key is not None and not sdk_apps:
         raise click.UsageError("--signing-key is for SDK apps: add --sdk")
     app = load_app(app_spec) if app_spec else None
@@ -507,6 +544,7 @@ def worker(app_spec: str | None, only: list[str] | None, exclude: list[str] | No
                        poll_seconds=poll_seconds, with_http=False, limits=_limits(limits),
                        grace=grace_seconds, max_stuck=max_stuck_threads,
                        sdk_urls=() if sdk_apps else None, signing_key=signing_key,
+                       signing_fallback=signing_fallback,
                        functions=only, exclude=exclude or (),
                        function_concurrency=function_limits, **executing))
 
@@ -516,7 +554,8 @@ async def _serve(*, app: App | None, db: str | None, host: str, port: int,
                  poll_seconds: float, with_http: bool, limits: Limits,
                  max_in_flight: int = DEFAULT_MAX_IN_FLIGHT, grace: float = DEFAULT_GRACE_S,
                  max_stuck: int | None = None, sdk_urls: tuple[str, ...] | None = None,
-                 signing_key: str | None = None, functions: list[str] | None = None,
+                 signing_key: str | None = None, signing_fallback: str | None = None,
+                 functions: list[str] | None = None,
                  exclude: Sequence[str] = (),
                  function_concurrency: dict[str, int] | None = None,
                  loop_stall_s: float = DEFAULT_LOOP_STALL_S,
@@ -565,6 +604,7 @@ async def _serve(*, app: App | None, db: str | None, host: str, port: int,
                                 worker_.function_concurrency, concurrency))
         if sdk_urls is not None:
             remote = RemoteApps(storage, sdk_urls, signing_key=signing_key,
+                                signing_fallback=signing_fallback,
                                 call_timeout_s=sdk_call_timeout_s, concurrency=concurrency,
                                 lease_seconds=lease_seconds, poll_interval=poll_seconds)
             remote_task = asyncio.create_task(remote.run(), name="stepwise-sdk-apps")

@@ -3,7 +3,9 @@
 stepwise signs each call to an app (`X-Inngest-Signature: t=<unix seconds>&s=<hex>`, an
 HMAC-SHA256 over the JCS-canonical body and the timestamp, keyed by the signing key without
 its `signkey-<env>-` prefix), checks the app's signed answer the same way over the raw body,
-and takes the key's hash (`sha256(hex-decode(key))`) as the bearer an SDK syncs with.
+and takes the key's hash (`sha256(hex-decode(key))`) as the bearer an SDK syncs with. While
+keys rotate, a fallback key is accepted beside it (as the SDKs' INNGEST_SIGNING_KEY_FALLBACK):
+calls are signed with the key, answers and bearers may use either.
 """
 
 from __future__ import annotations
@@ -48,10 +50,12 @@ def bearer(key: str) -> str:
     return hashlib.sha256(bytes.fromhex(strip_prefix(key))).hexdigest()
 
 
-def accepts_bearer(token: str, key: str) -> bool:
-    """Python sends the bare hash, JS may keep the key's prefix in front of it."""
-    expected = bearer(key)
-    return hmac.compare_digest(strip_prefix(token).encode(), expected.encode())
+def accepts_bearer(token: str, key: str, fallback: str | None = None) -> bool:
+    """Python sends the bare hash, JS may keep the key's prefix in front of it. With a
+    `fallback` key (a rotation under way), its hash is accepted too."""
+    given = strip_prefix(token).encode()
+    return any(hmac.compare_digest(given, bearer(k).encode())
+               for k in (key, fallback) if k is not None)
 
 
 def canonical(body: Any) -> bytes:
@@ -69,8 +73,10 @@ def sign(body: bytes, key: str, now_s: int) -> str:
     return f"t={now_s}&s={_mac(key, body, now_s)}"
 
 
-def verify(body: bytes, header: str | None, key: str, now_s: int) -> str | None:
-    """None when `header` signs `body` with `key` recently, else why not."""
+def verify(body: bytes, header: str | None, key: str, now_s: int,
+           fallback: str | None = None) -> str | None:
+    """None when `header` signs `body` with `key` (or the `fallback` key) recently, else why
+    not. An SDK signs its answer with whichever of its keys verified our call."""
     if not header:
         return "the answer is not signed (no X-Inngest-Signature)"
     fields = parse_qs(header)
@@ -81,6 +87,8 @@ def verify(body: bytes, header: str | None, key: str, now_s: int) -> str | None:
         return f"malformed X-Inngest-Signature {header[:80]!r}"
     if abs(now_s - timestamp) > MAX_SKEW_S:
         return f"the answer's signature is {abs(now_s - timestamp)} s off this server's clock"
-    if not hmac.compare_digest(signature.encode(), _mac(key, body, timestamp).encode()):
-        return "the answer's signature does not match the signing key"
+    if not any(hmac.compare_digest(signature.encode(), _mac(k, body, timestamp).encode())
+               for k in (key, fallback) if k is not None):
+        return "the answer's signature does not match the signing key" + (
+            "" if fallback is None else " or its fallback")
     return None

@@ -41,6 +41,12 @@ def test_signing_key_helpers_match_the_sdks() -> None:
                                                   1_700_000_100))
     assert "clock" in str(signing.verify(answer, header, SIGNING_KEY, 1_700_009_000))
     assert "not signed" in str(signing.verify(answer, None, SIGNING_KEY, 1_700_000_000))
+    other = "signkey-prod-" + "6a" * 32  # a rotation: the answer is signed with the old key
+    assert signing.verify(answer, header, other, 1_700_000_100, fallback=SIGNING_KEY) is None
+    assert "or its fallback" in str(signing.verify(answer, header, other, 1_700_000_100,
+                                                   fallback="7b" * 32))
+    assert signing.accepts_bearer(signing.bearer(SIGNING_KEY), other, fallback=SIGNING_KEY)
+    assert not signing.accepts_bearer(signing.bearer(SIGNING_KEY), other)
     with pytest.raises(signing.SigningKeyError):
         signing.check_key("signkey-prod-not-hex")
 
@@ -118,3 +124,87 @@ def test_a_cloud_mode_sdk_app_syncs_and_runs_only_with_the_signing_key(tmp_path:
                 stop(proc)
         app.terminate()
         app.wait(10)
+
+
+NEW_KEY = "signkey-prod-" + "6a" * 32
+
+
+def _signed_app(tmp_path: Path, base: str, app_id: str, key: str, fallback: str | None
+                ) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INNGEST_")}
+    env.update(INNGEST_BASE_URL=base, INNGEST_SIGNING_KEY=key, INNGEST_EVENT_KEY=EVENT_KEY,
+               PYTHONPATH=str(ROOT), SIGNED_APP_ID=app_id)
+    if fallback is not None:
+        env["INNGEST_SIGNING_KEY_FALLBACK"] = fallback
+    with open(tmp_path / f"{app_id}.log", "w") as log:
+        app = subprocess.Popen([sys.executable, "-m", "uvicorn", "tests.sdk.py_signed_app:app",
+                                "--port", str(port)], cwd=tmp_path, stdout=log,
+                               stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    return app, f"http://127.0.0.1:{port}/api/inngest"
+
+
+def test_signing_keys_rotate_with_apps_on_the_old_and_the_new_key_at_once(
+        tmp_path: Path) -> None:
+    """The documented procedure: the server accepts the new key beside the old one
+    (`--signing-key OLD --signing-key-fallback NEW`) while apps move to `INNGEST_SIGNING_KEY=NEW`
+    with `INNGEST_SIGNING_KEY_FALLBACK=OLD`; apps on either run. Then the server signs with the
+    new key (`--signing-key NEW --signing-key-fallback OLD`): moved apps still run; one left
+    on the old key alone is refused, as the procedure warns."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    db = str(tmp_path / "s.db")
+    auth = {"Authorization": f"Bearer {API_KEY}"}
+
+    def serve(key: str, fallback: str) -> tuple[subprocess.Popen[str], subprocess.Popen[str]]:
+        keys = ["--signing-key", key, "--signing-key-fallback", fallback]
+        server = start(["server", "--port", str(port), "--host", "127.0.0.1", "--db", db,
+                        "--api-key", API_KEY, "--event-key", EVENT_KEY, *keys], tmp_path)
+        wait_healthy(base, server)
+        return server, start(["worker", "--sdk", "--db", db, *keys], tmp_path)
+
+    def synced(url: str, function_id: str) -> bool:
+        try:
+            urllib.request.urlopen(urllib.request.Request(url, method="PUT"), timeout=5).close()
+        except OSError:
+            return False
+        return any(f["id"] == function_id for f in http(
+            "GET", base + "/api/v1/functions", headers=auth)["functions"])
+
+    def ended(event_id: str, function_id: str) -> dict[str, object] | None:
+        runs = [r for r in http("GET", f"{base}/api/v1/events/{event_id}", headers=auth)["runs"]
+                if r["function_id"] == function_id]
+        if not runs:
+            return None
+        run = http("GET", base + runs[0]["url"], headers=auth)
+        return run if run["status"] == "completed" or run.get("failures") else None
+
+    old_app, old_url = _signed_app(tmp_path, base, "on-old", SIGNING_KEY, None)
+    moved_app, moved_url = _signed_app(tmp_path, base, "moved", NEW_KEY, SIGNING_KEY)
+    server, worker = serve(SIGNING_KEY, NEW_KEY)
+    try:
+        wait_until(lambda: synced(old_url, "on-old-charge"), 60, "the old key's sync")
+        wait_until(lambda: synced(moved_url, "moved-charge"), 60, "the new key's sync")
+        first = http("POST", f"{base}/e/{EVENT_KEY}",
+                     {"name": "payment.due", "data": {"order": "o-1"}})["ids"][0]
+        for function_id in ("on-old-charge", "moved-charge"):
+            run = wait_until(lambda f=function_id: ended(first, f), 90, function_id)
+            assert run["status"] == "completed" and run["output"] == "charged 42 for o-1", run
+
+        stop(worker)
+        stop(server)
+        server, worker = serve(NEW_KEY, SIGNING_KEY)
+        second = http("POST", f"{base}/e/{EVENT_KEY}",
+                      {"name": "payment.due", "data": {"order": "o-2"}})["ids"][0]
+        moved = wait_until(lambda: ended(second, "moved-charge"), 90, "the moved app's run")
+        assert moved["status"] == "completed" and moved["output"] == "charged 42 for o-2"
+        wait_until(lambda: synced(moved_url, "moved-charge"), 60, "a sync with the new key")
+        left = wait_until(lambda: ended(second, "on-old-charge"), 90, "the old app refusing")
+        failure = json.dumps(left["failures"])
+        assert "AnswerNotSigned" in failure and "refused this server's signature" in failure
+    finally:
+        stop(worker)
+        stop(server)
+        for app in (old_app, moved_app):
+            app.terminate()
+            app.wait(10)

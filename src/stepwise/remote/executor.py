@@ -34,7 +34,7 @@ class HttpExecutor:
     `executor.Executor`."""
 
     def __init__(self, app_id: str, engine: Engine, *, signing_key: str | None = None,
-                 max_calls: int = MAX_CALLS_PER_APP,
+                 signing_fallback: str | None = None, max_calls: int = MAX_CALLS_PER_APP,
                  call_timeout_s: float = DEFAULT_CALL_TIMEOUT_S,
                  client: httpx.AsyncClient | None = None) -> None:
         if call_timeout_s <= 0:
@@ -47,6 +47,8 @@ class HttpExecutor:
         self.calls = asyncio.Semaphore(max_calls)
         #: With a key (outside dev mode), calls are signed and answers must be.
         self.signing_key = signing_key
+        #: While keys rotate: an answer signed with this key is accepted too.
+        self.signing_fallback = signing_fallback
         self.definitions: dict[str, FunctionDefinition] = {}
         self.client = client or httpx.AsyncClient(follow_redirects=False)
         self.version = -1
@@ -240,14 +242,16 @@ class HttpExecutor:
         if self.signing_key is None:
             return None
         unsigned = signing.verify(response.content, response.headers.get("x-inngest-signature"),
-                                  self.signing_key, self.engine.clock.now_ms() // 1000)
+                                  self.signing_key, self.engine.clock.now_ms() // 1000,
+                                  self.signing_fallback)
         if unsigned is None:
             return None
         # Not the app's answer, or the keys differ.
         return RunFailed({"name": "AnswerNotSigned", "message": (
             f"the app at {url} answered HTTP {response.status_code} and {unsigned}; " +
             ("it refused this server's signature: " if response.status_code == 401 else "") +
-            "the app's INNGEST_SIGNING_KEY must be this server's --signing-key")})
+            "the app's INNGEST_SIGNING_KEY (or INNGEST_SIGNING_KEY_FALLBACK) must be this "
+            "server's --signing-key (or --signing-key-fallback)")})
 
 
 class _Race:
@@ -333,7 +337,8 @@ def _step_outcomes(answers: dict[str, list[Outcome] | protocol.Planned]
 
 class RemoteApps:
     """Keeps one `Worker` with an `HttpExecutor` per synced SDK app, refreshed as apps re-sync
-    (`signing_key`, `max_calls`: the executors'; `worker_options`: the workers'). In
+    (`signing_key`, `signing_fallback`, `max_calls`: the executors'; `worker_options`: the
+    workers'). In
     `stepwise dev` it also asks the apps at `urls` to sync (a `PUT` to its serve URL makes an
     SDK register itself with this server) at start and every `resync_every` seconds after, so
     an app that restarted with other functions is re-synced (an unchanged sync writes
@@ -341,7 +346,8 @@ class RemoteApps:
 
     def __init__(self, storage: Storage, urls: tuple[str, ...] = (), *,
                  check_every: float = 1.0, resync_every: float = 5.0,
-                 signing_key: str | None = None, max_calls: int = MAX_CALLS_PER_APP,
+                 signing_key: str | None = None, signing_fallback: str | None = None,
+                 max_calls: int = MAX_CALLS_PER_APP,
                  call_timeout_s: float = DEFAULT_CALL_TIMEOUT_S,
                  **worker_options: Any) -> None:
         self.storage = storage
@@ -351,6 +357,7 @@ class RemoteApps:
         self.check_every = check_every
         self.resync_every = resync_every
         self.signing_key = signing_key
+        self.signing_fallback = signing_fallback
         self.max_calls = max_calls
         self.worker_options = worker_options
         self.workers: dict[str, Worker] = {}
@@ -371,7 +378,9 @@ class RemoteApps:
             executor = self.executors.get(app_id)
             if executor is None:
                 executor = HttpExecutor(app_id, Engine(self.storage),
-                                        signing_key=self.signing_key, max_calls=self.max_calls,
+                                        signing_key=self.signing_key,
+                                        signing_fallback=self.signing_fallback,
+                                        max_calls=self.max_calls,
                                         call_timeout_s=self.call_timeout_s)
                 worker = Worker(executor, self.storage, **self.worker_options)
                 await worker.start()
