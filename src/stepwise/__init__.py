@@ -12,7 +12,17 @@ from .errors import (
     StepOutputError,
 )
 from .events import Event
-from .flow import Batch, CancelOn, Concurrency, Debounce, Priority, RateLimit, Throttle, Timeouts
+from .flow import (
+    Batch,
+    CancelOn,
+    Concurrency,
+    Debounce,
+    Priority,
+    RateLimit,
+    Singleton,
+    Throttle,
+    Timeouts,
+)
 from .payloads import Limits
 from .processes import ProcessOptions
 from .status import RunStatus, StepStatus
@@ -39,6 +49,7 @@ __all__ = [
     "Retention",
     "RetryAfterError",
     "RunStatus",
+    "Singleton",
     "StepError",
     "StepOptions",
     "StepOutputError",

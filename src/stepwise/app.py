@@ -31,6 +31,7 @@ from .flow import (
     FlowOptions,
     Priority,
     RateLimit,
+    Singleton,
     Throttle,
     Timeouts,
     flow_definition,
@@ -133,6 +134,7 @@ class App:
         idempotency: str | None = None,
         cancel_on: CancelOn | list[CancelOn] | None = None,
         timeouts: Timeouts | None = None,
+        singleton: Singleton | None = None,
         attempt_timeout: timedelta | None = None,
         executor: str = "thread",
         retention: Retention | timedelta | None = None,
@@ -160,7 +162,7 @@ class App:
         flow = flow_definition(id, concurrency=concurrency, throttle=throttle,
                                rate_limit=rate_limit, debounce=debounce, priority=priority,
                                batch=batch, idempotency=idempotency, cancel_on=cancel_on,
-                               timeouts=timeouts)
+                               timeouts=timeouts, singleton=singleton)
         if id in self.functions:
             raise DefinitionError(f"function id {id!r} is already used in app {self.id!r}")
         triggers = tuple(trigger) if isinstance(trigger, list | tuple) else (

@@ -249,6 +249,34 @@ class Timeouts:
         return cls(_td(raw.get("start_ms")), _td(raw.get("finish_ms")))
 
 
+#: What a singleton does with a new run while one (with the same key) is unfinished.
+SINGLETON_MODES = ("skip", "cancel")
+
+
+@dataclass(frozen=True)
+class Singleton:
+    """At most one unfinished run (per value of `key`, a CEL expression over `event`; one
+    that is false makes that run no singleton). `mode="skip"`: a new run while one is
+    unfinished is recorded as skipped and never runs. `mode="cancel"`: the unfinished one is
+    cancelled and the new one runs (Inngest's `singleton`)."""
+
+    mode: str
+    key: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in SINGLETON_MODES:
+            raise DefinitionError(f"Singleton: mode must be 'skip' or 'cancel', got "
+                                  f"{self.mode!r}")
+        _expression("Singleton", "key", self.key)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"mode": self.mode, "key": self.key}
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> Singleton:
+        return cls(raw["mode"], raw.get("key"))
+
+
 @dataclass(frozen=True)
 class FlowOptions:
     """Every flow-control option of one function, as declared and as stored."""
@@ -262,6 +290,7 @@ class FlowOptions:
     idempotency: str | None = None
     cancel_on: tuple[CancelOn, ...] = ()
     timeouts: Timeouts | None = None
+    singleton: Singleton | None = None
 
     @property
     def empty(self) -> bool:
@@ -277,7 +306,8 @@ class FlowOptions:
                 "throttle": one(self.throttle), "rate_limit": one(self.rate_limit),
                 "debounce": one(self.debounce), "priority": one(self.priority),
                 "batch": one(self.batch), "timeouts": one(self.timeouts),
-                "idempotency": self.idempotency}
+                "idempotency": self.idempotency,
+                **({"singleton": self.singleton.to_json()} if self.singleton else {})}
 
     @classmethod
     def from_json(cls, raw: dict[str, Any] | None) -> FlowOptions:
@@ -295,7 +325,7 @@ class FlowOptions:
             debounce=one("debounce", Debounce), priority=one("priority", Priority),
             batch=one("batch", Batch), idempotency=raw.get("idempotency"),
             cancel_on=tuple(CancelOn.from_json(c) for c in raw.get("cancel_on") or ()),
-            timeouts=one("timeouts", Timeouts))
+            timeouts=one("timeouts", Timeouts), singleton=one("singleton", Singleton))
 
 
 _NO_FLOW = FlowOptions()
@@ -314,7 +344,7 @@ def _each(owner: str, value: object, cls: type[T]) -> T:
 def flow_definition(function_id: str, *, concurrency: Any = None, throttle: Any = None,
                     rate_limit: Any = None, debounce: Any = None, priority: Any = None,
                     batch: Any = None, idempotency: Any = None, cancel_on: Any = None,
-                    timeouts: Any = None) -> FlowOptions:
+                    timeouts: Any = None, singleton: Any = None) -> FlowOptions:
     """Validate the options of one function as given to `@app.function`."""
     where = f"function {function_id!r}"
     limits: list[Concurrency] = []
@@ -334,7 +364,10 @@ def flow_definition(function_id: str, *, concurrency: Any = None, throttle: Any 
         priority=_one(f"{where}: priority", priority, Priority),
         batch=_one(f"{where}: batch", batch, Batch),
         timeouts=_one(f"{where}: timeouts", timeouts, Timeouts),
+        singleton=_one(f"{where}: singleton", singleton, Singleton),
         idempotency=_expression(f"{where}", "idempotency", idempotency))
+    if options.singleton and options.batch:
+        raise DefinitionError(f"{where}: singleton cannot be combined with batch")
     if options.batch and (options.debounce or options.rate_limit or options.idempotency):
         raise DefinitionError(f"{where}: batch cannot be combined with debounce, rate_limit or "
                               "idempotency (they act on single events)")

@@ -301,6 +301,9 @@ async def test_bulk_cancel_by_function_and_time_range(db: str) -> None:
     ({"idempotency": "event.data.id ==="}, "invalid expression"),
     ({"batch": stepwise.Batch(10, timedelta(seconds=1)), "idempotency": "event.id"},
      "cannot be combined"),
+    ({"batch": stepwise.Batch(10, timedelta(seconds=1)),
+      "singleton": stepwise.Singleton("skip")}, "singleton cannot be combined with batch"),
+    ({"singleton": "skip"}, "must be a stepwise.Singleton"),
 ])
 def test_flow_options_are_validated_at_definition(options: dict[str, Any],
                                                   message: str) -> None:
@@ -320,6 +323,10 @@ def test_flow_value_classes_refuse_bad_values() -> None:
         stepwise.Concurrency(limit=1, key="event.data.x", scope="world")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="unexpected keyword"):
         stepwise.Debounce(period=timedelta(seconds=1), bogus=1)  # type: ignore[call-arg]
+    with pytest.raises(DefinitionError, match="mode must be 'skip' or 'cancel'"):
+        stepwise.Singleton("queue")
+    with pytest.raises(DefinitionError, match="invalid expression"):
+        stepwise.Singleton("skip", key="event.data.")
 
 
 async def test_invoking_a_rate_limited_function_fails_the_step_at_once(db: str) -> None:
@@ -366,3 +373,63 @@ async def test_cancel_on_event_later_in_the_same_batch(db: str) -> None:
         await h.settle(advance=False)
         run = await h.run_for("signup-1", "drip")
     assert run["status"] == "cancelled"
+
+
+def singleton_app(mode: str) -> stepwise.App:
+    app = stepwise.App("t")
+
+    @app.function(id="sync", trigger=stepwise.on_event("account.sync"),
+                  singleton=stepwise.Singleton(mode, key="event.data.account"))
+    async def sync(ctx: stepwise.Context) -> Any:
+        await ctx.step.sleep("slow-work", timedelta(minutes=5))
+        return ctx.event.data["n"]
+
+    @app.function(id="only-big", trigger=stepwise.on_event("order.placed"),
+                  singleton=stepwise.Singleton(mode, key="event.data.total > 100"))
+    async def only_big(ctx: stepwise.Context) -> Any:
+        await ctx.step.sleep("slow-work", timedelta(minutes=5))
+        return ctx.event.data["total"]
+
+    return app
+
+
+async def test_singleton_skip_keeps_one_unfinished_run_per_key(db: str) -> None:
+    async with Harness(singleton_app("skip"), db) as h:
+        first = await h.send("account.sync", {"account": "a", "n": 1})
+        other_key = await h.send("account.sync", {"account": "b", "n": 2})
+        await h.settle(advance=False)
+        skipped = await h.send("account.sync", {"account": "a", "n": 3})
+        await h.settle(advance=False)
+        run = await h.run_for(skipped, "sync")
+        assert run["status"] == "skipped" and run["error"]["name"] == "SingletonSkipped"
+        holder = await h.run_for(first, "sync")
+        assert holder["status"] == "sleeping" and holder["id"] in run["error"]["message"]
+        assert (await h.run_for(other_key, "sync"))["status"] == "sleeping"
+        small = [await h.send("order.placed", {"total": 5}) for _ in range(2)]
+        await h.settle(advance=False)  # a key that is false: no singleton, both run
+        assert [(await h.run_for(e, "only-big"))["status"] for e in small] == [
+            "sleeping", "sleeping"]
+
+        await h.settle()  # the first run ends: the key is free again
+        assert (await h.run_for(first, "sync"))["output"] == 1
+        after = await h.send("account.sync", {"account": "a", "n": 4})
+        await h.settle()
+        assert (await h.run_for(after, "sync"))["output"] == 4
+
+
+async def test_singleton_cancel_replaces_the_unfinished_run(db: str) -> None:
+    async with Harness(singleton_app("cancel"), db) as h:
+        first = await h.send("account.sync", {"account": "a", "n": 1})
+        await h.settle(advance=False)
+        second = await h.send("account.sync", {"account": "a", "n": 2})
+        await h.settle(advance=False)
+        old = await h.run_for(first, "sync")
+        assert old["status"] == "cancelled" and "singleton" in old["error"]["message"]
+        third = await h.send("account.sync", {"account": "a", "n": 3})
+        await h.settle()
+        assert (await h.run_for(second, "sync"))["status"] == "cancelled"
+        assert (await h.run_for(third, "sync"))["output"] == 3
+        fourth = await h.send("account.sync", {"account": "a", "n": 4})  # after the end
+        await h.settle()
+        assert (await h.run_for(fourth, "sync"))["output"] == 4
+        assert (await h.run_for(third, "sync"))["status"] == "completed"

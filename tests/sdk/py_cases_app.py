@@ -365,6 +365,22 @@ async def parallel_step_disappears(ctx: inngest.Context) -> None:
     await ctx.step.run("after", lambda: None)
 
 
+@client.create_function(fn_id="singleton_skip", trigger=trigger("singleton_skip"), retries=0,
+                        singleton=inngest.Singleton(mode="skip"))
+async def singleton_skip(ctx: inngest.Context) -> None:
+    """Upstream: two events at once, one run (the other skipped while the first sleeps)."""
+    notes["singleton_skip/runs"].append(ctx.run_id)
+    await ctx.step.sleep("zzz", datetime.timedelta(seconds=5))
+
+
+@client.create_function(fn_id="singleton_cancel", trigger=trigger("singleton_cancel"),
+                        retries=0, singleton=inngest.Singleton(mode="cancel"))
+async def singleton_cancel(ctx: inngest.Context) -> None:
+    """Upstream: a second event while the first run sleeps cancels it; the second runs."""
+    notes["singleton_cancel/runs"].append(ctx.run_id)
+    await ctx.step.sleep("zzz", datetime.timedelta(seconds=5))
+
+
 app = fastapi.FastAPI()
 
 
@@ -380,4 +396,4 @@ inngest.fast_api.serve(app, client, [
     nested_step_run, no_steps, non_retriable_error, on_failure, parallel_group_of_sequential_steps,
     parallel_steps, retry_after_error, sleep_until, steps_that_needs_api, tuple_output,
     unserializable_step_output, wait_for_event, cancel, concurrent, batch, parallel_mode_default,
-    parallel_mode_race, parallel_step_disappears])
+    parallel_mode_race, parallel_step_disappears, singleton_skip, singleton_cancel])

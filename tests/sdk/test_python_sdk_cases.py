@@ -2,8 +2,7 @@
 `tests/test_inngest/test_function/cases/`), the behaviours each checks, against `stepwise dev`
 with the PyPI SDK: the functions of `py_cases_app.py`, each test named after its case.
 
-Not here: `ai_infer` (step.ai, a gateway), `singleton_cancel` and `singleton_skip` (singleton),
-`batch_that_needs_api` (1 MiB events,
+Not here: `ai_infer` (step.ai, a gateway), `batch_that_needs_api` (1 MiB events,
 over stepwise's default event limit), and the cases that only exercise the SDK
 (`step_callback_args`, `step_callback_kwargs`, `pydantic_event`, `step_context`,
 `step_decorator`, the middleware cases, `unexpected_step_during_targeting`); `two_steps` is
@@ -72,7 +71,7 @@ def cases(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cases]:
     dev = start(["dev", "-u", app_url, "--port", str(port), "--db", str(tmp / "dev.db")], tmp)
     try:
         wait_healthy(base, dev)
-        wait_until(lambda: len(http("GET", base + "/api/v1/functions")["functions"]) == 35,
+        wait_until(lambda: len(http("GET", base + "/api/v1/functions")["functions"]) == 37,
                    60, "the app's sync")
         yield Cases(base, app_url)
     finally:
@@ -364,3 +363,44 @@ def test_parallel_mode_race(cases: Cases) -> None:
     assert run["output"] == ["a.1", "a.2", "b.1", "b.2"]
     assert cases.state()["state"][f"parallel_mode_race/{run['id']}/requests"] == 9
     assert sorted(s["name"] for s in run["steps"]) == ["a.1", "a.2", "b.1", "b.2"]
+
+
+def test_singleton_skip(cases: Cases) -> None:
+    """Two events in one send: one run executes, the other is skipped while it sleeps (woken
+    here instead of waiting out its 5 s)."""
+    first, second = cases.send("singleton_skip", {}, {})
+    runs = [cases.run_of(e, "singleton_skip", s) for e, s in
+            _which_ran(cases, "singleton_skip", first, second)]
+    sleeping, skipped = runs
+    assert skipped["error"]["name"] == "SingletonSkipped"
+    cases.wake(sleeping)
+    cases.run_of(sleeping["event_id"], "singleton_skip", "completed")
+    # the SDK calls the function again for each step: the run ids it saw, once each
+    assert set(cases.state()["notes"]["singleton_skip/runs"]) == {sleeping["id"]}
+
+
+def _which_ran(cases: Cases, case: str, *events: str) -> list[tuple[str, str]]:
+    """The events ordered as (the one whose run sleeps, the one skipped)."""
+    def statuses() -> dict[str, str] | None:
+        found = {}
+        for event_id in events:
+            runs = http("GET", f"{cases.base}/api/v1/events/{event_id}")["runs"]
+            if not runs:
+                return None
+            found[event_id] = runs[0]["status"]
+        return found if sorted(found.values()) == ["skipped", "sleeping"] else None
+    found = wait_until(statuses, 60, f"{case}: one run sleeping, one skipped")
+    return sorted(found.items(), key=lambda item: item[1] != "sleeping")
+
+
+def test_singleton_cancel(cases: Cases) -> None:
+    """A second event while the first run sleeps cancels the first; the second runs to its
+    end (woken instead of waiting out its sleep)."""
+    (first,) = cases.send("singleton_cancel")
+    cases.run_of(first, "singleton_cancel", "sleeping")
+    (second,) = cases.send("singleton_cancel")
+    cancelled = cases.run_of(first, "singleton_cancel", "cancelled")
+    cases.wake(cases.run_of(second, "singleton_cancel", "sleeping"))
+    done = cases.run_of(second, "singleton_cancel", "completed")
+    seen = cases.state()["notes"]["singleton_cancel/runs"]
+    assert list(dict.fromkeys(seen)) == [cancelled["id"], done["id"]]

@@ -67,7 +67,7 @@ def test_concurrency_reads_as_a_number_an_object_or_a_list() -> None:
 
 
 @pytest.mark.parametrize(("change", "named"), [
-    ({"singleton": {"key": "k", "mode": "skip"}}, "singleton"),
+    ({"singleton": {"key": "k", "mode": "sometimes"}}, "singleton.mode"),
     ({"batchEvents": {"maxSize": 2, "timeout": "1s", "if": "x"}}, "batchEvents.if"),
     ({"throttle": {"limit": 1, "period": "1s", "burst": 3}}, "throttle.burst"),
     ({"cancel": [{"event": "stop", "timeout": "1h"}]}, "cancel[0].timeout"),
@@ -131,8 +131,13 @@ def test_the_recorded_python_sync_translates_with_its_unsupported_options_marked
         "py-capture-app-config-demo": (
             "throttle.burst 2 is not supported by this server yet (only 1)",
             "cancel[0].timeout is not supported by this server yet"),
-        "py-capture-app-batch-demo": ("singleton is not supported by this server yet",)}
+        # as Inngest refuses it: "Batching and singletons are mutually exclusive"
+        "py-capture-app-batch-demo": ("singleton cannot be combined with batch",)}
     assert synced.warnings == ()
+    (alone,) = registration.parse(sync({"id": "a-f", "singleton": {
+        "key": "event.data.user_id", "mode": "cancel"}})).functions
+    assert alone.problems == () and alone.flow.singleton is not None
+    assert alone.flow.singleton.to_json() == {"mode": "cancel", "key": "event.data.user_id"}
 
 
 def test_answers_become_outcomes() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any, cast
 
+from ..events import StoredEvent
 from ..payloads import dumps
 from ..status import REPLAYABLE_RUN, TERMINAL_RUN, UNFINISHED_RUN, RunStatus
 from ..storage import Tx
@@ -201,8 +202,11 @@ def rerun(tx: Tx, run_id: str, now: int) -> RunDetail:
                        f"{run['app_id']}")
     flow = replace(definition.flow, idempotency=None, rate_limit=None, debounce=None,
                    batch=None)
+    announced: list[StoredEvent] = []
     new_id = flow_control.create_run(tx, run["app_id"], run["function_id"], run["event_id"],
-                                     now, now, flow=flow, origin_run_id=run["origin_run_id"])
+                                     now, now, flow=flow, origin_run_id=run["origin_run_id"],
+                                     announced=announced)
+    ingest.ingest_events(tx, announced, now)
     tx.exec("set_rerun_of", run_id=new_id, rerun_of=run_id)
     tx.exec("copy_run_events", run_id=new_id, source=run_id)
     return get_run(tx, new_id)

@@ -11,7 +11,7 @@ from typing import Any
 
 from .. import expressions
 from ..errors import ErrorInfo
-from ..events import event_json
+from ..events import StoredEvent, event_json
 from ..flow import MAX_PRIORITY_SECONDS, FlowOptions
 from ..payloads import dumps, loads, new_id
 from ..storage import Tx
@@ -22,11 +22,13 @@ IDEMPOTENCY_MS = 24 * 3600 * 1000
 
 
 def create_run(tx: Tx, app_id: str, function_id: str, event_id: str | None, available_at: int,
-               now: int, *, flow: FlowOptions | None = None, origin_run_id: str | None = None,
-               parent_run_id: str | None = None, parent_step_id: str | None = None) -> str:
+               now: int, *, announced: list[StoredEvent], flow: FlowOptions | None = None,
+               origin_run_id: str | None = None, parent_run_id: str | None = None,
+               parent_step_id: str | None = None) -> str:
     """Start a run, applying the function's flow control; return its id (an existing run's
     when the event joined a debounce, a batch or an idempotent run). `flow`: the function's
-    options when the caller already has them."""
+    options when the caller already has them. `announced` receives what the ends of runs
+    this cancelled announce (a singleton's), for the caller to ingest."""
     if flow is None:
         definition = definitions.get(tx, app_id, function_id)
         flow = definition.flow if definition is not None else FlowOptions()
@@ -37,7 +39,7 @@ def create_run(tx: Tx, app_id: str, function_id: str, event_id: str | None, avai
     start = _Start(tx, app_id, function_id, event_id, flow, event_for(tx, event_id), now,
                    available_at)
     existing = start.idempotent() or start.rate_limited() or start.debounced() or \
-        start.batched()
+        start.batched() or start.singleton(announced)
     if existing is not None:
         return existing
     start.throttle()
@@ -59,6 +61,7 @@ class _Start:
         self.flow, self.event, self.now, self.available_at = flow, event, now, available_at
         self.scope = f"{app_id}:{function_id}"
         self.group_key: str | None = None  # the debounce or batch the new run opens
+        self.singleton_key: str | None = None  # the singleton key the new run holds
 
     def _idempotency_key(self) -> str | None:
         if not self.flow.idempotency:
@@ -133,6 +136,37 @@ class _Start:
             self.group_key = None
         return None
 
+    def singleton(self, announced: list[StoredEvent]) -> str | None:
+        """A singleton whose key an unfinished run holds: in skip mode the new run is
+        recorded skipped; in cancel mode that run is cancelled (what its end announces goes
+        to `announced`) and the new one takes the key. A key that is false: no singleton."""
+        singleton = self.flow.singleton
+        if not singleton:
+            return None
+        value = "" if singleton.key is None else _key_value(singleton.key, self.event,
+                                                            missing=None, raw=True)
+        if value is False:
+            return None
+        self.singleton_key = f"singleton:{self.scope}:" + (
+            "" if singleton.key is None else dumps(value, "key"))
+        holder = self.tx.one("singleton_holder", key=self.singleton_key)
+        if holder is None:
+            return None
+        if singleton.mode == "skip":
+            run_id = new_id()
+            lifecycle.skip(self.tx, run_id, self.app_id, self.function_id, self.event_id, {
+                "name": "SingletonSkipped", "message": (
+                    f"skipped: run {holder['run_id']} of this singleton function is not "
+                    "finished")}, self.now)
+            self.singleton_key = None
+            return run_id
+        ended = lifecycle.cancel(self.tx, str(holder["run_id"]), self.now,
+                                 reason=f"a new run of singleton function {self.function_id} "
+                                        "replaced it")
+        if ended is not None:
+            announced.extend(ended.events)
+        return None
+
     def throttle(self) -> None:
         """The new run is due at its throttle slot."""
         throttle = self.flow.throttle
@@ -155,6 +189,8 @@ class _Start:
         tx, flow, now = self.tx, self.flow, self.now
         if self.group_key is not None:
             tx.exec("insert_group", key=self.group_key, run_id=run_id, now=now)
+        if self.singleton_key is not None:
+            tx.exec("hold_singleton", key=self.singleton_key, run_id=run_id)
         if flow.batch:
             tx.exec("insert_run_event", run_id=run_id, position=0, event_id=self.event_id)
         key = self._idempotency_key()

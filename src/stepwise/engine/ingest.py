@@ -146,7 +146,7 @@ def ingest_events(tx: Tx, events: list[StoredEvent] | tuple[StoredEvent, ...],
                 plain.add(app_id, function_id, ev.id, max(now, ev.ts))
             else:
                 flow_control.create_run(tx, app_id, function_id, ev.id, max(now, ev.ts), now,
-                                        flow=flow)
+                                        flow=flow, announced=announced)
             for cancel in flow.cancel_on:
                 waited.pop(cancel.event, None)  # the run may now wait for that name
         if ev.name not in waited:
@@ -154,7 +154,7 @@ def ingest_events(tx: Tx, events: list[StoredEvent] | tuple[StoredEvent, ...],
         if waited[ev.name]:
             announced.extend(waits.deliver(tx, ev, now))
     plain.insert(tx)
-    ingest_events(tx, announced, now)  # the ends of runs those events cancelled
+    ingest_events(tx, announced, now)  # the ends of runs those events (or singletons) cancelled
     return [ev.id for ev in events]
 
 

@@ -235,7 +235,10 @@ def fire_schedules(tx: Tx, app_id: str, now: int,
                             data=dumps(data, "cron event"), ts=tick)
         if tx.one("insert_event", id=event.id, name=event.name, data=event.data, ts=event.ts,
                   now=now, trace=None, meta=None) is not None:
-            flow_control.create_run(tx, app_id, row["function_id"], event.id, now, now)
+            announced: list[StoredEvent] = []
+            flow_control.create_run(tx, app_id, row["function_id"], event.id, now, now,
+                                    announced=announced)
+            ingest.ingest_events(tx, announced, now)
             fired += 1
         tx.exec("set_schedule_next", app_id=app_id, function_id=row["function_id"], cron=cron,
                 tz=tz, next_at=schedules.next_tick(cron, tz, now))

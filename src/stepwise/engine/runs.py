@@ -413,8 +413,10 @@ def fail_run(tx: Tx, run: RunRow, definition: FunctionDefinition | None, error: 
                     now)
     handler = definition.on_failure if definition is not None else None
     if handler is not None:
+        announced: list[StoredEvent] = []
         flow_control.create_run(tx, run["app_id"], handler, run["event_id"], now, now,
-                                origin_run_id=run["id"])
+                                origin_run_id=run["id"], announced=announced)
+        ingest.ingest_events(tx, announced, now)
 
 
 def _add_wait(b: _Batch, wait: WaitForEvent) -> None:
@@ -465,9 +467,11 @@ def _start_invoked(b: _Batch, invoke: Invoke) -> None:
     if tx.one("insert_event", id=event.id, name=event.name, data=event.data, ts=event.ts,
               now=now, trace=event.trace, meta=event.meta) is None:
         return  # started already
+    announced: list[StoredEvent] = []
     child = lifecycle.get_run(tx, flow_control.create_run(
         tx, app_id, definition.id, event.id, now, now, flow=definition.flow,
-        parent_run_id=b.run_id, parent_step_id=invoke.step_id))
+        parent_run_id=b.run_id, parent_step_id=invoke.step_id, announced=announced))
+    ingest.ingest_events(tx, announced, now)
     if child is not None and child["status"] in TERMINAL_RUN:
         # Skipped, or an idempotent run already done: the step settles at once.
         ok = child["status"] == RunStatus.completed

@@ -28,6 +28,7 @@ from ..definition import (
 )
 from ..errors import DefinitionError
 from ..flow import (
+    SINGLETON_MODES,
     Batch,
     CancelOn,
     Concurrency,
@@ -35,6 +36,7 @@ from ..flow import (
     FlowOptions,
     Priority,
     RateLimit,
+    Singleton,
     Throttle,
     Timeouts,
     flow_definition,
@@ -386,9 +388,11 @@ class _Options:
         return "idempotency", _key(value, name)
 
     def singleton(self, name: str, value: Any) -> Option:
-        self.object(name, value, {"key", "mode"})
-        self.problems.append(f"{name} {_NOT_SUPPORTED}")
-        return None
+        item = self.object(name, value, {"key", "mode"})
+        mode = item.get("mode")
+        if mode not in SINGLETON_MODES:
+            raise RegistrationError(f"{name}.mode must be skip or cancel, got {mode!r}"[:200])
+        return "singleton", Singleton(mode=mode, key=_key(item.get("key"), f"{name}.key"))
 
 
 _READERS = {"concurrency": _Options.concurrency, "throttle": _Options.throttle,

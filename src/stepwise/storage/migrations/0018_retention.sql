@@ -20,3 +20,10 @@ CREATE TABLE run_stats (
 -- Runs created in a time window (`since`/`until` filters) by index, not by reading every run
 -- newer than the window (bench/history.py: 167 ms at a million runs for a window 15 days ago).
 CREATE INDEX runs_created ON runs (created_at);
+-- Singleton functions: the unfinished run that holds each singleton key (dropped when it
+-- finishes, as its concurrency keys are).
+CREATE TABLE singletons (
+    key TEXT PRIMARY KEY,
+    run_id TEXT NOT NULL
+);
+CREATE INDEX singletons_run ON singletons (run_id);

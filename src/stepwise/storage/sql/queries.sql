@@ -543,6 +543,8 @@ DELETE FROM deadlines WHERE run_id = :run_id
   AND (SELECT status FROM runs WHERE id = :run_id) NOT IN ({unfinished_runs});
 DELETE FROM pending_groups WHERE run_id = :run_id
   AND (SELECT status FROM runs WHERE id = :run_id) NOT IN ({unfinished_runs});
+DELETE FROM singletons WHERE run_id = :run_id
+  AND (SELECT status FROM runs WHERE id = :run_id) NOT IN ({unfinished_runs});
 
 -- name: run_cleanup @postgres
 -- (A fragment: CTEs after one named `finished` that answers the finished run's id, if any.)
@@ -552,7 +554,8 @@ queue_row AS (DELETE FROM queue WHERE run_id = (SELECT id FROM finished)),
 keys AS (DELETE FROM queue_keys WHERE run_id = (SELECT id FROM finished) RETURNING 1),
 run_waits AS (DELETE FROM waits WHERE run_id = (SELECT id FROM finished)),
 run_deadlines AS (DELETE FROM deadlines WHERE run_id = (SELECT id FROM finished)),
-run_groups AS (DELETE FROM pending_groups WHERE run_id = (SELECT id FROM finished))
+run_groups AS (DELETE FROM pending_groups WHERE run_id = (SELECT id FROM finished)),
+run_singletons AS (DELETE FROM singletons WHERE run_id = (SELECT id FROM finished))
 
 -- name: finish_cleanup @postgres
 -- wakes: if wake
@@ -910,6 +913,7 @@ DELETE FROM queue WHERE run_id IN {query:in_ids};
 DELETE FROM queue_keys WHERE run_id IN {query:in_ids};
 DELETE FROM waits WHERE run_id IN {query:in_ids};
 DELETE FROM deadlines WHERE run_id IN {query:in_ids};
+DELETE FROM singletons WHERE run_id IN {query:in_ids};
 DELETE FROM pending_groups WHERE run_id IN {query:in_ids};
 
 -- name: prune_run_rows @postgres
@@ -921,7 +925,8 @@ i AS (DELETE FROM idempotency WHERE run_id IN {query:in_ids}),
 q AS (DELETE FROM queue WHERE run_id IN {query:in_ids}),
 k AS (DELETE FROM queue_keys WHERE run_id IN {query:in_ids}),
 w AS (DELETE FROM waits WHERE run_id IN {query:in_ids}),
-d AS (DELETE FROM deadlines WHERE run_id IN {query:in_ids})
+d AS (DELETE FROM deadlines WHERE run_id IN {query:in_ids}),
+s AS (DELETE FROM singletons WHERE run_id IN {query:in_ids})
 DELETE FROM pending_groups WHERE run_id IN {query:in_ids};
 
 -- name: events_page
@@ -1039,3 +1044,12 @@ DELETE FROM run_stats WHERE slot < :before;
 
 -- name: count_unfinished_runs
 SELECT status, COUNT(*) AS n FROM runs WHERE status IN ({unfinished_runs}) GROUP BY status;
+
+-- name: singleton_holder
+-- The unfinished run holding a singleton key, if any.
+SELECT s.run_id FROM singletons s JOIN runs r ON r.id = s.run_id
+WHERE s.key = :key AND r.status IN ({unfinished_runs});
+
+-- name: hold_singleton
+INSERT INTO singletons (key, run_id) VALUES (:key, :run_id)
+ON CONFLICT (key) DO UPDATE SET run_id = excluded.run_id;
