@@ -193,11 +193,14 @@ class Batch:
 
 @dataclass(frozen=True)
 class CancelOn:
-    """Cancel the run when `event` arrives and matches (`match` field path and/or `if_`)."""
+    """Cancel the run when `event` arrives and matches (`match` field path and/or `if_`),
+    within `timeout` of the run's creation when given (after it, the event no longer
+    cancels)."""
 
     event: str
     match: str | None = None
     if_: str | None = None
+    timeout: timedelta | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.event, str) or not self.event.strip():
@@ -210,13 +213,19 @@ class CancelOn:
             except ExpressionError as exc:
                 raise DefinitionError(f"CancelOn: {exc}") from None
         _expression("CancelOn", "if_", self.if_)
+        _duration_ms("CancelOn", "timeout", self.timeout, optional=True)
+
+    @property
+    def timeout_ms(self) -> int | None:
+        return None if self.timeout is None else _ms(self.timeout)
 
     def to_json(self) -> dict[str, Any]:
-        return {"event": self.event, "match": self.match, "if_": self.if_}
+        return {"event": self.event, "match": self.match, "if_": self.if_,
+                **({} if self.timeout is None else {"timeout_ms": self.timeout_ms})}
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> CancelOn:
-        return cls(raw["event"], raw.get("match"), raw.get("if_"))
+        return cls(raw["event"], raw.get("match"), raw.get("if_"), _td(raw.get("timeout_ms")))
 
 
 @dataclass(frozen=True)

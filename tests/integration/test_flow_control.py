@@ -433,3 +433,26 @@ async def test_singleton_cancel_replaces_the_unfinished_run(db: str) -> None:
         await h.settle()
         assert (await h.run_for(fourth, "sync"))["output"] == 4
         assert (await h.run_for(third, "sync"))["status"] == "completed"
+
+
+async def test_cancel_on_with_a_timeout_cancels_only_within_it(db: str) -> None:
+    app = stepwise.App("t")
+
+    @app.function(id="trial", trigger=stepwise.on_event("trial.started"),
+                  cancel_on=stepwise.CancelOn(event="trial.converted", match="data.user_id",
+                                              timeout=timedelta(hours=1)))
+    async def trial(ctx: stepwise.Context) -> str:
+        await ctx.step.sleep("remind", timedelta(days=3))
+        return "reminded"
+
+    async with Harness(app, db) as h:
+        early = await h.send("trial.started", {"user_id": 1})
+        late = await h.send("trial.started", {"user_id": 2})
+        await h.settle(advance=False)
+        h.clock.advance(30 * MIN)
+        await h.send("trial.converted", {"user_id": 1})  # within the hour: cancels
+        h.clock.advance(60 * MIN)
+        await h.send("trial.converted", {"user_id": 2})  # 90 min in: too late
+        await h.settle()
+        assert (await h.run_for(early, "trial"))["status"] == "cancelled"
+        assert (await h.run_for(late, "trial"))["output"] == "reminded"

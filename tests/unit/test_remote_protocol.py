@@ -70,7 +70,7 @@ def test_concurrency_reads_as_a_number_an_object_or_a_list() -> None:
     ({"singleton": {"key": "k", "mode": "sometimes"}}, "singleton.mode"),
     ({"batchEvents": {"maxSize": 2, "timeout": "1s", "if": "x"}}, "batchEvents.if"),
     ({"throttle": {"limit": 1, "period": "1s", "burst": 3}}, "throttle.burst"),
-    ({"cancel": [{"event": "stop", "timeout": "1h"}]}, "cancel[0].timeout"),
+    ({"cancel": [{"event": "stop", "timeout": "soon"}]}, "cancel[0].timeout"),
     ({"debounce": {"period": "soon"}}, "debounce.period"),
     ({"concurrency": {"limit": "five"}}, "concurrency.limit"),
     ({"concurrency": [{"limit": 2, "scope": "planet"}]}, "concurrency[0].scope"),
@@ -129,11 +129,15 @@ def test_the_recorded_python_sync_translates_with_its_unsupported_options_marked
     marked = {fn.id: fn.problems for fn in synced.functions if fn.problems}
     assert marked == {
         "py-capture-app-config-demo": (
-            "throttle.burst 2 is not supported by this server yet (only 1)",
-            "cancel[0].timeout is not supported by this server yet"),
+            "throttle.burst 2 is not supported by this server yet (only 1)",),
         # as Inngest refuses it: "Batching and singletons are mutually exclusive"
         "py-capture-app-batch-demo": ("singleton cannot be combined with batch",)}
     assert synced.warnings == ()
+    config_demo = next(f for f in synced.functions if f.id == "py-capture-app-config-demo")
+    cancel = body["functions"][[f["id"] for f in body["functions"]].index(config_demo.id)][
+        "cancel"][0]
+    assert config_demo.flow.cancel_on[0].timeout_ms == registration.duration(
+        cancel["timeout"], "timeout").total_seconds() * 1000
     (alone,) = registration.parse(sync({"id": "a-f", "singleton": {
         "key": "event.data.user_id", "mode": "cancel"}})).functions
     assert alone.problems == () and alone.flow.singleton is not None

@@ -52,7 +52,8 @@ def add_cancel_wait(tx: Tx, run_id: str, index: int, cancel: CancelOn, event: di
     tx.exec("insert_cancel_wait", run_id=run_id, step_id=f"$cancel:{index}",
             event_name=cancel.event, match_path=key[0] if key else None,
             match_key=key[1] if key else None, if_expr=cancel.if_,
-            trigger_event=dumps(event, "event"), expires_at=lifecycle.FOREVER, now=now)
+            trigger_event=dumps(event, "event"), now=now,
+            expires_at=lifecycle.FOREVER if cancel.timeout_ms is None else now + cancel.timeout_ms)
 
 
 __all__ = ["event_json"]  # functions and expressions see events as `event_json` makes them
@@ -69,12 +70,13 @@ def deliver(tx: Tx, ev: StoredEvent, now: int) -> list[StoredEvent]:
     for row in paths:
         path = row["match_path"]
         if path is None:
-            candidates = tx.all("waits_without_match", name=ev.name)
+            candidates = tx.all("waits_without_match", name=ev.name, now=now)
         else:
             found = match_of(incoming, path)
             if found is None:
                 continue
-            candidates = tx.all("waits_by_key", name=ev.name, path=path, key=found[1])
+            candidates = tx.all("waits_by_key", name=ev.name, path=path, key=found[1],
+                                now=now)
         for wait in candidates:
             if wait["if_expr"] and not _holds(wait, incoming):
                 continue

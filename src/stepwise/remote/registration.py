@@ -367,12 +367,13 @@ class _Options:
         for i, item in enumerate(value if isinstance(value, list) else [value]):
             at = f"{name}[{i}]"
             item = self.object(at, item, {"event", "if", "timeout"})
-            if item.get("timeout"):
-                self.problems.append(f"{at}.timeout {_NOT_SUPPORTED}")
+            timeout = item.get("timeout")
             event = item.get("event")
             if not _storable(event):
                 raise RegistrationError(f"{at}.event must be an event name, got {_kind(event)}")
-            cancels.append(CancelOn(event=event, if_=_key(item.get("if"), f"{at}.if")))
+            cancels.append(CancelOn(event=event, if_=_key(item.get("if"), f"{at}.if"),
+                                    timeout=duration(timeout, f"{at}.timeout") if timeout
+                                    else None))
         return "cancel_on", cancels
 
     def timeouts(self, name: str, value: Any) -> Option:

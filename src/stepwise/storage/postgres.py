@@ -184,7 +184,8 @@ class PostgresStorage(Storage):
         pool: ConnectionPool[psycopg.Connection[dict[str, Any]]] = ConnectionPool(
             self.url, min_size=1, max_size=self.max_connections, open=False,
             kwargs={"row_factory": dict_row, "autocommit": True, "connect_timeout": 5},
-            configure=_configure, name="stepwise", timeout=POOL_WAIT_S)
+            configure=_configure, name="stepwise", timeout=POOL_WAIT_S,
+            reconnect_timeout=5)
         try:
             # One plain connection first: its error names the cause (refused, no such
             # database, authentication), where the pool would only say it timed out.

@@ -614,12 +614,13 @@ SELECT 1 AS found FROM waits WHERE event_name = :name LIMIT 1;
 SELECT DISTINCT match_path FROM waits WHERE event_name = :name;
 
 -- name: waits_by_key
+-- (A wait past its expiry takes no event: a step's timed out, a cancel_on's timeout passed.)
 SELECT run_id, step_id, if_expr, trigger_event, kind FROM waits
-WHERE event_name = :name AND match_path = :path AND match_key = :key;
+WHERE event_name = :name AND match_path = :path AND match_key = :key AND expires_at > :now;
 
 -- name: waits_without_match
 SELECT run_id, step_id, if_expr, trigger_event, kind FROM waits
-WHERE event_name = :name AND match_path IS NULL;
+WHERE event_name = :name AND match_path IS NULL AND expires_at > :now;
 
 -- name: delete_wait
 DELETE FROM waits WHERE run_id = :run_id AND step_id = :step_id;
