@@ -168,27 +168,32 @@ class Priority:
 @dataclass(frozen=True)
 class Batch:
     """Collect up to `max_size` events (per key) into one run, started when full or `timeout`
-    after the first event; the function reads `ctx.events`."""
+    after the first event; the function reads `ctx.events`. With `if_` (CEL over `event`),
+    only events for which it is true are batched; the others run at once, alone."""
 
     max_size: int
     timeout: timedelta
     key: str | None = None
+    if_: str | None = None
 
     def __post_init__(self) -> None:
         _positive_int("Batch", "max_size", self.max_size)
         _duration_ms("Batch", "timeout", self.timeout)
         _expression("Batch", "key", self.key)
+        _expression("Batch", "if_", self.if_)
 
     @property
     def timeout_ms(self) -> int:
         return _ms(self.timeout)
 
     def to_json(self) -> dict[str, Any]:
-        return {"max_size": self.max_size, "timeout_ms": self.timeout_ms, "key": self.key}
+        return {"max_size": self.max_size, "timeout_ms": self.timeout_ms, "key": self.key,
+                **({} if self.if_ is None else {"if_": self.if_})}
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> Batch:
-        return cls(raw["max_size"], timedelta(milliseconds=raw["timeout_ms"]), raw.get("key"))
+        return cls(raw["max_size"], timedelta(milliseconds=raw["timeout_ms"]), raw.get("key"),
+                   raw.get("if_"))
 
 
 @dataclass(frozen=True)

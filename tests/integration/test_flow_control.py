@@ -456,3 +456,20 @@ async def test_cancel_on_with_a_timeout_cancels_only_within_it(db: str) -> None:
         await h.settle()
         assert (await h.run_for(early, "trial"))["status"] == "cancelled"
         assert (await h.run_for(late, "trial"))["output"] == "reminded"
+
+
+async def test_batch_if_batches_only_the_events_it_is_true_for(db: str) -> None:
+    app = stepwise.App("t")
+
+    @app.function(id="import", trigger=stepwise.on_event("row"),
+                  batch=stepwise.Batch(3, timedelta(minutes=1), if_="event.data.bulk == true"))
+    async def import_rows(ctx: stepwise.Context) -> list[int]:
+        return [e.data["n"] for e in ctx.events]
+
+    async with Harness(app, db) as h:
+        ids = [await h.send("row", {"n": n, "bulk": n != 2}) for n in range(4)]
+        await h.settle(advance=False)  # the lone one runs at once; the batch waits
+        alone = await h.run_for(ids[2], "import")
+        assert alone["status"] == "completed" and alone["output"] == [2]
+        batched = await h.run_for(ids[0], "import")
+        assert batched["status"] == "completed" and batched["output"] == [0, 1, 3]  # full

@@ -68,7 +68,8 @@ def test_concurrency_reads_as_a_number_an_object_or_a_list() -> None:
 
 @pytest.mark.parametrize(("change", "named"), [
     ({"singleton": {"key": "k", "mode": "sometimes"}}, "singleton.mode"),
-    ({"batchEvents": {"maxSize": 2, "timeout": "1s", "if": "x"}}, "batchEvents.if"),
+    ({"batchEvents": {"maxSize": 2, "timeout": "1s", "if": "event.data.x ==="}},
+     "batchEvents: Batch: if_: invalid expression"),
     ({"throttle": {"limit": 1, "period": "1s", "burst": 3}}, "throttle.burst"),
     ({"cancel": [{"event": "stop", "timeout": "soon"}]}, "cancel[0].timeout"),
     ({"debounce": {"period": "soon"}}, "debounce.period"),

@@ -118,6 +118,9 @@ class _Start:
         batch = self.flow.batch
         if not batch:
             return None
+        if batch.if_ is not None and \
+                _key_value(batch.if_, self.event, missing=None, raw=True) is not True:
+            return None  # not for batching: it runs at once, alone
         tx = self.tx
         self.group_key = f"batch:{self.scope}:{_key_value(batch.key, self.event)}"
         group = tx.one("get_group", key=self.group_key)

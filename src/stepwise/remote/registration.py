@@ -352,11 +352,10 @@ class _Options:
 
     def batch(self, name: str, value: Any) -> Option:
         item = self.object(name, value, {"maxSize", "timeout", "key", "if"})
-        if item.get("if"):
-            self.problems.append(f"{name}.if {_NOT_SUPPORTED}")
         return "batch", Batch(_int(item.get("maxSize"), f"{name}.maxSize"),
                               duration(item.get("timeout"), f"{name}.timeout"),
-                              key=_key(item.get("key"), f"{name}.key"))
+                              key=_key(item.get("key"), f"{name}.key"),
+                              if_=_key(item.get("if"), f"{name}.if"))
 
     def priority(self, name: str, value: Any) -> Option:
         run = _key(self.object(name, value, {"run"}).get("run"), f"{name}.run")
