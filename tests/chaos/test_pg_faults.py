@@ -76,6 +76,16 @@ APP = textwrap.dedent('''
 RECOVERY_S = 60.0
 #: How long the sender keeps resending one batch before it gives up (and the test fails).
 RESEND_S = 120.0
+#: How long PostgreSQL stays down after the last kill -9: longer than psycopg_pool's first
+#: reconnection attempts (about 1, 3, 7 and 15 s after the loss; the next one, unless told to
+#: give up sooner, only about 31 s after it).
+OUTAGE_S = 20.0
+#: At most this long after PostgreSQL is back (its log's "ready to accept connections"), the
+#: server acknowledges an event and /healthz answers 200; the workers complete a step within
+#: RESUME_RUNS_S. (Measured: well under a second, or about 11 s after the long outage before
+#: the pool was told to give up on a reconnection attempt after RECONNECT_S.)
+RESUME_S = 6.0
+RESUME_RUNS_S = 15.0
 
 
 # --- the private cluster -------------------------------------------------------------------
@@ -208,11 +218,11 @@ class Cluster:
                     os.kill(c, signal.SIGKILL)
             wait_until(lambda: not any(_alive(c) for c in children), 10, "backends killed")
 
-    def ready_times(self) -> list[float]:
-        """When it said "ready to accept connections", each time (epoch seconds)."""
+    def logged(self, message: str) -> list[float]:
+        """When the log said `message`, each time (epoch seconds)."""
         times = []
         for line in self.log.read_text(errors="replace").splitlines():
-            if "database system is ready to accept connections" in line:
+            if message in line:
                 stamp = datetime.datetime.strptime(" ".join(line.split()[:2]),
                                                    "%Y-%m-%d %H:%M:%S.%f")
                 times.append(stamp.replace(tzinfo=datetime.UTC).timestamp())
@@ -295,7 +305,9 @@ class Sender(threading.Thread):
                 status, answer = _request(self.port, "POST", "/api/v1/events", batch)
                 self.answers[status] += 1
                 if status == 200:
-                    assert answer["ids"] == [e["id"] for e in batch], answer
+                    if answer["ids"] != [e["id"] for e in batch]:
+                        self.gave_up = f"sent {batch}, acknowledged {answer}"
+                        return
                     self.acked.append((time.time(), answer["ids"]))
                     self.count += len(batch)
                     break
@@ -331,16 +343,20 @@ class Health(threading.Thread):
 
 # --- the test ------------------------------------------------------------------------------
 
+READY = "database system is ready to accept connections"
+
+
 @dataclass
 class Fault:
     kind: str
     down_at: float  # time.time() just before the fault
+    gone_at: float = 0.0  # every PostgreSQL process had exited
     up_at: float = 0.0  # PostgreSQL ready again (from its log)
     ack: float | None = None  # first event acknowledged after up_at (s after up_at)
     healthy: float | None = None  # /healthz 200 (s after up_at)
     step: float | None = None  # a step completed (s after up_at)
     run: float | None = None  # a run completed (s after up_at)
-    unhealthy: list[int] = field(default_factory=list)  # /healthz statuses while down
+    while_down: list[int] = field(default_factory=list)  # /healthz answers while down
 
 
 def _first_after(cluster: Cluster, table: str, t: float) -> float | None:
@@ -378,23 +394,27 @@ def _registered(cluster: Cluster) -> bool:
         return False
 
 
-def _fault(cluster: Cluster, health: Health, sender: Sender, kind: str) -> Fault:
-    ready_before = len(cluster.ready_times())
+def _fault(cluster: Cluster, health: Health, sender: Sender, kind: str, hold: float) -> Fault:
+    """Restart PostgreSQL, or kill -9 its postmaster and start it again once it was down
+    `hold` seconds and /healthz answered 503; then wait until the load recovered."""
+    ready_before = len(cluster.logged(READY))
     fault = Fault(kind, time.time())
     if kind == "restart":
         cluster.restart()
+        fault.gone_at = cluster.logged("database system is shut down")[-1]
     else:
         cluster.kill9()
-        # Down until the server said so (its pool waits up to 5 s for a connection first).
-        with contextlib.suppress(AssertionError):
-            wait_until(lambda: health.answered_after(fault.down_at, 503), 30,
+        fault.gone_at = time.time()
+        time.sleep(max(0.0, fault.down_at + hold - time.time()))
+        with contextlib.suppress(AssertionError):  # asserted below
+            wait_until(lambda: health.answered_after(fault.gone_at, 503), 30,
                        "/healthz to answer 503")
         cluster.start()
-    readies = cluster.ready_times()
-    assert len(readies) > ready_before, "no 'ready to accept connections' in the log"
+    readies = cluster.logged(READY)
+    assert len(readies) > ready_before, f"no {READY!r} in the log"
     fault.up_at = readies[-1]
-    fault.unhealthy = [st for s, _a, st in list(health.seen)
-                       if fault.down_at <= s and s < fault.up_at - 0.5]
+    fault.while_down = [st for s, a, st in list(health.seen)
+                        if fault.gone_at <= s and a < fault.up_at]
 
     def recovered() -> bool:
         if fault.healthy is None:
@@ -427,6 +447,8 @@ def _run(cluster: Cluster, cwd: Path, events: int, faults: int) -> None:
                       "--poll-seconds", "0.2", "--concurrency", "8"], cwd, env)
                for _ in range(2)]
     everyone = [server, *workers]
+    kinds = ["restart" if k % 2 else "kill -9" for k in range(1, faults + 1)]
+    long_one = len(kinds) - 1 - kinds[::-1].index("kill -9")  # the last kill -9
     health = Health(port)
     # A pace that spreads the events over about 5 s of sending per fault (at least 20/s).
     sender = Sender(port, events, max(20.0, events / (5 * (faults + 1))))
@@ -439,14 +461,14 @@ def _run(cluster: Cluster, cwd: Path, events: int, faults: int) -> None:
         wait_until(lambda: _registered(cluster), 30, "the workers to register the app")
         health.start()
         sender.start()
-        for k in range(1, faults + 1):
-            kind = "restart" if k % 2 else "kill -9"
+        for k, kind in enumerate(kinds, 1):
             # Spread over the sending: fault k once k/(faults+1) of the events were
             # acknowledged, and at least 1.5 s of load after the previous recovery.
             wait_until(lambda k=k: sender.count >= events * k // (faults + 1) or
                        not sender.is_alive(), RESEND_S + 60, "the sender's progress")
             time.sleep(1.5)
-            done.append(_fault(cluster, health, sender, kind))
+            done.append(_fault(cluster, health, sender, kind,
+                               OUTAGE_S if k - 1 == long_one else 0.0))
             assert all(p.poll() is None for p in everyone), \
                 f"a stepwise process exited after the {kind}"
         sender.join(RESEND_S + events / 10)
@@ -487,15 +509,7 @@ def _run(cluster: Cluster, cwd: Path, events: int, faults: int) -> None:
     reran = [e for e in starts if e["t"] * 1000 > completed_at[(e["run"], e["step"])] + 1]
     assert not reran, f"{len(reran)} steps ran again after their result was stored: {reran[:3]}"
 
-    assert healthz_end == 200
-    for f in done:
-        if f.kind == "kill -9":
-            assert 503 in f.unhealthy, f"/healthz never answered 503 after the {f.kind}: {f}"
-        assert set(f.unhealthy) <= {200, 503}, f"/healthz answered {f.unhealthy} while down"
     statuses = Counter(st for _s, _a, st in health.seen)
-    assert set(statuses) <= {200, 503}, f"/healthz answered {statuses}"
-    assert not sender.odd, f"events answered neither 200 nor 503: {sender.odd[:5]}"
-
     print(f"\nPostgreSQL faults: {events} events sent, {len(acked)} acknowledged, "
           f"{len(stored)} stored, {len(tables['runs'])} runs completed, 0 lost, 0 doubled, "
           f"{len(starts) - len(completed_at)} step bodies re-ran before their result was "
@@ -505,9 +519,20 @@ def _run(cluster: Cluster, cwd: Path, events: int, faults: int) -> None:
         print(f"  {f.kind:8} down {f.up_at - f.down_at:5.2f} s; after PostgreSQL was back: "
               f"first event acknowledged {f.ack:5.2f} s, /healthz 200 {f.healthy:5.2f} s, "
               f"first step completed {f.step:5.2f} s, first run completed {f.run:5.2f} s; "
-              f"/healthz while down: {dict(Counter(f.unhealthy))}")
+              f"/healthz while down: {dict(Counter(f.while_down))}")
     if cluster.kills_lingering:
         print(f"  backends outlived their killed postmaster {cluster.kills_lingering} times")
+
+    assert healthz_end == 200
+    assert set(statuses) <= {200, 503}, f"/healthz answered {statuses}"
+    assert not sender.odd, f"events answered neither 200 nor 503: {sender.odd[:5]}"
+    for f in done:
+        assert set(f.while_down) <= {503}, f"/healthz answered {f.while_down} while down: {f}"
+        if f.kind == "kill -9":
+            assert f.while_down, f"/healthz never answered while down: {f}"
+        assert (f.ack or 0) <= RESUME_S and (f.healthy or 0) <= RESUME_S, \
+            f"no event acknowledged or /healthz 200 within {RESUME_S:g} s: {f}"
+        assert (f.step or 0) <= RESUME_RUNS_S, f"no step within {RESUME_RUNS_S:g} s: {f}"
 
 
 @pytest.mark.timeout(3600)

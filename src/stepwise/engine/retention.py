@@ -18,7 +18,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..definition import FunctionDefinition
 from ..payloads import loads
 from ..status import TERMINAL_RUN, RunStatus
 from ..storage import Tx
@@ -40,9 +39,6 @@ class Windows:
     def shortest(self) -> int | None:
         kept = [w for w in (self.completed_ms, self.failed_ms) if w is not None]
         return min(kept) if kept else None
-
-    def to_json(self) -> dict[str, int | None]:
-        return {"completed_ms": self.completed_ms, "failed_ms": self.failed_ms}
 
 
 #: The server's windows until an operator sets them: completed runs 30 days, failed ones 90.
@@ -94,10 +90,9 @@ def plan(tx: Tx) -> Plan:
     server = stored_windows(tx)
     own = {}
     for row in tx.all("functions_with_retention"):
-        retention = FunctionDefinition.from_json(loads(row["definition"])).retention
-        if retention is None:
+        mine = loads(row["definition"]).get("retention")  # as `Retention.to_json` stores it
+        if not mine:
             continue
-        mine = retention.to_json()
         own[(row["app_id"], row["id"])] = Windows(
             mine["completed_ms"] if mine["completed_ms"] is not None else server.completed_ms,
             mine["failed_ms"] if mine["failed_ms"] is not None else server.failed_ms)
@@ -128,10 +123,9 @@ START: tuple[int, str] = (-1, "")
 @dataclass
 class RunsPage:
     """One page of the scan of finished runs: those to delete (`ids`, the latest of which
-    ended at `ended_by`), how many were read, and where the next page starts (None: done)."""
+    ended at `ended_by`), and where the next page starts (None: done)."""
 
     ids: list[str]
-    scanned: int
     next: tuple[int, str] | None
     ended_by: int = 0
 
@@ -141,7 +135,7 @@ def runs_page(tx: Tx, plan: Plan, now: int, after: tuple[int, str], limit: int) 
     those past their window."""
     horizon = plan.horizon(now)
     if horizon is None:
-        return RunsPage([], 0, None)
+        return RunsPage([], None)
     rows = tx.all("finished_runs_page", before=horizon, after_at=after[0], after_id=after[1],
                   limit=limit)
     chosen = []
@@ -154,7 +148,7 @@ def runs_page(tx: Tx, plan: Plan, now: int, after: tuple[int, str], limit: int) 
                                              now=now)}
         chosen = [r for r in chosen if r["id"] not in held]
     last = rows[-1] if len(rows) == limit else None
-    return RunsPage([r["id"] for r in chosen], len(rows),
+    return RunsPage([r["id"] for r in chosen],
                     None if last is None else (int(last["ended_at"]), str(last["id"])),
                     max((int(r["ended_at"]) for r in chosen), default=0))
 
