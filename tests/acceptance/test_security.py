@@ -73,7 +73,8 @@ MANAGEMENT = [
     ("POST", "/api/v1/runs/01ABC/rerun"), ("POST", "/api/v1/runs/replay"),
     ("POST", "/api/v1/runs/cancel"), ("GET", "/api/v1/workers"),
     ("GET", "/api/v1/stats/functions"), ("GET", "/runs/01ABC"), ("GET", "/assets/app.js"),
-    ("POST", "/fn/register"),
+    ("POST", "/fn/register"), ("POST", "/v1/signals"), ("GET", "/api/v1/retention"),
+    ("PUT", "/api/v1/retention"), ("POST", "/api/v1/prune"), ("POST", "/api/v1/erase"),
     ("GET", "/metrics"), ("GET", "/"), ("GET", "/docs"),
     ("GET", "/openapi.json"), ("GET", "/no/such/page"),
 ]
@@ -82,7 +83,7 @@ MANAGEMENT = [
 def test_every_endpoint_but_events_and_health_needs_the_api_key(server: str) -> None:
     basic = "Basic " + base64.b64encode(f"admin:{API_KEY}".encode()).decode()
     for method, path in MANAGEMENT:
-        body = b"{}" if method == "POST" else None
+        body = b"{}" if method in ("POST", "PUT") else None
         json_type = {"content-type": "application/json"}
         for headers in ({}, {"authorization": f"Bearer {EVENT_KEY}"},
                         {"authorization": "Bearer wrong"}, {"authorization": "Basic !!"}):

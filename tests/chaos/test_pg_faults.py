@@ -433,7 +433,8 @@ def _fault(cluster: Cluster, health: Health, sender: Sender, kind: str, hold: fl
         wait_until(recovered, RECOVERY_S, f"recovery after the {kind}")
     except AssertionError:
         raise AssertionError(f"no recovery {RECOVERY_S:g} s after the {kind}: {fault}; "
-                             f"sender: {sender.answers}") from None
+                             f"sender: {sender.answers}, alive {sender.is_alive()}, "
+                             f"{sender.gave_up}") from None
     return fault
 
 

@@ -91,7 +91,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         wait_healthy(base, dev)
 
         def synced() -> bool:
-            return len(http("GET", base + "/api/v1/functions")["functions"]) == 16
+            return len(http("GET", base + "/api/v1/functions")["functions"]) == 19
         wait_until(synced, 90, "the TypeScript apps' sync")
         yield Stack(base, shop_url)
     finally:
@@ -278,3 +278,67 @@ def test_cloud_mode_on_postgresql_with_two_workers_survives_kill_9(
     finally:
         for proc in (*workers, server, shop):
             stop(proc)
+
+
+def _post(url: str, body: Any) -> tuple[int, Any]:
+    import json
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, json.loads(exc.read())
+
+
+def test_a_signal_resumes_the_run_waiting_for_it(stack: Stack) -> None:
+    """After the wait starts: `inngest.sendSignal` from another function resumes it with the
+    signal's data. Before it starts: 404, and the wait then ends at its timeout (woken here)
+    with null. A second run waiting for a signal another run waits for fails its step."""
+    (waiting,) = stack.send({"name": "approval.requested", "data": {"id": 1}})
+    run = stack.run_of(waiting, "ts-shop-approval", "waiting")
+    (given,) = stack.send({"name": "approval.given", "data": {"id": 1, "by": "ada"}})
+    done = stack.run_of(waiting, "ts-shop-approval", "completed")
+    # the step's value as Inngest stores it; the SDK hands it to the code as it does events
+    # (with a `user` field), which the function returns
+    assert done["steps"][0]["output"] == {"signal": "approval-1", "data": {"by": "ada"}}
+    assert {k: done["output"][k] for k in ("signal", "data")} == done["steps"][0]["output"]
+    sent = stack.run_of(given, "ts-shop-approver", "completed")
+    assert sent["output"] == {"runId": run["id"]}  # the SDK read our {"data": {"run_id"}}
+
+    assert _post(stack.base + "/v1/signals", {"signal": "approval-2", "data": 1})[0] == 404
+    (early,) = stack.send({"name": "approval.requested", "data": {"id": 2}})
+    late = stack.run_of(early, "ts-shop-approval", "waiting")
+    (rival,) = stack.send({"name": "approval.requested", "data": {"id": 2}})
+    conflict = stack.run_of(rival, "ts-shop-approval", "failed")
+    assert "Signal conflict" in json_text(conflict)
+    stack.wake(late["id"])  # as at its timeout
+    assert stack.run_of(early, "ts-shop-approval", "completed")["output"] is None
+    assert _post(stack.base + "/v1/signals", {"signal": "approval-2"})[0] == 404
+    for bad in ({}, {"signal": ""}, {"signal": 5}, ["approval-2"]):
+        status, answer = _post(stack.base + "/v1/signals", bad)
+        assert status == 400 and "signal" in answer["error"], (bad, answer)
+
+
+def json_text(value: Any) -> str:
+    import json
+
+    return json.dumps(value)
+
+
+def test_singleton_skip_with_a_key(stack: Stack) -> None:
+    first, second, other = stack.send(
+        {"name": "account.sync", "data": {"account": "a"}},
+        {"name": "account.sync", "data": {"account": "a"}},
+        {"name": "account.sync", "data": {"account": "b"}})
+    holder = stack.run_of(first, "ts-shop-account-sync", "sleeping")
+    skipped = stack.run_of(second, "ts-shop-account-sync", "skipped")
+    assert skipped["error"]["name"] == "SingletonSkipped" and holder["id"] in skipped["error"][
+        "message"]
+    stack.run_of(other, "ts-shop-account-sync", "sleeping")
+    stack.wake(holder["id"])
+    assert stack.run_of(first, "ts-shop-account-sync", "completed")["output"] == "synced a"

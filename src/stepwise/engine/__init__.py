@@ -29,7 +29,18 @@ from ..events import StoredEvent
 from ..status import RunStatus
 from ..storage import Storage
 from ..storage.rows import EventRow, RunDetail, RunRow
-from . import admin, definitions, ingest, leasing, lifecycle, retention, runs, stats, workers
+from . import (
+    admin,
+    definitions,
+    ingest,
+    leasing,
+    lifecycle,
+    retention,
+    runs,
+    stats,
+    waits,
+    workers,
+)
 from .admin import Conflict, NotFound
 from .leasing import Leased
 from .lifecycle import FOREVER
@@ -189,6 +200,11 @@ class Engine:
 
     async def list_events(self, filters: dict[str, Any], limit: int = 50) -> list[EventRow]:
         return await self.storage.read(admin.list_events, filters, limit)
+
+    async def signal(self, name: str, data: str) -> str | None:
+        """Resume the run waiting for signal `name` with `data` (JSON); its id, or None when
+        no run waits for it now."""
+        return await self.storage.write(waits.deliver_signal, name, data, self.clock.now_ms())
 
     async def get_event(self, event_id: str) -> tuple[EventRow, list[RunRow]]:
         return await self.storage.read(admin.get_event, event_id)

@@ -84,6 +84,21 @@ class WaitForEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class WaitForSignal:
+    """Wait for `signal` (`POST /v1/signals`) until `expires_at`; a signal already waited for
+    by another run fails the step, unless `replace` (that run's wait is then taken over and it
+    times out). Its value is `{"signal", "data"}`, or None at the timeout (Inngest's)."""
+
+    step_id: str
+    seq: int
+    signal: str
+    expires_at: int
+    started_at: int
+    replace: bool = False
+    name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Invoke:
     """Start `function_id` (of the same app, or another app's: `engine.definitions.find`) with
     `data` as its event data; its output (or its failure) becomes this step's."""
@@ -139,8 +154,8 @@ class Logged:
     lines: tuple[LogLine, ...]
 
 
-Outcome = (StepCompleted | StepFailed | SleepUntil | WaitForEvent | Invoke | EventsSent
-           | RunCompleted | RunFailed | Logged)
+Outcome = (StepCompleted | StepFailed | SleepUntil | WaitForEvent | WaitForSignal | Invoke
+           | EventsSent | RunCompleted | RunFailed | Logged)
 
 
 class Applied:

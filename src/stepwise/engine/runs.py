@@ -35,6 +35,7 @@ from .outcomes import (
     StepCompleted,
     StepFailed,
     WaitForEvent,
+    WaitForSignal,
 )
 
 #: While parked, a run shows the most urgent of its pending steps.
@@ -42,7 +43,7 @@ _PARKED_AS = {StepStatus.retrying: RunStatus.queued, StepStatus.sleeping: RunSta
               StepStatus.waiting: RunStatus.waiting, StepStatus.invoking: RunStatus.waiting}
 _RANK = {RunStatus.queued: 3, RunStatus.sleeping: 2, RunStatus.waiting: 1}
 #: A pending step's kind as stored (a code step's is 'run').
-_KIND = {SleepUntil: "sleep", WaitForEvent: "wait", Invoke: "invoke"}
+_KIND = {SleepUntil: "sleep", WaitForEvent: "wait", WaitForSignal: "wait", Invoke: "invoke"}
 #: Bound as an exact `str`: sqlite3 adapts `str` subclasses (enums) through a slow path, and
 #: this is every step's write.
 _COMPLETED = StepStatus.completed.value
@@ -174,7 +175,8 @@ class _Batch:
     def report_stored(self, stored: StepRow) -> None:
         _report_stored(self.applied, stored)
 
-    def insert_pending(self, step: SleepUntil | WaitForEvent | Invoke, status: StepStatus,
+    def insert_pending(self, step: SleepUntil | WaitForEvent | WaitForSignal | Invoke,
+                       status: StepStatus,
                        due: int | None) -> bool:
         """A sleep, wait or invoke step, created once: True when this call created it."""
         return bool(self.tx.exec(
@@ -318,6 +320,15 @@ def _apply_one(b: _Batch, outcome: Outcome) -> None:
         case WaitForEvent():
             if b.insert_pending(outcome, StepStatus.waiting, outcome.expires_at):
                 _add_wait(b, outcome)
+        case WaitForSignal():
+            if b.insert_pending(outcome, StepStatus.waiting, outcome.expires_at) and \
+                    not waits.add_signal_wait(tx, run_id, outcome.step_id, outcome.signal,
+                                              outcome.expires_at, outcome.replace, now):
+                lifecycle.settle_step(tx, run_id, outcome.step_id, StepStatus.waiting,
+                                      StepStatus.failed, None, {
+                                          "name": "Error", "step_id": outcome.step_id,
+                                          "message": "Signal conflict; signal wait already "
+                                                     "exists for another run"}, now)
         case Invoke():
             if b.insert_pending(outcome, StepStatus.invoking, outcome.expires_at):
                 _start_invoked(b, outcome)

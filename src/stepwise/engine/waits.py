@@ -42,6 +42,27 @@ def add_step_wait(tx: Tx, run_id: str, step_id: str, name: str, key: tuple[str, 
             now=now)
 
 
+def add_signal_wait(tx: Tx, run_id: str, step_id: str, signal: str, expires_at: int,
+                    replace: bool, now: int) -> bool:
+    """The step waits for `signal`; False when another run's live wait holds it (and not
+    `replace`)."""
+    return tx.one("claim_signal", signal=signal, run_id=run_id, step_id=step_id,
+                  expires_at=expires_at, replace=int(replace), now=now) is not None
+
+
+def deliver_signal(tx: Tx, signal: str, data: str, now: int) -> str | None:
+    """Give `data` (JSON) to the run waiting for `signal`: its step's value becomes
+    `{"signal", "data"}`. Answers the run's id; None when no run waits for it now."""
+    taken = tx.one("take_signal", signal=signal, now=now)
+    if taken is None:
+        return None
+    output = '{"signal":' + dumps(signal, "signal") + ',"data":' + data + "}"
+    if not lifecycle.settle_step(tx, taken["run_id"], taken["step_id"], StepStatus.waiting,
+                                 StepStatus.completed, output, None, now):
+        return None  # its timeout settled it first
+    return str(taken["run_id"])
+
+
 def add_cancel_wait(tx: Tx, run_id: str, index: int, cancel: CancelOn, event: dict[str, Any],
                     now: int) -> None:
     key = None

@@ -24,6 +24,7 @@ from ..engine.outcomes import (
     StepCompleted,
     StepFailed,
     WaitForEvent,
+    WaitForSignal,
 )
 from ..errors import ErrorInfo
 from ..events import event_json, sessions_meta
@@ -33,7 +34,9 @@ from .registration import RegistrationError, duration
 
 #: Opcodes this version understands; any other answer fails the run with a clear error.
 SUPPORTED_OPS = ("StepRun", "StepError", "StepFailed", "StepPlanned", "Sleep", "WaitForEvent",
-                 "InvokeFunction", "RunComplete")
+                 "WaitForSignal", "InvokeFunction", "RunComplete")
+#: The longest signal name accepted (a wait's, or `POST /v1/signals`').
+MAX_SIGNAL_CHARS = 1024
 #: Keys of an SDK's error that are its serializer's markers, not the error's.
 _SERIALIZER_KEYS = ("__serialized",)
 #: Above this size of memoized step data and events, a call leaves them out and the SDK reads
@@ -297,6 +300,21 @@ def _op(op: Any, calls: CallState, started: int, now: int, seq: int, no_retry: b
                          if timeout else DEFAULT_WAIT_MS)
         return WaitForEvent(sid, seq, event, expires, started, if_=opts.get("if") or None,
                             name=name)
+    if kind == "WaitForSignal":
+        signal = opts.get("signal")
+        if not isinstance(signal, str) or not signal or len(signal) > MAX_SIGNAL_CHARS:
+            raise ProtocolError(f"WaitForSignal needs a signal name (1 to {MAX_SIGNAL_CHARS} "
+                                f"characters), got {signal!r}"[:300])
+        timeout = opts.get("timeout")
+        if not timeout:
+            raise ProtocolError("WaitForSignal needs a timeout")
+        conflict = opts.get("conflict")
+        if conflict not in (None, "replace", "fail"):
+            raise ProtocolError(f"WaitForSignal conflict must be replace or fail, got "
+                                f"{conflict!r}"[:300])
+        expires = now + int(duration(timeout, "WaitForSignal timeout").total_seconds() * 1000)
+        return WaitForSignal(sid, seq, signal, expires, started, replace=conflict == "replace",
+                             name=name)
     if kind == "InvokeFunction":
         return replace(_invoke(sid, seq, opts, started, now), name=name)
     raise ProtocolError(f"opcode {kind} is not supported yet (supported: "

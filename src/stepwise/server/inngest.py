@@ -1,7 +1,7 @@
 """The routes the Inngest SDKs call, in Inngest's protocol (not part of this API's schema):
-an app's sync (`/fn/register`), events as the SDKs send them (`/e/{key}`) and a run's data
-for an SDK told `use_api` (`/v0/runs/...`). Refusals carry `status` in their bodies too,
-as Inngest's do: the SDKs read the outcome from there."""
+an app's sync (`/fn/register`), events as the SDKs send them (`/e/{key}`), a run's data
+for an SDK told `use_api` (`/v0/runs/...`) and signals (`/v1/signals`). Refusals carry
+`status` in their bodies too, as Inngest's do: the SDKs read the outcome from there."""
 
 from __future__ import annotations
 
@@ -149,3 +149,26 @@ async def sdk_events(event_key: Annotated[str, Path(pattern=NO_NUL)], request: R
     ids = await server.engine.ingest(events)
     metrics.EVENTS_RECEIVED.inc(len(ids))
     return JSONResponse({"ids": ids, "status": 200})
+
+
+@router.post("/v1/signals")
+async def send_signal(request: Request, server: ServerDep) -> JSONResponse:
+    """Resume the run step waiting for a signal (`step.waitForSignal`), as Inngest's REST API
+    does: `{"signal", "data"}` in, `{"data": {"run_id"}}` out; 404 when no run waits for it."""
+    body = await read_json(request, server.limits.event_bytes)
+    if not isinstance(body, dict):
+        raise ApiError(400, "the body must be an object: {\"signal\": NAME, \"data\": ...}")
+    signal = body.get("signal")
+    if not isinstance(signal, str) or not signal or len(signal) > protocol.MAX_SIGNAL_CHARS \
+            or "\x00" in signal:
+        raise ApiError(400, f"signal must be a name of 1 to {protocol.MAX_SIGNAL_CHARS} "
+                            "characters")
+    try:
+        data = dumps(body.get("data"), "signal data")
+    except PayloadError as exc:
+        raise ApiError(400, str(exc)) from None
+    run_id = await server.engine.signal(signal, data)
+    if run_id is None:
+        raise ApiError(404, f"no run waits for signal {signal!r} now")
+    log.info("signal %r resumed run %s", signal[:100], run_id)
+    return JSONResponse({"data": {"run_id": run_id}})

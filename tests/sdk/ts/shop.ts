@@ -136,12 +136,38 @@ const long = inngest.createFunction(
   },
 );
 
+// Signals (step.waitForSignal, inngest.sendSignal) and singleton, the 4.x SDK's own tools.
+const approval = inngest.createFunction(
+  { id: "approval", retries: 0, triggers: [{ event: "approval.requested" }] },
+  async ({ event, step }) => step.waitForSignal("await-approval", {
+    signal: `approval-${event.data.id}`, timeout: "1h",
+  }),
+);
+
+const approver = inngest.createFunction(
+  { id: "approver", triggers: [{ event: "approval.given" }] },
+  async ({ event, step }) => step.run("send-signal", async () => inngest.sendSignal({
+    signal: `approval-${event.data.id}`, data: { by: event.data.by },
+  })),
+);
+
+const accountSync = inngest.createFunction(
+  {
+    id: "account-sync", triggers: [{ event: "account.sync" }],
+    singleton: { key: "event.data.account", mode: "skip" },
+  },
+  async ({ event, step }) => {
+    await step.sleep("slow-sync", "1h");
+    return `synced ${event.data.account}`;
+  },
+);
+
 const app = express();
 app.use(express.json({ limit: "10mb" }));
 app.use("/api/inngest", serve({
   client: inngest,
   functions: [signup, welcome, drip, charge, basket, checkout, exporter, digest, trial, nightly,
-              long],
+              long, approval, approver, accountSync],
 }));
 app.get("/test/state", (_req, res) => { res.json({ executions, spans }); });
 app.listen(Number(process.env.PORT), "127.0.0.1", () => console.log("ts-shop listening"));

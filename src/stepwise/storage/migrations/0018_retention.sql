@@ -27,3 +27,12 @@ CREATE TABLE singletons (
     run_id TEXT NOT NULL
 );
 CREATE INDEX singletons_run ON singletons (run_id);
+-- Signals (`POST /v1/signals`, an SDK's step.waitForSignal): the one run step waiting for
+-- each signal, until it expires; dropped when its run finishes.
+CREATE TABLE signal_waits (
+    signal TEXT PRIMARY KEY,
+    run_id TEXT NOT NULL,
+    step_id TEXT NOT NULL,
+    expires_at BIGINT NOT NULL
+);
+CREATE INDEX signal_waits_run ON signal_waits (run_id);

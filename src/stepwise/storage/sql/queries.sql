@@ -545,6 +545,8 @@ DELETE FROM pending_groups WHERE run_id = :run_id
   AND (SELECT status FROM runs WHERE id = :run_id) NOT IN ({unfinished_runs});
 DELETE FROM singletons WHERE run_id = :run_id
   AND (SELECT status FROM runs WHERE id = :run_id) NOT IN ({unfinished_runs});
+DELETE FROM signal_waits WHERE run_id = :run_id
+  AND (SELECT status FROM runs WHERE id = :run_id) NOT IN ({unfinished_runs});
 
 -- name: run_cleanup @postgres
 -- (A fragment: CTEs after one named `finished` that answers the finished run's id, if any.)
@@ -555,7 +557,8 @@ keys AS (DELETE FROM queue_keys WHERE run_id = (SELECT id FROM finished) RETURNI
 run_waits AS (DELETE FROM waits WHERE run_id = (SELECT id FROM finished)),
 run_deadlines AS (DELETE FROM deadlines WHERE run_id = (SELECT id FROM finished)),
 run_groups AS (DELETE FROM pending_groups WHERE run_id = (SELECT id FROM finished)),
-run_singletons AS (DELETE FROM singletons WHERE run_id = (SELECT id FROM finished))
+run_singletons AS (DELETE FROM singletons WHERE run_id = (SELECT id FROM finished)),
+run_signals AS (DELETE FROM signal_waits WHERE run_id = (SELECT id FROM finished))
 
 -- name: finish_cleanup @postgres
 -- wakes: if wake
@@ -915,6 +918,7 @@ DELETE FROM queue_keys WHERE run_id IN {query:in_ids};
 DELETE FROM waits WHERE run_id IN {query:in_ids};
 DELETE FROM deadlines WHERE run_id IN {query:in_ids};
 DELETE FROM singletons WHERE run_id IN {query:in_ids};
+DELETE FROM signal_waits WHERE run_id IN {query:in_ids};
 DELETE FROM pending_groups WHERE run_id IN {query:in_ids};
 
 -- name: prune_run_rows @postgres
@@ -927,7 +931,8 @@ q AS (DELETE FROM queue WHERE run_id IN {query:in_ids}),
 k AS (DELETE FROM queue_keys WHERE run_id IN {query:in_ids}),
 w AS (DELETE FROM waits WHERE run_id IN {query:in_ids}),
 d AS (DELETE FROM deadlines WHERE run_id IN {query:in_ids}),
-s AS (DELETE FROM singletons WHERE run_id IN {query:in_ids})
+s AS (DELETE FROM singletons WHERE run_id IN {query:in_ids}),
+g AS (DELETE FROM signal_waits WHERE run_id IN {query:in_ids})
 DELETE FROM pending_groups WHERE run_id IN {query:in_ids};
 
 -- name: events_page
@@ -1054,3 +1059,21 @@ WHERE s.key = :key AND r.status IN ({unfinished_runs});
 -- name: hold_singleton
 INSERT INTO singletons (key, run_id) VALUES (:key, :run_id)
 ON CONFLICT (key) DO UPDATE SET run_id = excluded.run_id;
+
+-- name: claim_signal
+-- A run's step waits for :signal, unless another run's live wait holds it (answers no row):
+-- a wait that expired, or whose run finished, or with :replace, is taken over.
+INSERT INTO signal_waits (signal, run_id, step_id, expires_at)
+VALUES (:signal, :run_id, :step_id, :expires_at)
+ON CONFLICT (signal) DO UPDATE SET run_id = excluded.run_id, step_id = excluded.step_id,
+  expires_at = excluded.expires_at
+WHERE :replace = 1 OR signal_waits.expires_at <= :now
+   OR (signal_waits.run_id = excluded.run_id AND signal_waits.step_id = excluded.step_id)
+   OR NOT EXISTS (SELECT 1 FROM runs r WHERE r.id = signal_waits.run_id
+                  AND r.status IN ({unfinished_runs}))
+RETURNING run_id;
+
+-- name: take_signal
+-- The live wait for :signal, taken: its run and step (none: no run waits for it now).
+DELETE FROM signal_waits WHERE signal = :signal AND expires_at > :now
+RETURNING run_id, step_id;
