@@ -1,7 +1,9 @@
 """The app the dashboard tests drive: a checkout whose card charge fails until a "fix" is
 deployed (the file named by STEPWISE_TEST_FIXED exists), with a flaky step that retries once,
-log lines, an invoked function and a short sleep; and a ledger post that fails at once with
-the message its event gives (long errors)."""
+log lines, an invoked function and a short sleep; a ledger post that fails at once with
+the message its event gives (long errors); and, for attempts and waits on the run page, a
+shelf count that fails twice and then answers, a supplier call that asks to be retried in 30
+minutes, and a trial's drip that sleeps a week."""
 
 from __future__ import annotations
 
@@ -77,3 +79,41 @@ def refuse(message: str) -> None:
 @app.function(id="post-ledger", trigger=stepwise.on_event("ledger.post"), retries=0)
 async def post_ledger(ctx: stepwise.Context) -> None:
     await ctx.step.run("post", refuse, ctx.event.data["message"])
+
+
+# Attempts and waits on the run page: a shelf count that fails twice (two different errors)
+# and then answers; a supplier call that asks to be retried in 30 minutes, every time; a
+# trial's drip that sleeps a week between two mails.
+_counts: dict[str, int] = {}
+
+
+def read_shelf_scanner(shelf: str) -> dict[str, Any]:
+    _counts[shelf] = _counts.get(shelf, 0) + 1
+    if _counts[shelf] == 1:
+        raise ConnectionResetError("shelf scanner reset the connection")
+    if _counts[shelf] == 2:
+        raise TimeoutError("shelf scanner did not answer in 5 s")
+    return {"shelf": shelf, "count": 17}
+
+
+@app.function(id="stock-count", trigger=stepwise.on_event("stock.count"))
+async def stock_count(ctx: stepwise.Context) -> dict[str, Any]:
+    return await ctx.step.run(stepwise.StepOptions("count-shelf", retries=2),
+                              read_shelf_scanner, ctx.event.data["shelf"])
+
+
+def call_supplier() -> None:
+    raise stepwise.RetryAfterError("supplier API rate limit: try again in 30 minutes",
+                                   timedelta(minutes=30))
+
+
+@app.function(id="supplier-sync", trigger=stepwise.on_event("supplier.sync"))
+async def supplier_sync(ctx: stepwise.Context) -> None:
+    await ctx.step.run("call-supplier", call_supplier)
+
+
+@app.function(id="trial-drip", trigger=stepwise.on_event("trial.started"))
+async def trial_drip(ctx: stepwise.Context) -> None:
+    await ctx.step.run("send-welcome", lambda: {"sent": "welcome"})
+    await ctx.step.sleep("wait-a-week", timedelta(days=7))
+    await ctx.step.run("send-tips", lambda: {"sent": "tips"})

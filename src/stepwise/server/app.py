@@ -13,7 +13,7 @@ from ..clock import Clock
 from ..engine import Engine
 from ..payloads import Limits
 from ..storage import Storage
-from . import api, dashboard, errors, inngest, openapi, retention
+from . import api, dashboard, errors, inngest, openapi, rest_v1, retention
 from .models import JSONText
 from .state import Server
 
@@ -33,6 +33,7 @@ def create_server(storage: Storage, *, access: Access | None = None,
     app.include_router(api.router)
     app.include_router(retention.router)
     app.include_router(inngest.router)
+    app.include_router(rest_v1.router)
     app.include_router(dashboard.router)
     dashboard.mount_assets(app)
     schema = openapi.schema(app, limits)
