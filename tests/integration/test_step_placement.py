@@ -193,8 +193,13 @@ async def test_a_process_step_past_its_attempt_timeout_is_killed(db: str) -> Non
             pool = h.worker.executor._processes  # type: ignore[attr-defined]
             children = list(pool.pids) if pool is not None else []
         run = await until(h, event_id, "slow", "failed")
-        while any(psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"
-                  for p in children):
+
+        def alive(pid: int) -> bool:
+            try:
+                return bool(psutil.Process(pid).status() != "zombie")
+            except psutil.NoSuchProcess:  # gone, even between two looks at it
+                return False
+        while any(alive(p) for p in children):
             assert time.monotonic() < deadline, "the child still runs the step"
             await asyncio.sleep(0.05)
     assert run["error"]["name"] == "AttemptTimeout", run["error"]
