@@ -9,7 +9,7 @@ import json
 import re
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -53,6 +53,23 @@ class Shop:
                             {"name": "ledger.post", "data": {"message": message}})["ids"][0])
         return dict(wait_until(lambda: (run := self.run_of(event_id, "post-ledger"))["status"]
                                == "failed" and run, 30, "post-ledger failed"))
+
+    def emit(self, name: str, data: dict[str, Any]) -> str:
+        """Send one event; its id."""
+        return str(http("POST", self.base + "/api/v1/events",
+                        {"name": name, "data": data})["ids"][0])
+
+    def detail(self, run_id: str) -> dict[str, Any]:
+        return dict(http("GET", f"{self.base}/api/v1/runs/{run_id}"))
+
+    def wait_detail(self, event_id: str, function_id: str,
+                    ready: Callable[[dict[str, Any]], bool], what: str) -> dict[str, Any]:
+        """The run of `function_id` that `event_id` started, once `ready` holds for its
+        detail."""
+        def found() -> dict[str, Any] | None:
+            run = self.detail(self.run_of(event_id, function_id)["id"])
+            return run if ready(run) else None
+        return dict(wait_until(found, 30, f"{function_id}: {what}"))
 
     def wait_status(self, event_id: str, status: str) -> dict[str, Any]:
         return dict(wait_until(lambda: (run := self.checkout_of(event_id))["status"] == status
@@ -316,3 +333,140 @@ def http_status(url: str) -> tuple[int, Any]:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as error:
         return error.code, json.loads(error.read())
+
+
+def step_of(run: dict[str, Any], step_id: str) -> dict[str, Any]:
+    return next(s for s in run["steps"] if s["id"] == step_id)
+
+
+def width(locator: Any) -> float:
+    return float(locator.bounding_box()["width"])
+
+
+def test_a_step_that_failed_twice_then_succeeded_lists_its_three_attempts(
+        shop: Shop, pages: Watched) -> None:
+    page = pages.open(viewport={"width": 1366, "height": 768})
+    event_id = shop.emit("stock.count", {"shelf": "A3"})
+    run = shop.wait_detail(event_id, "stock-count", lambda r: r["status"] == "completed",
+                           "completed")
+    assert [f["attempt"] for f in run["failures"]] == [1, 2]
+    page.goto(f"{shop.base}/runs/{run['id']}")
+    step = page.locator('#steps [data-step="count-shelf"]')
+    step.locator('tr.attempt[data-attempt="3"]').wait_for()
+    assert [a.get_attribute("data-attempt") for a in step.locator("tr.attempt").all()] == [
+        "1", "2", "3"]
+    # Each failed attempt: its result, start, end and duration, its error's title and its
+    # stack trace as lines.
+    for n, title in ((1, "ConnectionResetError: shelf scanner reset the connection"),
+                     (2, "TimeoutError: shelf scanner did not answer in 5 s")):
+        failure = run["failures"][n - 1]
+        row = step.locator(f'tr.attempt[data-attempt="{n}"]')
+        assert row.locator(".badge").inner_text() == "failed"
+        times = [t.get_attribute("datetime") for t in row.locator("time").all()]
+        assert times == [failure["started_at"], failure["ended_at"]]
+        took = datetime.fromisoformat(failure["ended_at"]) - datetime.fromisoformat(
+            failure["started_at"])
+        assert row.locator("td.took").inner_text() == (
+            f"{round(took / timedelta(milliseconds=1))} ms")
+        detail = step.locator(f'[data-attempt-detail="{n}"]')
+        assert detail.locator(".error-title").inner_text() == title
+        lines = detail.locator("pre.stack").inner_text().splitlines()
+        assert lines[0] == "Traceback (most recent call last):"
+        assert any('shop.py", line' in line and "read_shelf_scanner" in line for line in lines)
+        assert lines[-1] == title
+    # The third succeeded: its end and its output.
+    third = step.locator('tr.attempt[data-attempt="3"]')
+    assert third.locator(".badge").inner_text() == "completed"
+    assert third.locator("time").last.get_attribute("datetime") == \
+        step_of(run, "count-shelf")["ended_at"]
+    assert json.loads(step.locator('[data-attempt-detail="3"] pre.output').inner_text()) == {
+        "shelf": "A3", "count": 17}
+    # The backoff waits between the attempts are rows of their own, not attempts.
+    # The third's own start is not stored (a step keeps its first attempt's start), so the
+    # wait before it is shown with it.
+    waits = step.locator("tr.wait").all_inner_texts()
+    assert len(waits) == 2
+    assert re.fullmatch(r"Retry wait: [\d.]+ m?s before attempt 2\.", waits[0]), waits
+    assert waits[1].startswith("Retry wait, then attempt 3: "), waits
+    # The timeline: two failed attempts, the waits after them, the attempt that succeeded.
+    row = page.locator('#timeline [data-step="count-shelf"]')
+    assert row.locator(".tl-bar.failed").count() == 2
+    assert row.locator(".tl-wait").count() == 2
+    assert row.locator(".tl-bar.completed").count() == 1
+    assert row.locator(".tl-dur").inner_text().startswith("2 failed")
+    shot(page, "run-attempts")
+    # On a phone: each attempt a card, the stack traces wrapped, no sideways scrolling.
+    phone = pages.open(viewport={"width": 390, "height": 844})
+    phone.goto(f"{shop.base}/runs/{run['id']}")
+    phone.locator('#steps [data-attempt-detail="3"] pre.output').wait_for()
+    assert no_horizontal_scroll(phone), phone.evaluate("document.documentElement.scrollWidth")
+    shot(phone, "run-attempts-390")
+
+
+def test_a_step_retried_in_30_minutes_is_a_wait_and_the_run_says_it_waits_to_retry(
+        shop: Shop, page: Any) -> None:
+    event_id = shop.emit("supplier.sync", {})
+    run = shop.wait_detail(event_id, "supplier-sync",
+                           lambda r: r["status"] == "queued" and r["failures"] != [],
+                           "parked to retry")
+    assert run["waiting_to_retry"] is True and run["steps"][0]["status"] == "retrying"
+    due = step_of(run, "call-supplier")["ended_at"]
+    page.goto(f"{shop.base}/runs/{run['id']}")
+    badge = page.locator("h1 .badge.s-retrying")
+    badge.wait_for()
+    assert badge.inner_text() == "waiting to retry"
+    assert page.locator("#retry-due time").get_attribute("datetime") == due
+    assert page.locator("#wake").inner_text() == "Retry now"
+    # The timeline: one failed attempt, then a wait of 30 minutes (not a green bar, not
+    # "took 30 min"); the attempt's own time is what "took" says.
+    row = page.locator('#timeline [data-step="call-supplier"]')
+    assert row.locator(".tl-bar.failed").count() == 1
+    assert row.locator(".tl-bar.completed").count() == 0
+    wait = row.locator(".tl-wait.pending")
+    assert "retry wait" in (wait.get_attribute("title") or "")
+    assert width(wait) > 0.9 * width(row.locator(".tl-track"))
+    took = row.locator(".tl-dur").inner_text()
+    assert took.startswith("1 failed") and "min" not in took
+    step = page.locator('#steps [data-step="call-supplier"]')
+    assert step.locator(".step-head .badge").inner_text() == "retrying"
+    assert "attempt 2 due" in step.locator("tr.wait.pending").inner_text()
+    shot(page, "run-waiting-to-retry")
+
+    # Retried now: attempt 2 fails the same way; the first wait ended when it began.
+    page.click("#wake")
+    step.locator('tr.attempt[data-attempt="2"]').wait_for()
+    assert row.locator(".tl-bar.failed").count() == 2
+    assert row.locator(".tl-wait").count() == 2 and row.locator(".tl-wait.pending").count() == 1
+    # Cancelled: the step's pending retry is cancelled too; the wait ends with the run.
+    page.click("#cancel")
+    page.click("#confirm-yes")
+    page.locator("h1 .badge.s-cancelled").wait_for()
+    assert step.locator(".step-head .badge").inner_text() == "cancelled"
+    assert row.locator(".tl-wait.pending").count() == 0
+    span = page.locator("#timeline .tl-axis span").last.inner_text()
+    assert re.fullmatch(r"\+[\d.]+ (ms|s)", span), span
+    shot(page, "run-retry-cancelled")
+
+
+def test_a_cancelled_runs_sleeping_step_shows_cancelled(shop: Shop, page: Any) -> None:
+    event_id = shop.emit("trial.started", {"user": "u-7"})
+    run = shop.wait_detail(event_id, "trial-drip", lambda r: r["status"] == "sleeping",
+                           "sleeping")
+    page.goto(f"{shop.base}/runs/{run['id']}")
+    step = page.locator('#steps [data-step="wait-a-week"]')
+    step.locator(".step-head .badge.s-sleeping").wait_for()
+    wake = step_of(run, "wait-a-week")["ended_at"]
+    assert step.locator("tr.period time").last.get_attribute("datetime") == wake
+    shot(page, "run-sleeping")
+    page.click("#cancel")
+    page.click("#confirm-yes")
+    page.locator("h1 .badge.s-cancelled").wait_for()
+    assert shop.detail(run["id"])["steps"][1]["status"] == "sleeping"  # as stored
+    assert step.locator(".step-head .badge").inner_text() == "cancelled"
+    assert "Cancelled with the run; it was due" in step.locator("tr.detail").inner_text()
+    # Its bar ends when the run was cancelled: no week-long bar.
+    bar = page.locator('#timeline [data-step="wait-a-week"] .tl-bar')
+    assert bar.get_attribute("class") == "tl-bar cancelled"
+    span = page.locator("#timeline .tl-axis span").last.inner_text()
+    assert re.fullmatch(r"\+[\d.]+ (ms|s)", span), span
+    shot(page, "run-sleep-cancelled")

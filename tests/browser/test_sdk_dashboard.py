@@ -69,10 +69,15 @@ def test_sdk_run_shows_step_names_and_a_waiting_run_can_be_woken(base: str, page
                        [{"name": "user.signup", "data": {"user_id": 3}}])["ids"]
     signup = run_of(base, event_id, "py-shop-signup", "completed")
     page.goto(f"{base}/runs/{signup['id']}")
-    page.locator("#steps tbody tr").first.wait_for()
-    names = page.locator("#steps tbody tr td:first-child").all_inner_texts()
+    page.locator("#steps .step").first.wait_for()
+    names = page.locator("#steps .step-name").all_inner_texts()
     assert names == ["load-user", "subscribe", "load-user:1"]
     assert page.locator("#timeline .tl-name").all_inner_texts()[:3] == names
+    # The step that failed once lists both attempts: the error, then the value.
+    subscribe = page.locator("#steps .step").nth(1)
+    assert subscribe.locator("tr.attempt .badge").all_inner_texts() == ["failed", "completed"]
+    assert subscribe.locator(".error-title").inner_text() == (
+        "ConnectionError: mailing-list API timed out")
     # Step outputs are the values the code returned, not the SDK's {"data": ...} memo.
     steps_text = page.locator("#steps").inner_text()
     assert '"subscribed user3@example.com after 2 attempts"' in steps_text

@@ -180,7 +180,16 @@ def run_detail(row: rows.RunDetail) -> RunDetail:
                 failures=[failure_out(f) for f in row["failures"]],
                 event=None if event is None else event_out(event),
                 children=[run_out(c) for c in row["children"]],
-                logs=[log_out(line) for line in row["logs"]])
+                logs=[log_out(line) for line in row["logs"]],
+                waiting_to_retry=waiting_to_retry(row))
+
+
+def waiting_to_retry(row: rows.RunDetail) -> bool:
+    """Queued for a retry: the run's retry count (failed attempts in a row, set by a step's or
+    the body's failure that is retried, reset when a step completes and by a replay) is not
+    zero, or a step is retrying (a parallel step may have completed since, resetting it)."""
+    return row["status"] == RunStatus.queued and (
+        row["retry"] > 0 or any(s["status"] == StepStatus.retrying for s in row["steps"]))
 
 
 def step_out(row: rows.StepRow) -> StepOut:

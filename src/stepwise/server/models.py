@@ -52,8 +52,13 @@ class StepOut(BaseModel):
     attempts: int
     output: Any = None
     error: Any = None
-    started_at: str | None = None
-    ended_at: str | None = None
+    started_at: str | None = Field(
+        None, description="When its first attempt started (a retried step keeps it; each "
+                          "failed attempt's own times are in the run's `failures`)")
+    ended_at: str | None = Field(
+        None, description="When it ended; while pending, when it is due (`retrying`: the "
+                          "next attempt; `sleeping`: the wake-up; `waiting`, `invoking`: the "
+                          "timeout)")
     kind: str | None = Field(None, description="run (code), sleep, wait or invoke; null for "
                                                "steps stored before kinds were (0016)")
 
@@ -129,6 +134,11 @@ class RunDetail(RunOut):
     children: list[RunOut] = Field(
         default_factory=list, description="Runs this one started: invoked runs and its "
                                           "on_failure handler (outputs left out)")
+    waiting_to_retry: bool = Field(
+        default=False, description="Queued to retry a failed attempt, not yet due or not yet "
+                                   "taken: of a step (that step is `retrying`; its `ended_at` "
+                                   "is when) or of the function body. False for a run queued "
+                                   "for its first attempt or by a replay")
 
 
 class Page(BaseModel):

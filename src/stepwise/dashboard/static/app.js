@@ -425,7 +425,8 @@ async function pageRun(id) {
     const on = (sel, f) => { const b = $(sel, page); if (b) b.addEventListener("click", f); };
     on("#replay", () => act("replay", "Replaying: a new attempt started"));
     on("#rerun", () => act("rerun", "Re-run started"));
-    on("#wake", () => act("wake", "Woken: the run goes on"));
+    on("#wake", () => act("wake", run.waiting_to_retry ? "Retrying now" :
+                                  "Woken: the run goes on"));
     on("#cancel", async () => {
       if (await confirmAction(`Cancel run ${id}? It stops at its next step.`, "Cancel run")) {
         await act("cancel", "Cancelled");
@@ -443,13 +444,25 @@ function runView(run) {
     ${runLink(run.origin_run_id)}</div>`);
   if (run.rerun_of) links.push(html`<div><span>Re-run of</span>${runLink(run.rerun_of)}</div>`);
   if (run.worker) links.push(html`<div><span>Worker</span><span class="mono">${run.worker}</span></div>`);
+  // Queued to retry a failed attempt: a wait, not work to be picked up (`queued` alone).
+  const retrying = run.waiting_to_retry;
+  const dues = run.steps.filter(s => s.status === "retrying" && s.ended_at).map(s => s.ended_at)
+    .sort((a, b) => ms(a) - ms(b));
+  if (retrying) {
+    links.unshift(html`<div id="retry-due"><span>Next attempt due</span>${dues.length ?
+      at(dues[0]) : "after the function's retry backoff"}</div>`);
+  }
   return html`
-    <h1><span class="title-id">${run.function_id}</span> ${badge(run.status)}
+    <h1><span class="title-id">${run.function_id}</span> ${retrying ? html`<span
+      class="badge s-retrying" title="Status queued: waiting out a retry's wait"
+      >waiting to retry</span>` : badge(run.status)}
       <span class="actions">
         ${REPLAYABLE.has(run.status) ? html`<button id="replay">Replay</button>` : ""}
         ${run.status === "sleeping" || run.status === "waiting" ? html`<button id="wake"
           class="secondary" title="End its sleeps and waits now, as if their time had come (a
           wait gets no event)">Wake now</button>` : ""}
+        ${retrying ? html`<button id="wake" class="secondary" title="Start the next attempt
+          now instead of when it is due">Retry now</button>` : ""}
         ${TERMINAL.has(run.status) ? html`<button id="rerun" class="secondary"
           title="A new run with the same event">Re-run</button>` : ""}
         ${TERMINAL.has(run.status) ? "" : html`<button id="cancel" class="danger">Cancel</button>`}
@@ -471,7 +484,7 @@ function runView(run) {
     ${run.status === "failed" || run.error ? html`<h2>Error</h2><div class="card" id="run-error">
       ${errorBlock(run.error)}</div>` : ""}
     <h2>Timeline</h2>${timeline(run)}
-    <h2>Steps</h2>${stepsTable(run)}
+    <h2>Steps and their attempts</h2>${stepsList(run)}
     ${run.status === "completed" ? html`<h2>Output</h2><pre id="output">${json(run.output)}</pre>`
       : ""}
     <h2>Log</h2>${run.logs.length ? html`<table id="logs"><thead><tr><th>Time</th><th>Level</th>
@@ -492,75 +505,254 @@ function runView(run) {
       </tbody></table>` : ""}`;
 }
 
-/** Each step as a bar over the run's time span; failed attempts (retries) as red bars on
- *  their step's row, the function body's own failures on a row of their own. */
+// --- one run's steps: attempts, and the waits between them ---------------------------------
+
+const PENDING_STEP = new Set(["retrying", "sleeping", "waiting", "invoking"]);
+const BODY = "(function body)";
+
+/** Each step's history, oldest first, as the run page lists and draws it: its code's
+ *  attempts (the failed ones from `run.failures`, the last one from the step's own row) with
+ *  the retry waits between them, or for a sleep, wait or invoke the time it was pending. The
+ *  function body's failed attempts have a history of their own (BODY).
+ *
+ *  What is stored: each failed attempt's start and end (a body's, its end only); a step's
+ *  first start and its last end, which while it is `retrying` is when the next attempt is due.
+ *  So the start of an attempt that succeeded after a retry is not known: it ran after the
+ *  wait, and the page says so rather than counting the wait as work. A replay starts a step's
+ *  attempt numbers afresh: a number that does not grow begins a new round.
+ *
+ *  Each history: { key, step (its row, or null), label, shown (the status to show), items }
+ *  where an item is an attempt { type, n, status, from, to, error, output }, a wait
+ *  { type, from, to, next, pending, merged (with the next attempt, whose start is unknown),
+ *  cut, due }, a period { type, kind, status, from, to, due (while pending), cut (the status
+ *  it is shown with when its run ended first), wasDue, output, error } or a replay { type }.
+ *  Times are ISO strings (or null). */
+function histories(run) {
+  const finished = TERMINAL.has(run.status);
+  const stopped = run.status === "cancelled" ? "cancelled" : "unfinished";
+  const list = new Map();
+  const history = (key, step) => {
+    if (!list.has(key)) {
+      list.set(key, { key, step, label: step ? step.name ?? step.id : key, items: [],
+                      shown: step ? step.status : null });
+    }
+    return list.get(key);
+  };
+  for (const step of run.steps) history(step.id, step);
+  const failures = new Map();
+  for (const failure of run.failures) {
+    const key = failure.step_id ?? BODY;
+    history(key, null);
+    if (!failures.has(key)) failures.set(key, []);
+    failures.get(key).push(failure);
+  }
+  for (const h of list.values()) {
+    const step = h.step;
+    if (step && finished && PENDING_STEP.has(step.status)) h.shown = stopped;
+    if (step && !isCode(step)) {
+      const pending = PENDING_STEP.has(step.status);
+      h.items.push({ type: "period", kind: step.kind ?? step.status, status: h.shown,
+        from: step.started_at, due: pending && !finished ? step.ended_at : null,
+        to: pending && finished ? run.ended_at : step.ended_at,
+        cut: pending && finished ? stopped : null, wasDue: step.ended_at,
+        output: step.output, error: step.error });
+      continue;
+    }
+    const attempts = (failures.get(h.key) || []).map(f => ({ type: "attempt", n: f.attempt,
+      status: "failed", from: f.started_at, to: f.ended_at, error: f.error }));
+    const last = attempts.at(-1);
+    // The step's own row: the attempt that completed, or a failed one not among failures
+    // (stored before failures were), or a retry to come.
+    if (step && (step.status === "completed" ||
+                 (step.status === "failed" && !(last && last.n === step.attempts)))) {
+      attempts.push({ type: "attempt", n: step.attempts, status: step.status,
+        from: step.attempts === 1 ? step.started_at : null, to: step.ended_at,
+        error: step.error, output: step.output });
+    }
+    attempts.forEach((attempt, i) => {
+      const before = attempts[i - 1];
+      if (before && attempt.n <= before.n) {
+        h.items.push({ type: "replay" });
+      } else if (before && h.key !== BODY) {  // a body's failures have no start: no waits
+        h.items.push({ type: "wait", from: before.to, to: attempt.from ?? attempt.to,
+                       next: attempt.n, merged: !attempt.from });
+      }
+      h.items.push(attempt);
+    });
+    if (step && step.status === "retrying") {
+      const from = attempts.at(-1)?.to ?? step.started_at;
+      h.items.push({ type: "wait", from, due: step.ended_at, next: step.attempts + 1,
+        pending: !finished, cut: finished ? stopped : null,
+        to: finished && ms(run.ended_at) < ms(step.ended_at) ? run.ended_at : step.ended_at });
+    }
+  }
+  return [...list.values()];
+}
+
+/** A step of code (attempts), not a sleep, wait or invoke (a period). */
+const isCode = step => step.kind ? step.kind === "run" :
+  !["sleeping", "waiting", "invoking"].includes(step.status);
+
+/** The time a history's attempts took (waits left out), and whether some attempt's own
+ *  time is unknown (it started after a retry wait, or is a body's). */
+function took(h) {
+  const periods = h.items.filter(i => i.type === "period");
+  if (periods.length) {
+    const p = periods[0];  // still pending: not over yet
+    return { ms: p.from && p.to && !p.due ? ms(p.to) - ms(p.from) : null, unknown: false };
+  }
+  const attempts = h.items.filter(i => i.type === "attempt");
+  const known = attempts.filter(a => a.from && a.to);
+  return { ms: known.length ? known.reduce((sum, a) => sum + ms(a.to) - ms(a.from), 0) : null,
+           unknown: known.length < attempts.length };
+}
+
+/** What a history took, for its summary and its timeline row; a pending sleep, wait or
+ *  invoke says when it is due instead (kept current, like every `when`). */
+function tookText(h, prefix = "") {
+  const due = h.items.find(i => i.type === "period" && i.due)?.due;
+  if (due) return html`due ${when(due)}`;
+  const t = took(h);
+  if (t.ms === null) return t.unknown ? `${prefix}?` : "–";
+  return prefix + duration(t.ms) + (t.unknown ? " + ?" : "");
+}
+
+const UNKNOWN_TOOK = "The start of an attempt that ran after a retry wait is not stored (a " +
+  "step keeps its first attempt's start), so its own time is not counted";
+
+/** The run's steps over its time span: each attempt a bar (red failed, green completed), the
+ *  retry waits between them hatched grey, sleeps, waits and invokes hatched violet; steps a
+ *  cancelled run left pending end with it. A line marks now when the span reaches past it. */
 function timeline(run) {
+  const list = histories(run);
+  if (!list.length) return html`<p class="muted">No steps yet.</p>`;
   const now = Date.now();
   const start = ms(run.created_at);
-  const rows = new Map();
-  const row = name => {
-    if (!rows.has(name)) rows.set(name, { bars: [], failed: 0, duration: null });
-    return rows.get(name);
-  };
-  const lastFailure = new Map();
-  // Rows are keyed by step id and labelled with the code's name (an SDK step's id is a hash).
-  const label = new Map(run.steps.map(step => [step.id, step.name ?? step.id]));
-  for (const step of run.steps) row(step.id);  // rows in step order
-  for (const failure of run.failures) {
-    const name = failure.step_id ?? "(function body)";
-    const to = ms(failure.ended_at);
-    const from = ms(failure.started_at) ?? to;
-    const r = row(name);
-    r.bars.push({ from, to, kind: "failed", title: `attempt ${failure.attempt} failed: ` +
-      `${failure.error?.name}: ${failure.error?.message}` });
-    r.failed += 1;
-    r.duration = to - from;
-    lastFailure.set(name, Math.max(lastFailure.get(name) ?? 0, to));
-  }
-  for (const step of run.steps) {
-    if (step.status === "failed") continue;  // its failed attempts are drawn already
-    const r = row(step.id);
-    // After a failed attempt, the attempt that succeeded began after it (the wait between
-    // them is a timer, not work): draw the bar from there.
-    const from = Math.max(ms(step.started_at) ?? ms(step.ended_at) ?? now,
-                          lastFailure.get(step.id) ?? 0);
-    const to = step.status === "running" ? now : (ms(step.ended_at) ?? now);
-    r.bars.push({ from, to, kind: step.status, title: `${label.get(step.id)}: ${step.status}` });
-    r.duration = to - from;
-  }
-  if (!rows.size) return html`<p class="muted">No steps yet.</p>`;
-  const bars = [...rows.values()].flatMap(r => r.bars);
-  const end = Math.max(ms(run.ended_at) ?? now, ...bars.map(b => b.to));
+  const times = list.flatMap(h => h.items.flatMap(i => [ms(i.from), ms(i.to)]))
+    .filter(t => t !== null && !isNaN(t));
+  const end = Math.max(ms(run.ended_at) ?? now, ...times);
   const span = Math.max(1, end - start);
   const pos = t => Math.max(0, Math.min(100, ((t - start) / span) * 100));
+  const place = (from, to) => `left:${pos(from).toFixed(2)}%;width:${Math.max(0,
+    pos(to) - pos(from)).toFixed(2)}%`;
+  const segments = h => h.items.map(item => {
+    if (item.type === "attempt") {
+      const to = ms(item.to) ?? now;
+      const from = ms(item.from);
+      const title = `${h.label}: attempt ${item.n} ${item.status}` + (item.error ?
+        ` (${item.error.name ?? "Error"}: ${item.error.message ?? ""})` : "") +
+        (from === null ? ", its start not recorded" : `, took ${duration(to - from)}`);
+      return html`<div class="tl-bar ${item.status}${from === null ? " tick" : ""}"
+        title="${title}" style="${place(from ?? to, to)}"></div>`;
+    }
+    if (item.type === "wait") {
+      const from = ms(item.from), to = ms(item.to) ?? now;
+      const title = item.pending ? `retry wait: attempt ${item.next} due ${exact(item.due)}` :
+        item.cut ? `retry wait, ${item.cut} with the run (attempt ${item.next} was due ` +
+          `${exact(item.due)})` :
+        item.merged ? `retry wait, then attempt ${item.next} (its start is not recorded): ` +
+          duration(to - from) : `retry wait before attempt ${item.next}: ${duration(to - from)}`;
+      return html`<div class="tl-wait${item.pending ? " pending" : ""}${item.merged ?
+        " merged" : ""}" title="${title}" style="${place(from, to)}"><span>retry wait</span></div>`;
+    }
+    if (item.type === "period") {
+      const from = ms(item.from) ?? ms(item.to) ?? now;
+      const to = ms(item.to) ?? now;
+      const title = `${h.label}: ${item.kind} ${item.status}` +
+        (item.due ? `, due ${exact(item.due)}` : "");
+      // A sleep, wait or invoke is time passing, not work: hatched, whatever its end, unless
+      // it failed (an invoke) or its run ended first.
+      const kind = ["failed", "cancelled", "unfinished"].includes(item.status) ? item.status :
+        `period ${item.status}`;
+      return html`<div class="tl-bar ${kind}" title="${title}"
+        style="${place(from, to)}"></div>`;
+    }
+    return "";
+  });
+  const failed = h => h.items.filter(i => i.type === "attempt" && i.status === "failed").length;
   return html`<div class="timeline" id="timeline">
-    ${[...rows.entries()].map(([name, r]) => html`<div class="tl-row" data-step="${name}">
-      <div class="tl-name" title="${name}">${label.get(name) ?? name}</div>
-      <div class="tl-track">${r.bars.map(b => html`<div class="tl-bar ${b.kind}"
-        title="${b.title}" style="left:${pos(b.from).toFixed(2)}%;width:${Math.max(0,
-        pos(b.to) - pos(b.from)).toFixed(2)}%"></div>`)}</div>
-      <div class="tl-dur">${r.failed ? `${r.failed}× failed · ` : ""}${duration(r.duration)}</div>
+    ${list.map(h => html`<div class="tl-row" data-step="${h.key}">
+      <div class="tl-name" title="${h.key}">${h.label}</div>
+      <div class="tl-track">${segments(h)}${end > now ? html`<div class="tl-now"
+        title="now" style="left:${pos(now).toFixed(2)}%"></div>` : ""}</div>
+      <div class="tl-dur" title="${took(h).unknown ? UNKNOWN_TOOK : "The attempts' time, " +
+        "waits left out"}">${failed(h) ? `${failed(h)} failed · ` : ""}${tookText(h)}</div>
     </div>`)}
     <div class="tl-axis"><span>${at(run.created_at)}</span><span>+${duration(span)}</span></div>
-    <div class="legend"><span><i style="background:#37b26c"></i>completed</span>
+    <div class="legend"><span><i style="background:#37b26c"></i>completed attempt</span>
       <span><i style="background:#e5484d"></i>failed attempt</span>
+      <span><i class="wait"></i>retry wait</span>
       <span><i style="background:#b9a6f5"></i>sleeping / waiting / invoking</span>
-      <span><i style="background:#f0b429"></i>running</span></div>
+      <span><i style="background:#98a2b3"></i>cancelled</span>
+      ${end > now ? html`<span><i class="now"></i>now</span>` : ""}</div>
   </div>`;
 }
 
-function stepsTable(run) {
-  if (!run.steps.length) return html`<p class="muted">No steps recorded.</p>`;
-  return html`<table id="steps"><thead><tr><th>Step</th><th>Status</th><th class="num">Attempts</th>
-    <th>Started</th><th class="num">Took</th><th>Output or error</th></tr></thead><tbody>
-    ${run.steps.map(step => html`<tr data-step="${step.id}">
-      <td class="mono" title="${step.id}">${step.name ?? step.id}</td><td>${badge(step.status)}</td>
-      <td class="num">${step.attempts}</td><td>${at(step.started_at)}</td>
-      <td class="num">${step.ended_at && step.started_at ?
-        duration(ms(step.ended_at) - ms(step.started_at)) : ""}</td>
-      <td>${step.error ? errorBlock(step.error) :
-        html`<pre style="max-height:12rem">${json(step.output)}</pre>`}</td></tr>`)}
-    </tbody></table>`;
+/** Each step with its attempts as a table: number, result, start, end and time taken; under
+ *  a failed attempt its error's title and stack trace as lines, under the one that completed
+ *  its output; the retry waits between attempts as rows of their own. */
+function stepsList(run) {
+  const list = histories(run);
+  if (!list.length) return html`<p class="muted">No steps recorded.</p>`;
+  const row = item => {
+    if (item.type === "replay") {
+      return html`<tr class="replayed"><td colspan="5">The run was replayed: attempts count
+        afresh.</td></tr>`;
+    }
+    if (item.type === "wait") return html`<tr class="wait${item.pending ? " pending" : ""}">
+      <td colspan="5">${waitText(item)}</td></tr>`;
+    const first = item.type === "period" ? item.kind : item.n;
+    const result = item.error ? errorBlock(item.error) : item.output !== null &&
+      item.output !== undefined ? html`<pre class="output">${json(item.output)}</pre>` :
+      item.cut ? html`<span class="muted">${item.cut === "cancelled" ? "Cancelled with the run"
+        : "Left pending when the run ended"}; it was due ${item.wasDue ? at(item.wasDue) :
+        "with no time limit"}.</span>` : "";
+    return html`<tr class="${item.type}" ${item.type === "attempt" ?
+      raw(`data-attempt="${escape(item.n)}"`) : ""}>
+      <td>${first}</td><td>${badge(item.status)}</td>
+      <td>${item.from ? at(item.from) : html`<span class="muted"
+        title="${UNKNOWN_TOOK}">after the wait (not recorded)</span>`}</td>
+      <td>${item.due ? html`due ${at(item.due)}` : at(item.to)}</td>
+      <td class="num took">${item.from && item.to && !item.due ?
+        duration(ms(item.to) - ms(item.from)) : "–"}</td></tr>
+      ${result ? html`<tr class="detail" ${item.type === "attempt" ?
+        raw(`data-attempt-detail="${escape(item.n)}"`) : ""}><td colspan="5">${result}</td>
+      </tr>` : ""}`;
+  };
+  const summary = h => {
+    const attempts = h.items.filter(i => i.type === "attempt").length;
+    const parts = [];
+    if (attempts) parts.push(`${attempts} attempt${attempts === 1 ? "" : "s"}`);
+    parts.push(tookText(h, "took "));
+    const pending = h.items.find(i => i.type === "wait" && i.pending);
+    return html`${parts.map((part, i) => html`${i ? " · " : ""}${part}`)}${pending ?
+      html` · attempt ${pending.next} ${when(pending.due)}` : ""}`;
+  };
+  return html`<div id="steps">${list.map(h => html`
+    <section class="step" data-step="${h.key}">
+      <div class="step-head"><span class="mono step-name" title="${h.key}">${h.label}</span>
+        ${h.shown ? badge(h.shown) : ""}<span class="muted">${summary(h)}</span></div>
+      <table class="attempts"><thead><tr><th>Attempt</th><th>Result</th><th>Started</th>
+        <th>Ended</th><th class="num">Took</th></tr></thead>
+        <tbody>${h.items.map(row)}</tbody></table>
+    </section>`)}</div>`;
+}
+
+function waitText(wait) {
+  const lasted = duration(ms(wait.to) - ms(wait.from));
+  if (wait.pending) {
+    return html`Waiting to retry: attempt ${wait.next} due ${at(wait.due)}
+      (${when(wait.due)}).`;
+  }
+  if (wait.cut) {
+    return html`Retry wait, ${wait.cut} with the run after ${lasted}: attempt ${wait.next}
+      was due ${at(wait.due)}.`;
+  }
+  if (wait.merged) {
+    return html`Retry wait, then attempt ${wait.next}: ${lasted} together (the attempt's own
+      start is not recorded).`;
+  }
+  return html`Retry wait: ${lasted} before attempt ${wait.next}.`;
 }
 
 // --- events --------------------------------------------------------------------------------
