@@ -6,13 +6,17 @@ server` and two `stepwise worker`s run and a steady client sends events over HTT
 restarted: they must reconnect by themselves.
 
 At the end: every acknowledged event is stored once with exactly one run, every run is
-completed, no step body ran again after its result was stored, /healthz answered 503 while
-the database was down and 200 after, and the same processes are still running. Printed: how
-long after PostgreSQL was back (its log's "ready to accept connections") the first event was
-acknowledged, /healthz said 200 and the first step and run completed.
+completed, no step body ran again after its result was stored, /healthz never answered
+anything but 503 while the database was down (and did answer 503 during the last kill -9,
+which keeps PostgreSQL down OUTAGE_S) and 200 after, every event request was answered 200 or
+503 (or not at all), and the same processes are still running. How long after PostgreSQL was
+back (its log's "ready to accept connections") the first event was acknowledged, /healthz
+said 200 and the first step and run completed is printed, and bounded (RESUME_S,
+RESUME_RUNS_S).
 
---chaos-kills is the number of faults (restarts and kill -9s alternate, a restart first);
---chaos-events the events sent, spread over the faults:
+--chaos-kills is the number of faults (at least 2: restarts and kill -9s alternate, a restart
+first; the last kill -9 keeps PostgreSQL down OUTAGE_S); --chaos-events the events sent, spread
+over the faults:
 
     pytest tests/chaos/test_pg_faults.py -s                                    # CI size
     pytest tests/chaos/test_pg_faults.py --chaos-events 10000 --chaos-kills 20 -s  # release
@@ -78,13 +82,13 @@ RECOVERY_S = 60.0
 #: How long the sender keeps resending one batch before it gives up (and the test fails).
 RESEND_S = 120.0
 #: How long PostgreSQL stays down after the last kill -9: longer than psycopg_pool's first
-#: reconnection attempts (about 1, 3, 7 and 15 s after the loss; the next one, unless told to
-#: give up sooner, only about 31 s after it).
-OUTAGE_S = 20.0
+#: reconnection attempts (about 1, 3, 7 and 15 s after the loss, each +-10%; the next one,
+#: unless the pool is told to give up sooner, only about 31 s after it).
+OUTAGE_S = 18.0
 #: At most this long after PostgreSQL is back (its log's "ready to accept connections"), the
 #: server acknowledges an event and /healthz answers 200; the workers complete a step within
-#: RESUME_RUNS_S. (Measured: well under a second, or about 11 s after the long outage before
-#: the pool was told to give up on a reconnection attempt after RECONNECT_S.)
+#: RESUME_RUNS_S. (Measured: 0.1 to 2 s; 8 to 11 s after the long outage before the pool
+#: was told to give up on a reconnection attempt after RECONNECT_S, in storage/postgres.py.)
 RESUME_S = 6.0
 RESUME_RUNS_S = 15.0
 
@@ -202,13 +206,6 @@ class Cluster:
         children = _children(pid)
         os.kill(pid, signal.SIGKILL)
         wait_until(lambda: not _alive(pid), 10, "the killed postmaster to exit")
-        # A new postmaster refuses to start while the old one's PID exists, even as a zombie:
-        # wait for it to be reaped (init does it within about 2 s here); where nothing reaps
-        # orphans, remove its lock file as an operator would.
-        try:
-            wait_until(lambda: not Path(f"/proc/{pid}").exists(), 10, "the zombie reaped")
-        except AssertionError:
-            (self.data / "postmaster.pid").unlink()
         try:
             wait_until(lambda: not any(_alive(c) for c in children), 15,
                        "the backends of the killed postmaster to exit")
@@ -218,6 +215,14 @@ class Cluster:
                 with contextlib.suppress(OSError):
                     os.kill(c, signal.SIGKILL)
             wait_until(lambda: not any(_alive(c) for c in children), 10, "backends killed")
+        # A new postmaster refuses to start while the old one's PID exists, even as a zombie:
+        # wait for it to be reaped (init does it within about 2 s here); where nothing reaps
+        # orphans, remove its lock file as an operator would (its backends are gone: the
+        # lock file's shared memory check is not needed any more).
+        try:
+            wait_until(lambda: not Path(f"/proc/{pid}").exists(), 10, "the zombie reaped")
+        except AssertionError:
+            (self.data / "postmaster.pid").unlink()
 
     def logged(self, message: str) -> list[float]:
         """When the log said `message`, each time (epoch seconds)."""
@@ -306,7 +311,8 @@ class Sender(threading.Thread):
                 status, answer = _request(self.port, "POST", "/api/v1/events", batch)
                 self.answers[status] += 1
                 if status == 200:
-                    if answer["ids"] != [e["id"] for e in batch]:
+                    if not isinstance(answer, dict) or answer.get("ids") != [
+                            e["id"] for e in batch]:
                         self.gave_up = f"sent {batch}, acknowledged {answer}"
                         return
                     self.acked.append((time.time(), answer["ids"]))
@@ -382,6 +388,7 @@ def _tables(cluster: Cluster) -> dict[str, Any]:
             "events": [r["id"] for r in conn.execute("SELECT id FROM events").fetchall()],
             "runs": conn.execute("SELECT id, event_id, status FROM runs").fetchall(),
             "steps": conn.execute("SELECT run_id, id, status, ended_at FROM steps").fetchall(),
+            "failures": conn.execute("SELECT run_id, step_id, error FROM failures").fetchall(),
         }
 
 
@@ -524,6 +531,14 @@ def _run(cluster: Cluster, cwd: Path, events: int, faults: int) -> None:
               f"first event acknowledged {f.ack:5.2f} s, /healthz 200 {f.healthy:5.2f} s, "
               f"first step completed {f.step:5.2f} s, first run completed {f.run:5.2f} s; "
               f"/healthz while down: {dict(Counter(f.while_down))}")
+    # A database error while a step's result is stored reaches the function's body (from
+    # ctx.step.run) and is recorded as a failed attempt of the function: retried, but using
+    # up one of its retries (with retries=0 such runs fail for good). Printed, not asserted,
+    # until that is fixed (execution.py).
+    failures = Counter((f["step_id"] or "(body)", json.loads(f["error"]).get("message", "")[:90])
+                       for f in tables["failures"])
+    for (where, message), n in failures.most_common():
+        print(f"  failed attempts recorded: {n} x {where}: {message}")
     if cluster.kills_lingering:
         print(f"  backends outlived their killed postmaster {cluster.kills_lingering} times")
 
