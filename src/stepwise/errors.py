@@ -77,6 +77,12 @@ class LeaseLost(ExecutionStopped):
     already finished): its outcome was refused and changed nothing."""
 
 
+class StorageLost(LeaseLost):
+    """The database could not store an outcome (unreachable, restarting): nothing was written,
+    the execution stops, and its run is handed back (or taken over once its lease expires).
+    Not a failure of the user's code: it must neither catch it nor spend a retry on it."""
+
+
 class RunCancelled(ExecutionStopped):
     """The run was cancelled; its execution stops at this step boundary."""
 

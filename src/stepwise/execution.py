@@ -47,6 +47,7 @@ from .errors import (
     RetryAfterError,
     StepError,
     StepOutputError,
+    StorageLost,
     describe_exception,
 )
 from .events import Event, StoredEvent, coerce_events
@@ -54,6 +55,7 @@ from .metrics import Metrics
 from .payloads import Limits, PayloadError, PayloadTooLarge, dumps, loads, unstorable
 from .processes import ChildRaised, run_to_end
 from .status import RunStatus, StepStatus
+from .storage import StorageUnavailable
 from .storage.rows import StepRow
 from .threads import StepThreads
 
@@ -219,7 +221,10 @@ class Execution:
         """Report a finished step now (after the one not stored yet); the code goes on with
         what the engine stored."""
         await self.saved()
-        return await self._apply(outcome)
+        try:
+            return await self._apply(outcome)
+        except StorageUnavailable as exc:
+            raise StorageLost(f"run {self.run_id}: {exc}") from exc
 
     def _apply(self, outcome: Outcome) -> Awaitable[Applied]:
         if self.job.abandoned:
@@ -248,7 +253,10 @@ class Execution:
         outcome, self.unsaved = self.unsaved, None
         if outcome is None:
             return
-        applied = await self._apply(outcome)
+        try:
+            applied = await self._apply(outcome)
+        except StorageUnavailable as exc:
+            raise StorageLost(f"run {self.run_id}: {exc}") from exc
         if applied.outputs.get(outcome.step_id) != outcome.output:
             # Stored first by another execution: what this one did since used another result.
             raise LeaseLost(f"run {self.run_id}: step {outcome.step_id!r} was stored by "

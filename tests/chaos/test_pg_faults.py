@@ -531,14 +531,14 @@ def _run(cluster: Cluster, cwd: Path, events: int, faults: int) -> None:
               f"first event acknowledged {f.ack:5.2f} s, /healthz 200 {f.healthy:5.2f} s, "
               f"first step completed {f.step:5.2f} s, first run completed {f.run:5.2f} s; "
               f"/healthz while down: {dict(Counter(f.while_down))}")
-    # A database error while a step's result is stored reaches the function's body (from
-    # ctx.step.run) and is recorded as a failed attempt of the function: retried, but using
-    # up one of its retries (with retries=0 such runs fail for good). Printed, not asserted,
-    # until that is fixed (execution.py).
+    # A database error while a step's result is stored stops that execution (StorageLost)
+    # and hands the run back: never a failed attempt of the function, which would spend one
+    # of its retries (with retries=0 such runs failed for good before).
     failures = Counter((f["step_id"] or "(body)", json.loads(f["error"]).get("message", "")[:90])
                        for f in tables["failures"])
     for (where, message), n in failures.most_common():
         print(f"  failed attempts recorded: {n} x {where}: {message}")
+    assert not failures, f"database faults recorded as the function's failures: {failures}"
     if cluster.kills_lingering:
         print(f"  backends outlived their killed postmaster {cluster.kills_lingering} times")
 
