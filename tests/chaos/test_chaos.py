@@ -13,8 +13,8 @@ import http.client
 import json
 import random
 import re
+import shutil
 import sys
-import textwrap
 import threading
 import time
 import urllib.error
@@ -31,24 +31,8 @@ from procs import free_port, kill9, start, stop, wait_healthy, wait_until
 from stepwise.engine import Engine
 from stepwise.storage import open_storage
 
-APP = textwrap.dedent('''
-    import json, os, time
-    from pathlib import Path
-    import stepwise
-
-    app = stepwise.App("chaos")
-    EFFECTS = Path(os.environ["CHAOS_DIR"]) / f"effects-{os.getpid()}.jsonl"
-
-    def effect(run_id, step):
-        with EFFECTS.open("a") as f:
-            f.write(json.dumps({"run": run_id, "step": step, "t": time.time()}) + "\\n")
-        time.sleep(0.002)
-        return step
-
-    @app.function(id="job", trigger=stepwise.on_event("job"), retries=20)
-    def job(ctx):
-        return [ctx.step.run(f"s{i}", effect, ctx.run_id, f"s{i}") for i in range(3)]
-''')
+#: The app its workers run (copied next to them as a module).
+EFFECTS_APP = Path(__file__).parent / "effects_app.py"
 
 
 @dataclass
@@ -108,7 +92,7 @@ def _registered(db: str) -> bool:
 
 
 def _run_chaos(db: str, cwd: Path, events: int, kills: int) -> None:
-    (cwd / "chaos_app.py").write_text(APP)
+    shutil.copy(EFFECTS_APP, cwd / "chaos_app.py")
     env = {"CHAOS_DIR": str(cwd)}
     servers = [Proc(["server", "--insecure", "--db", db, "--host", "127.0.0.1", "--port",
                      str(port)], port) for port in (free_port(), free_port())]

@@ -56,24 +56,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parents[1] / "acceptance"))
 from procs import free_port, start, stop, wait_until
 
-APP = textwrap.dedent('''
-    import json, os, time
-    from pathlib import Path
-    import stepwise
-
-    app = stepwise.App("pgchaos")
-    EFFECTS = Path(os.environ["CHAOS_DIR"]) / f"effects-{os.getpid()}.jsonl"
-
-    def effect(run_id, step):
-        with EFFECTS.open("a") as f:
-            f.write(json.dumps({"run": run_id, "step": step, "t": time.time()}) + "\\n")
-        time.sleep(0.05)
-        return step
-
-    @app.function(id="job", trigger=stepwise.on_event("job"), retries=20)
-    def job(ctx):
-        return [ctx.step.run(f"s{i}", effect, ctx.run_id, f"s{i}") for i in range(3)]
-''')
+#: The app its workers run (copied next to them as a module).
+EFFECTS_APP = Path(__file__).parent / "effects_app.py"
 
 #: How long one fault may take to be recovered from (healthz 200, an event acknowledged and a
 #: step completed after PostgreSQL is back) before the test fails: generous for a busy CI
@@ -449,8 +433,8 @@ def _fault(cluster: Cluster, health: Health, sender: Sender, kind: str, hold: fl
 
 
 def _run(cluster: Cluster, cwd: Path, events: int, faults: int) -> None:
-    (cwd / "pgchaos_app.py").write_text(APP)
-    env = {"CHAOS_DIR": str(cwd)}
+    shutil.copy(EFFECTS_APP, cwd / "pgchaos_app.py")
+    env = {"CHAOS_DIR": str(cwd), "CHAOS_STEP_PAUSE_S": "0.05"}
     port = free_port()
     server = start(["server", "--insecure", "--db", cluster.url, "--host", "127.0.0.1",
                     "--port", str(port)], cwd, env)
