@@ -152,6 +152,10 @@ def test_on_postgresql_with_two_workers(sample: Path, tmp_path: Path, pg_schema:
                       "--concurrency", "2"], tmp_path, env) for _ in range(2)]
     try:
         wait_healthy(base, server)
+        # Events route to the functions registered when they arrive: the workers register
+        # theirs as they start, which a loaded machine can make later than the server's.
+        wait_until(lambda: any(f["id"] == "transcribe-audio" for f in http(
+            "GET", base + "/api/v1/functions")["functions"]), 60, "the workers' functions")
         uploads = [{"media_id": f"pg-{n}", "user_id": f"user-{n % 2}", "path": str(sample)}
                    for n in range(4)]
         http("POST", base + "/api/v1/events",
