@@ -16,7 +16,7 @@ import sys
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -946,6 +946,19 @@ def _duration(_: Any, param: click.Parameter, value: str | None) -> str | None:
     return value
 
 
+def _until_done(url: str, path: str, body: dict[str, Any], api_key: str | None,
+                deleted: Callable[[dict[str, Any]], dict[str, int]]) -> dict[str, int]:
+    """POST `body` to `path` again while the answer says `more`; the runs, steps and events
+    deleted in all (`deleted` finds them in an answer)."""
+    total = {"runs": 0, "steps": 0, "events": 0}
+    while True:
+        done = _call(url, "POST", path, body, key=api_key)
+        for what in total:
+            total[what] += deleted(done)[what]
+        if not done["more"]:
+            return total
+
+
 @main.command()
 @click.option("--older-than", required=True, metavar="DURATION", callback=_duration,
               help="Delete finished runs that ended longer ago than this: 30d, 12h, 1s")
@@ -962,13 +975,7 @@ def prune(older_than: str, dry_run: bool, url: str, api_key: str | None) -> None
         click.echo(f"would delete {found['runs']} runs" + (f" ({statuses})" if statuses else "")
                    + f", {found['steps']} steps, {found['events']} events")
         return
-    total = {"runs": 0, "steps": 0, "events": 0}
-    while True:
-        done = _call(url, "POST", "/api/v1/prune", body, key=api_key)
-        for key in total:
-            total[key] += done[key]
-        if not done["more"]:
-            break
+    total = _until_done(url, "/api/v1/prune", body, api_key, lambda done: done)
     click.echo(f"deleted {total['runs']} runs, {total['steps']} steps, {total['events']} "
                "events")
 
@@ -996,13 +1003,7 @@ def erase(event_data: str, event_name: str | None, dry_run: bool, cancel_unfinis
         click.echo(f"would delete {found['events']}{'+' if found['more'] else ''} events and "
                    f"{found['runs']} runs ({found['unfinished']} unfinished)")
         return
-    total = {"runs": 0, "steps": 0, "events": 0}
-    while True:
-        done = _call(url, "POST", "/api/v1/erase", body, key=api_key)
-        for key in total:
-            total[key] += done["deleted"][key]
-        if not done["more"]:
-            break
+    total = _until_done(url, "/api/v1/erase", body, api_key, lambda done: done["deleted"])
     click.echo(f"erased {total['events']} events, {total['runs']} runs, {total['steps']} "
                "steps")
 

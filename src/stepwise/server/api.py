@@ -18,7 +18,7 @@ from ..status import RunStatus
 from ..storage import StorageUnavailable
 from . import convert
 from .errors import ApiError
-from .inputs import ms, read_json, read_model, time_ms, validate_events
+from .inputs import data_match, ms, read_json, read_model, time_ms, validate_events
 from .models import (
     DATA_MATCH,
     LIST_PREVIEW_CHARS,
@@ -59,14 +59,6 @@ ReceivedUntil = Annotated[str | None, _time_query("Received before (ISO 8601)")]
 Limit = Annotated[int, Query(ge=1, le=1000)]
 
 
-def _data_match(event_data: str | None) -> tuple[str | None, str | None]:
-    """`path=value` as the engine's `data_field` and `data_value` filters."""
-    if not event_data:
-        return None, None
-    field, _, value = event_data.partition("=")
-    return field, value
-
-
 @router.post("/api/v1/events", response_model=EventIds, openapi_extra=events_body(),
              summary="Send one event or a list; answers once they are durably stored",
              responses=errors(401, 413, 415))
@@ -100,7 +92,7 @@ async def list_runs(
     since: CreatedSince = None,
     until: CreatedUntil = None,
 ) -> RunList:
-    field, value = _data_match(event_data)
+    field, value = data_match(event_data)
     rows = await server.engine.list_runs(
         {"function": function, "status": status, "event_id": event_id, "before": before,
          "event_name": event_name, "since": time_ms(since, "since"),
@@ -149,7 +141,7 @@ async def rerun_run(run_id: RunId, server: ServerDep) -> RunDetail:
 async def _bulk(action: str, request: Request, server: Server) -> BulkResult:
     """Replay or cancel the runs matching the body's filter (`Engine.bulk`)."""
     body = await read_model(request, RunFilter)
-    field, value = _data_match(body.event_data)
+    field, value = data_match(body.event_data)
     result = await server.engine.bulk(action, {
         "function": body.function, "app": body.app, "status": body.status,
         "event_name": body.event_name, "data_field": field, "data_value": value,

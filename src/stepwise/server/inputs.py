@@ -105,3 +105,11 @@ def ms(moment: datetime) -> int:
         return int(moment.timestamp() * 1000)
     except (OverflowError, ValueError, OSError):
         raise ApiError(400, f"time {moment} is out of range") from None
+
+
+def data_match(event_data: str | None) -> tuple[str | None, str | None]:
+    """`path=value` as the engine's `data_field` and `data_value` filters."""
+    if not event_data:
+        return None, None
+    field, _, value = event_data.partition("=")
+    return field, value

@@ -11,7 +11,7 @@ from .. import durations, metrics
 from ..engine.retention import Unfinished, Windows, uniform
 from ..pruner import Pruner
 from .errors import ApiError
-from .inputs import read_model
+from .inputs import data_match, read_model
 from .models import (
     EraseIn,
     EraseOut,
@@ -99,7 +99,7 @@ async def prune(request: Request, server: ServerDep) -> PruneOut:
              responses=errors(400, 401, 409, 415))
 async def erase(request: Request, server: ServerDep) -> EraseOut:
     body = await read_model(request, EraseIn)
-    field, _, value = body.event_data.partition("=")
+    field, value = data_match(body.event_data)
     try:
         result = await server.engine.erase(
             {"data_field": field, "data_value": value, "event_name": body.event_name},
