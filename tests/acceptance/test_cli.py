@@ -1,7 +1,8 @@
-"""The CLI against a real `stepwise dev`: send, runs, replay, and clear errors."""
+"""The CLI against a real `stepwise dev`: send, runs, replay, prune, erase, and clear errors."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import textwrap
 from pathlib import Path
@@ -166,3 +167,37 @@ def test_definition_mistakes_are_one_line_naming_the_file(tmp_path: Path) -> Non
     dup = cli("dev", "dup:app", "--port", str(free_port()), cwd=tmp_path)
     assert dup.returncode == 2 and "Traceback" not in dup.stderr
     assert "function id 'f' is already used in app 'x'" in dup.stderr
+
+
+def test_prune_and_erase(tmp_path: Path) -> None:
+    """`stepwise prune` (the contract's command) and `stepwise erase` against `stepwise dev`,
+    through the API, as an operator types them."""
+    (tmp_path / "cli_app.py").write_text(APP)
+    (tmp_path / "fixed").touch()
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    proc = start(["dev", "cli_app:app", "--port", str(port)], tmp_path,
+                 {"CLI_DIR": str(tmp_path)})
+    try:
+        wait_healthy(base, proc)
+        for to in ("ada@example.com", "bob@example.com"):
+            assert cli("send", "mail.send", json.dumps({"to": to}), "--url", base,
+                       cwd=tmp_path).returncode == 0
+        wait_until(lambda: len([r for r in http("GET", f"{base}/api/v1/runs")["runs"]
+                                if r["status"] == "completed"]) == 2, what="two runs")
+        bad = cli("prune", "--older-than", "1 day", "--url", base, cwd=tmp_path)
+        assert bad.returncode != 0 and "not a duration" in bad.stderr
+        dry = cli("erase", "--event-data", "to=ada@example.com", "--dry-run", "--url", base,
+                  cwd=tmp_path)
+        assert dry.stdout.strip() == "would delete 1 events and 1 runs (0 unfinished)", dry
+        erased = cli("erase", "--event-data", "to=ada@example.com", "--url", base,
+                     cwd=tmp_path)
+        assert erased.stdout.strip() == "erased 1 events, 1 runs, 1 steps", erased
+        counted = cli("prune", "--older-than", "1ms", "--dry-run", "--url", base, cwd=tmp_path)
+        assert counted.stdout.strip() == \
+            "would delete 1 runs (1 completed), 1 steps, 1 events", counted
+        pruned = cli("prune", "--older-than", "1ms", "--url", base, cwd=tmp_path)
+        assert pruned.stdout.strip() == "deleted 1 runs, 1 steps, 1 events", pruned
+        assert http("GET", f"{base}/api/v1/runs")["runs"] == []
+    finally:
+        stop(proc)
