@@ -241,7 +241,9 @@ document.addEventListener("click", event => {
   navigate(url.pathname + url.search);
 });
 window.addEventListener("popstate", render);
-setInterval(tick, 2000);
+// Live updates: `live.js` (when loaded) calls `tick` when the server says something changed,
+// and falls back to polling; without it, the page polls every 2 seconds.
+if (window.stepwiseLive) window.stepwiseLive.start(tick, setLive); else setInterval(tick, 2000);
 
 /** Name each table cell after its column (`data-label`): on a narrow screen, rows are drawn
  *  as stacked cards (app.css), each value under its column's name. */
