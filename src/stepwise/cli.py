@@ -173,6 +173,23 @@ def signing_key_options(command: Any) -> Any:
              "STEPWISE_SIGNING_KEY]")(command)
 
 
+def _sdk_hosts(_: Any, param: click.Parameter, values: tuple[str, ...]
+               ) -> frozenset[str] | None:
+    """`--sdk-allow-host` names, lower-cased; None (any host) when none is given."""
+    for name in values:
+        if not name or "/" in name or name.count(":") == 1 or not name.isprintable() \
+                or " " in name:
+            raise click.BadParameter(f"{name!r} is not a host name (no scheme, port or path)")
+    return frozenset(h.lower() for h in values) if values else None
+
+
+def sdk_allow_host_option(help_text: str) -> Callable[[Any], Any]:
+    return click.option(
+        "--sdk-allow-host", "sdk_hosts", multiple=True, metavar="HOST", callback=_sdk_hosts,
+        envvar="STEPWISE_SDK_ALLOW_HOSTS",
+        help=help_text + "  [env STEPWISE_SDK_ALLOW_HOSTS, space-separated]")
+
+
 def _signing_key(value: str | None, file: str | None, what: str = "signing key"
                  ) -> str | None:
     from .signing import SigningKeyError, check_key
@@ -373,12 +390,10 @@ def _loopback(host: str) -> bool:
               help="Start without keys: anyone who reaches the port can read and control "
                    "every run. Only for a network you fully trust.")
 @signing_key_options
-@click.option("--sdk-allow-host", "sdk_hosts", multiple=True, metavar="HOST",
-              envvar="STEPWISE_SDK_ALLOW_HOSTS",
-              help="Only sync SDK apps served at this host name (repeatable; the app's URL and "
-                   "every function's must match): whoever holds the signing key then cannot "
-                   "point runs, and the run data the workers send, elsewhere. Without it, "
-                   "any host  [env STEPWISE_SDK_ALLOW_HOSTS, space-separated]")
+@sdk_allow_host_option("Only sync SDK apps served at this host name (repeatable; the app's "
+                       "URL and every function's must match): whoever holds the signing key "
+                       "then cannot point runs, and the run data the workers send, elsewhere. "
+                       "Without it, any host")
 @limits_options
 @max_in_flight_option
 @retention_options
@@ -386,7 +401,7 @@ def server(db: str | None, port: int, host: str, api_key: str | None,
            api_key_file: str | None, event_key: str | None, event_key_file: str | None,
            signing_key: str | None, signing_key_file: str | None,
            signing_key_fallback: str | None, signing_key_fallback_file: str | None,
-           sdk_hosts: tuple[str, ...],
+           sdk_hosts: frozenset[str] | None,
            insecure: bool, max_in_flight: int, retention: int | str | None,
            failed_retention: int | str | None, **limits: int) -> None:
     """The HTTP API and dashboard alone (run workers separately).
@@ -418,14 +433,8 @@ def server(db: str | None, port: int, host: str, api_key: str | None,
                    err=True)
     else:
         click.echo(f"API key {mask(api_key or '')}, event key {mask(event_key or '')}")
-    for name in sdk_hosts:
-        if not name or "/" in name or name.count(":") == 1 or not name.isprintable() \
-                or " " in name:
-            raise click.BadParameter(f"{name!r} is not a host name (no scheme, port or path)",
-                                     param_hint="--sdk-allow-host")
     access = Access(api_key=api_key, event_key=event_key, signing_key=signing_key,
-                    signing_fallback=signing_fallback,
-                    sdk_hosts=frozenset(h.lower() for h in sdk_hosts) if sdk_hosts else None)
+                    signing_fallback=signing_fallback, sdk_hosts=sdk_hosts)
     asyncio.run(_serve(app=None, db=db, host=host, port=port, access=access,
                        concurrency=1, lease_seconds=30.0, poll_seconds=1.0, with_http=True,
                        limits=_limits(limits), max_in_flight=max_in_flight,
@@ -496,6 +505,10 @@ _SELECTION_FLAGS = {"functions": "--functions", "exclude": "--exclude",
                    "e.g. for a model loaded once per process")
 @click.option("--sdk", "sdk_apps", is_flag=True,
               help="Also execute the runs of every synced Inngest SDK app (over HTTP)")
+@sdk_allow_host_option("Only call SDK apps at this host name (repeatable): a run of a "
+                       "function synced at another host (by an older server, or one without "
+                       "the list) fails with AppHostNotAllowed and its data is not sent. "
+                       "Without it, any host")
 @signing_key_options
 @db_option
 @concurrency_option
@@ -506,7 +519,8 @@ _SELECTION_FLAGS = {"functions": "--functions", "exclude": "--exclude",
 @max_stuck_option
 @execution_options
 def worker(app_spec: str | None, only: list[str] | None, exclude: list[str] | None,
-           function_limits: dict[str, int], sdk_apps: bool, signing_key: str | None,
+           function_limits: dict[str, int], sdk_apps: bool,
+           sdk_hosts: frozenset[str] | None, signing_key: str | None,
            signing_key_file: str | None, signing_key_fallback: str | None,
            signing_key_fallback_file: str | None, db: str | None, concurrency: int,
            lease_seconds: float, poll_seconds: float, grace_seconds: float,
@@ -528,6 +542,8 @@ def worker(app_spec: str | None, only: list[str] | None, exclude: list[str] | No
         signing_key, signing_key_file, signing_key_fallback, signing_key_fallback_file)
     if signing_key is not None and not sdk_apps:
         raise click.UsageError("--signing-key is for SDK apps: add --sdk")
+    if sdk_hosts is not None and not sdk_apps:
+        raise click.UsageError("--sdk-allow-host is for SDK apps: add --sdk")
     app = load_app(app_spec) if app_spec else None
     if app is not None and (only is not None or exclude or function_limits):
         from .worker import FunctionSelectionError, select_functions
@@ -544,7 +560,7 @@ def worker(app_spec: str | None, only: list[str] | None, exclude: list[str] | No
                        poll_seconds=poll_seconds, with_http=False, limits=_limits(limits),
                        grace=grace_seconds, max_stuck=max_stuck_threads,
                        sdk_urls=() if sdk_apps else None, signing_key=signing_key,
-                       signing_fallback=signing_fallback,
+                       signing_fallback=signing_fallback, sdk_hosts=sdk_hosts,
                        functions=only, exclude=exclude or (),
                        function_concurrency=function_limits, **executing))
 
@@ -555,6 +571,7 @@ async def _serve(*, app: App | None, db: str | None, host: str, port: int,
                  max_in_flight: int = DEFAULT_MAX_IN_FLIGHT, grace: float = DEFAULT_GRACE_S,
                  max_stuck: int | None = None, sdk_urls: tuple[str, ...] | None = None,
                  signing_key: str | None = None, signing_fallback: str | None = None,
+                 sdk_hosts: frozenset[str] | None = None,
                  functions: list[str] | None = None,
                  exclude: Sequence[str] = (),
                  function_concurrency: dict[str, int] | None = None,
@@ -566,7 +583,8 @@ async def _serve(*, app: App | None, db: str | None, host: str, port: int,
     """`retention`: the completed and failed runs' windows to store ("unset": keep what is
     stored); with the HTTP server runs the background retention passes. `sdk_urls` (None: no
     SDK apps here; may be empty): execute the runs of synced SDK apps in this process too,
-    after asking the apps at these URLs to sync. `functions`, `exclude` and
+    after asking the apps at these URLs to sync (calling only apps at `sdk_hosts`, when
+    given). `functions`, `exclude` and
     `function_concurrency`: which of the app's functions its worker serves, and how many runs
     of each at once (see `Worker`)."""
     import uvicorn
@@ -605,7 +623,8 @@ async def _serve(*, app: App | None, db: str | None, host: str, port: int,
         if sdk_urls is not None:
             remote = RemoteApps(storage, sdk_urls, signing_key=signing_key,
                                 signing_fallback=signing_fallback,
-                                call_timeout_s=sdk_call_timeout_s, concurrency=concurrency,
+                                call_timeout_s=sdk_call_timeout_s, allowed_hosts=sdk_hosts,
+                                concurrency=concurrency,
                                 lease_seconds=lease_seconds, poll_interval=poll_seconds)
             remote_task = asyncio.create_task(remote.run(), name="stepwise-sdk-apps")
             if not with_http:

@@ -3,7 +3,9 @@
 stepwise signs each call to an app (`X-Inngest-Signature: t=<unix seconds>&s=<hex>`, an
 HMAC-SHA256 over the JCS-canonical body and the timestamp, keyed by the signing key without
 its `signkey-<env>-` prefix), checks the app's signed answer the same way over the raw body,
-and takes the key's hash (`sha256(hex-decode(key))`) as the bearer an SDK syncs with. While
+and takes the key's hash (`sha256(hex-decode(key))`) as the bearer an SDK syncs with. That
+bearer is static (any captured sync replays), so a sync is only trusted once the app has
+confirmed it in a signed, fresh answer that was not seen before (`Seen`). While
 keys rotate, a fallback key is accepted beside it (as the SDKs' INNGEST_SIGNING_KEY_FALLBACK):
 calls are signed with the key, answers and bearers may use either.
 """
@@ -67,6 +69,22 @@ def _mac(key: str, body: bytes, timestamp: int) -> str:
     mac = hmac.new(strip_prefix(key).encode(), body, hashlib.sha256)
     mac.update(str(timestamp).encode())
     return mac.hexdigest()
+
+
+class Seen:
+    """Signatures already accepted, each kept while it could still pass the clock check: the
+    same signed answer offered twice (a replay) is refused the second time."""
+
+    def __init__(self) -> None:
+        self._at: dict[str, int] = {}
+
+    def first_time(self, header: str, now_s: int) -> bool:
+        """True the first time `header` (a verified `t=...&s=...`) is offered."""
+        self._at = {h: t for h, t in self._at.items() if now_s - t <= 2 * MAX_SKEW_S}
+        if header in self._at:
+            return False
+        self._at[header] = now_s
+        return True
 
 
 def sign(body: bytes, key: str, now_s: int) -> str:

@@ -101,17 +101,39 @@ def wait_healthy(base: str, proc: subprocess.Popen[str], timeout: float = 30.0) 
 Answer = tuple[int, dict[str, str], Any]
 
 
+def in_band(sync: Callable[[str], dict[str, Any]], key: str
+            ) -> Callable[[dict[str, Any]], Answer]:
+    """A `ScriptedApp`'s sync: `sync(url)` (an out-of-band register body for the URL the
+    server asks about) answered in-band, signed with `key` as the SDKs sign it."""
+    from stepwise import signing
+
+    def answer(call: dict[str, Any]) -> Answer:
+        body = sync(call["body"]["url"])
+        reply = {**{k: v for k, v in body.items() if k != "appName"}, "app_id": body["appName"]}
+        signature = signing.sign(json.dumps(reply).encode(), key, int(time.time()))
+        return 200, {"X-Inngest-Sync-Kind": "in_band", "X-Inngest-Signature": signature}, reply
+    return answer
+
+
 class ScriptedApp:
     """An SDK app played by a test: every POST to it is answered by `answer(call)`, where
-    `call` is `{"query", "headers", "body"}` (the query parsed, the body as JSON)."""
+    `call` is `{"query", "headers", "body"}` (the query parsed, the body as JSON); a PUT (a
+    sync) by `sync(call)` when given (see `in_band`), else 405."""
 
-    def __init__(self, answer: Callable[[dict[str, Any]], Answer]) -> None:
+    def __init__(self, answer: Callable[[dict[str, Any]], Answer],
+                 sync: Callable[[dict[str, Any]], Answer] | None = None) -> None:
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
+            def do_PUT(self) -> None:
+                self.do_POST(sync or (lambda call: (405, {}, {"error": "no sync here"})))
+
+            def do_POST(self, reply_with: Callable[[dict[str, Any]], Answer] = answer
+                        ) -> None:
                 url = urlsplit(self.path)
-                body = json.loads(self.rfile.read(int(self.headers["content-length"])))
-                status, headers, reply = answer({"query": parse_qs(url.query),
-                                                 "headers": dict(self.headers), "body": body})
+                body = json.loads(self.rfile.read(int(self.headers["content-length"] or 0))
+                                  or b"null")
+                status, headers, reply = reply_with({"query": parse_qs(url.query),
+                                                     "headers": dict(self.headers),
+                                                     "body": body})
                 data = json.dumps(reply).encode()
                 self.send_response(status)
                 for name, value in {"Content-Type": "application/json", **headers}.items():

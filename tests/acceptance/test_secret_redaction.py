@@ -16,6 +16,7 @@ from tests.acceptance.procs import (
     ScriptedApp,
     free_port,
     http,
+    in_band,
     start,
     stop,
     wait_healthy,
@@ -29,9 +30,19 @@ SIGNING_KEY = "signkey-prod-" + "3d" * 32
 ENV_SECRET = "env-secret-" + "9" * 24
 
 
+def leaky_sync(url: str) -> dict[str, Any]:
+    return {"appName": "leaky", "url": url, "v": "0.1", "sdk": "js:v4.24.0",
+            "framework": "express", "functions": [{
+                "id": "leaky-f", "name": "f", "triggers": [{"event": "leak.try"}],
+                "steps": {"step": {"id": "step", "name": "step", "retries": {"attempts": 0},
+                                   "runtime": {"type": "http", "url": url}}}}]}
+
+
 def unsigned_app() -> ScriptedApp:
-    """An SDK app whose answers (errors) are not signed: misconfigured, or an impostor."""
-    return ScriptedApp(lambda call: (500, {}, {"name": "Error", "message": "boom"}))
+    """An SDK app whose answers (errors) are not signed: misconfigured, or an impostor. Its
+    sync is signed (the server asks for it in-band), so that its runs reach it."""
+    return ScriptedApp(lambda call: (500, {}, {"name": "Error", "message": "boom"}),
+                       sync=in_band(leaky_sync, SIGNING_KEY))
 
 
 def call(method: str, url: str, body: bytes | None = None,
@@ -62,11 +73,7 @@ def test_keys_and_environment_are_never_disclosed(tmp_path: Path) -> None:
     try:
         wait_healthy(base, server)
         auth = {"Authorization": f"Bearer {API_KEY}"}
-        sync = {"appName": "leaky", "url": app.url, "v": "0.1", "sdk": "js:v4.24.0",
-                "framework": "express", "functions": [{
-                    "id": "leaky-f", "name": "f", "triggers": [{"event": "leak.try"}],
-                    "steps": {"step": {"id": "step", "name": "step", "retries": {"attempts": 0},
-                                       "runtime": {"type": "http", "url": app.url}}}}]}
+        sync = leaky_sync(app.url)
         body = json.dumps(sync).encode()
         # auth-validation: no credential, or a wrong one, is refused on every route.
         for method, path, payload in (("POST", "/fn/register", body),

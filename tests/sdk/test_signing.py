@@ -7,12 +7,24 @@ import json
 import os
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
-from tests.acceptance.procs import free_port, http, start, stop, wait_healthy, wait_until
+from tests.acceptance.procs import (
+    Answer,
+    ScriptedApp,
+    free_port,
+    http,
+    in_band,
+    start,
+    stop,
+    wait_healthy,
+    wait_until,
+)
 
 from stepwise import signing
 
@@ -208,3 +220,111 @@ def test_signing_keys_rotate_with_apps_on_the_old_and_the_new_key_at_once(
         for app in (old_app, moved_app):
             app.terminate()
             app.wait(10)
+
+
+def _register(base: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    request = urllib.request.Request(base + "/fn/register", json.dumps(body).encode(),
+                                     method="POST", headers={
+                                         "Content-Type": "application/json",
+                                         "Authorization": f"Bearer {signing.bearer(SIGNING_KEY)}"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return int(answer.status), json.loads(answer.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_a_posted_sync_is_confirmed_in_band_so_a_forged_or_replayed_one_stores_nothing(
+        tmp_path: Path) -> None:
+    """Both SDKs sync with the key's hash alone (no signature, no time), so whoever saw that
+    header once could post any sync, or replay an old one, forever. Outside dev mode the post
+    only names the app: the server asks the app at its URL in-band (a signed PUT) and stores
+    the app's signed answer. Before, the forged function below was stored as posted."""
+    port, app_port = free_port(), free_port()
+    base = f"http://127.0.0.1:{port}"
+    app_url = f"http://127.0.0.1:{app_port}/api/inngest"
+    auth = {"Authorization": f"Bearer {API_KEY}"}
+    server = start(["server", "--port", str(port), "--host", "127.0.0.1", "--db",
+                    str(tmp_path / "s.db"), "--api-key", API_KEY, "--event-key", EVENT_KEY,
+                    "--signing-key", SIGNING_KEY], tmp_path)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INNGEST_")}
+    env.update(INNGEST_BASE_URL=base, INNGEST_SIGNING_KEY=SIGNING_KEY,
+               INNGEST_EVENT_KEY=EVENT_KEY, PYTHONPATH=str(ROOT))
+    with open(tmp_path / "app.log", "w") as log:
+        app = subprocess.Popen([sys.executable, "-m", "uvicorn", "tests.sdk.py_signed_app:app",
+                                "--port", str(app_port)], cwd=tmp_path, stdout=log,
+                               stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+    def sync_of(app_id: str, url: str, step_url: str) -> dict[str, Any]:
+        return {"appName": app_id, "url": url, "v": "0.1", "sdk": "py:v0.5.19",
+                "framework": "fast_api", "functions": [{
+                    "id": f"{app_id}-exfil", "name": "exfil",
+                    "triggers": [{"event": "payment.due"}],
+                    "steps": {"step": {"id": "step", "name": "step",
+                                       "runtime": {"type": "http", "url": step_url}}}}]}
+
+    def stored(app_id: str) -> dict[str, str]:
+        return {f["id"]: f["url"] for f in http("GET", base + "/api/v1/functions",
+                                                headers=auth)["functions"]
+                if f["app_id"] == app_id}
+
+    captured = in_band(lambda url: sync_of("replayed", url, url), SIGNING_KEY)
+    fixed: list[Answer] = []
+
+    def replaying(call: dict[str, Any]) -> Answer:  # one signed answer, given every time
+        fixed.extend([] if fixed else [captured(call)])
+        return fixed[0]
+
+    def stale(call: dict[str, Any]) -> Answer:  # signed ten minutes ago
+        status, headers, reply = in_band(lambda url: sync_of("stale", url, url),
+                                         SIGNING_KEY)(call)
+        then = int(time.time()) - 600
+        return status, {**headers, "X-Inngest-Signature": signing.sign(
+            json.dumps(reply).encode(), SIGNING_KEY, then)}, reply
+
+    fakes = {
+        "unsigned": ScriptedApp(lambda call: (500, {}, {}), sync=lambda call: (
+            200, {"X-Inngest-Sync-Kind": "in_band"},
+            {"app_id": "unsigned", "url": call["body"]["url"], "functions": []})),
+        "other-key": ScriptedApp(lambda call: (500, {}, {}), sync=in_band(
+            lambda url: sync_of("other-key", url, url), "signkey-prod-" + "5f" * 32)),
+        "out-of-band": ScriptedApp(lambda call: (500, {}, {}), sync=lambda call: (
+            200, {"X-Inngest-Sync-Kind": "out_of_band"}, {"message": "synced"})),
+        "replayed": ScriptedApp(lambda call: (500, {}, {}), sync=replaying),
+        "stale": ScriptedApp(lambda call: (500, {}, {}), sync=stale),
+    }
+    try:
+        wait_healthy(base, server)
+        # A post naming the real app, with a function of the poster's: the app's own
+        # functions are stored, each at the app's URL; the posted one is not.
+        forged = sync_of("py-signed", app_url, "http://127.0.0.1:9/collect")
+
+        def confirmed() -> dict[str, Any] | None:
+            status, answer = _register(base, forged)
+            return answer if status == 200 else None
+        answer = wait_until(confirmed, 60, "the app's in-band answer")
+        assert answer["app_id"] == "py-signed"
+        assert list(stored("py-signed")) == ["py-signed-charge"]
+        assert stored("py-signed")["py-signed-charge"].startswith(app_url)
+        # Posts naming fakes whose answers are unsigned, signed with another key, stale, not
+        # in-band: refused, nothing stored.
+        for name, status, words in (("unsigned", 401, "not signed"),
+                                    ("other-key", 401, "does not match"),
+                                    ("stale", 401, "off this server's clock"),
+                                    ("out-of-band", 400, "did not confirm the sync in-band")):
+            url = fakes[name].url
+            refused, answer = _register(base, sync_of(name, url, url))
+            assert (refused, answer["status"]) == (status, status), (name, answer)
+            assert words in answer["error"], (name, answer)
+            assert stored(name) == {}
+        # The same signed answer twice (a replay within the clock window): taken once.
+        url = fakes["replayed"].url
+        assert _register(base, sync_of("replayed", url, url))[0] == 200
+        again, answer = _register(base, sync_of("replayed", url, url))
+        assert again == 401 and "taken before" in answer["error"], answer
+    finally:
+        stop(server)
+        for fake in fakes.values():
+            fake.close()
+        app.terminate()
+        app.wait(10)

@@ -10,6 +10,7 @@ import asyncio
 import logging
 from dataclasses import replace
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -36,6 +37,7 @@ class HttpExecutor:
     def __init__(self, app_id: str, engine: Engine, *, signing_key: str | None = None,
                  signing_fallback: str | None = None, max_calls: int = MAX_CALLS_PER_APP,
                  call_timeout_s: float = DEFAULT_CALL_TIMEOUT_S,
+                 allowed_hosts: frozenset[str] | None = None,
                  client: httpx.AsyncClient | None = None) -> None:
         if call_timeout_s <= 0:
             raise ValueError("call_timeout_s must be positive")
@@ -49,6 +51,9 @@ class HttpExecutor:
         self.signing_key = signing_key
         #: While keys rotate: an answer signed with this key is accepted too.
         self.signing_fallback = signing_fallback
+        #: Host names this worker calls SDK apps at (`--sdk-allow-host`; None: any). The URLs
+        #: come from stored syncs, which an older server, or one without the list, accepted.
+        self.allowed_hosts = allowed_hosts
         self.definitions: dict[str, FunctionDefinition] = {}
         self.client = client or httpx.AsyncClient(follow_redirects=False)
         self.version = -1
@@ -82,6 +87,17 @@ class HttpExecutor:
                 "name": "FunctionNotRunnable", "message": (
                     f"function {definition.id!r} cannot run on this server as its app synced "
                     f"it: {'; '.join(definition.problems)}")}, retriable=False)], last=True)
+            return
+        host = host_refused(str(definition.url), self.allowed_hosts)
+        if host is not None:  # no run data goes there; a re-sync at an allowed host fixes it
+            log.warning("run %s of %s not sent: host %r is not allowed (--sdk-allow-host)",
+                        state.run["id"], definition.id, host)
+            await self.engine.apply(job.lease, [RunFailed({
+                "name": "AppHostNotAllowed", "message": (
+                    f"function {definition.id!r} is synced at host {host!r}, which is not "
+                    "among the hosts this worker calls SDK apps at (--sdk-allow-host): sync "
+                    "the app at an allowed host, then replay the run")}, retriable=False)],
+                last=True)
             return
         calls = protocol.memo(state)
         while not job.abandoned:
@@ -254,6 +270,14 @@ class HttpExecutor:
             "server's --signing-key (or --signing-key-fallback)")})
 
 
+def host_refused(url: str, hosts: frozenset[str] | None) -> str | None:
+    """The host of `url` when it is not among `hosts` (None: every host is allowed)."""
+    if hosts is None:
+        return None
+    host = (urlsplit(url).hostname or "").lower()
+    return None if host in hosts else host
+
+
 class _Race:
     """Planned steps in race mode (`parallelMode: "race"`): as soon as one completes it is
     stored and the app is asked again (the others still running: it only plans), and only
@@ -337,8 +361,8 @@ def _step_outcomes(answers: dict[str, list[Outcome] | protocol.Planned]
 
 class RemoteApps:
     """Keeps one `Worker` with an `HttpExecutor` per synced SDK app, refreshed as apps re-sync
-    (`signing_key`, `signing_fallback`, `max_calls`: the executors'; `worker_options`: the
-    workers'). In
+    (`signing_key`, `signing_fallback`, `max_calls`, `allowed_hosts`: the executors';
+    `worker_options`: the workers'). In
     `stepwise dev` it also asks the apps at `urls` to sync (a `PUT` to its serve URL makes an
     SDK register itself with this server) at start and every `resync_every` seconds after, so
     an app that restarted with other functions is re-synced (an unchanged sync writes
@@ -349,9 +373,11 @@ class RemoteApps:
                  signing_key: str | None = None, signing_fallback: str | None = None,
                  max_calls: int = MAX_CALLS_PER_APP,
                  call_timeout_s: float = DEFAULT_CALL_TIMEOUT_S,
+                 allowed_hosts: frozenset[str] | None = None,
                  **worker_options: Any) -> None:
         self.storage = storage
         self.call_timeout_s = call_timeout_s
+        self.allowed_hosts = allowed_hosts
         self.engine = Engine(storage)
         self.urls = list(urls)
         self.check_every = check_every
@@ -381,7 +407,8 @@ class RemoteApps:
                                         signing_key=self.signing_key,
                                         signing_fallback=self.signing_fallback,
                                         max_calls=self.max_calls,
-                                        call_timeout_s=self.call_timeout_s)
+                                        call_timeout_s=self.call_timeout_s,
+                                        allowed_hosts=self.allowed_hosts)
                 worker = Worker(executor, self.storage, **self.worker_options)
                 await worker.start()
                 self.executors[app_id] = executor

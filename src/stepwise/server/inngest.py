@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 from fastapi import APIRouter, Path, Request
 from fastapi.responses import JSONResponse
@@ -17,7 +17,7 @@ from ..engine import RunState
 from ..engine.definitions import AppSource
 from ..events import sessions_meta
 from ..payloads import PayloadError, dumps, loads
-from ..remote import protocol, registration
+from ..remote import inband, protocol, registration
 from .errors import ApiError
 from .inputs import read_body, read_json, validate_events
 from .models import NO_NUL, JSONText, RunId
@@ -67,18 +67,50 @@ async def register_sdk_app(request: Request, server: ServerDep) -> JSONResponse:
         synced = registration.parse(body)
     except registration.RegistrationError as exc:
         return _refused(400, f"cannot sync the app: {exc}")
-    host = server.access.sdk_host_refused(
-        [synced.url, *(str(d.url) for d in synced.functions if d.url)])
-    if host is not None:
-        log.warning("sync of app %r refused: host %r is not allowed (--sdk-allow-host)",
-                    synced.app_id, host)
-        return _refused(403, f"cannot sync the app: {host!r} is not among the hosts this "
-                             "server allows SDK apps at (--sdk-allow-host)")
+    refusal = _host_refusal(server, synced)
+    if refusal is not None:
+        return refusal
+    key = server.access.signing_key
+    if key is not None and not server.access.dev_mode:
+        # The post proves only that its sender saw the key's hash once: the app at its URL
+        # is asked, and its signed answer is what is stored (see `remote.inband`).
+        try:
+            answer = await _confirmations(request).confirm(
+                synced.url, key, server.access.signing_fallback, server.clock.now_ms() // 1000)
+            synced = registration.parse(answer)
+        except inband.InBandError as exc:
+            log.warning("sync of the app at %s refused: %s", synced.url, exc.message)
+            return _refused(exc.status, f"cannot sync the app: {exc.message}")
+        except registration.RegistrationError as exc:
+            return _refused(400, f"cannot sync the app: its in-band answer: {exc}")
+        refusal = _host_refusal(server, synced)
+        if refusal is not None:
+            return refusal
     modified = await server.engine.register(synced.app_id, synced.functions, AppSource(
         synced.sdk, synced.url, synced.framework, synced.warnings))
     if modified:
         _log_sync(synced)
     return JSONResponse({"ok": True, "modified": modified, "app_id": synced.app_id})
+
+
+def _host_refusal(server: Server, synced: registration.SyncedApp) -> JSONResponse | None:
+    """A 403 when the app's URL or a function's is at a host not allowed (--sdk-allow-host)."""
+    host = server.access.sdk_host_refused(
+        [synced.url, *(str(d.url) for d in synced.functions if d.url)])
+    if host is None:
+        return None
+    log.warning("sync of app %r refused: host %r is not allowed (--sdk-allow-host)",
+                synced.app_id, host)
+    return _refused(403, f"cannot sync the app: {host!r} is not among the hosts this "
+                         "server allows SDK apps at (--sdk-allow-host)")
+
+
+def _confirmations(request: Request) -> inband.Confirmations:
+    """This server's in-band syncs (made on first use: only servers with a signing key)."""
+    state = request.app.state
+    if not hasattr(state, "sdk_confirmations"):
+        state.sdk_confirmations = inband.Confirmations()
+    return cast(inband.Confirmations, state.sdk_confirmations)
 
 
 async def _run_state(server: Server, run_id: str) -> RunState:
