@@ -223,6 +223,93 @@ def _strip(key: str) -> str:
     return strip_prefix(key).lower()
 
 
+def signin_options(command: Any) -> Any:
+    """Flags of the roles' keys, dashboard sessions and single sign-on (`stepwise server`)."""
+    for name, what in (("viewer", "reads the API and dashboard"),
+                       ("operator", "also replays, cancels and sends events")):
+        env = f"STEPWISE_{name.upper()}_KEY"
+        command = click.option(f"--{name}-key-file", envvar=f"{env}_FILE", default=None,
+                               help=f"Read the {name} key from this file  [env {env}_FILE]"
+                               )(command)
+        command = click.option(f"--{name}-key", envvar=env, default=None,
+                               help=f"A key for the {name} role, which {what} (sign in to "
+                                    f"the dashboard with it, or send it as Bearer)  "
+                                    f"[env {env}]")(command)
+    command = click.option(
+        "--session-hours", type=click.FloatRange(min=0.05, max=24 * 90), default=12.0,
+        show_default=True, envvar="STEPWISE_SESSION_HOURS",
+        help="How long a dashboard sign-in lasts  [env STEPWISE_SESSION_HOURS]")(command)
+    command = click.option(
+        "--oidc-issuer", envvar="STEPWISE_OIDC_ISSUER", default=None, metavar="URL",
+        help="Single sign-on to the dashboard with this OpenID Connect provider (its issuer "
+             "URL, https)  [env STEPWISE_OIDC_ISSUER]")(command)
+    command = click.option("--oidc-client-id", envvar="STEPWISE_OIDC_CLIENT_ID", default=None,
+                           help="This server's client id at the provider  "
+                                "[env STEPWISE_OIDC_CLIENT_ID]")(command)
+    command = click.option("--oidc-client-secret-file",
+                           envvar="STEPWISE_OIDC_CLIENT_SECRET_FILE", default=None,
+                           help="Read the client secret from this file  "
+                                "[env STEPWISE_OIDC_CLIENT_SECRET_FILE]")(command)
+    command = click.option("--oidc-client-secret", envvar="STEPWISE_OIDC_CLIENT_SECRET",
+                           default=None, help="The client secret at the provider  "
+                                              "[env STEPWISE_OIDC_CLIENT_SECRET]")(command)
+    command = click.option(
+        "--oidc-role", "oidc_roles", multiple=True, metavar="WHO=ROLE",
+        envvar="STEPWISE_OIDC_ROLES",
+        help="Who may sign in through single sign-on, as what role (viewer, operator or "
+             "admin); WHO is an email address, @domain or *, the most specific match wins; "
+             "repeatable. Nobody else may sign in  [env STEPWISE_OIDC_ROLES, space-separated]"
+    )(command)
+    return click.option(
+        "--public-url", envvar="STEPWISE_PUBLIC_URL", default=None, metavar="URL",
+        help="This server's address as browsers reach it (for the single sign-on redirect); "
+             "without it, each request's own address  [env STEPWISE_PUBLIC_URL]")(command)
+
+
+def _sign_in(options: dict[str, Any], keys: dict[str, str | None]) -> tuple[Any, dict[str, Any]]:
+    """The `SignIn` of `signin_options`' flags, and the `Access` fields they give: the roles'
+    keys and who single sign-on admits."""
+    from .access import ROLES
+    from .server.oidc import OidcClient, OidcSettings
+    from .server.state import SignIn
+
+    fields: dict[str, Any] = {}
+    for name in ("viewer", "operator"):
+        key = _key(options[f"{name}_key"], options[f"{name}_key_file"], f"{name} key")
+        if key is not None and key in keys.values():
+            raise click.UsageError(f"the {name} key must differ from the other keys")
+        keys[name] = fields[f"{name}_key"] = key
+    roles = []
+    for rule in options["oidc_roles"]:
+        who, equals, role = (part.strip() for part in rule.partition("="))
+        who = who.lower()
+        if not equals or role not in ROLES or not who or not who.isprintable() or \
+                " " in who or not (who == "*" or "@" in who):
+            raise click.BadParameter(f"{rule!r} is not WHO=ROLE (WHO an email, @domain or *; "
+                                     f"ROLE one of {', '.join(ROLES)})",
+                                     param_hint="--oidc-role")
+        roles.append((who, role))
+    fields["oidc_roles"] = tuple(roles)
+    oidc = None
+    issuer, client_id = options["oidc_issuer"], options["oidc_client_id"]
+    secret = _key(options["oidc_client_secret"], options["oidc_client_secret_file"],
+                  "OIDC client secret")
+    if (issuer is None) != (client_id is None):
+        raise click.UsageError("single sign-on needs both --oidc-issuer and --oidc-client-id")
+    if issuer is not None:
+        if not roles:
+            raise click.UsageError("single sign-on admits nobody without --oidc-role rules "
+                                   "(e.g. --oidc-role @example.com=viewer)")
+        try:
+            oidc = OidcClient(OidcSettings(issuer, client_id, secret,
+                                           public_url=options["public_url"]))
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--oidc-issuer") from None
+    elif roles or secret is not None:
+        raise click.UsageError("--oidc-role and --oidc-client-secret need --oidc-issuer")
+    return SignIn(session_ms=int(options["session_hours"] * 3_600_000), oidc=oidc), fields
+
+
 grace_option = click.option(
     "--grace-seconds", type=float, default=DEFAULT_GRACE_S, show_default=True,
     callback=_positive, envvar="STEPWISE_GRACE_SECONDS",
@@ -394,6 +481,7 @@ def _loopback(host: str) -> bool:
                        "URL and every function's must match): whoever holds the signing key "
                        "then cannot point runs, and the run data the workers send, elsewhere. "
                        "Without it, any host")
+@signin_options
 @limits_options
 @max_in_flight_option
 @retention_options
@@ -403,7 +491,7 @@ def server(db: str | None, port: int, host: str, api_key: str | None,
            signing_key_fallback: str | None, signing_key_fallback_file: str | None,
            sdk_hosts: frozenset[str] | None,
            insecure: bool, max_in_flight: int, retention: int | str | None,
-           failed_retention: int | str | None, **limits: int) -> None:
+           failed_retention: int | str | None, **options: Any) -> None:
     """The HTTP API and dashboard alone (run workers separately).
 
     Needs two keys, from flags, environment or files: the API key (management API,
@@ -433,12 +521,17 @@ def server(db: str | None, port: int, host: str, api_key: str | None,
                    err=True)
     else:
         click.echo(f"API key {mask(api_key or '')}, event key {mask(event_key or '')}")
+    sign_in, role_fields = _sign_in(options, {"API key": api_key, "event key": event_key})
+    if api_key is None and (role_fields["viewer_key"] or role_fields["operator_key"]
+                            or sign_in.oidc):
+        raise click.UsageError("roles' keys and single sign-on need an --api-key (without "
+                               "one, everything is open)")
     access = Access(api_key=api_key, event_key=event_key, signing_key=signing_key,
-                    signing_fallback=signing_fallback, sdk_hosts=sdk_hosts)
+                    signing_fallback=signing_fallback, sdk_hosts=sdk_hosts, **role_fields)
     asyncio.run(_serve(app=None, db=db, host=host, port=port, access=access,
                        concurrency=1, lease_seconds=30.0, poll_seconds=1.0, with_http=True,
-                       limits=_limits(limits), max_in_flight=max_in_flight,
-                       retention=(retention, failed_retention)))
+                       limits=_limits(options), max_in_flight=max_in_flight,
+                       retention=(retention, failed_retention), sign_in=sign_in))
 
 
 @main.command("new-key")
@@ -578,8 +671,8 @@ async def _serve(*, app: App | None, db: str | None, host: str, port: int,
                  loop_stall_s: float = DEFAULT_LOOP_STALL_S,
                  processes: ProcessOptions | None = None,
                  sdk_call_timeout_s: float = DEFAULT_CALL_TIMEOUT_S,
-                 retention: tuple[int | str | None, int | str | None] = ("unset", "unset")
-                 ) -> None:
+                 retention: tuple[int | str | None, int | str | None] = ("unset", "unset"),
+                 sign_in: Any = None) -> None:
     """`retention`: the completed and failed runs' windows to store ("unset": keep what is
     stored); with the HTTP server runs the background retention passes. `sdk_urls` (None: no
     SDK apps here; may be empty): execute the runs of synced SDK apps in this process too,
@@ -632,7 +725,8 @@ async def _serve(*, app: App | None, db: str | None, host: str, port: int,
                            (" (signed calls)" if signing_key else ""))
         if with_http:
             config = uvicorn.Config(create_server(storage, access=access, limits=limits,
-                                                  max_in_flight=max_in_flight),
+                                                  max_in_flight=max_in_flight,
+                                                  sign_in=sign_in),
                                     host=host, port=port, log_level="warning", lifespan="off",
                                     http=JsonErrorsH11,
                                     timeout_graceful_shutdown=max(1, int(grace)))

@@ -72,7 +72,8 @@ MANAGEMENT = [
     ("GET", "/api/v1/functions"), ("GET", "/api/v1/events"), ("GET", "/api/v1/events/e1"),
     ("POST", "/api/v1/runs/01ABC/rerun"), ("POST", "/api/v1/runs/replay"),
     ("POST", "/api/v1/runs/cancel"), ("GET", "/api/v1/workers"),
-    ("GET", "/api/v1/stats/functions"), ("GET", "/runs/01ABC"), ("GET", "/assets/app.js"),
+    ("GET", "/api/v1/stats/functions"), ("GET", "/runs/01ABC"), ("GET", "/api/v1/audit"),
+    ("GET", "/api/v1/me"),
     ("POST", "/fn/register"), ("POST", "/v1/signals"), ("GET", "/v1/runs/01ABC"),
     ("DELETE", "/v1/runs/01ABC"), ("GET", "/v1/events/e1/runs"), ("GET", "/v1/events/e1"),
     ("GET", "/api/v1/retention"),
@@ -99,6 +100,9 @@ def test_every_endpoint_but_events_and_health_needs_the_api_key(server: str) -> 
                                 headers={**json_type, "authorization": good})
             assert status not in (401, 403), (method, path, status)
     assert call("GET", server + "/healthz")[0] == 200
+    # Open: the sign-in page and the dashboard's static files (the package's own, no data).
+    for path in ("/signin", "/assets/app.js", "/assets/app.css"):
+        assert call("GET", server + path)[0] == 200, path
 
 
 def test_a_change_posted_from_another_site_is_refused_even_with_the_saved_login(

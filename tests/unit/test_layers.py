@@ -86,7 +86,7 @@ def test_the_checker_sees_upward_imports(tmp_path: Path) -> None:
 #: The engine's modules, lowest first: a module may import only modules of a lower rank (the
 #: transitions below the operations that use them; `__init__` runs them all).
 ENGINE_ORDER: dict[str, int] = {
-    "outcomes": 0, "retries": 0, "definitions": 0, "workers": 0,
+    "outcomes": 0, "retries": 0, "definitions": 0, "workers": 0, "sessions": 0, "audit": 0,
     "sdk_events": 1,  # an SDK run's end events, built (not ingested)
     "lifecycle": 2,  # fencing and every status transition
     "waits": 3,

@@ -13,7 +13,7 @@ from importlib import resources
 
 #: The dashboard's addresses (Starlette path syntax); the API lives under /api/v1.
 PAGES = ("/", "/runs", "/runs/{run_id}", "/failed", "/events", "/events/{event_id}",
-         "/functions", "/apps", "/workers")
+         "/functions", "/apps", "/workers", "/audit")
 #: Where `static/` is served.
 ASSETS = "/assets"
 

@@ -14,7 +14,8 @@ methods run one engine operation each in one storage transaction:
 - `workers`: which workers are alive and what they serve;
 - `retention`: which finished runs and events are deleted, a page at a time;
 - `stats`: function statistics over time, from a rollup of finished runs;
-- `sdk_events`: the lifecycle events a run of an SDK function emits when it ends.
+- `sdk_events`: the lifecycle events a run of an SDK function emits when it ends;
+- `sessions`, `audit`: dashboard sign-in sessions, and the log of who did what.
 """
 
 from __future__ import annotations
@@ -31,12 +32,14 @@ from ..storage import Storage
 from ..storage.rows import EventRow, RunDetail, RunRow
 from . import (
     admin,
+    audit,
     definitions,
     ingest,
     leasing,
     lifecycle,
     retention,
     runs,
+    sessions,
     stats,
     waits,
     workers,
@@ -312,3 +315,26 @@ class Engine:
     async def prune_counts(self, window_ms: int) -> dict[str, Any]:
         return await self.storage.read(retention.counts, window_ms, self.clock.now_ms())
 
+
+    # --- sign-in sessions and the audit log (`sessions`, `audit`) -------------------------
+
+    async def create_session(self, actor: str, role: str, ttl_ms: int
+                             ) -> tuple[str, sessions.Session]:
+        return await self.storage.write(sessions.create, actor, role, self.clock.now_ms(),
+                                        ttl_ms)
+
+    async def find_session(self, token: str) -> sessions.Session | None:
+        return await self.storage.read(sessions.find, token, self.clock.now_ms(),
+                                       snapshot=False)
+
+    async def end_session(self, token: str) -> bool:
+        return await self.storage.write(sessions.delete, token)
+
+    async def record_audit(self, actor: str, role: str, action: str, target: str, status: int,
+                           detail: Any) -> str:
+        return await self.storage.write(audit.record, self.clock.now_ms(), actor, role, action,
+                                        target, status, detail)
+
+    async def audit_page(self, before: tuple[int, str] | None, limit: int
+                         ) -> list[audit.Entry]:
+        return await self.storage.read(audit.page, before, limit)

@@ -339,3 +339,28 @@ class EraseOut(BaseModel):
     deleted: dict[str, int] | None = Field(None, description="Rows deleted: runs, steps, events")
     more: bool = Field(description="More events match than one request erases (500): send "
                                    "it again")
+
+
+class AuditEntry(BaseModel):
+    id: str
+    at: str | None
+    actor: str = Field(description="Who: 'API key', 'operator key', a single sign-on email, "
+                                   "or a name given at sign-in with the role's key")
+    role: str = Field(description="viewer, operator or admin")
+    action: str = Field(description="The method and route, e.g. 'POST "
+                                    "/api/v1/runs/{run_id}/replay', or 'sign-in'")
+    target: str = Field(description="The route's path parameters (a run id, say)")
+    status: int = Field(description="The HTTP status the action was answered with")
+    detail: Any = Field(description="The query and JSON body of the request (bounded)")
+
+
+class AuditPage(BaseModel):
+    entries: list[AuditEntry]
+    next: str | None = Field(None, description="Pass as `before` for the next (older) page")
+
+
+class Me(BaseModel):
+    actor: str
+    role: str
+    via: str = Field(description="key, session, signing key, or open (no keys configured)")
+    signed_in: bool = Field(description="Whether a sign-in session (a cookie) identifies you")

@@ -4,7 +4,7 @@ module-level `APIRouter`s and one process may serve several servers (tests do)."
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, cast
 
 from fastapi import Depends, Request
@@ -13,6 +13,19 @@ from ..access import Access
 from ..clock import Clock
 from ..engine import Engine
 from ..payloads import Limits
+from .oidc import OidcClient
+
+#: How long a dashboard session lasts by default (`--session-hours`).
+DEFAULT_SESSION_HOURS = 12
+
+
+@dataclass(frozen=True)
+class SignIn:
+    """How this server signs browsers in (`signin`): how long a session lasts, and single
+    sign-on when configured."""
+
+    session_ms: int = DEFAULT_SESSION_HOURS * 3_600_000
+    oidc: OidcClient | None = None
 
 
 @dataclass(frozen=True)
@@ -20,6 +33,7 @@ class Server:
     engine: Engine
     limits: Limits
     access: Access
+    signin: SignIn = field(default_factory=SignIn)
 
     @property
     def clock(self) -> Clock:

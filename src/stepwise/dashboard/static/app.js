@@ -36,8 +36,13 @@ async function allFunctions() {
   return { functions };
 }
 
+/** The signed-in session's CSRF token (a cookie this script may read), sent with changes. */
+const csrfToken = () => (document.cookie.split("; ").find(c => c.startsWith("stepwise_csrf=")) ||
+  "").slice("stepwise_csrf=".length);
+
 async function api(path, { method = "GET", body } = {}) {
   const init = { method, headers: {} };
+  if (method !== "GET" && csrfToken()) init.headers["X-CSRF-Token"] = csrfToken();
   if (body !== undefined) {
     init.headers["Content-Type"] = "application/json";
     init.body = JSON.stringify(body);
@@ -158,6 +163,7 @@ const ROUTES = [
   [/^\/functions$/, "functions", () => pageFunctions()],
   [/^\/apps$/, "apps", () => pageApps()],
   [/^\/workers$/, "workers", () => pageWorkers()],
+  [/^\/audit$/, "audit", () => pageAudit()],
 ];
 let current = { refresh: null, generation: 0 };
 
@@ -1065,4 +1071,67 @@ async function pageWorkers() {
   };
 }
 
+// --- audit log -----------------------------------------------------------------------------
+
+async function pageAudit() {
+  $("#page").innerHTML = html`<h1>Audit log</h1>
+    <p class="muted">Every management action (replays, cancels, bulk operations, retention,
+      pruning, erasure) and every sign-in: who, as what role, what, and how it was answered.
+      Refusals are listed too.</p><div id="audit"><p class="muted">Loading…</p></div>
+    <p><button id="audit-more" class="secondary" hidden>Older entries</button></p>`;
+  const shown = [];
+  let next = null;
+  const draw = () => {
+    $("#audit").innerHTML = shown.length ? html`<table id="audit-list"><thead><tr><th>When</th>
+      <th>Who</th><th>Role</th><th>Action</th><th>Target</th><th>Answer</th><th>Detail</th>
+      </tr></thead><tbody>${shown.map(e => html`<tr>
+        <td>${when(e.at)}</td><td>${e.actor}</td><td>${e.role}</td>
+        <td class="mono">${e.action}</td>
+        <td>${e.target ? (e.action.includes("{run_id}") ? runLink(e.target) :
+          html`<span class="mono">${e.target}</span>`) : "–"}</td>
+        <td><span class="badge ${e.status < 400 ? "s-completed" : "s-failed"}">${e.status}
+          </span></td>
+        <td class="mono wrap" style="font-size:12px">${Object.keys(e.detail || {}).length ?
+          JSON.stringify(e.detail) : ""}</td></tr>`)}</tbody></table>`
+      : html`<p class="muted">Nothing has been recorded yet.</p>`;
+    labelCells();
+    $("#audit-more").hidden = !next;
+  };
+  $("#audit-more").addEventListener("click", async () => {
+    const page = await api(`/api/v1/audit?limit=100&before=${encodeURIComponent(next)}`);
+    shown.push(...page.entries);
+    next = page.next;
+    draw();
+  });
+  return async () => {
+    const page = await api("/api/v1/audit?limit=100");
+    // Newest first: keep the older pages already loaded below the refreshed first page.
+    const known = new Set(page.entries.map(e => e.id));
+    const older = shown.filter(e => !known.has(e.id) && page.entries.length &&
+      e.id < page.entries[page.entries.length - 1].id);
+    if (!older.length) next = page.next;
+    shown.splice(0, shown.length, ...page.entries, ...older);
+    draw();
+  };
+}
+
+// --- who is signed in ------------------------------------------------------------------------
+
+async function showSignedIn() {
+  const box = $("#who");
+  try {
+    const me = await api("/api/v1/me");
+    if (!me.signed_in) return;
+    box.hidden = false;
+    box.innerHTML = html`<span title="${me.actor} · ${me.role}">${me.actor}
+      <span class="badge">${me.role}</span></span>
+      <button id="signout" class="secondary">Sign out</button>`;
+    $("#signout").addEventListener("click", async () => {
+      await fetch("/signout", { method: "POST", headers: { "X-CSRF-Token": csrfToken() } });
+      location.href = "/signin";
+    });
+  } catch { /* not signed in through a session */ }
+}
+
 render().then(warnUnserved);
+showSignedIn();

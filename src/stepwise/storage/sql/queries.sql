@@ -1077,3 +1077,28 @@ RETURNING run_id;
 -- The live wait for :signal, taken: its run and step (none: no run waits for it now).
 DELETE FROM signal_waits WHERE signal = :signal AND expires_at > :now
 RETURNING run_id, step_id;
+
+-- name: insert_session
+INSERT INTO sessions (token_hash, actor, role, csrf, created_at, expires_at)
+VALUES (:token_hash, :actor, :role, :csrf, :now, :expires_at);
+
+-- name: find_session
+SELECT actor, role, csrf, expires_at FROM sessions
+WHERE token_hash = :token_hash AND expires_at > :now;
+
+-- name: delete_session
+DELETE FROM sessions WHERE token_hash = :token_hash;
+
+-- name: delete_expired_sessions
+DELETE FROM sessions WHERE expires_at <= :now;
+
+-- name: insert_audit_entry
+INSERT INTO audit_log (id, at, actor, role, action, target, status, detail)
+VALUES (:id, :at, :actor, :role, :action, :target, :status, :detail);
+
+-- name: audit_page
+-- Newest first, before the (at, id) cursor: :before_at = a time past every entry for the first
+-- page.
+SELECT id, at, actor, role, action, target, status, detail FROM audit_log
+WHERE at < :before_at OR (at = :before_at AND id < :before_id)
+ORDER BY at DESC, id DESC LIMIT :limit;
