@@ -94,6 +94,7 @@ ENGINE_ORDER: dict[str, int] = {
     "ingest": 5,  # ingests what run ends announce: above the transitions
     "runs": 6,
     "leasing": 7, "admin": 7, "retention": 7, "stats": 7,
+    "search": 0,  # reads runs by the search index (below admin, which uses it)
     "__init__": 8,
 }
 

@@ -39,6 +39,7 @@ from . import (
     lifecycle,
     retention,
     runs,
+    search,
     sessions,
     stats,
     waits,
@@ -200,6 +201,12 @@ class Engine:
     async def list_runs(self, filters: dict[str, Any], limit: int = 50,
                         preview: int | None = None) -> list[RunRow]:
         return await self.storage.read(admin.list_runs, filters, limit, preview)
+
+    async def search_runs(self, filters: dict[str, Any], q: str | None = None, limit: int = 50,
+                          preview: int | None = None) -> search.Found:
+        """A page of runs matching `filters` and the search `q` (`engine.search`), newest
+        first, with how many match in all."""
+        return await self.storage.read(admin.search_runs, filters, q, limit, preview)
 
     async def list_events(self, filters: dict[str, Any], limit: int = 50) -> list[EventRow]:
         return await self.storage.read(admin.list_events, filters, limit)

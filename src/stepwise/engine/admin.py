@@ -11,7 +11,7 @@ from ..payloads import dumps
 from ..status import REPLAYABLE_RUN, TERMINAL_RUN, UNFINISHED_RUN, RunStatus
 from ..storage import Tx
 from ..storage.rows import EventRow, FailureRow, LogRow, RunDetail, RunRow, StepRow
-from . import definitions, flow_control, ingest, lifecycle
+from . import definitions, flow_control, ingest, lifecycle, search
 
 
 class NotFound(LookupError):
@@ -115,39 +115,16 @@ def _replay(tx: Tx, run: RunRow, now: int) -> None:
                                           flow_control.event_for(tx, run["event_id"]), now)
 
 
-_RUN_FILTERS = {"function": "r.function_id = :function", "status": "r.status = :status",
-                "event_id": "r.event_id = :event_id", "app": "r.app_id = :app",
-                "before": "r.id < :before", "since": "r.created_at >= :since",
-                "until": "r.created_at < :until", "event_name": "e.name = :event_name"}
-
-
-def _run_filter(tx: Tx, params: dict[str, Any]) -> str:
-    """FROM and WHERE for runs matching `params` (the filters of `list_runs`)."""
-    where = [_RUN_FILTERS[k] for k in params if k in _RUN_FILTERS]
-    if "data_field" in params:  # a field of the event's data equals data_value
-        where.append(tx.text("event_field_equals"))
-    if "statuses" in params:  # a JSON list (bulk operations: the statuses they may change)
-        where.append(tx.text("run_status_in"))
-    joined = "event_name" in params or "data_field" in params
-    return ("FROM runs r" + (" JOIN events e ON e.id = r.event_id" if joined else "")
-            + (" WHERE " + " AND ".join(where) if where else ""))
-
-
 def list_runs(tx: Tx, filters: dict[str, Any], limit: int, preview: int | None = None
               ) -> list[RunRow]:
-    """Runs newest first. With `preview`, `output` and `error` hold at most `preview + 1`
-    characters (longer means cut), so a page of big outputs is never read whole."""
-    params = {k: v for k, v in filters.items() if v is not None}
-    columns = ("r.output, r.error" if preview is None else
-               "substr(r.output, 1, :preview) AS output, substr(r.error, 1, :preview) AS error")
-    sql = (f"SELECT r.id, r.app_id, r.function_id, r.event_id, r.status, {columns}, "
-           "r.attempts, r.retry, r.origin_run_id, r.parent_run_id, r.parent_step_id, "
-           "r.rerun_of, r.created_at, r.started_at, r.ended_at, "
-           "(SELECT COUNT(*) FROM failures f WHERE f.run_id = r.id) AS failed_attempts "
-           + _run_filter(tx, params) + " ORDER BY r.id DESC LIMIT :limit")
-    if preview is not None:
-        params["preview"] = preview + 1
-    return cast(list[RunRow], tx.raw_all(sql, {**params, "limit": limit}))
+    """Runs newest first, as `search.find_runs` finds them (no count)."""
+    return search.find_runs(tx, filters, limit, preview=preview).runs
+
+
+def search_runs(tx: Tx, filters: dict[str, Any], q: str | None, limit: int,
+                preview: int | None = None) -> search.Found:
+    """A page of the runs matching `filters` and the search `q`, and their count."""
+    return search.find_runs(tx, filters, limit, q=q, preview=preview, count=True)
 
 
 #: The most runs one bulk request changes; the caller repeats while `more` is true.
@@ -166,7 +143,7 @@ def bulk(tx: Tx, action: str, filters: dict[str, Any], now: int, dry_run: bool
     if not statuses:
         return {"matched": 0, "changed": 0, "more": False, "by_function": {}}
     params["statuses"] = dumps(statuses, "statuses")
-    where = _run_filter(tx, params)
+    where, params = search.where(tx, params, params.pop("q", None))
     count = tx.raw_all("SELECT COUNT(*) AS n " + where, params)
     matched = int(count[0]["n"]) if count else 0
     if dry_run or not matched:

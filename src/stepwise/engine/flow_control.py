@@ -14,7 +14,7 @@ from ..errors import ErrorInfo
 from ..events import StoredEvent, event_json
 from ..flow import MAX_PRIORITY_SECONDS, FlowOptions
 from ..payloads import dumps, loads, new_id
-from ..storage import Tx
+from ..storage import Tx, search
 from . import definitions, lifecycle, waits
 
 log = logging.getLogger("stepwise.engine")
@@ -24,16 +24,19 @@ IDEMPOTENCY_MS = 24 * 3600 * 1000
 def create_run(tx: Tx, app_id: str, function_id: str, event_id: str | None, available_at: int,
                now: int, *, announced: list[StoredEvent], flow: FlowOptions | None = None,
                origin_run_id: str | None = None, parent_run_id: str | None = None,
-               parent_step_id: str | None = None) -> str:
+               parent_step_id: str | None = None, event: StoredEvent | None = None) -> str:
     """Start a run, applying the function's flow control; return its id (an existing run's
     when the event joined a debounce, a batch or an idempotent run). `flow`: the function's
-    options when the caller already has them. `announced` receives what the ends of runs
-    this cancelled announce (a singleton's), for the caller to ingest."""
+    options when the caller already has them; `event`: the event `event_id` when the caller
+    has it (else it is read). `announced` receives what the ends of runs this cancelled
+    announce (a singleton's), for the caller to ingest."""
     if flow is None:
         definition = definitions.get(tx, app_id, function_id)
         flow = definition.flow if definition is not None else FlowOptions()
     if flow.empty:
-        return _insert_run(tx, app_id, function_id, event_id, available_at, now,
+        terms = search.event_terms(event.name, event.data) if event is not None else \
+            event_terms(tx, event_id)
+        return _insert_run(tx, app_id, function_id, event_id, available_at, now, terms,
                            origin_run_id=origin_run_id, parent_run_id=parent_run_id,
                            parent_step_id=parent_step_id)
     start = _Start(tx, app_id, function_id, event_id, flow, event_for(tx, event_id), now,
@@ -44,7 +47,7 @@ def create_run(tx: Tx, app_id: str, function_id: str, event_id: str | None, avai
         return existing
     start.throttle()
     run_id = _insert_run(tx, app_id, function_id, event_id, start.available_at, now,
-                         origin_run_id=origin_run_id, parent_run_id=parent_run_id,
+                         start.terms(), origin_run_id=origin_run_id, parent_run_id=parent_run_id,
                          parent_step_id=parent_step_id, priority=start.priority())
     start.record(run_id)
     return run_id
@@ -62,6 +65,12 @@ class _Start:
         self.scope = f"{app_id}:{function_id}"
         self.group_key: str | None = None  # the debounce or batch the new run opens
         self.singleton_key: str | None = None  # the singleton key the new run holds
+
+    def terms(self) -> list[str]:
+        """The search terms of a run of this event (`storage.search`)."""
+        if self.event_id is None:
+            return []
+        return search.event_terms(self.event["name"], self.event["data"])
 
     def _idempotency_key(self) -> str | None:
         if not self.flow.idempotency:
@@ -90,7 +99,7 @@ class _Start:
             f"skipped: over the rate limit of {limit.limit} runs per "
             f"{limit.period_ms / 1000:g} s for key {key_value}")}
         lifecycle.skip(self.tx, run_id, self.app_id, self.function_id, self.event_id, error,
-                       self.now)
+                       self.now, self.terms())
         return run_id
 
     def debounced(self) -> str | None:
@@ -107,6 +116,10 @@ class _Start:
                 due = min(due, int(group["first_at"]) + debounce.timeout_ms)
             if tx.exec("postpone_unleased", run_id=group["run_id"], available_at=due):
                 tx.exec("set_run_event", run_id=group["run_id"], event_id=self.event_id)
+                # Found by its new event, no longer by the one it replaces.
+                tx.exec("delete_event_terms", run_id=group["run_id"])
+                tx.defer("insert_run_terms",
+                         run_terms=search.pairs(str(group["run_id"]), self.terms()))
                 return str(group["run_id"])
             tx.exec("delete_group", key=self.group_key)  # it started meanwhile: a new one
         self.available_at = max(self.available_at, now + debounce.period_ms)
@@ -127,6 +140,9 @@ class _Start:
         if group is not None:
             tx.exec("insert_run_event", run_id=group["run_id"], position=group["size"],
                     event_id=self.event_id)
+            # Found by any event of its batch.
+            tx.defer("insert_run_terms",
+                     run_terms=search.pairs(str(group["run_id"]), self.terms()))
             if int(group["size"]) + 1 >= batch.max_size:
                 tx.exec("delete_group", key=self.group_key)
                 tx.exec("release_now", run_id=group["run_id"], now=self.now)
@@ -160,7 +176,7 @@ class _Start:
             lifecycle.skip(self.tx, run_id, self.app_id, self.function_id, self.event_id, {
                 "name": "SingletonSkipped", "message": (
                     f"skipped: run {holder['run_id']} of this singleton function is not "
-                    "finished")}, self.now)
+                    "finished")}, self.now, self.terms())
             self.singleton_key = None
             return run_id
         ended = lifecycle.cancel(self.tx, str(holder["run_id"]), self.now,
@@ -249,8 +265,9 @@ def add_keys_and_cancels(tx: Tx, run_id: str, app_id: str, function_id: str, flo
 
 
 def _insert_run(tx: Tx, app_id: str, function_id: str, event_id: str | None, available_at: int,
-                now: int, *, origin_run_id: str | None = None, parent_run_id: str | None = None,
-                parent_step_id: str | None = None, priority: int = 0) -> str:
+                now: int, terms: list[str], *, origin_run_id: str | None = None,
+                parent_run_id: str | None = None, parent_step_id: str | None = None,
+                priority: int = 0) -> str:
     run_id = new_id()
     # Deferred: nothing reads what they answer, so on PostgreSQL they travel with the
     # transaction's next statement or its COMMIT.
@@ -259,6 +276,8 @@ def _insert_run(tx: Tx, app_id: str, function_id: str, event_id: str | None, ava
              parent_step_id=parent_step_id, now=now)
     tx.defer("enqueue", run_id=run_id, app_id=app_id, function_id=function_id,
              available_at=available_at, priority=priority)
+    if terms:
+        tx.defer("insert_run_terms", run_terms=search.pairs(run_id, terms))
     return run_id
 
 
@@ -269,17 +288,31 @@ class PlainRuns:
         self.now = now
         self.columns: dict[str, list[Any]] = {
             "ids": [], "app_ids": [], "function_ids": [], "event_ids": [], "available_ats": []}
+        #: The runs' search terms, as `insert_run_terms` takes them.
+        self.terms: list[str] = []
 
-    def add(self, app_id: str, function_id: str, event_id: str, available_at: int) -> None:
+    def add(self, app_id: str, function_id: str, event_id: str, available_at: int,
+            terms: list[str]) -> None:
+        """One more run; `terms`: its event's (`search.event_terms`)."""
+        run_id = new_id()
         for column, value in zip(self.columns.values(),
-                                 (new_id(), app_id, function_id, event_id, available_at),
+                                 (run_id, app_id, function_id, event_id, available_at),
                                  strict=True):
             column.append(value)
+        self.terms += search.pairs(run_id, terms)
 
     def insert(self, tx: Tx) -> None:
         """Deferred, like `_insert_run`'s, and waking the workers when there were any."""
         if self.columns["ids"]:
             tx.defer("insert_runs", now=self.now, **self.columns)
+        if self.terms:
+            tx.defer("insert_run_terms", run_terms=self.terms)
+
+
+def event_terms(tx: Tx, event_id: str | None) -> list[str]:
+    """The search terms of a run of the stored event `event_id` (none without one)."""
+    row = tx.one("get_event", id=event_id) if event_id else None
+    return [] if row is None else search.event_terms(row["name"], row["data"])
 
 
 def event_for(tx: Tx, event_id: str | None) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from typing import Any
 from ..definition import EventTrigger, trigger_names
 from ..events import StoredEvent, event_json
 from ..flow import FlowOptions
-from ..storage import Tx
+from ..storage import Tx, search
 from . import definitions, flow_control, lifecycle, waits
 
 #: A function an event name triggers: its app, id, flow control, and its triggers on the name.
@@ -141,12 +141,15 @@ def ingest_events(tx: Tx, events: list[StoredEvent] | tuple[StoredEvent, ...],
         if ev.id not in new:
             continue
         new.discard(ev.id)  # an id repeated in one call is stored and routed once
+        terms: list[str] | None = None
         for app_id, function_id, flow, _triggers in _matching(ev, routes.get(ev.name, [])):
             if flow.empty:
-                plain.add(app_id, function_id, ev.id, max(now, ev.ts))
+                if terms is None:
+                    terms = search.event_terms(ev.name, ev.data)
+                plain.add(app_id, function_id, ev.id, max(now, ev.ts), terms)
             else:
                 flow_control.create_run(tx, app_id, function_id, ev.id, max(now, ev.ts), now,
-                                        flow=flow, announced=announced)
+                                        flow=flow, announced=announced, event=ev)
             for cancel in flow.cancel_on:
                 waited.pop(cancel.event, None)  # the run may now wait for that name
         if ev.name not in waited:
@@ -178,15 +181,18 @@ def _ingest_routed(tx: Tx, events: list[StoredEvent] | tuple[StoredEvent, ...], 
         if ev.id in routed:
             continue  # an id repeated in one call is stored (the first) and routed once
         routed.add(ev.id)
+        terms: list[str] | None = None
         for app_id, function_id, _flow, _triggers in _matching(ev, routes.get(ev.name, [])):
-            plain.add(app_id, function_id, ev.id, max(now, ev.ts))
+            if terms is None:
+                terms = search.event_terms(ev.name, ev.data)
+            plain.add(app_id, function_id, ev.id, max(now, ev.ts), terms)
     columns = plain.columns
     [[row]] = tx.commit_with([("ingest_routed", {
         **_event_columns(events), "route_names": lookup_names(names), "routes": fingerprint,
         "now": now,
         "run_ids": columns["ids"], "run_apps": columns["app_ids"],
         "run_functions": columns["function_ids"], "run_events": columns["event_ids"],
-        "run_available_ats": columns["available_ats"]})])
+        "run_available_ats": columns["available_ats"], "run_terms": plain.terms})])
     return bool(row["ok"])
 
 

@@ -237,7 +237,7 @@ def fire_schedules(tx: Tx, app_id: str, now: int,
                   now=now, trace=None, meta=None) is not None:
             announced: list[StoredEvent] = []
             flow_control.create_run(tx, app_id, row["function_id"], event.id, now, now,
-                                    announced=announced)
+                                    announced=announced, event=event)
             ingest.ingest_events(tx, announced, now)
             fired += 1
         tx.exec("set_schedule_next", app_id=app_id, function_id=row["function_id"], cron=cron,

@@ -25,7 +25,7 @@ from ..errors import ErrorInfo, LeaseLost, RunCancelled
 from ..events import StoredEvent
 from ..payloads import dumps
 from ..status import TERMINAL_RUN, RunStatus, StepStatus
-from ..storage import Tx
+from ..storage import Tx, search
 from ..storage.rows import RunRow
 from . import sdk_events
 from .outcomes import Lease
@@ -91,17 +91,29 @@ def replay(tx: Tx, run: RunRow, now: int) -> None:
 
 
 def skip(tx: Tx, run_id: str, app_id: str, function_id: str, event_id: str | None,
-         error: ErrorInfo, now: int) -> None:
-    """A run recorded as skipped (over a rate limit): it never starts."""
+         error: ErrorInfo, now: int, terms: list[str]) -> None:
+    """A run recorded as skipped (over a rate limit): it never starts. `terms`: its event's
+    search terms (its error's are added)."""
     tx.exec("insert_skipped_run", id=run_id, app_id=app_id, function_id=function_id,
             event_id=event_id, now=now, error=dumps(error, "error"))
+    tx.defer("insert_run_terms", run_terms=search.pairs(
+        run_id, [*terms, *search.error_terms(error)]))
 
 
 def record_failure(tx: Tx, run_id: str, step_id: str | None, attempt: int, error: ErrorInfo,
                    started_at: int | None, ended_at: int) -> None:
-    """Keep a failed attempt (of a step, or of the body when `step_id` is None)."""
+    """Keep a failed attempt (of a step, or of the body when `step_id` is None); the run is
+    found by its error's words from now on."""
     tx.exec("insert_failure", run_id=run_id, step_id=step_id, attempt=attempt,
             error=dumps(error, "error"), started_at=started_at, ended_at=ended_at)
+    _index_error(tx, run_id, error)
+
+
+def _index_error(tx: Tx, run_id: str, error: ErrorInfo | None) -> None:
+    """The words of a run's error in the search index (`storage.search`)."""
+    terms = search.error_terms(error) if error is not None else []
+    if terms:
+        tx.defer("insert_run_terms", run_terms=search.pairs(run_id, terms))
 
 
 @dataclass
@@ -137,6 +149,7 @@ def finish(tx: Tx, run_id: str, status: RunStatus, output: str | None, error: Er
         return None
     if not all(answered):
         raise LeaseLost(f"run {run_id}: a step was stored by another execution")
+    _index_error(tx, run_id, error)
     run = cast(RunRow, finished[0])
     ended = Ended()
     if definition and definition[0]["sdk"]:

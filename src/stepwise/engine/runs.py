@@ -481,7 +481,8 @@ def _start_invoked(b: _Batch, invoke: Invoke) -> None:
     announced: list[StoredEvent] = []
     child = lifecycle.get_run(tx, flow_control.create_run(
         tx, app_id, definition.id, event.id, now, now, flow=definition.flow,
-        parent_run_id=b.run_id, parent_step_id=invoke.step_id, announced=announced))
+        parent_run_id=b.run_id, parent_step_id=invoke.step_id, announced=announced,
+        event=event))
     ingest.ingest_events(tx, announced, now)
     if child is not None and child["status"] in TERMINAL_RUN:
         # Skipped, or an idempotent run already done: the step settles at once.

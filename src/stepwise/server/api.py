@@ -14,6 +14,7 @@ from fastapi.responses import Response
 
 from .. import metrics, tracing
 from ..engine import FOREVER
+from ..engine.search import SearchError
 from ..status import RunStatus
 from ..storage import StorageUnavailable
 from . import convert
@@ -73,8 +74,17 @@ async def send_events(request: Request, server: ServerDep) -> EventIds:
     return EventIds(ids=ids)
 
 
+SEARCH_HELP = (
+    "Search: words separated by spaces, all of which must match (quote a value with spaces: "
+    "`user.name=\"Ada L\"`). `path=value`: the event's data has that value at that dotted "
+    "path (as `event_data`); `function:ID`, `event:NAME`, `error:WORD`, `id:PREFIX` say what "
+    "a word is; any other word is a function's id, an event name a function is triggered "
+    "by, the start of a run id (4 characters or more), else a word of the run's errors "
+    "(any case; failed attempts' errors count too), the first of these that applies")
+
+
 @router.get("/api/v1/runs", response_model=RunList, summary="Search runs, newest first",
-            responses=errors(401))
+            responses=errors(400, 401))
 async def list_runs(
     server: ServerDep,
     function: str | None = Query(None, max_length=256, pattern=NO_NUL),
@@ -88,18 +98,24 @@ async def list_runs(
     event_data: str | None = Query(
         None, max_length=1024, pattern=DATA_MATCH,
         description="`path=value`: runs whose event data has this value at this dotted "
-                    "path (strings and numbers), e.g. `user.id=42`"),
+                    "path (strings, numbers, `true`/`false`), e.g. `user.id=42`"),
     since: CreatedSince = None,
     until: CreatedUntil = None,
+    q: str | None = Query(None, max_length=1024, pattern=NO_NUL, description=SEARCH_HELP),
 ) -> RunList:
     field, value = data_match(event_data)
-    rows = await server.engine.list_runs(
-        {"function": function, "status": status, "event_id": event_id, "before": before,
-         "event_name": event_name, "since": time_ms(since, "since"),
-         "until": time_ms(until, "until"), "data_field": field, "data_value": value},
-        limit, preview=LIST_PREVIEW_CHARS)
+    try:
+        found = await server.engine.search_runs(
+            {"function": function, "status": status, "event_id": event_id, "before": before,
+             "event_name": event_name, "since": time_ms(since, "since"),
+             "until": time_ms(until, "until"), "data_field": field, "data_value": value},
+            q, limit, preview=LIST_PREVIEW_CHARS)
+    except SearchError as exc:
+        raise ApiError(400, str(exc)) from None
+    rows = found.runs
     return RunList(runs=[convert.run_out(r, LIST_PREVIEW_CHARS) for r in rows],
-                   next=rows[-1]["id"] if len(rows) == limit else None)
+                   next=rows[-1]["id"] if len(rows) == limit else None,
+                   total=found.total, total_exact=found.exact)
 
 
 @router.get("/api/v1/runs/{run_id}", response_model=RunDetail, summary="A run with its steps",
@@ -142,11 +158,14 @@ async def _bulk(action: str, request: Request, server: Server) -> BulkResult:
     """Replay or cancel the runs matching the body's filter (`Engine.bulk`)."""
     body = await read_model(request, RunFilter)
     field, value = data_match(body.event_data)
-    result = await server.engine.bulk(action, {
-        "function": body.function, "app": body.app, "status": body.status,
-        "event_name": body.event_name, "data_field": field, "data_value": value,
-        "since": time_ms(body.since, "since"), "until": time_ms(body.until, "until")},
-        dry_run=body.dry_run)
+    try:
+        result = await server.engine.bulk(action, {
+            "function": body.function, "app": body.app, "status": body.status,
+            "event_name": body.event_name, "data_field": field, "data_value": value,
+            "since": time_ms(body.since, "since"), "until": time_ms(body.until, "until"),
+            "q": body.q}, dry_run=body.dry_run)
+    except SearchError as exc:
+        raise ApiError(400, str(exc)) from None
     log.info("bulk %s%s: %d matched, %d changed", action, " (dry run)" if body.dry_run
              else "", result["matched"], result["changed"])
     if action == "cancel":

@@ -156,6 +156,12 @@ class EventDetail(EventOut):
 
 class RunList(Page):
     runs: list[RunOut]
+    total: int | None = Field(
+        default=None, description="How many runs match in all (every page, not only this "
+                                  "one), counted up to 10,000: with `total_exact` false, more "
+                                  "than `total` match")
+    total_exact: bool = Field(default=True, description="False when more than `total` runs "
+                                                        "match (the count stopped there)")
 
 
 class ErrorOut(BaseModel):
@@ -192,6 +198,8 @@ class RunFilter(BaseModel):
     status: RunStatus | None = None
     event_name: str | None = Field(None, max_length=256, pattern=NO_NUL)
     event_data: str | None = Field(None, max_length=1024, pattern=DATA_MATCH)
+    q: str | None = Field(None, max_length=1024, pattern=NO_NUL,
+                          description="A search, as `GET /api/v1/runs` takes it")
     since: str | None = Field(None, max_length=64, description="Created at or after (ISO 8601)",
                               json_schema_extra={"format": "date-time"})
     until: str | None = Field(None, max_length=64, description="Created before (ISO 8601)",

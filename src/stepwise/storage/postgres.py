@@ -22,7 +22,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from . import queries
+from . import queries, search
 from .base import Storage, StorageUnavailable, redact_url, resolve_future
 from .schema import apply_migrations
 
@@ -393,6 +393,7 @@ class PostgresStorage(Storage):
                 raise RuntimeError("PostgreSQL has no current schema (check search_path)")
             name = str(schema["s"])
             apply_migrations(
+                dialect="postgres",
                 begin=lambda: (conn.execute("BEGIN"), conn.execute(
                     "SELECT pg_advisory_xact_lock(hashtext(%s))", (f"{name}.{MIGRATION_LOCK}",))),
                 execute=lambda sql: conn.execute(sql),
@@ -403,6 +404,13 @@ class PostgresStorage(Storage):
                     "VALUES (%s, (extract(epoch from now()) * 1000)::bigint)", (v,)),
                 commit=lambda: conn.execute("COMMIT"),
             )
+
+            def fetch(query: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+                cursor = conn.execute(self.sql[query], params)
+                return cursor.fetchall() if cursor.description else []
+            search.backfill(fetch, begin=lambda: conn.execute("BEGIN"),
+                            commit=lambda: conn.execute("COMMIT"),
+                            rollback=lambda: conn.execute("ROLLBACK"))
         return name
 
     def _listen(self) -> None:

@@ -1,5 +1,7 @@
 """Versioned schema migrations: numbered SQL files shared by both dialects (types that mean
-the same in both, e.g. BIGINT), applied in one transaction."""
+the same in both, e.g. BIGINT), applied in one transaction. `{without_rowid}` after a
+CREATE TABLE's closing parenthesis makes the table its primary key's b-tree on SQLite (an
+index-organised table; nothing on PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -23,7 +25,11 @@ def migration_files() -> list[tuple[int, str]]:
     return sorted(out)
 
 
-def apply_migrations(*, begin: Callable[[], Any], execute: Callable[[str], Any],
+#: Per dialect, what each macro of a migration stands for.
+MACROS = {"sqlite": {"{without_rowid}": " WITHOUT ROWID"}, "postgres": {"{without_rowid}": ""}}
+
+
+def apply_migrations(*, dialect: str, begin: Callable[[], Any], execute: Callable[[str], Any],
                      applied: Callable[[], set[int]], record: Callable[[int], Any],
                      commit: Callable[[], Any]) -> int:
     begin()
@@ -35,6 +41,8 @@ def apply_migrations(*, begin: Callable[[], Any], execute: Callable[[str], Any],
         if number in done:
             continue
         code = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("--"))
+        for macro, value in MACROS[dialect].items():
+            code = code.replace(macro, value)
         for statement in (s.strip() for s in code.split(";")):
             if statement:
                 execute(statement)

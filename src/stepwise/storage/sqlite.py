@@ -19,7 +19,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any, TypeVar
 
-from . import queries
+from . import queries, search
 from .base import Storage, StorageUnavailable, resolve_future
 from .schema import apply_migrations
 
@@ -162,6 +162,11 @@ class SQLiteStorage(Storage):
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         conn = _connect(self.path)
         migrate(conn)
+        search.backfill(lambda name, params: [dict(r) for r in conn.execute(
+                            self.sql[name], _bind(params)).fetchall()],
+                        begin=lambda: conn.execute("BEGIN IMMEDIATE"),
+                        commit=lambda: conn.execute("COMMIT"),
+                        rollback=lambda: conn.execute("ROLLBACK"))
         self._conn, self._tx = conn, _Tx(conn, self.sql)
         self._synchronous_full = True
         self._thread = threading.Thread(target=self._write_loop,
@@ -311,6 +316,7 @@ def _unavailable(exc: sqlite3.OperationalError) -> bool:
 def migrate(conn: sqlite3.Connection) -> int:
     """Apply pending versioned migrations in one immediate transaction; return the version."""
     return apply_migrations(
+        dialect="sqlite",
         begin=lambda: conn.execute("BEGIN IMMEDIATE"),
         execute=lambda sql: conn.execute(sql),
         applied=lambda: {r[0] for r in conn.execute("SELECT version FROM schema_migrations")},

@@ -129,7 +129,13 @@ runs_in AS (
   SELECT id, app_id, function_id, event_id, {run:queued}, :now FROM r),
 queue_in AS (
   INSERT INTO queue (run_id, app_id, function_id, available_at, priority)
-  SELECT id, app_id, function_id, available_at, 0 FROM r)
+  SELECT id, app_id, function_id, available_at, 0 FROM r),
+terms_in AS (
+  INSERT INTO run_terms (term, run_id)
+  SELECT substr(t.value, strpos(t.value, ' ') + 1), split_part(t.value, ' ', 1)
+  FROM unnest(CAST(:run_terms AS text[])) AS t(value)
+  WHERE split_part(t.value, ' ', 1) IN (SELECT id FROM r)
+  ON CONFLICT DO NOTHING)
 SELECT (SELECT ok FROM chk) AS ok;
 
 -- name: insert_run
@@ -173,6 +179,35 @@ runs_in AS (
   SELECT id, app_id, function_id, event_id, {run:queued}, :now FROM r)
 INSERT INTO queue (run_id, app_id, function_id, available_at, priority)
 SELECT id, app_id, function_id, available_at, 0 FROM r;
+
+-- name: insert_run_terms
+-- The search index (storage/search.py): :run_terms is a list of `run_id term` (a run id has
+-- no space). A term a run has already is kept once.
+INSERT INTO run_terms (term, run_id)
+SELECT substr(value, instr(value, ' ') + 1), substr(value, 1, instr(value, ' ') - 1)
+FROM json_each(:run_terms)
+WHERE true  -- SQLite: the ON CONFLICT below belongs to the INSERT, not to the FROM
+ON CONFLICT DO NOTHING;
+
+-- name: insert_run_terms @postgres
+INSERT INTO run_terms (term, run_id)
+SELECT substr(t.value, strpos(t.value, ' ') + 1), split_part(t.value, ' ', 1)
+FROM unnest(CAST(:run_terms AS text[])) AS t(value)
+ON CONFLICT DO NOTHING;
+
+-- name: delete_event_terms
+-- A run's search terms from its event (a debounced run's event was replaced).
+DELETE FROM run_terms WHERE run_id = :run_id AND (term LIKE 'e:%' OR term LIKE 'd%');
+
+-- name: runs_to_index
+-- The search index's backfill (storage/search.py): runs after :after in id order, with what
+-- their terms are made of.
+SELECT r.id, r.error, e.name AS event_name, e.data AS event_data
+FROM runs r LEFT JOIN events e ON e.id = r.event_id
+WHERE r.id > :after ORDER BY r.id LIMIT :limit;
+
+-- name: failures_to_index
+SELECT run_id, error FROM failures WHERE run_id > :after AND run_id <= :last;
 
 -- name: lease_candidates
 -- Priority P (seconds) ranks a run as if it had been queued P seconds earlier. A run with a
@@ -920,10 +955,12 @@ DELETE FROM deadlines WHERE run_id IN {query:in_ids};
 DELETE FROM singletons WHERE run_id IN {query:in_ids};
 DELETE FROM signal_waits WHERE run_id IN {query:in_ids};
 DELETE FROM pending_groups WHERE run_id IN {query:in_ids};
+DELETE FROM run_terms WHERE run_id IN {query:in_ids};
 
 -- name: prune_run_rows @postgres
 -- wakes: if :ids
 WITH f AS (DELETE FROM failures WHERE run_id IN {query:in_ids}),
+t AS (DELETE FROM run_terms WHERE run_id IN {query:in_ids}),
 l AS (DELETE FROM run_logs WHERE run_id IN {query:in_ids}),
 e AS (DELETE FROM run_events WHERE run_id IN {query:in_ids}),
 i AS (DELETE FROM idempotency WHERE run_id IN {query:in_ids}),
@@ -980,6 +1017,20 @@ SELECT value FROM settings WHERE name = :name;
 -- name: put_setting
 INSERT INTO settings (name, value) VALUES (:name, :value)
 ON CONFLICT (name) DO UPDATE SET value = excluded.value;
+
+-- name: search_backfill_cursor
+-- How far the search index's backfill got (storage/search.py); no row once it is done.
+SELECT value FROM settings WHERE name = 'search_backfill_after';
+
+-- name: search_backfill_cursor @postgres
+-- Locked: servers that open at once index each batch once, one after the other.
+SELECT value FROM settings WHERE name = 'search_backfill_after' FOR UPDATE;
+
+-- name: set_search_backfill_cursor
+UPDATE settings SET value = :after WHERE name = 'search_backfill_after';
+
+-- name: end_search_backfill
+DELETE FROM settings WHERE name = 'search_backfill_after';
 
 -- name: functions_with_retention
 -- Definitions with a retention of their own (compact JSON: the key appears only as one).
