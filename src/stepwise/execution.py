@@ -509,8 +509,9 @@ class Execution:
 
     async def wait_for_event(self, step_id: str, event: str, timeout: timedelta | datetime,
                              match: str | None, if_: str | None) -> Event | None:
-        if not isinstance(event, str) or not event.strip():
-            raise TypeError(f"wait_for_event({step_id!r}): event must be a non-empty name")
+        if not isinstance(event, str) or not event.strip() or unstorable(event):
+            raise TypeError(f"wait_for_event({step_id!r}): event must be a non-empty name "
+                            "without U+0000 or lone surrogates")
         now = self.now_ms()
         expires = to_ms(timeout, now, f"wait_for_event {step_id!r} timeout")
         sid, seq, row = self.claim(step_id)
@@ -525,6 +526,9 @@ class Execution:
                     f"{'.'.join(expressions.field_path(match))} to match on")
             if if_ is not None:
                 expressions.compile_expression(if_)
+                if unstorable(if_):  # no database column holds it
+                    raise expressions.ExpressionError(
+                        f"if_ must not contain U+0000 or lone surrogates, got {if_!r}"[:300])
         except expressions.ExpressionError as exc:
             raise NonRetriableError(f"wait_for_event({sid!r}): {exc}") from None
         self.wait_for(WaitForEvent(sid, seq, event, expires, now, match, if_))
@@ -562,6 +566,8 @@ class Execution:
         if data is not None and not isinstance(data, dict):
             raise NonRetriableError(f"invoke({sid!r}): data must be a dict, got "
                                     f"{type(data).__name__}")
+        if unstorable(target_id):  # no function's id holds it, and no column could
+            raise NonRetriableError(f"invoke({sid!r}): no function has the id {target_id!r}")
         try:
             payload = dumps(data or {}, f"invoke({sid!r}) data", self.env.limits.event_bytes)
         except PayloadError as exc:

@@ -28,7 +28,7 @@ from ..engine.outcomes import (
 )
 from ..errors import ErrorInfo
 from ..events import event_json, sessions_meta
-from ..payloads import PayloadError, dumps, loads
+from ..payloads import PayloadError, dumps, loads, storable_text, unstorable
 from ..status import StepStatus
 from .registration import RegistrationError, duration
 
@@ -278,6 +278,10 @@ def _op(op: Any, calls: CallState, started: int, now: int, seq: int, no_retry: b
     opts = op.get("opts") or {}
     if not isinstance(opts, dict):
         raise ProtocolError(f"{kind} {sid}: opts must be an object, got {opts!r}"[:300])
+    unstored = _unstorable_field(kind, sid, op, opts)
+    if unstored is not None:
+        raise ProtocolError(f"{kind} {sid!r}: {unstored} holds U+0000 or a lone surrogate, "
+                            "which no database column stores"[:300])
     attempt = calls.attempts.get(sid, 0)
     if kind == "StepRun":
         return StepCompleted(sid, seq, dumps(op.get("data"), f"step {sid}"), started, now,
@@ -332,7 +336,19 @@ def _step_name(op: dict[str, Any]) -> str | None:
     index = userland.get("index")
     if isinstance(index, int) and index > 0 and name == userland.get("id"):
         name = f"{name}:{index}"
-    return name[:200]
+    return storable_text(name[:200])  # shown only: U+0000 reads as U+FFFD
+
+
+def _unstorable_field(kind: str, sid: str, op: dict[str, Any], opts: dict[str, Any]
+                      ) -> str | None:
+    """The field of an opcode that is stored as plain text (the step's id, what a wait
+    waits for, the function an invoke calls) and holds what no text column can, if any."""
+    fields = {"id": sid, "opts.event": opts.get("event"), "opts.if": opts.get("if"),
+              "opts.signal": opts.get("signal"), "opts.function_id": opts.get("function_id")}
+    if kind == "WaitForEvent":
+        fields["name"] = op.get("name")
+    return next((field for field, value in fields.items()
+                 if isinstance(value, str) and unstorable(value)), None)
 
 
 def _invoke(sid: str, seq: int, opts: Any, started: int, now: int) -> Invoke:
