@@ -95,8 +95,6 @@ class AuditTrail:
             detail["query"] = scope["query_string"].decode("latin-1")
         if body:
             detail["body"] = _body(body)
-        if template != scope["path"]:
-            detail["path"] = scope["path"]
         try:
             await self.engine.record_audit(
                 principal.actor, principal.role, f"{scope['method']} {template}",

@@ -1127,7 +1127,9 @@ async function showSignedIn() {
       <span class="badge">${me.role}</span></span>
       <button id="signout" class="secondary">Sign out</button>`;
     $("#signout").addEventListener("click", async () => {
-      await fetch("/signout", { method: "POST", headers: { "X-CSRF-Token": csrfToken() } });
+      const answer = await fetch("/signout", { method: "POST",
+                                               headers: { "X-CSRF-Token": csrfToken() } });
+      await answer.text();
       location.href = "/signin";
     });
   } catch { /* not signed in through a session */ }
