@@ -54,6 +54,8 @@ ROLES = ("viewer", "operator", "admin")
 ADMIN_ACTIONS = frozenset({("PUT", "/api/v1/retention"), ("POST", "/api/v1/prune"),
                            ("POST", "/api/v1/erase")})
 _READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+#: Reads sent as POST (a GraphQL query): a viewer may, and the audit log does not record them.
+READ_POSTS = frozenset({"/v0/gql"})
 EVENT_PATHS = frozenset({"/api/v1/events"})
 #: The Inngest SDKs' event route: `POST /e/<event key>`.
 SDK_EVENT_PREFIX = "/e/"
@@ -69,7 +71,7 @@ def role_allows(role: str, needed: str) -> bool:
 
 def needed_role(method: str, path: str) -> str:
     """The least role that may make this request."""
-    if method in _READ_METHODS:
+    if method in _READ_METHODS or (method == "POST" and path in READ_POSTS):
         return "viewer"
     return "admin" if (method, path) in ADMIN_ACTIONS else "operator"
 

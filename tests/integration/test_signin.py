@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 import stepwise
-from stepwise.access import Access
+from stepwise.access import Access, needed_role
 from stepwise.testing import Harness
 
 API_KEY = "api-key-0123456789abcdef"
@@ -80,6 +80,9 @@ async def test_each_roles_key_may_do_what_its_role_allows(db: str) -> None:
                                  headers=bearer(API_KEY))).status_code == 200
         # The event key sends events and does nothing else.
         assert (await h.http.get("/api/v1/runs", headers=bearer(EVENT_KEY))).status_code == 401
+        # A GraphQL query is a read sent as POST (Inngest's dev server read API).
+        assert needed_role("POST", "/v0/gql") == "viewer"
+        assert needed_role("POST", "/api/v1/prune") == "admin"
         me = (await h.http.get("/api/v1/me", headers=bearer(OPERATOR_KEY))).json()
         assert me == {"actor": "operator key", "role": "operator", "via": "key",
                       "signed_in": False}
@@ -172,10 +175,19 @@ async def test_the_audit_log_records_every_management_action_and_sign_in(db: str
                                   headers=bearer(API_KEY))).status_code == 200
         await client.post("/signout", headers=csrf)
         await h.http.get("/api/v1/runs", headers=bearer(API_KEY))  # reads are not recorded
+        await h.http.post("/api/v1/events", json={"name": "x"}, headers=bearer(EVENT_KEY))
+        erase = await h.http.post("/api/v1/erase", json={"event_data": "user_id=42",
+                                                         "dry_run": True},
+                                  headers=bearer(API_KEY))
+        assert erase.status_code == 200
 
         log = (await h.http.get("/api/v1/audit", headers=bearer(VIEWER_KEY))).json()
         rows = [(e["actor"], e["role"], e["action"], e["target"], e["status"])
                 for e in log["entries"]]
+        erased = log["entries"].pop(0)  # an erasure is recorded with its filter
+        assert (erased["action"], erased["detail"]["body"]["event_data"]) == (
+            "POST /api/v1/erase", "user_id=42")
+        assert rows.pop(0)[:2] == ("API key", "admin")
         assert rows == [
             ("Ada (operator key)", "operator", "sign-out", "", 200),
             ("API key", "admin", "POST /api/v1/runs/replay", "", 200),
@@ -187,13 +199,13 @@ async def test_the_audit_log_records_every_management_action_and_sign_in(db: str
         assert bulk["detail"]["body"] == {"status": "failed", "dry_run": True}
         assert log["entries"][3]["at"] and log["next"] is None
 
-        first = (await h.http.get("/api/v1/audit?limit=2", headers=bearer(API_KEY))).json()
-        assert [e["action"] for e in first["entries"]] == ["sign-out",
-                                                           "POST /api/v1/runs/replay"]
+        first = (await h.http.get("/api/v1/audit?limit=3", headers=bearer(API_KEY))).json()
+        assert [e["action"] for e in first["entries"]] == [
+            "POST /api/v1/erase", "sign-out", "POST /api/v1/runs/replay"]
         rest = (await h.http.get(f"/api/v1/audit?limit=10&before={first['next']}",
                                  headers=bearer(API_KEY))).json()
         assert [e["id"] for e in first["entries"] + rest["entries"]] == \
-            [e["id"] for e in log["entries"]]
+            [erased["id"]] + [e["id"] for e in log["entries"]]
         bad = await h.http.get("/api/v1/audit?before=x", headers=bearer(API_KEY))
         assert bad.status_code == 422 or bad.status_code == 400
 

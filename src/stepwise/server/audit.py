@@ -20,6 +20,7 @@ from starlette.routing import compile_path
 from ..access import (
     EVENT_PATHS,
     PRINCIPAL,
+    READ_POSTS,
     SDK_EVENT_PREFIX,
     SDK_KEY_PATHS,
     SIGNIN_PATHS,
@@ -48,6 +49,7 @@ _CHANGES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 def audited(method: str, path: str) -> bool:
     """Whether a request is a management action the log records."""
     return method in _CHANGES and path not in EVENT_PATHS and path not in SIGNIN_PATHS \
+        and path not in READ_POSTS \
         and not path.startswith(SDK_EVENT_PREFIX) and not path.startswith(SDK_KEY_PATHS)
 
 
