@@ -5,9 +5,12 @@ The bodies are built from the SDKs' own sync schemas (inngest-js `types.ts` Func
 inngest-py's registration models, Inngest's `pkg/sdk` and `pkg/inngest` decoders): every shape
 each field takes there (concurrency as a number, an object or a list; both SDKs' spellings of
 the app's fields; fields a newer SDK may add), then mutated into what no SDK sends (wrong types,
-nulls, control characters, huge numbers, unknown fields at any depth). A refusal must be a 4xx
-whose JSON body has `error` and `status` (the JS SDK reads the outcome from the body), and an
-accepted sync must leave the functions and apps listings readable.
+nulls, control characters, huge numbers, unknown fields at any depth). The syncs the SDKs really
+sent (`captured_syncs.json`: inngest-js 4.24 and inngest-py 0.5.19, dev and cloud mode, from
+the shared captures) are mutated the same way. A refusal must be a 4xx whose JSON body has
+`error` and `status` (the JS SDK reads the outcome from the body) and must change no stored
+function; an accepted sync must store exactly its app's functions and leave every other app's
+as they were, and the functions and apps listings readable.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -112,10 +116,16 @@ def sdk_syncs(draw: st.DrawFn) -> dict[str, Any]:
     return body
 
 
+#: The register bodies the SDKs sent (see the module's docstring).
+CAPTURED = json.loads((Path(__file__).parent / "captured_syncs.json").read_text())
+captured_syncs = st.sampled_from(sorted(CAPTURED)).map(lambda sdk: json.loads(json.dumps(
+    CAPTURED[sdk])))
+
+
 @st.composite
-def mutated(draw: st.DrawFn) -> Any:
+def mutated(draw: st.DrawFn, bodies: st.SearchStrategy[Any] | None = None) -> Any:
     """A sync with one value somewhere replaced by any JSON, or a field added."""
-    body = draw(sdk_syncs())
+    body = draw(sdk_syncs() if bodies is None else bodies)
     path: list[Any] = []
     node: Any = body
     while isinstance(node, dict | list) and node and draw(st.booleans()):
@@ -151,6 +161,19 @@ def get(url: str) -> int:
         return int(answer.status)
 
 
+def stored(base: str) -> dict[tuple[str, str], str]:
+    """Every stored function, as (app, id) -> its listing as JSON, through every page."""
+    functions: dict[tuple[str, str], str] = {}
+    url: str | None = base + "/api/v1/functions?limit=1000"
+    while url:
+        with urllib.request.urlopen(url, timeout=30) as answer:
+            page = json.loads(answer.read())
+        for f in page["functions"]:
+            functions[(f["app_id"], f["id"])] = json.dumps(f, sort_keys=True)
+        url = base + page["next"] if page.get("next") else None
+    return functions
+
+
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
 def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
            ) -> Iterator[str]:
@@ -182,15 +205,22 @@ def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
 
 
 def check(base: str, body: Any) -> None:
+    before = stored(base)
     status, answer = post(base, json.dumps(body).encode())
     assert status < 500, (status, answer, body)
+    after = stored(base)
     if status == 200:
         assert answer["ok"] is True
-        assert get(base + "/api/v1/functions") == 200
         assert get(base + "/api/v1/apps") == 200
+        app = answer["app_id"]
+        assert sorted(i for a, i in after if a == app) == sorted(
+            f["id"] for f in body.get("functions") or []), (body, after)
+        assert {k: v for k, v in after.items() if k[0] != app} == \
+            {k: v for k, v in before.items() if k[0] != app}  # other apps untouched
     else:
         assert 400 <= status < 500 and isinstance(answer, dict), (status, answer)
         assert isinstance(answer["error"], str) and answer["status"] == status
+        assert after == before, "a refused sync changed stored functions"
 
 
 @settings(max_examples=EXAMPLES, deadline=None,
@@ -207,8 +237,104 @@ def test_mutated_syncs_never_answer_5xx(server: str, body: Any) -> None:
     check(server, body)
 
 
+@settings(max_examples=EXAMPLES, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(body=st.one_of(captured_syncs, mutated(captured_syncs)))
+def test_the_sdks_captured_syncs_mutated_never_answer_5xx_nor_corrupt_functions(
+        server: str, body: Any) -> None:
+    check(server, body)
+
+
 @pytest.mark.parametrize("raw", [b"", b"{", b"[]", b"null", b'"x"', b"\xff\xfe",
                                  b'{"appName": "a", "url": "http://h", "functions": 5}'])
 def test_unreadable_bodies_are_a_400_naming_what_is_wrong(server: str, raw: bytes) -> None:
     status, answer = post(server, raw)
     assert status == 400 and answer["status"] == 400 and answer["error"], answer
+
+
+SIGNING_KEY = "signkey-prod-" + "4c" * 32
+API_KEY, EVENT_KEY = "api-" + "f" * 40, "event-" + "f" * 40
+
+
+@pytest.fixture(scope="module")
+def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, list[Any], str]]:
+    """`stepwise server` with a signing key (on SQLite), which confirms every sync in-band,
+    and a scripted app that answers with whatever `answers[0]` holds, signed."""
+    from procs import ScriptedApp
+
+    from stepwise import signing
+
+    tmp = tmp_path_factory.mktemp("register-fuzz-cloud")
+    answers: list[Any] = [None]
+
+    def sync(call: dict[str, Any]) -> tuple[int, dict[str, str], Any]:
+        raw = json.dumps(answers[0]).encode()
+        return 200, {"X-Inngest-Sync-Kind": "in_band", "X-Inngest-Signature": signing.sign(
+            raw, SIGNING_KEY, int(time.time()))}, answers[0]
+
+    app = ScriptedApp(lambda call: (500, {}, {}), sync=sync)
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    proc = start(["server", "--port", str(port), "--host", "127.0.0.1", "--db",
+                  str(tmp / "cloud.db"), "--api-key", API_KEY, "--event-key", EVENT_KEY,
+                  "--signing-key", SIGNING_KEY], tmp)
+    try:
+        wait_healthy(base, proc)
+        yield base, answers, app.url
+    finally:
+        stop(proc)
+        app.close()
+
+
+def in_band_shape(body: Any) -> Any:
+    """A register body as an SDK answers it in-band (`app_id`, its self-description)."""
+    if not isinstance(body, dict):
+        return body
+    answer = {k: v for k, v in body.items() if k not in ("appName", "appname")}
+    answer["app_id"] = body.get("appName", body.get("appname"))
+    answer["inspection"] = {"authentication_succeeded": True, "function_count": 1}
+    return answer
+
+
+@settings(max_examples=max(EXAMPLES // 2, 10), deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(answer=st.one_of(captured_syncs, mutated(captured_syncs), sdk_syncs(), mutated()
+                        ).map(in_band_shape))
+def test_in_band_answers_never_answer_5xx_nor_corrupt_functions(
+        cloud: tuple[str, list[Any], str], answer: Any) -> None:
+    """Outside dev mode what is stored is the app's signed in-band answer: generated answers
+    (the SDKs' shapes and captured syncs, mutated) are read as carefully as posted syncs."""
+    from stepwise import signing
+
+    base, answers, url = cloud
+    answers[0] = answer
+    auth = {"Authorization": f"Bearer {API_KEY}"}
+
+    def listed() -> dict[tuple[str, str], str]:
+        request = urllib.request.Request(base + "/api/v1/functions?limit=1000", headers=auth)
+        with urllib.request.urlopen(request, timeout=30) as got:
+            return {(f["app_id"], f["id"]): json.dumps(f, sort_keys=True)
+                    for f in json.loads(got.read())["functions"]}
+    before = listed()
+    request = urllib.request.Request(
+        base + "/fn/register", json.dumps({"appName": "poster", "url": url}).encode(),
+        method="POST", headers={"Content-Type": "application/json",
+                                "Authorization": f"Bearer {signing.bearer(SIGNING_KEY)}"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as got:
+            status, reply = got.status, json.loads(got.read())
+    except urllib.error.HTTPError as exc:
+        status, reply = exc.code, json.loads(exc.read() or b"null")
+    after = listed()
+    assert status < 500, (status, reply, answer)
+    if status == 200:
+        app = reply["app_id"]
+        assert app == answer["app_id"]
+        assert sorted(i for a, i in after if a == app) == sorted(
+            f["id"] for f in answer.get("functions") or [])
+        assert {k: v for k, v in after.items() if k[0] != app} == \
+            {k: v for k, v in before.items() if k[0] != app}
+    else:
+        assert 400 <= status < 500 and isinstance(reply, dict), (status, reply)
+        assert isinstance(reply["error"], str) and reply["status"] == status
+        assert after == before, "a refused sync changed stored functions"
