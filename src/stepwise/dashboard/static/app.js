@@ -994,7 +994,7 @@ function drawChart(charts, key, element, data, series, format, { step, integers 
     // Half a bucket of room on each side, so the first and last bars are whole.
     scales: { x: { time: true, range: (u, min, max) => [min - step / 2, max + step / 2] } },
     axes: [{ size: 26, font: "11px system-ui" },
-           { size: 58, font: "11px system-ui", values: (u, values) => values.map(format),
+           { size: labelRoom, font: "11px system-ui", values: (u, values) => values.map(format),
              ...(integers ? { incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000,
                                       10000, 50000, 100000] } : {}) }],
     series: [{}, ...series.map(s => ({ width: 1.5, spanGaps: false, ...s,
@@ -1013,6 +1013,17 @@ async function pageApps() {
     // A function synced with options this server cannot honour: its runs fail naming them.
     const problems = Object.fromEntries(functions.filter(f => f.problems?.length)
       .map(f => [f.id, f.problems]));
+/** A y axis as wide as its longest label ("1 min 20 s" too), measured in the chart's font. */
+function labelRoom(u, values, axisIndex, cycle) {
+  const axis = u.axes[axisIndex];
+  if (cycle > 1) return axis._size;  // uPlot asks again until the sizes settle
+  const longest = (values || []).reduce((a, v) => String(v).length > a.length ? String(v) : a,
+                                        "");
+  u.ctx.font = axis.font[0];
+  return Math.ceil(axis.ticks.size + axis.gap + 4 +
+                   u.ctx.measureText(longest).width / devicePixelRatio);
+}
+
     $("#apps").innerHTML = apps.length ? html`<table id="app-list"><thead><tr><th>App</th>
       <th>SDK</th><th>Served at</th><th>Last sync</th><th>Functions changed</th>
       <th>Functions</th></tr></thead><tbody>
