@@ -10,6 +10,10 @@ its own (bodies being read, bytes held). Read inside the slots, 256 clients send
 few seconds held every slot, and every request was refused for as long as they went on; now
 they hold only body-reader places for at most seconds, and requests without a body (reads,
 the dashboard, /healthz) are never refused because of them.
+
+A long-lived stream (the dashboard's live updates, `STREAM_PATHS`) would hold a slot for as
+long as a page stays open, so a few hundred open tabs would refuse every other request: it
+takes none, and is bounded by a count of its own where it is served (`server/live.py`).
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ BODY_MAX_TIMEOUT_S = 60.0
 #: Bodies being read at once, and the bytes they may hold together.
 MAX_BODY_READERS = 1024
 MAX_BODY_BUFFER = 256 * 1024 * 1024
+#: Streams that stay open while a page does, outside the in-flight bound (they have no body).
+STREAM_PATHS = frozenset({"/api/v1/live"})
 
 
 class Admission:
@@ -52,7 +58,8 @@ class Admission:
         self.body_buffered = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] == "/healthz":
+        if scope["type"] != "http" or scope["path"] == "/healthz" or (
+                scope["path"] in STREAM_PATHS and scope["method"] == "GET"):
             await self.app(scope, receive, send)
             return
         declared = _body_length(scope)

@@ -273,6 +273,10 @@ class Engine:
     async def run_counts(self) -> dict[str, int]:
         return await self.storage.read(admin.run_counts)
 
+    async def change_mark(self) -> dict[str, Any]:
+        """One row that changes whenever anything the dashboard shows does (live updates)."""
+        return await self.storage.read(admin.change_mark, self.clock.now_ms(), snapshot=False)
+
     # --- retention (`retention`; the passes are `pruner.Pruner`'s) -------------------------
 
     async def retention_windows(self) -> retention.Windows:

@@ -201,3 +201,9 @@ def deployment_stats(tx: Tx, now: int) -> tuple[list[tuple[str, str, int]], int,
 def run_counts(tx: Tx) -> dict[str, int]:
     """Unfinished runs by status (an index range: no count of the whole history)."""
     return {r["status"]: int(r["n"]) for r in tx.all("count_unfinished_runs")}
+
+
+def change_mark(tx: Tx, now: int) -> dict[str, Any]:
+    """A fingerprint of what the dashboard shows (`change_mark` in queries.sql): two equal
+    marks mean nothing it shows changed in between, but time passing."""
+    return dict(tx.one("change_mark", now=now) or {})

@@ -15,6 +15,7 @@ from ..payloads import Limits
 from ..storage import Storage
 from ..storage.base import StorageUnavailable
 from . import api, audit, dashboard, errors, gql, inngest, openapi, rest_v1, retention, signin
+from .live import router as live_router
 from .models import JSONText
 from .state import Server, SignIn
 
@@ -38,6 +39,7 @@ def create_server(storage: Storage, *, access: Access | None = None,
     app.include_router(inngest.router)
     app.include_router(rest_v1.router)
     app.include_router(gql.router)
+    app.include_router(live_router)
     app.include_router(audit.router)
     app.include_router(signin.router)
     app.include_router(signin.api_router)

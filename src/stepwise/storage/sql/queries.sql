@@ -1102,6 +1102,34 @@ DELETE FROM run_stats WHERE slot < :before;
 -- name: count_unfinished_runs
 SELECT status, COUNT(*) AS n FROM runs WHERE status IN ({unfinished_runs}) GROUP BY status;
 
+-- name: change_mark
+-- What the dashboard shows, as one row that differs whenever any of it changed (its live
+-- updates, `server/live.py`, read it every second while pages are open): the newest event,
+-- run start and run end (index lookups), the runs executing now with their stored steps
+-- (as many as the workers have slots), and workers and functions (small tables; a worker
+-- whose heartbeats stopped counts as gone once :now passes its expiry). No history is read,
+-- so it costs the same at a million runs. Written for the indexes: newest-first lookups
+-- rather than MAX (a plan PostgreSQL cached on empty tables would aggregate every row), and
+-- `id IS NOT NULL` where a small table is read whole (connections disable sequential scans,
+-- whose disabled cost would make PostgreSQL compile the statement with JIT on every read).
+SELECT (SELECT received_at FROM events ORDER BY received_at DESC LIMIT 1) AS event_at,
+       (SELECT created_at FROM runs ORDER BY created_at DESC LIMIT 1) AS created_at,
+       (SELECT ended_at FROM runs WHERE ended_at IS NOT NULL ORDER BY ended_at DESC LIMIT 1)
+       AS ended_at,
+       r.n AS running, r.epochs AS running_epochs,
+       s.n AS steps, s.final AS steps_final, s.attempts AS step_attempts,
+       w.n AS workers, w.live AS live_workers, w.started AS workers_started,
+       w.in_use AS slots_in_use, fn.n AS functions, fn.at AS functions_at
+FROM (SELECT COUNT(*) AS n, COALESCE(SUM(lease_epoch), 0) AS epochs FROM runs
+      WHERE status = {run:running}) r,
+     (SELECT COUNT(*) AS n, COALESCE(SUM(CASE WHEN st.status IN ({final_steps}) THEN 1 ELSE 0
+      END), 0) AS final, COALESCE(SUM(st.attempts), 0) AS attempts
+      FROM runs ru JOIN steps st ON st.run_id = ru.id WHERE ru.status = {run:running}) s,
+     (SELECT COUNT(*) AS n, COALESCE(SUM(CASE WHEN expires_at > :now THEN 1 ELSE 0 END), 0)
+      AS live, MAX(started_at) AS started, COALESCE(SUM(in_use), 0) AS in_use
+      FROM workers WHERE id IS NOT NULL) w,
+     (SELECT COUNT(*) AS n, MAX(updated_at) AS at FROM functions WHERE id IS NOT NULL) fn;
+
 -- name: singleton_holder
 -- The unfinished run holding a singleton key, if any.
 SELECT s.run_id FROM singletons s JOIN runs r ON r.id = s.run_id
