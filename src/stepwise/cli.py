@@ -30,6 +30,7 @@ from .errors import DefinitionError
 from .executor import DEFAULT_LOOP_STALL_S
 from .payloads import Limits
 from .processes import ProcessOptions
+from .remote.gateway import HostPolicy
 from .remote.protocol import DEFAULT_CALL_TIMEOUT_S
 from .status import RunStatus
 
@@ -445,6 +446,7 @@ def dev(app_spec: str | None, sdk_urls: tuple[str, ...], port: int, host: str,
     access = Access.dev(frozenset(h.lower() for h in allow_hosts))
     executing = _executing(limits)
     asyncio.run(_serve(app=app, db=db, host=host, port=port, access=access,
+                       gateway_hosts=HostPolicy(any_host=True),  # as Inngest's dev server
                        concurrency=concurrency, lease_seconds=lease_seconds,
                        poll_seconds=poll_seconds, with_http=True, limits=_limits(limits),
                        max_in_flight=max_in_flight, grace=grace_seconds, sdk_urls=sdk_urls,
@@ -602,6 +604,12 @@ _SELECTION_FLAGS = {"functions": "--functions", "exclude": "--exclude",
                        "function synced at another host (by an older server, or one without "
                        "the list) fails with AppHostNotAllowed and its data is not sent. "
                        "Without it, any host")
+@click.option("--gateway-allow-host", "gateway_hosts", multiple=True, metavar="HOST",
+              envvar="STEPWISE_GATEWAY_ALLOW_HOSTS",
+              help="A host that step.fetch and step.ai.infer requests may reach at a private, "
+                   "loopback or link-local address (repeatable; * for every host); by "
+                   "default they reach public addresses only  [env "
+                   "STEPWISE_GATEWAY_ALLOW_HOSTS, space-separated]")
 @signing_key_options
 @db_option
 @concurrency_option
@@ -613,7 +621,8 @@ _SELECTION_FLAGS = {"functions": "--functions", "exclude": "--exclude",
 @execution_options
 def worker(app_spec: str | None, only: list[str] | None, exclude: list[str] | None,
            function_limits: dict[str, int], sdk_apps: bool,
-           sdk_hosts: frozenset[str] | None, signing_key: str | None,
+           sdk_hosts: frozenset[str] | None, gateway_hosts: tuple[str, ...],
+           signing_key: str | None,
            signing_key_file: str | None, signing_key_fallback: str | None,
            signing_key_fallback_file: str | None, db: str | None, concurrency: int,
            lease_seconds: float, poll_seconds: float, grace_seconds: float,
@@ -637,6 +646,8 @@ def worker(app_spec: str | None, only: list[str] | None, exclude: list[str] | No
         raise click.UsageError("--signing-key is for SDK apps: add --sdk")
     if sdk_hosts is not None and not sdk_apps:
         raise click.UsageError("--sdk-allow-host is for SDK apps: add --sdk")
+    if gateway_hosts and not sdk_apps:
+        raise click.UsageError("--gateway-allow-host is for SDK apps: add --sdk")
     app = load_app(app_spec) if app_spec else None
     if app is not None and (only is not None or exclude or function_limits):
         from .worker import FunctionSelectionError, select_functions
@@ -654,6 +665,7 @@ def worker(app_spec: str | None, only: list[str] | None, exclude: list[str] | No
                        grace=grace_seconds, max_stuck=max_stuck_threads,
                        sdk_urls=() if sdk_apps else None, signing_key=signing_key,
                        signing_fallback=signing_fallback, sdk_hosts=sdk_hosts,
+                       gateway_hosts=HostPolicy.from_names(gateway_hosts),
                        functions=only, exclude=exclude or (),
                        function_concurrency=function_limits, **executing))
 
@@ -665,6 +677,7 @@ async def _serve(*, app: App | None, db: str | None, host: str, port: int,
                  max_stuck: int | None = None, sdk_urls: tuple[str, ...] | None = None,
                  signing_key: str | None = None, signing_fallback: str | None = None,
                  sdk_hosts: frozenset[str] | None = None,
+                 gateway_hosts: HostPolicy | None = None,
                  functions: list[str] | None = None,
                  exclude: Sequence[str] = (),
                  function_concurrency: dict[str, int] | None = None,
@@ -679,10 +692,12 @@ async def _serve(*, app: App | None, db: str | None, host: str, port: int,
     after asking the apps at these URLs to sync (calling only apps at `sdk_hosts`, when
     given). `functions`, `exclude` and
     `function_concurrency`: which of the app's functions its worker serves, and how many runs
-    of each at once (see `Worker`)."""
+    of each at once (see `Worker`). `gateway_hosts`: where `step.fetch` and `step.ai.infer`
+    requests may go (default: public addresses only)."""
     import uvicorn
 
     from .remote.executor import RemoteApps
+    from .remote.gateway import Gateway
     from .server import create_server
     from .server.errors import JsonErrorsH11
     from .storage import open_storage
@@ -717,6 +732,8 @@ async def _serve(*, app: App | None, db: str | None, host: str, port: int,
             remote = RemoteApps(storage, sdk_urls, signing_key=signing_key,
                                 signing_fallback=signing_fallback,
                                 call_timeout_s=sdk_call_timeout_s, allowed_hosts=sdk_hosts,
+                                gateway=Gateway(gateway_hosts, max_response_bytes=(
+                                    limits.step_output_bytes)),
                                 concurrency=concurrency,
                                 lease_seconds=lease_seconds, poll_interval=poll_seconds)
             remote_task = asyncio.create_task(remote.run(), name="stepwise-sdk-apps")

@@ -106,7 +106,25 @@ class _WindowLimit:
 
 @dataclass(frozen=True)
 class Throttle(_WindowLimit):
-    """Start at most `limit` runs per `period` (per key); the others wait their turn."""
+    """Start `limit` runs per `period` (per key) at an even pace, one every `period / limit`;
+    after a quiet spell up to `limit + burst` start at once. The others wait their turn, none
+    is dropped. Inngest's throttle (GCRA), so an SDK function's throttle means the same."""
+
+    burst: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.burst, bool) or not isinstance(self.burst, int) or self.burst < 0:
+            raise DefinitionError(f"Throttle: burst must be a non-negative integer, got "
+                                  f"{self.burst!r}")
+
+    def to_json(self) -> dict[str, Any]:
+        return {**super().to_json(), "burst": self.burst}
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> Throttle:
+        return cls(raw["limit"], timedelta(milliseconds=raw["period_ms"]), raw.get("key"),
+                   int(raw.get("burst") or 0))
 
 
 @dataclass(frozen=True)

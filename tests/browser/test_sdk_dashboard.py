@@ -94,15 +94,15 @@ def test_sdk_run_shows_step_names_and_a_waiting_run_can_be_woken(base: str, page
 
 def test_apps_page_marks_a_function_that_cannot_run_and_shows_sync_warnings(
         base: str, page: Any) -> None:
-    """A sync using an option this server does not support (a throttle burst over 1) and a
+    """A sync using an option this server does not support (a cron trigger's jitter) and a
     field it does not know: the app is registered, the function marked with why its runs
     fail, and the warning shown under the app."""
     url = "http://127.0.0.1:9/api/inngest"
     http("POST", base + "/fn/register", {
         "appName": "marked", "url": url, "v": "0.1", "sdk": "js:v4.24.0",
         "framework": "express", "futureField": True, "functions": [
-            {"id": "marked-once", "name": "once", "triggers": [{"event": "marked.go"}],
-             "throttle": {"limit": 1, "period": "1s", "burst": 3},
+            {"id": "marked-once", "name": "once",
+             "triggers": [{"event": "marked.go"}, {"cron": "0 3 * * *", "jitter": "5m"}],
              "steps": {"step": {"id": "step", "name": "step",
                                 "runtime": {"type": "http", "url": url + "?fnId=marked-once"}}}},
             {"id": "marked-fine", "name": "fine", "triggers": [{"event": "marked.go"}],
@@ -114,7 +114,7 @@ def test_apps_page_marks_a_function_that_cannot_run_and_shows_sync_warnings(
     assert row.locator(".badge.s-failed").all_inner_texts() == ["cannot run"]
     notes = page.locator('#app-list tr[data-notes="marked"]').inner_text()
     assert "marked-once cannot run on this server as synced" in notes
-    assert "throttle.burst 3 is not supported by this server yet (only 1)" in notes
+    assert "triggers[1].jitter is not supported by this server yet" in notes
     assert "Sync warning: the app: field 'futureField' is not known to this server" in notes
     assert page.locator('#app-list tr[data-notes="py-shop"]').count() == 0
     shot(page, "sdk-apps-marked")

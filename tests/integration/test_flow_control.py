@@ -44,8 +44,50 @@ async def test_throttle_queues_runs_over_the_limit(db: str) -> None:
         assert len(started) == 3
         await h.settle()
         runs = await h.runs(function="f", limit=100)
-    assert sorted(started) == [0, 0, 0, 60, 60, 60, 120, 120, 120, 180]
+    # Inngest's pace: the limit at once, then one every period / limit (20 s).
+    assert sorted(started) == [0, 0, 0, 20, 40, 60, 80, 100, 120, 140]
     assert {r["status"] for r in runs} == {"completed"} and len(runs) == 10
+
+
+async def test_throttle_burst_starts_limit_plus_burst_at_once_then_keeps_the_pace(
+        db: str) -> None:
+    """limit 2 per minute with a burst of 3 (Inngest's GCRA): five start at once, then one
+    every 30 s; after a quiet spell the burst is whole again; per key."""
+    app = stepwise.App("t")
+    clock = stepwise.ManualClock()
+    started: list[tuple[str, float]] = []
+
+    @app.function(id="f", trigger=stepwise.on_event("go"),
+                  throttle=stepwise.Throttle(limit=2, period=timedelta(minutes=1), burst=3,
+                                             key="event.data.account"))
+    async def f(ctx: stepwise.Context) -> None:
+        started.append((ctx.event.data["account"], clock.now() - t0))
+
+    t0 = clock.now()
+    async with Harness(app, db, clock=clock) as h:
+        await h.http.post("/api/v1/events", json=[{"name": "go", "data": {"account": "a"}}] * 7)
+        await h.http.post("/api/v1/events", json=[{"name": "go", "data": {"account": "b"}}])
+        await h.settle(advance=False)
+        assert sorted(started) == [("a", 0)] * 5 + [("b", 0)]
+        await h.settle()
+        assert sorted(t for k, t in started if k == "a") == [0, 0, 0, 0, 0, 30, 60]
+        # Quiet until the tolerance (the burst and the limit, 150 s) has passed since the
+        # last start's slot (60 s, the next one due at 90 s): the burst is whole again.
+        clock.set(t0 + 90 + 150)
+        started.clear()
+        await h.http.post("/api/v1/events", json=[{"name": "go", "data": {"account": "a"}}] * 6)
+        await h.settle(advance=False)
+        assert len(started) == 5
+        await h.settle()
+    assert [t for _, t in started] == [240] * 5 + [270]
+
+
+def test_throttle_burst_is_validated() -> None:
+    with pytest.raises(DefinitionError, match="burst must be a non-negative integer"):
+        stepwise.Throttle(limit=1, period=timedelta(seconds=1), burst=-1)
+    throttle = stepwise.Throttle(limit=1, period=timedelta(seconds=1), burst=4)
+    assert stepwise.Throttle.from_json(throttle.to_json()) == throttle
+    assert stepwise.Throttle.from_json({"limit": 1, "period_ms": 1000}).burst == 0
 
 
 async def test_rate_limit_skips_runs_over_the_limit(db: str) -> None:

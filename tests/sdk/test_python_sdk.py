@@ -168,21 +168,21 @@ def test_an_unsupported_option_marks_its_function_and_fails_its_runs_by_name(
     functions, never the sync)."""
     body = {"appName": "x", "url": "http://127.0.0.1:1/api", "v": "0.1", "sdk": "js",
             "framework": "express", "futureField": 1, "functions": [{
-                "id": "x-f", "name": "f", "triggers": [{"event": "x.go"}],
-                "throttle": {"limit": 1, "period": "1s", "burst": 3},
+                "id": "x-f", "name": "f",
+                "triggers": [{"event": "x.go"}, {"cron": "0 3 * * *", "jitter": "5m"}],
                 "steps": {"step": {"id": "step", "name": "step", "runtime": {
                     "type": "http", "url": "http://127.0.0.1:1/api?fnId=x-f&stepId=step"}}}}]}
     assert http("POST", shop.base + "/fn/register", body)["ok"] is True
     functions = {f["id"]: f for f in http("GET", shop.base + "/api/v1/functions")["functions"]}
     assert functions["x-f"]["problems"] == [
-        "throttle.burst 3 is not supported by this server yet (only 1)"]
+        "triggers[1].jitter is not supported by this server yet"]
     (app,) = [a for a in http("GET", shop.base + "/api/v1/apps")["apps"] if a["id"] == "x"]
     assert app["warnings"] == ["the app: field 'futureField' is not known to this server; "
                                "ignored"]
     (event_id,) = shop.send({"name": "x.go", "data": {"id": 1}})
     run = shop.run_of(event_id, "x-f", "failed")
     assert run["error"]["name"] == "FunctionNotRunnable"
-    assert "throttle.burst 3 is not supported" in run["error"]["message"]
+    assert "triggers[1].jitter is not supported" in run["error"]["message"]
 
 
 def test_bad_input_is_refused_by_name(shop: Shop) -> None:

@@ -20,7 +20,8 @@ from stepwise.engine.outcomes import (
     StepFailed,
     WaitForEvent,
 )
-from stepwise.remote import protocol, registration
+from stepwise.remote import gateway, protocol, registration
+from stepwise.remote.gateway import GatewayCall
 
 #: A sync recorded between the real Python SDK (inngest 0.5.19, FastAPI) and a server.
 RECORDED_SYNC = Path(__file__).parent / "data" / "inngest_py_register.json"
@@ -70,7 +71,8 @@ def test_concurrency_reads_as_a_number_an_object_or_a_list() -> None:
     ({"singleton": {"key": "k", "mode": "sometimes"}}, "singleton.mode"),
     ({"batchEvents": {"maxSize": 2, "timeout": "1s", "if": "event.data.x ==="}},
      "batchEvents: Batch: if_: invalid expression"),
-    ({"throttle": {"limit": 1, "period": "1s", "burst": 3}}, "throttle.burst"),
+    ({"throttle": {"limit": 1, "period": "1s", "burst": "many"}}, "throttle.burst"),
+    ({"throttle": {"limit": 1, "period": "1s", "burst": -1}}, "burst must be a non-neg"),
     ({"cancel": [{"event": "stop", "timeout": "soon"}]}, "cancel[0].timeout"),
     ({"debounce": {"period": "soon"}}, "debounce.period"),
     ({"concurrency": {"limit": "five"}}, "concurrency.limit"),
@@ -129,12 +131,11 @@ def test_the_recorded_python_sync_translates_with_its_unsupported_options_marked
     assert synced.app_id == "py-capture-app" and synced.sdk == "py:v0.5.19"
     marked = {fn.id: fn.problems for fn in synced.functions if fn.problems}
     assert marked == {
-        "py-capture-app-config-demo": (
-            "throttle.burst 2 is not supported by this server yet (only 1)",),
         # as Inngest refuses it: "Batching and singletons are mutually exclusive"
         "py-capture-app-batch-demo": ("singleton cannot be combined with batch",)}
     assert synced.warnings == ()
     config_demo = next(f for f in synced.functions if f.id == "py-capture-app-config-demo")
+    assert config_demo.flow.throttle is not None and config_demo.flow.throttle.burst == 2
     cancel = body["functions"][[f["id"] for f in body["functions"]].index(config_demo.id)][
         "cancel"][0]
     assert config_demo.flow.cancel_on[0].timeout_ms == registration.duration(
@@ -191,8 +192,8 @@ def test_errors_follow_the_no_retry_header_and_retry_after() -> None:
                                    b'{"op": "StepPlanned", "id": "a"}]', calls(), NOW, NOW)
     assert protocol.targeted("http://h:1/api/inngest?fnId=a-f&stepId=step", "abc") == (
         "http://h:1/api/inngest?fnId=a-f&stepId=abc")
-    with pytest.raises(protocol.ProtocolError, match="AIGateway is not supported"):
-        protocol.outcomes(206, {}, b'{"op": "AIGateway", "id": "a"}', calls(), NOW, NOW)
+    with pytest.raises(protocol.ProtocolError, match="DeferAdd is not supported"):
+        protocol.outcomes(206, {}, b'{"op": "DeferAdd", "id": "a"}', calls(), NOW, NOW)
     with pytest.raises(protocol.ProtocolError, match="not JSON"):
         protocol.outcomes(206, {}, b"<html>", calls(), NOW, NOW)
 
@@ -265,3 +266,62 @@ def test_a_large_memo_is_left_out_of_the_call_for_the_sdk_to_fetch() -> None:
     assert body["use_api"] is True and body["ctx"]["use_api"] is True
     assert body["steps"] == {} and body["events"] == []
     assert body["event"]["id"] == "ev1" and body["ctx"]["stack"]["stack"] == ["a" * 40]
+
+
+def test_gateway_opcodes_become_requests_for_the_executor_with_credentials_never_shown(
+        ) -> None:
+    """AIGateway: the auth key where each format wants it, the adapter's headers after;
+    Gateway: the fetch as the SDK describes it; a request that cannot be made is marked."""
+    def request(op: dict[str, Any]) -> GatewayCall:
+        (made,) = protocol.outcomes(206, {}, json.dumps([op]).encode(), calls(), NOW, NOW)
+        assert isinstance(made, GatewayCall)
+        return made
+    ai = {"op": "AIGateway", "id": "h1", "displayName": "summarize", "opts": {
+        "type": "step.ai.infer", "url": "https://api.openai.com/v1/chat/completions",
+        "auth_key": "sk-secret", "format": "openai-chat", "headers": {"x-team": "news"},
+        "body": {"model": "m", "messages": []}}}
+    openai = request(ai)
+    assert openai.ai and openai.method == "POST" and openai.name == "summarize"
+    assert openai.headers == [("content-type", "application/json"),
+                              ("authorization", "Bearer sk-secret"), ("x-team", "news")]
+    assert json.loads(openai.body or b"") == {"model": "m", "messages": []}
+    assert "sk-secret" not in repr(openai)
+    anthropic = request({**ai, "opts": {**ai["opts"], "format": "anthropic"}})
+    assert ("x-api-key", "sk-secret") in anthropic.headers
+    gemini = request({**ai, "opts": {**ai["opts"], "format": "gemini",
+                                     "url": "https://g.example/v1beta/models/x:gen?alt=sse"}})
+    assert gemini.url == "https://g.example/v1beta/models/x:gen?alt=sse&key=sk-secret"
+    assert gateway.safe_url(gemini.url) == "https://g.example/v1beta/models/x:gen"
+    fetch = request({"op": "Gateway", "id": "h2", "opts": {
+        "url": "http://files.example/a.txt", "method": "put", "headers": {"authorization": "t"},
+        "body": "hello"}})
+    assert (fetch.ai, fetch.method, fetch.body, fetch.invalid) == (False, "PUT", b"hello", None)
+    assert request({"op": "Gateway", "id": "h3", "opts": {"url": "file:///etc/passwd"}}
+                   ).invalid == "step.fetch: needs an http(s) URL, got 'file:///etc/passwd'"
+    assert "invalid HTTP method" in str(request({"op": "Gateway", "id": "h4", "opts": {
+        "url": "http://a.example/", "method": "BREW"}}).invalid)
+
+
+def test_the_host_policy_refuses_addresses_that_are_not_public() -> None:
+    policy = gateway.HostPolicy()
+    assert policy.refused("api.example", ["93.184.215.14"]) is None
+    for address in ("127.0.0.1", "10.1.2.3", "169.254.169.254", "192.168.0.1", "100.64.0.1",
+                    "::1", "fd00::1", "::ffff:127.0.0.1", "64:ff9b::a00:1", "0.0.0.0",
+                    "224.0.0.1"):
+        assert policy.refused("h.example", [address]) is not None, address
+    assert policy.refused("h.example", ["93.184.215.14", "10.0.0.1"]) is not None
+    allowed = gateway.HostPolicy.from_names(["LLM.internal"])
+    assert allowed.refused("llm.internal", ["10.0.0.7"]) is None
+    assert allowed.refused("other.internal", ["10.0.0.7"]) is not None
+    assert gateway.HostPolicy.from_names(["*"]).refused("x", ["127.0.0.1"]) is None
+
+
+def test_the_sdks_step_not_found_answer_fails_the_call_under_that_name() -> None:
+    body = {"error": 'Could not find step "abc" to run; timed out. Found new steps: \nb (def).',
+            "requestedStep": "abc", "foundSteps": [{"id": "def", "displayName": "b"}],
+            "totalFoundSteps": 1}
+    (failed,) = protocol.outcomes(500, {"x-inngest-no-retry": "false"},
+                                  json.dumps(body).encode(), calls(), NOW, NOW)
+    assert isinstance(failed, RunFailed) and failed.retriable
+    assert failed.error["name"] == "StepNotFound" and failed.error["message"] == body["error"]
+    assert failed.error["step_id"] == "abc"

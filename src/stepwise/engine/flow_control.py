@@ -7,6 +7,7 @@ Concurrency limits are enforced later, when runs are leased (`leasing.lease`).
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from .. import expressions
@@ -192,7 +193,7 @@ class _Start:
         if throttle:
             key = _throttle_key(self.scope, _key_value(throttle.key, self.event))
             self.available_at = max(self.available_at, _throttle_slot(
-                self.tx, key, throttle.limit, throttle.period_ms, self.now))
+                self.tx, key, throttle.limit, throttle.burst, throttle.period_ms, self.now))
 
     def priority(self) -> int:
         if not self.flow.priority:
@@ -353,12 +354,29 @@ def _rate_window(tx: Tx, key: str, limit: int, period_ms: int, now: int) -> bool
     return True
 
 
-def _throttle_slot(tx: Tx, key: str, limit: int, period_ms: int, now: int) -> int:
-    """The earliest start keeping at most `limit` starts in any window of `period_ms`."""
-    slots = [t for t in _window(tx, key) if t > now - period_ms]
-    slot = now if len(slots) < limit else max(now, slots[-limit] + period_ms)
-    if slots:
-        slot = max(slot, slots[-1])  # first come, first served
-    slots.append(slot)
-    tx.exec("set_flow_state", key=key, state=dumps(slots[-limit:], "state"))
+def _throttle_slot(tx: Tx, key: str, limit: int, burst: int, period_ms: int, now: int
+                   ) -> int:
+    """The new run's start, as Inngest's throttle (GCRA, `constraintapi`'s `throttle` with
+    its `maxBurst = limit + burst - 1`) admits it: one start every `period / limit` (the
+    emission interval), and up to `limit + burst` at once when the key was quiet. The state
+    is the theoretical arrival time (`tat`) of the next start; runs are queued first come,
+    first served at the earliest start their arrival allows."""
+    emission = period_ms / limit
+    tolerance = emission * (limit + burst)
+    tat = max(_tat(tx, key, emission), float(now))
+    slot = max(now, math.ceil(tat + emission - tolerance))
+    tx.exec("set_flow_state", key=key, state=dumps({"tat": tat + emission}, "state"))
     return slot
+
+
+def _tat(tx: Tx, key: str, emission: float) -> float:
+    """A throttle key's stored `tat`; from a release that stored the starts of its window
+    (a list), the last start plus one emission interval."""
+    tx.exec("init_flow_state", key=key)
+    row = tx.one("get_flow_state", key=key)
+    state = loads(row["state"]) if row else None
+    if isinstance(state, dict) and isinstance(state.get("tat"), int | float):
+        return float(state["tat"])
+    if isinstance(state, list) and state:
+        return float(max(state)) + emission
+    return 0.0

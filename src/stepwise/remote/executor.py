@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import replace
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import httpx
@@ -23,6 +23,7 @@ from ..payloads import dumps, new_id
 from ..storage import Storage
 from ..worker import Worker
 from . import protocol
+from .gateway import Gateway, GatewayCall
 
 log = logging.getLogger("stepwise.remote")
 #: Calls to one app at once from one process.
@@ -38,7 +39,8 @@ class HttpExecutor:
                  signing_fallback: str | None = None, max_calls: int = MAX_CALLS_PER_APP,
                  call_timeout_s: float = DEFAULT_CALL_TIMEOUT_S,
                  allowed_hosts: frozenset[str] | None = None,
-                 client: httpx.AsyncClient | None = None) -> None:
+                 client: httpx.AsyncClient | None = None,
+                 gateway: Gateway | None = None) -> None:
         if call_timeout_s <= 0:
             raise ValueError("call_timeout_s must be positive")
         self.app_id = app_id
@@ -56,6 +58,10 @@ class HttpExecutor:
         self.allowed_hosts = allowed_hosts
         self.definitions: dict[str, FunctionDefinition] = {}
         self.client = client or httpx.AsyncClient(follow_redirects=False)
+        #: Makes the requests of `step.fetch` and `step.ai.infer` (public hosts only, unless
+        #: the process was given a policy: `RemoteApps` shares one).
+        self.gateway = gateway or Gateway()
+        self._own_gateway = gateway is None
         self.version = -1
         self._functions: list[str] = []
 
@@ -130,6 +136,8 @@ class HttpExecutor:
 
     async def stop(self) -> None:
         await self.client.aclose()
+        if self._own_gateway:
+            await self.gateway.aclose()
 
     async def _memoize(self, lease: Lease, calls: protocol.CallState,
                        completed: list[Outcome]) -> bool:
@@ -176,17 +184,39 @@ class HttpExecutor:
             self._call(definition, state, calls, step_id=sid, seq=seq)
             for sid, seq in zip(planned.step_ids, planned.seqs, strict=True)))
         steps, failure = _step_outcomes(dict(zip(planned.step_ids, answers, strict=True)))
-        return [*steps, *planned.others, *([] if failure is None else [failure])]
+        others = cast(list[Outcome], planned.others)  # gateway requests made by `_call`
+        return [*steps, *others, *([] if failure is None else [failure])]
 
     async def _call(self, definition: FunctionDefinition, state: RunState,
                     calls: protocol.CallState, step_id: str | None = None,
                     seq: int | None = None) -> list[Outcome] | protocol.Planned:
         async with self.calls:  # signed once its turn came: a signature is good for minutes
-            return await self._call_now(definition, state, calls, step_id, seq)
+            answer = await self._call_now(definition, state, calls, step_id, seq)
+        # Gateway steps' requests are made here, out of the app's turn: each becomes its
+        # step's outcome, handled as if the app had answered it.
+        if isinstance(answer, protocol.Planned):
+            if any(isinstance(o, GatewayCall) for o in answer.others):
+                answer = replace(answer, others=list(await self._gateways(definition,
+                                                                          answer.others)))
+            return answer
+        return await self._gateways(definition, answer)
+
+    async def _gateways(self, definition: FunctionDefinition,
+                        answer: list[Outcome | GatewayCall]) -> list[Outcome]:
+        """The answer with every gateway request made (at once) and replaced by its step's
+        outcome; each may take the function's call timeout."""
+        requests = [o for o in answer if isinstance(o, GatewayCall)]
+        if not requests:
+            return cast(list[Outcome], answer)
+        limit = self.call_timeout(definition)
+        made = iter(await asyncio.gather(*(
+            self.gateway.call(r, limit, self.engine.clock.now_ms) for r in requests)))
+        return [next(made) if isinstance(o, GatewayCall) else o for o in answer]
 
     async def _call_now(self, definition: FunctionDefinition, state: RunState,
                         calls: protocol.CallState, step_id: str | None = None,
-                        seq: int | None = None) -> list[Outcome] | protocol.Planned:
+                        seq: int | None = None
+                        ) -> list[Outcome | GatewayCall] | protocol.Planned:
         """One call to the app (for one planned step: `step_id`), as outcomes (a failure to
         reach it is a retried failure)."""
         # `stepId=step` asks the app to discover; a step's id runs that planned step alone.
@@ -296,7 +326,7 @@ class _Race:
         self.others: list[Outcome] = []  # the plans' other opcodes, applied at the end
 
     def start(self, plan: protocol.Planned) -> None:
-        self.others.extend(plan.others)
+        self.others.extend(cast(list[Outcome], plan.others))  # gateways made by `_call`
         for sid, seq in zip(plan.step_ids, plan.seqs, strict=True):
             if sid not in self.tasks and sid not in self.calls.steps:
                 self.tasks[sid] = asyncio.create_task(self.executor._call(
@@ -374,8 +404,11 @@ class RemoteApps:
                  max_calls: int = MAX_CALLS_PER_APP,
                  call_timeout_s: float = DEFAULT_CALL_TIMEOUT_S,
                  allowed_hosts: frozenset[str] | None = None,
+                 gateway: Gateway | None = None,
                  **worker_options: Any) -> None:
         self.storage = storage
+        #: One for every app's executor: `step.fetch` and `step.ai.infer` requests.
+        self.gateway = gateway or Gateway()
         self.call_timeout_s = call_timeout_s
         self.allowed_hosts = allowed_hosts
         self.engine = Engine(storage)
@@ -408,7 +441,8 @@ class RemoteApps:
                                         signing_fallback=self.signing_fallback,
                                         max_calls=self.max_calls,
                                         call_timeout_s=self.call_timeout_s,
-                                        allowed_hosts=self.allowed_hosts)
+                                        allowed_hosts=self.allowed_hosts,
+                                        gateway=self.gateway)
                 worker = Worker(executor, self.storage, **self.worker_options)
                 await worker.start()
                 self.executors[app_id] = executor
@@ -446,4 +480,5 @@ class RemoteApps:
     async def stop(self, grace: float) -> None:
         for worker in self.workers.values():
             await worker.stop(grace)
+        await self.gateway.aclose()
 

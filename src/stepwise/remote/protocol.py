@@ -30,11 +30,14 @@ from ..errors import ErrorInfo
 from ..events import event_json, sessions_meta
 from ..payloads import PayloadError, dumps, loads, storable_text, unstorable
 from ..status import StepStatus
+from . import gateway
+from .gateway import GatewayCall
 from .registration import RegistrationError, duration
 
 #: Opcodes this version understands; any other answer fails the run with a clear error.
 SUPPORTED_OPS = ("StepRun", "StepError", "StepFailed", "StepPlanned", "Sleep", "WaitForEvent",
-                 "WaitForSignal", "InvokeFunction", "RunComplete")
+                 "WaitForSignal", "InvokeFunction", "Gateway", "AIGateway", "StepNotFound",
+                 "RunComplete")
 #: The longest signal name accepted (a wait's, or `POST /v1/signals`').
 MAX_SIGNAL_CHARS = 1024
 #: Keys of an SDK's error that are its serializer's markers, not the error's.
@@ -191,7 +194,7 @@ class Planned:
 
     step_ids: list[str]
     seqs: list[int]
-    others: list[Outcome]
+    others: list[Outcome | GatewayCall]
     #: `parallelMode: "race"`: the app is asked again as each step completes, not once all
     #: have (its default, "wait").
     race: bool = False
@@ -205,9 +208,11 @@ def targeted(url: str, step_id: str) -> str:
 
 
 def outcomes(status: int, headers: dict[str, str], body: bytes, calls: CallState,
-             started: int, now: int, seq: int | None = None) -> list[Outcome] | Planned:
+             started: int, now: int, seq: int | None = None
+             ) -> list[Outcome | GatewayCall] | Planned:
     """The app's answer to one call, as outcomes (one step's, or the run's end), or the steps
-    it planned. `seq`: the step's position, for a targeted call."""
+    it planned; a gateway step's request is left for the executor to make. `seq`: the step's
+    position, for a targeted call."""
     no_retry = headers.get("x-inngest-no-retry", "").lower() == "true"
     retry_after = _retry_after_ms(headers.get("retry-after"), now)
     try:
@@ -223,8 +228,8 @@ def outcomes(status: int, headers: dict[str, str], body: bytes, calls: CallState
     if status == 206:
         return _opcodes(answer, calls, started, now, seq, no_retry, retry_after)
     if status >= 400:
-        return [RunFailed(_error(answer, f"the app answered HTTP {status}"),
-                          retriable=not no_retry and (status >= 500 or status == 429),
+        error = _step_not_found(answer) or _error(answer, f"the app answered HTTP {status}")
+        return [RunFailed(error, retriable=not no_retry and (status >= 500 or status == 429),
                           retry_after_ms=retry_after)]
     raise ProtocolError(f"the app answered HTTP {status}, which the protocol does not use")
 
@@ -233,8 +238,27 @@ def outcomes(status: int, headers: dict[str, str], body: bytes, calls: CallState
 MAX_OPS = 1000
 
 
+def _step_not_found(answer: Any) -> ErrorInfo | None:
+    """The JS SDK's answer when the step it was asked to run never came (`StepNotFound`: the
+    code no longer reaches a step planned earlier, e.g. its id changed): a 500 naming the step
+    and the new steps it found instead. Inngest's executor retries it as any failed call;
+    here it is that failure, under that name and with the SDK's message."""
+    if not isinstance(answer, dict) or not isinstance(answer.get("requestedStep"), str):
+        return None
+    message = answer.get("error")
+    error: dict[str, Any] = {
+        "name": "StepNotFound",
+        "message": message if isinstance(message, str) and message else
+        f"the app could not find step {answer['requestedStep']} to run",
+        "step_id": answer["requestedStep"]}
+    if isinstance(answer.get("foundSteps"), list):
+        error["found_steps"] = answer["foundSteps"][:25]
+        error["total_found_steps"] = answer.get("totalFoundSteps")
+    return cast(ErrorInfo, error)
+
+
 def _opcodes(answer: Any, calls: CallState, started: int, now: int, seq: int | None,
-             no_retry: bool, retry_after: int | None) -> list[Outcome] | Planned:
+             no_retry: bool, retry_after: int | None) -> list[Outcome | GatewayCall] | Planned:
     """A 206: every opcode is handled on its own, as Inngest's executor does (a
     `Promise.all` of two invokes, a sleep beside planned steps, steps then `RunComplete`)."""
     ops: list[Any] = answer if isinstance(answer, list) else [answer]
@@ -245,7 +269,7 @@ def _opcodes(answer: Any, calls: CallState, started: int, now: int, seq: int | N
     base = len(calls.stack) if seq is None else seq
     planned: list[str] = []
     seqs: list[int] = []
-    others: list[Outcome] = []
+    others: list[Outcome | GatewayCall] = []
     ended: list[Outcome] = []
     race = False
     for i, op in enumerate(ops):
@@ -269,7 +293,7 @@ def _opcodes(answer: Any, calls: CallState, started: int, now: int, seq: int | N
 
 
 def _op(op: Any, calls: CallState, started: int, now: int, seq: int, no_retry: bool = False,
-        retry_after: int | None = None) -> Outcome:
+        retry_after: int | None = None) -> Outcome | GatewayCall:
     if not isinstance(op, dict) or not isinstance(op.get("op"), str) or \
             not isinstance(op.get("id"), str) or not op["id"]:
         raise ProtocolError(f"an opcode must be an object with op and id, got {op!r}"[:300])
@@ -321,6 +345,12 @@ def _op(op: Any, calls: CallState, started: int, now: int, seq: int, no_retry: b
                              name=name)
     if kind == "InvokeFunction":
         return replace(_invoke(sid, seq, opts, started, now), name=name)
+    if kind in ("Gateway", "AIGateway"):  # step.fetch, step.ai.infer: the server calls
+        return gateway.parse(kind, sid, seq, opts, started, attempt, name)
+    if kind == "StepNotFound":
+        return RunFailed(_step_not_found({**op, "requestedStep": sid}) or
+                         {"name": "StepNotFound", "message": f"step {sid} not found"},
+                         retriable=not no_retry, retry_after_ms=retry_after)
     raise ProtocolError(f"opcode {kind} is not supported yet (supported: "
                         f"{', '.join(SUPPORTED_OPS)})")
 

@@ -335,9 +335,8 @@ class _Options:
 
     def throttle(self, name: str, value: Any) -> Option:
         burst = value.get("burst") if isinstance(value, dict) else None
-        if burst not in (None, 0, 1):
-            self.problems.append(f"{name}.burst {burst!r} {_NOT_SUPPORTED} (only 1)"[:200])
-        return "throttle", Throttle(**self.window(name, value, {"burst"}))
+        return "throttle", Throttle(**self.window(name, value, {"burst"}),
+                                    burst=0 if burst is None else _int(burst, f"{name}.burst"))
 
     def rate_limit(self, name: str, value: Any) -> Option:
         return "rate_limit", RateLimit(**self.window(name, value, set()))
