@@ -97,8 +97,10 @@ class Provider:
 
 
 class Stack:
-    def __init__(self, base: str, db: str, tmp: Path, provider: Provider) -> None:
+    def __init__(self, base: str, db: str, tmp: Path, provider: Provider, py_app: str
+                 ) -> None:
         self.base, self.db, self.tmp, self.provider = base, db, tmp, provider
+        self.py_app = py_app
 
     def send(self, name: str, data: dict[str, Any]) -> str:
         answer = http("POST", self.base + "/e/NO_EVENT_KEY_SET", {"name": name, "data": data})
@@ -187,9 +189,9 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
                  "--db", db], tmp)
     try:
         wait_healthy(base, dev)
-        wait_until(lambda: len(http("GET", base + "/api/v1/functions")["functions"]) == 6,
+        wait_until(lambda: len(http("GET", base + "/api/v1/functions")["functions"]) == 7,
                    90, "the apps' syncs")
-        yield Stack(base, db, tmp, provider)
+        yield Stack(base, db, tmp, provider, f"http://127.0.0.1:{py_port}")
     finally:
         stop(dev)
         stop(ts)
@@ -325,6 +327,37 @@ def test_python_sdk_step_ai_infer(stack: Stack) -> None:
     assert step_named(run, "summarize")["output"]["choices"][0]["message"]["content"] == \
         "A short summary."
     assert PY_AI_KEY not in stack.stored_text()
+
+
+def test_inngest_pys_own_ai_infer_case(stack: Stack) -> None:
+    """inngest-py's `ai_infer` case (Anthropic's format), with its assertions: the request's
+    path, method, `X-Api-Key`, the adapter's header and body, and the code gets the answer."""
+    api_resp_body = {
+        "id": f"msg_{marker()}", "type": "message", "role": "assistant",
+        "model": "claude-3-5-sonnet-20241022", "content": [{"type": "text", "text": "Hi there!"}],
+        "stop_reason": "end_turn", "stop_sequence": None,
+        "usage": {"input_tokens": 9, "cache_creation_input_tokens": 0,
+                  "cache_read_input_tokens": 0, "output_tokens": 11,
+                  "service_tier": "standard"}}
+    stack.provider.script("/v1/messages", (200, {
+        "content-type": "application/json", "request-id": "req_011CQ2ngskrxA1XyiMMSqrSm"},
+        json.dumps(api_resp_body)))
+    def messages() -> list[dict[str, Any]]:
+        with stack.provider.lock:
+            return [r for r in stack.provider.requests if r["path"] == "/v1/messages"]
+    before = len(messages())
+    event_id = stack.send("py.anthropic.infer", {"base": stack.provider.base})
+    run = stack.run_of(event_id, "py-gateways-anthropic-infer", "completed")
+    assert http("GET", f"{stack.py_app}/test/output/{run['id']}") == api_resp_body
+    (request,) = messages()[before:]  # once: the code's replays read the stored answer
+    assert request["headers"]["x-my-header"] == "my-value"
+    assert request["method"] == "POST"
+    assert request["headers"]["x-api-key"] == "sk-ant-api03-000000"
+    assert "authorization" not in request["headers"]
+    assert json.loads(request["body"]) == {
+        "messages": [{"role": "user", "content": "Say hi"}], "max_tokens": 100,
+        "model": "claude-3-5-sonnet-latest"}
+    assert step_named(run, "do-the-thing")["output"] == api_resp_body
 
 
 def test_a_step_the_sdk_cannot_find_fails_the_attempt_as_step_not_found(stack: Stack) -> None:

@@ -2,8 +2,9 @@
 `tests/test_inngest/test_function/cases/`), the behaviours each checks, against `stepwise dev`
 with the PyPI SDK: the functions of `py_cases_app.py`, each test named after its case.
 
-Not here: `ai_infer` (step.ai, a gateway), `batch_that_needs_api` (1 MiB events,
-over stepwise's default event limit), and the cases that only exercise the SDK
+Not here: `ai_infer` (step.ai, a gateway: in test_gateways.py, beside a fake provider),
+`batch_that_needs_api` (1 MiB events, over stepwise's default event limit), and the cases
+that only exercise the SDK
 (`step_callback_args`, `step_callback_kwargs`, `pydantic_event`, `step_context`,
 `step_decorator`, the middleware cases, `unexpected_step_during_targeting`); `two_steps` is
 covered by test_python_sdk.py."""
