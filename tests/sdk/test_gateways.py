@@ -428,3 +428,28 @@ async def test_a_worker_reaches_only_public_addresses_unless_a_host_is_allowed(
     finally:
         await allowed.aclose()
     assert len(provider.made(path)) == 3
+
+
+class _LoopbackIsFine(HostPolicy):
+    """A policy that takes loopback addresses for public ones, to drive the checked path."""
+
+    def refused(self, host: str, addresses: list[str]) -> str | None:
+        return None if all(a in ("127.0.0.1", "::1") for a in addresses) else "not loopback"
+
+
+async def test_a_checked_request_connects_to_the_address_it_checked(provider: Provider) -> None:
+    """A host not allowed by name is resolved, checked, and connected to at the address
+    checked (each in turn until one connects: localhost may resolve to ::1 first, where the
+    provider does not listen), with the name kept in `Host`."""
+    path = f"/checked/{marker()}"
+    provider.script(path, (200, {"content-type": "text/plain"}, "checked"))
+    checked = Gateway(_LoopbackIsFine())
+    try:
+        port = provider.base.rsplit(":", 1)[1]
+        done = await _fetch(checked, f"http://localhost:{port}{path}")
+    finally:
+        await checked.aclose()
+    assert isinstance(done, StepCompleted), done
+    assert json.loads(done.output)["body"] == "checked"
+    (request,) = provider.made(path)
+    assert request["headers"]["host"] == f"localhost:{port}"

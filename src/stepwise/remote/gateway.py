@@ -106,9 +106,17 @@ class _GuardedTransport(httpx.AsyncBaseTransport):
         reason = self.policy.refused(host, addresses)
         if reason is not None:
             raise GatewayRefused(reason)
-        request.url = request.url.copy_with(host=addresses[0])
         request.extensions = {**request.extensions, "sni_hostname": host}
-        return await self.inner.handle_async_request(request)
+        original = request.url
+        failure: httpx.ConnectError | None = None
+        for address in dict.fromkeys(addresses):  # each checked address, in the resolver's
+            request.url = original.copy_with(host=address)  # order, until one connects
+            try:
+                return await self.inner.handle_async_request(request)
+            except httpx.ConnectError as exc:
+                failure = exc
+        assert failure is not None
+        raise failure
 
     async def aclose(self) -> None:
         await self.inner.aclose()
