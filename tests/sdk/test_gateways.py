@@ -2,7 +2,9 @@
 (AIGateway), with the npm SDK 4.x (`ts/gateways.ts`) and the PyPI SDK (`py_gateway_app.py`)
 against `stepwise dev` on SQLite and PostgreSQL, and a fake provider in this process (an HTTP
 server speaking OpenAI's chat-completions shape) that records every request stepwise makes.
-Also the SDK's StepNotFound answer, and a throttle with a burst as an SDK syncs it."""
+Also the SDK's StepNotFound answer, a throttle with a burst as an SDK syncs it, the host
+policy of `stepwise worker --sdk` (public addresses only unless allowed), and the checks
+behind it against a real socket."""
 
 from __future__ import annotations
 
@@ -453,3 +455,63 @@ async def test_a_checked_request_connects_to_the_address_it_checked(provider: Pr
     assert json.loads(done.output)["body"] == "checked"
     (request,) = provider.made(path)
     assert request["headers"]["host"] == f"localhost:{port}"
+
+
+def test_stepwise_worker_sends_gateway_requests_only_where_allowed(
+        pg_schema: str, tmp_path: Path, provider: Provider) -> None:
+    """`stepwise server` and `stepwise worker --sdk` on PostgreSQL, the TypeScript app in
+    cloud mode: by default the worker refuses the provider at 127.0.0.1 (the step fails at
+    once, no request is made); a worker given `--gateway-allow-host 127.0.0.1` makes it."""
+    node_apps_ready()
+    api_key, event_key = "api-" + "b" * 40, "event-" + "f" * 40
+    signing_key = "signkey-prod-" + "3c" * 32
+    port, app_port = free_port(), free_port()
+    base = f"http://127.0.0.1:{port}"
+    auth = {"Authorization": f"Bearer {api_key}"}
+    server = start(["server", "--db", pg_schema, "--port", str(port), "--host", "127.0.0.1",
+                    "--api-key", api_key, "--event-key", event_key,
+                    "--signing-key", signing_key], tmp_path)
+    app = start_node_app("gateways.ts", app_port, {
+        "INNGEST_BASE_URL": base, "INNGEST_SIGNING_KEY": signing_key,
+        "INNGEST_EVENT_KEY": event_key}, tmp_path / "app.log")
+    app_url = f"http://127.0.0.1:{app_port}/api/inngest"
+    worker_args = ["worker", "--sdk", "--db", pg_schema, "--signing-key", signing_key]
+    worker = start(worker_args, tmp_path)
+    try:
+        wait_healthy(base, server)
+
+        def synced() -> bool:
+            http("PUT", app_url)
+            return any(f["id"] == "ts-gateways-fetch-report" for f in http(
+                "GET", base + "/api/v1/functions", headers=auth)["functions"])
+        wait_until(synced, 90, "the signed sync")
+
+        def run_of(report: str, status: str) -> dict[str, Any]:
+            answer = http("POST", f"{base}/e/{event_key}", {
+                "name": "report.requested",
+                "data": {"base": provider.base, "report": report}})
+
+            def done() -> dict[str, Any] | None:
+                runs = http("GET", f"{base}/api/v1/events/{answer['ids'][0]}",
+                            headers=auth)["runs"]
+                run = http("GET", base + runs[0]["url"], headers=auth) if runs else None
+                return run if run is not None and run["status"] == status else None
+            return dict(wait_until(done, 60, f"the run {status}"))
+
+        refused = marker()
+        run = run_of(refused, "failed")
+        step = step_named(run, "step.fetch: 127.0.0.1")
+        assert step["status"] == "failed" and step["attempts"] == 1
+        assert "127.0.0.1 is at 127.0.0.1, which is not a public address" in \
+            step["error"]["message"]
+        assert "--gateway-allow-host" in step["error"]["message"]
+        assert provider.made(refused) == []
+        stop(worker)
+        worker = start([*worker_args, "--gateway-allow-host", "127.0.0.1"], tmp_path)
+        allowed = marker()
+        provider.script(f"/reports/{allowed}", (200, {"content-type": "text/plain"}, "fine"))
+        assert run_of(allowed, "completed")["output"]["text"] == "fine"
+        assert len(provider.made(allowed)) == 1
+    finally:
+        for proc in (worker, server, app):
+            stop(proc)
