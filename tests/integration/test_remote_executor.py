@@ -6,9 +6,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+from typing import Any
 
 import httpx
+import pytest
 
+from stepwise.definition import FunctionDefinition
 from stepwise.engine import Engine
 from stepwise.events import StoredEvent
 from stepwise.remote import registration
@@ -117,3 +120,58 @@ async def test_an_app_that_never_answers_fails_the_attempt_after_the_call_timeou
         server.close()
         await server.wait_closed()
         await asyncio.sleep(0)  # the handlers close their connections
+
+
+async def test_sdk_apps_are_reloaded_only_when_their_definitions_change(
+        db: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`RemoteApps` checks every second which SDK apps to serve. It read and decoded every
+    stored function each time: with 30 apps of 1,000 functions, `stepwise dev`'s loop (its HTTP
+    server's too) was held for seconds (bench/sync_cost.py). Now an app's functions are read
+    when the app's definitions changed, and only that app's."""
+    from stepwise.engine import definitions
+    from stepwise.remote.executor import RemoteApps
+
+    def sync(app: str, functions: list[str]) -> list[FunctionDefinition]:
+        url = f"http://{app}.test/api/inngest"
+        return registration.parse({"appName": app, "url": url, "functions": [{
+            "id": f"{app}-{f}", "triggers": [{"event": f"{app}.go"}],
+            "steps": {"step": {"runtime": {"type": "http", "url": f"{url}?fnId={f}"}}}}
+            for f in functions]}).functions
+
+    storage = open_storage(db)
+    await storage.open()
+    engine = Engine(storage)
+    await engine.register("shop", sync("shop", ["a", "b"]))
+    await engine.register("mail", sync("mail", ["send"]))
+    remote = RemoteApps(storage, poll_interval=0.05)
+    read: list[str] = []
+    real = definitions.app_functions
+
+    def counted(tx: Any, app_id: str) -> list[dict[str, Any]]:
+        read.append(app_id)
+        return real(tx, app_id)
+
+    async def everything() -> list[dict[str, Any]]:
+        raise AssertionError("every stored function was read")
+
+    monkeypatch.setattr(definitions, "app_functions", counted)
+    monkeypatch.setattr(remote.engine, "list_functions", everything)
+    try:
+        await remote.tick()
+        assert sorted(remote.executors) == ["mail", "shop"]
+        assert remote.executors["shop"].functions() == ["shop-a", "shop-b"]
+        read.clear()
+        await remote.tick()
+        await remote.tick()
+        assert read == []  # nothing changed: nothing read
+        assert not await engine.register("mail", sync("mail", ["send"]))  # the same sync
+        await remote.tick()
+        assert read == []
+        await asyncio.sleep(0.002)  # a later change time than the first sync's
+        assert await engine.register("shop", sync("shop", ["a", "c"]))
+        await remote.tick()
+        assert read == ["shop"]  # only the app that changed
+        assert remote.executors["shop"].functions() == ["shop-a", "shop-c"]
+    finally:
+        await remote.stop(1.0)
+        await storage.close()

@@ -101,6 +101,17 @@ def list_apps(tx: Tx) -> list[dict[str, Any]]:
              "functions": functions.get(row["id"], [])} for row in tx.all("list_apps")]
 
 
+def app_changes(tx: Tx) -> dict[str, int]:
+    """When each app's definitions last changed: a process keeping something per app (the
+    SDK apps' executors) compares it to reload only the apps that changed."""
+    return {str(r["id"]): int(r["changed_at"]) for r in tx.all("list_apps")}
+
+
+def app_functions(tx: Tx, app_id: str) -> list[dict[str, Any]]:
+    """One app's functions, as `list_all` shows them (without `updated_at`)."""
+    return [loads(r["definition"]) for r in tx.all("app_definitions", app_id=app_id)]
+
+
 def list_all(tx: Tx) -> list[dict[str, Any]]:
     """Every registered function as the API shows it."""
     return [_shown(r) for r in tx.all("list_functions")]

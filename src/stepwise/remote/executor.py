@@ -16,7 +16,7 @@ import httpx
 
 from .. import signing
 from ..definition import FunctionDefinition
-from ..engine import Engine, Lease, RunState
+from ..engine import Engine, Lease, RunState, definitions
 from ..engine.outcomes import Outcome, RunCompleted, RunFailed, StepCompleted, StepFailed
 from ..executor import Job
 from ..payloads import dumps, new_id
@@ -73,9 +73,9 @@ class HttpExecutor:
 
     async def refresh(self, functions: list[dict[str, Any]] | None = None) -> None:
         """Take the app's functions as last synced (a re-sync may add or remove some), from
-        `functions` (every stored definition) when the caller has read them already."""
+        `functions` (this app's stored definitions) when the caller has read them already."""
         if functions is None:
-            functions = await self.engine.list_functions()
+            functions = await self.engine.storage.read(definitions.app_functions, self.app_id)
         self.definitions = {f["id"]: FunctionDefinition.from_json(f) for f in functions
                             if f["app_id"] == self.app_id and f.get("url")}
         self._functions = sorted(self.definitions)
@@ -422,6 +422,7 @@ class RemoteApps:
         self.workers: dict[str, Worker] = {}
         self.executors: dict[str, HttpExecutor] = {}
         self._synced_at: dict[str, float] = {}  # URL -> when it last answered a sync
+        self._changed: dict[str, int] = {}  # app -> its definitions' change time, as loaded
         self._down: set[str] = set()  # URLs that did not answer since they last did
 
     async def tick(self) -> None:
@@ -432,9 +433,18 @@ class RemoteApps:
         if due:
             async with httpx.AsyncClient(timeout=10.0) as client:
                 await asyncio.gather(*(self._sync(client, url, now) for url in due))
-        functions = await self.engine.list_functions()
-        for app_id in sorted({f["app_id"] for f in functions if f.get("url")}):
+        # Only the apps whose definitions changed are read again: with thousands of functions
+        # stored, reading and decoding them all every second held the process's loop (and
+        # the HTTP server sharing it, in `stepwise dev`) for seconds.
+        changes = await self.storage.read(definitions.app_changes)
+        for app_id in sorted(changes):
+            if self._changed.get(app_id) == changes[app_id]:
+                continue
+            functions = await self.storage.read(definitions.app_functions, app_id)
             executor = self.executors.get(app_id)
+            if executor is None and not any(f.get("url") for f in functions):
+                self._changed[app_id] = changes[app_id]
+                continue  # a Python app's, or an SDK app with no function
             if executor is None:
                 executor = HttpExecutor(app_id, Engine(self.storage),
                                         signing_key=self.signing_key,
@@ -450,6 +460,7 @@ class RemoteApps:
                 log.info("serving SDK app %s: %s", app_id, ", ".join(executor.definitions))
             else:
                 await executor.refresh(functions)
+            self._changed[app_id] = changes[app_id]
 
     async def _sync(self, client: httpx.AsyncClient, url: str, now: float) -> None:
         try:

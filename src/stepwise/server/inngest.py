@@ -5,6 +5,7 @@ for an SDK told `use_api` (`/v0/runs/...`) and signals (`/v1/signals`). Refusals
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import replace
 from typing import Annotated, Any, cast
@@ -56,15 +57,19 @@ def _log_sync(synced: registration.SyncedApp) -> None:
 async def register_sdk_app(request: Request, server: ServerDep) -> JSONResponse:
     """Sync an SDK app: store its functions, each with the URL that runs it."""
     try:
-        body = await read_json(request, server.limits.request_bytes)
+        raw = await read_body(request, server.limits.request_bytes)
     except ApiError as exc:
         return _refused(exc.status, exc.message)
+    try:  # a sync may be megabytes: read on a thread, so the server answers meanwhile
+        body = await asyncio.to_thread(loads, raw)
+    except PayloadError as exc:
+        return _refused(400, f"request body is not valid JSON: {exc}")
     refusal = _server_kind_refusal(request.headers.get("x-inngest-expected-server-kind"),
                                    server)
     if refusal is not None:
         return refusal
     try:
-        synced = registration.parse(body)
+        synced = await asyncio.to_thread(registration.parse, body)
     except registration.RegistrationError as exc:
         return _refused(400, f"cannot sync the app: {exc}")
     refusal = _host_refusal(server, synced)
@@ -77,7 +82,7 @@ async def register_sdk_app(request: Request, server: ServerDep) -> JSONResponse:
         try:
             answer = await _confirmations(request).confirm(
                 synced.url, key, server.access.signing_fallback, server.clock.now_ms() // 1000)
-            synced = registration.parse(answer)
+            synced = await asyncio.to_thread(registration.parse, answer)
         except inband.InBandError as exc:
             log.warning("sync of the app at %s refused: %s", synced.url, exc.message)
             return _refused(exc.status, f"cannot sync the app: {exc.message}")
