@@ -28,7 +28,8 @@ LEASE_TAKEOVERS = Counter("stepwise_lease_takeovers",
                           "Runs taken over because their worker's lease expired (crash, kill, "
                           "freeze)", registry=REGISTRY)
 PRUNED_ROWS = Counter("stepwise_pruned_rows", "Rows deleted by retention and `stepwise prune`, "
-                      "by table (runs, steps, events)", ["table"], registry=REGISTRY)
+                      "by table (runs, steps, events, flow_state: rate-limit and throttle "
+                      "windows)", ["table"], registry=REGISTRY)
 OLDEST_KEPT = Gauge("stepwise_oldest_finished_run_age_seconds",
                     "How long ago the oldest finished run still kept ended (after this "
                     "process's last retention pass; 0: none kept)", registry=REGISTRY)

@@ -48,6 +48,8 @@ class Result:
 
     deleted: Deleted = field(default_factory=Deleted)
     keys: int = 0
+    #: Rate-limit and throttle windows that stopped mattering, deleted.
+    flow_windows: int = 0
     more: bool = False
 
 
@@ -100,6 +102,12 @@ class Pruner:
                     await self._pause(began)
         while (expired := await self.engine.expire_idempotency_keys(KEYS_BATCH)) > 0:
             result.keys += expired
+            if expired < KEYS_BATCH:
+                break
+            await asyncio.sleep(self.pause_s)
+        while (expired := await self.engine.expire_flow_state(KEYS_BATCH)) > 0:
+            result.flow_windows += expired
+            metrics.PRUNED_ROWS.labels("flow_state").inc(expired)
             if expired < KEYS_BATCH:
                 break
             await asyncio.sleep(self.pause_s)

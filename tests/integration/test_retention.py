@@ -335,3 +335,68 @@ async def test_erasure_leaves_no_row_holding_the_subjects_data(db: str) -> None:
 
 async def _subject_runs(h: Harness) -> list[dict[str, Any]]:
     return [r for r in await h.runs() if SUBJECT in str(await h.run(r["id"]))]
+
+
+def windows_app() -> stepwise.App:
+    app = stepwise.App("windows")
+
+    @app.function(id="signup", trigger=stepwise.on_event("user.signup"),
+                  rate_limit=stepwise.RateLimit(2, timedelta(hours=1), key="event.data.user"),
+                  throttle=stepwise.Throttle(6, timedelta(hours=6), key="event.data.user"))
+    async def signup(ctx: stepwise.Context) -> Any:
+        return ctx.event.data["user"]
+
+    return app
+
+
+async def flow_keys(h: Harness) -> dict[str, int | None]:
+    rows = await h.storage.read(lambda tx: tx.raw_all(
+        "SELECT key, expires_at FROM flow_state", {}))
+    return {r["key"]: r["expires_at"] for r in rows}
+
+
+async def test_rate_limit_and_throttle_windows_go_once_they_stop_mattering(db: str) -> None:
+    """A window per key value (per user here) is kept while it can still limit a run and
+    deleted after: a rate window one period after its last start, a throttle once its next
+    start time passed. Windows stored before they had an expiry get one from their function's
+    period, or go at once when their function is gone."""
+    async with Harness(windows_app(), db) as h:
+        start = h.clock.now_ms()
+        for user in ("ann", "bob", "ann"):
+            await h.send("user.signup", {"user": user})
+        await h.settle(advance=False)
+        keys = await flow_keys(h)
+        assert len(keys) == 4 and all(at is not None for at in keys.values())
+        rate = {k: at for k, at in keys.items() if k.startswith("rate:")}
+        assert sorted(rate.values()) == [start + 3_600_000] * 2
+        # Legacy windows: a rate window of this function (its last start 10 min ago), a
+        # throttle's next start in 2 h, and a window of a function that is gone.
+        legacy = {"rate:windows:signup:\"old\"": (f"[{start - 600_000}]", start + 3_000_000),
+                  "throttle:windows:signup:\"old\"": (f'{{"tat": {start + 7_200_000}}}',
+                                                       start + 7_200_000),
+                  "rate:windows:removed:\"x\"": (f"[{start}]", start)}
+        for key, (state, _) in legacy.items():
+            await h.storage.write(lambda tx, k=key, s=state: tx.raw_all(
+                "INSERT INTO flow_state (key, state) VALUES (:k, :s) RETURNING key",
+                {"k": k, "s": s}))
+
+        await Pruner(h.engine).pass_once()  # now: only the gone function's window goes
+        after = await flow_keys(h)
+        assert set(after) == set(keys) | set(legacy) - {"rate:windows:removed:\"x\""}
+        assert {k: after[k] for k in legacy if k in after} == {
+            k: at for k, (_, at) in legacy.items() if k in after}
+        # Within the hour the rate windows still limit: ann's third signup is skipped.
+        await h.send("user.signup", {"user": "ann"})
+        await h.settle(advance=False)
+        assert [r["status"] for r in await h.runs()].count("skipped") == 1
+
+        # An hour on: the rate windows' hour passed, and bob's throttle (one start an hour)
+        # is free again; ann's (two starts: the next at 2 h) and the legacy one (2 h) are not.
+        h.clock.advance(3601)
+        result = await Pruner(h.engine).pass_once()
+        assert result is not None and result.flow_windows == 4
+        assert sorted(await flow_keys(h)) == ['throttle:windows:signup:"ann"',
+                                             'throttle:windows:signup:"old"']
+        h.clock.advance(3600)
+        result = await Pruner(h.engine).pass_once()
+        assert result is not None and result.flow_windows == 2 and await flow_keys(h) == {}

@@ -314,6 +314,9 @@ class Engine:
     async def expire_idempotency_keys(self, limit: int) -> int:
         return await self.storage.write(retention.expire_keys, self.clock.now_ms(), limit)
 
+    async def expire_flow_state(self, limit: int) -> int:
+        return await self.storage.write(retention.expire_flow_state, self.clock.now_ms(), limit)
+
     async def oldest_finished(self) -> int | None:
         return await self.storage.read(retention.oldest_finished)
 

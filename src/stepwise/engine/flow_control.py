@@ -350,7 +350,8 @@ def _rate_window(tx: Tx, key: str, limit: int, period_ms: int, now: int) -> bool
     if len(recent) >= limit:
         return False
     recent.append(now)
-    tx.exec("set_flow_state", key=key, state=dumps(recent[-limit:], "state"))
+    tx.exec("set_flow_state", key=key, state=dumps(recent[-limit:], "state"),
+            expires_at=now + period_ms)
     return True
 
 
@@ -365,7 +366,8 @@ def _throttle_slot(tx: Tx, key: str, limit: int, burst: int, period_ms: int, now
     tolerance = emission * (limit + burst)
     tat = max(_tat(tx, key, emission), float(now))
     slot = max(now, math.ceil(tat + emission - tolerance))
-    tx.exec("set_flow_state", key=key, state=dumps({"tat": tat + emission}, "state"))
+    tx.exec("set_flow_state", key=key, state=dumps({"tat": tat + emission}, "state"),
+            expires_at=math.ceil(tat + emission))
     return slot
 
 

@@ -207,6 +207,43 @@ def expire_keys(tx: Tx, now: int, limit: int) -> int:
     return tx.exec("expire_idempotency", now=now, limit=limit)
 
 
+def expire_flow_state(tx: Tx, now: int, limit: int) -> int:
+    """Delete up to `limit` rate-limit and throttle windows that stopped mattering (a window
+    per key value, per user say, would otherwise stay forever). Windows stored before they
+    had an expiry (migration 0021) get theirs first, a page at a time."""
+    legacy = tx.all("flow_state_without_expiry", limit=limit)
+    if legacy:
+        periods = {f"{kind}:{r['app_id']}:{r['id']}:": _period_ms(loads(r["definition"]), kind)
+                   for r in tx.all("flow_definitions") for kind in ("rate", "throttle")}
+        for row in legacy:
+            tx.exec("set_flow_state_expiry", key=row["key"],
+                    expires_at=_legacy_expiry(row["key"], row["state"], periods, now))
+    return tx.exec("expire_flow_state", now=now, limit=limit)
+
+
+def _period_ms(definition: dict[str, Any], kind: str) -> int | None:
+    flow = definition.get("flow") or {}
+    option = flow.get("rate_limit" if kind == "rate" else "throttle")
+    return int(option["period_ms"]) if isinstance(option, dict) else None
+
+
+def _legacy_expiry(key: str, state: str, periods: dict[str, int | None], now: int) -> int:
+    """When a window stored without an expiry stops mattering: a throttle's next start time,
+    or a window's last start plus its function's period; now when its function is gone (or
+    no longer limits) or the state cannot be read."""
+    try:
+        value = loads(state)
+    except ValueError:
+        return now
+    if isinstance(value, dict) and isinstance(value.get("tat"), int | float):
+        return int(value["tat"])
+    period = next((p for prefix, p in periods.items() if key.startswith(prefix)), None)
+    if not isinstance(value, list) or period is None:
+        return now
+    starts = [t for t in value if isinstance(t, int | float)]
+    return int(max(starts)) + period if starts else now
+
+
 def oldest_finished(tx: Tx) -> int | None:
     """When the oldest finished run kept ended (None: there is none)."""
     row = tx.one("oldest_finished")

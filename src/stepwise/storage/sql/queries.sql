@@ -744,7 +744,8 @@ SELECT state FROM flow_state WHERE key = :key;
 SELECT state FROM flow_state WHERE key = :key FOR UPDATE;
 
 -- name: set_flow_state
-UPDATE flow_state SET state = :state WHERE key = :key;
+-- :expires_at: when the window stops mattering (retention deletes it then).
+UPDATE flow_state SET state = :state, expires_at = :expires_at WHERE key = :key;
 
 -- name: get_group
 SELECT run_id, size, first_at FROM pending_groups WHERE key = :key;
@@ -986,6 +987,23 @@ LIMIT :limit;
 DELETE FROM events WHERE id IN {query:in_ids}
   AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.event_id = events.id)
   AND NOT EXISTS (SELECT 1 FROM run_events re WHERE re.event_id = events.id);
+
+-- name: expire_flow_state
+-- Up to :limit rate-limit and throttle windows that stopped mattering.
+DELETE FROM flow_state WHERE key IN (
+    SELECT key FROM flow_state WHERE expires_at <= :now LIMIT :limit);
+
+-- name: flow_state_without_expiry
+-- Windows stored before they had an expiry (migration 0021), a page at a time.
+SELECT key, state FROM flow_state WHERE expires_at IS NULL ORDER BY key LIMIT :limit;
+
+-- name: set_flow_state_expiry
+UPDATE flow_state SET expires_at = :expires_at WHERE key = :key;
+
+-- name: flow_definitions
+-- Definitions with a rate limit or throttle (compact JSON: each key appears only as one).
+SELECT app_id, id, definition FROM functions
+WHERE definition LIKE '%"rate_limit":{%' OR definition LIKE '%"throttle":{%';
 
 -- name: expire_idempotency
 -- Up to :limit idempotency keys whose window closed.
