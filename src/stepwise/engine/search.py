@@ -28,7 +28,7 @@ from ..storage import Tx, search
 from ..storage.rows import RunRow
 
 #: Matches are counted up to this many; more is "more than COUNT_LIMIT".
-COUNT_LIMIT = 10_000
+COUNT_LIMIT = 1_000
 #: How far a term's matches are counted to pick the rarest as the one that drives the read.
 PROBE_LIMIT = 1_000
 #: The most conditions one `q` may hold.
@@ -90,14 +90,15 @@ class _Plan:
         self.params[name] = value
         return f":{name}"
 
-    def has_term(self, term: _Term) -> str:
-        """SQL: run `r` matches `term` (through the index, or a left-out value it holds)."""
+    def has_term(self, term: _Term, run: str = "r.id") -> str:
+        """SQL: the run whose id is `run` matches `term` (through the index, or a left-out
+        value its event holds)."""
         found = (f"EXISTS (SELECT 1 FROM run_terms t WHERE t.term = {self.param(term.term)} "
-                 "AND t.run_id = r.id)") if term.term is not None else "1 = 0"
+                 f"AND t.run_id = {run})") if term.term is not None else "1 = 0"
         if not term.markers:
             return found
         return (f"({found} OR (EXISTS (SELECT 1 FROM run_terms t WHERE t.term IN "
-                f"({', '.join(self.param(m) for m in term.markers)}) AND t.run_id = r.id) "
+                f"({', '.join(self.param(m) for m in term.markers)}) AND t.run_id = {run}) "
                 f"AND {term.check}))")
 
 
@@ -150,7 +151,9 @@ def _read_q(tx: Tx, plan: _Plan, q: str) -> None:
     try:
         words = shlex.split(q)
     except ValueError as exc:
-        raise SearchError(f"q: {exc} (quote a value with spaces as a whole)") from None
+        why = str(exc)
+        raise SearchError(f"q: {why[:1].lower() + why[1:]} (quote a value with spaces as a "
+                          "whole: user.name=\"Ada L\")") from None
     if len(words) > MAX_CONDITIONS:
         raise SearchError(f"q: {len(words)} words, over the limit of {MAX_CONDITIONS}")
     known: tuple[set[str], set[str]] | None = None
@@ -221,36 +224,44 @@ def _driver(tx: Tx, plan: _Plan) -> _Term | None:
     return plan.driver[0]
 
 
-def _selects(tx: Tx, plan: _Plan, columns: str, limit: int, before: str | None
+def _selects(tx: Tx, plan: _Plan, columns: str | None, limit: int, before: str | None
              ) -> tuple[list[str], dict[str, Any]]:
     """One SELECT per branch of the driving term (its index range; and, for a data value,
-    the runs with a left-out value that has it), each newest first and limited: together,
-    the matches. Without a driving term, one SELECT that the runs' indexes serve."""
+    the runs with a left-out value that has it), each limited: together, the matches. Without
+    a driving term, one SELECT that the runs' indexes serve. With `columns`, newest first;
+    without (a count), in no order, and the runs themselves are not read when no condition
+    needs their row (every term of the index belongs to a stored run)."""
     params = dict(plan.params)
     checks = list(plan.where)
     if before is not None:
         checks.append("r.id < :before")
         params["before"] = before
     driver = _driver(tx, plan)
-    checks += [plan.has_term(t) for t in plan.terms if t is not driver]
+    others = [t for t in plan.terms if t is not driver]
+    bare = columns is None and not checks and not any(t.markers for t in others)
+    checks += [plan.has_term(t, "d.run_id" if bare else "r.id") for t in others]
     params.update(plan.params)  # has_term's parameters
-    newest = f" ORDER BY r.id DESC LIMIT {int(limit)}"
+    limited = f" LIMIT {int(limit)}"
+    select = f"SELECT {columns or '1'} FROM "
     if driver is None:
-        return [f"SELECT {columns} FROM runs r" +
-                (" WHERE " + " AND ".join(checks) if checks else "") + newest], params
+        return [select + "runs r" + (" WHERE " + " AND ".join(checks) if checks else "") +
+                (" ORDER BY r.id DESC" if columns else "") + limited], params
     and_checks = "".join(f" AND {c}" for c in checks)
     params["drive"] = driver.term
     # CROSS JOIN: SQLite reads the terms first, in the index's order (PostgreSQL plans it
     # as any join); the order by d.run_id is the index's, so no sort.
-    branches = [f"SELECT {columns} FROM run_terms d CROSS JOIN runs r WHERE d.term = :drive "
-                f"AND r.id = d.run_id{and_checks} ORDER BY d.run_id DESC LIMIT {int(limit)}"]
+    branches = [select + ("run_terms d WHERE d.term = :drive" if bare else
+                          "run_terms d CROSS JOIN runs r WHERE d.term = :drive AND "
+                          "r.id = d.run_id") + and_checks +
+                (" ORDER BY d.run_id DESC" if columns else "") + limited]
     if driver.markers:
         params.update({f"mark{i}": m for i, m in enumerate(driver.markers)})
         marks = ", ".join(f":mark{i}" for i in range(len(driver.markers)))
         branches.append(
-            f"SELECT {columns} FROM run_terms d CROSS JOIN runs r WHERE d.term IN ({marks}) "
+            f"{select}run_terms d CROSS JOIN runs r WHERE d.term IN ({marks}) "
             "AND r.id = d.run_id AND NOT EXISTS (SELECT 1 FROM run_terms t WHERE "
-            f"t.term = :drive AND t.run_id = r.id) AND {driver.check}{and_checks}{newest}")
+            f"t.term = :drive AND t.run_id = r.id) AND {driver.check}{and_checks}" +
+            (" ORDER BY r.id DESC" if columns else "") + limited)
     return branches, params
 
 
@@ -269,7 +280,7 @@ def find_runs(tx: Tx, filters: dict[str, Any], limit: int, *, q: str | None = No
     rows = _union(tx, branches, params, limit)
     found = Found(cast(list[RunRow], rows))
     if count:
-        branches, params = _selects(tx, plan, "r.id", COUNT_LIMIT + 1, None)
+        branches, params = _selects(tx, plan, None, COUNT_LIMIT + 1, None)
         total = sum(int(tx.raw_all(f"SELECT COUNT(*) AS n FROM ({b}) x", params)[0]["n"])
                     for b in branches)
         found.total, found.exact = min(total, COUNT_LIMIT), total <= COUNT_LIMIT

@@ -16,6 +16,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictBool
 
 from ..durations import PATTERN as DURATION_PATTERN
 from ..durations import WINDOW_PATTERN
+from ..engine.search import COUNT_LIMIT
 from ..status import RunStatus, StepStatus
 
 #: In run lists, an output or error longer than this many characters of JSON is left out
@@ -61,10 +62,6 @@ class StepOut(BaseModel):
                           "timeout)")
     kind: str | None = Field(None, description="run (code), sleep, wait or invoke; null for "
                                                "steps stored before kinds were (0016)")
-    attempt_started_at: str | None = Field(
-        None, description="When the attempt whose result the step holds (its last) started: "
-                          "`started_at` for a step attempted once; null where not stored "
-                          "(steps retried before migration 0022)")
 
 
 class RunOut(BaseModel):
@@ -162,8 +159,8 @@ class RunList(Page):
     runs: list[RunOut]
     total: int | None = Field(
         default=None, description="How many runs match in all (every page, not only this "
-                                  "one), counted up to 10,000: with `total_exact` false, more "
-                                  "than `total` match")
+                                  f"one), counted up to {COUNT_LIMIT:,}: with `total_exact` "
+                                  "false, more than `total` match")
     total_exact: bool = Field(default=True, description="False when more than `total` runs "
                                                         "match (the count stopped there)")
 

@@ -270,7 +270,11 @@ new MutationObserver(labelCells).observe($("#page"), { childList: true, subtree:
 
 // --- runs and failed runs --------------------------------------------------------------------
 
-const RUN_FILTERS = ["status", "function", "event_name", "event_data", "since", "until"];
+const RUN_FILTERS = ["q", "status", "function", "event_name", "event_data", "since", "until"];
+/** What the search box takes (`GET /api/v1/runs?q=`, docs/operations.md). */
+const SEARCH_HINT = "Words all of which match: an error's words (smtp timeout), a field of " +
+  "the event's data (user.id=42, quote a value with spaces), a function's id, an event " +
+  "name, the start of a run id; function:, event:, error:, id: say which.";
 
 /** `datetime-local` values are local time; the API takes ISO 8601 with a zone. */
 const toIso = local => local ? new Date(local).toISOString() : "";
@@ -293,6 +297,9 @@ async function pageRuns({ failedOnly }) {
       ${failedOnly ? html`<span class="muted" style="font-size:.85rem;font-weight:400">the
         dead-letter list: runs whose retries ran out, until replayed</span>` : ""}</h1>
     <form class="filters" id="filters">
+      <label class="search">Search<input type="search" name="q" id="search"
+        value="${value("q")}" title="${SEARCH_HINT}" autocomplete="off"
+        placeholder="error words, user.id=42, a run id, a function, an event name"></label>
       ${failedOnly ? "" : html`<label>Status<select name="status"><option value="">any</option>
         ${STATUSES.map(s => html`<option ${s === value("status") ? "selected" : ""}>${s}</option>`)}
         </select></label>`}
@@ -361,14 +368,24 @@ async function pageRuns({ failedOnly }) {
     const params = new URLSearchParams(filter);
     if (query.get("before")) params.set("before", query.get("before"));
     params.set("limit", "50");
-    const { runs, next } = await api("/api/v1/runs?" + params);
+    let answer;
+    try { answer = await api("/api/v1/runs?" + params); } catch (error) {
+      if (!(error instanceof ApiError)) throw error;  // a search it cannot read: say why
+      $("#list").innerHTML = html`<div class="notice bad" id="search-error">${error.message}</div>`;
+      return;
+    }
+    const { runs, next, total, total_exact } = answer;
+    // `at`: the position of this page's first run (dashboard only), carried by "older".
+    const at = Math.max(1, parseInt(query.get("at") || "1", 10) || 1);
     const older = new URLSearchParams(query);
     if (failedOnly) older.delete("status");
-    if (next) older.set("before", next);
+    if (next) { older.set("before", next); older.set("at", String(at + runs.length)); }
     const newest = new URLSearchParams(query);
     newest.delete("before");
+    newest.delete("at");
     if (failedOnly) newest.delete("status");
-    $("#list").innerHTML = runs.length ? html`
+    $("#list").innerHTML = html`<p class="count" id="count">${matchCount(total, total_exact,
+      runs.length ? [at, at + runs.length - 1] : null)}</p>` + (runs.length ? html`
       <table id="runs"><thead><tr><th>Run</th><th>Function</th><th>Status</th>
         <th class="num">Failed attempts</th><th>Created</th><th class="num">Duration</th>
         <th>Error</th></tr></thead>
@@ -386,8 +403,20 @@ async function pageRuns({ failedOnly }) {
         ${next ? html`<a href="${location.pathname}?${older}" id="older">older →</a>` : ""}
         <span class="muted">${runs.length} shown${query.get("before") ? "" :
           " · updates live"}</span>
-      </div>` : html`<p class="muted">No runs match.</p>`;
+      </div>` : html`<p class="muted">No runs match.</p>`);
   };
+}
+
+/** "1,234 runs match · 51–100 shown, newest first", or "More than 1,000 runs match ...":
+ *  the API counts matches up to a bound (`total_exact` false past it). */
+function matchCount(total, exact, shown) {
+  if (total == null) return "";
+  const n = total.toLocaleString("en-US");
+  const what = !exact ? `More than ${n} runs match` :
+    total === 1 ? "1 run matches" : `${n} runs match`;
+  if (!shown || (exact && shown[0] === 1 && shown[1] === total)) return what;  // all shown
+  return `${what} · ${shown[0].toLocaleString("en-US")}–` +
+    `${shown[1].toLocaleString("en-US")} shown, newest first`;
 }
 
 /** A listed run's error, one line: an error over 1 KiB is left out of lists, so its first
@@ -574,7 +603,7 @@ function histories(run) {
     if (step && (step.status === "completed" ||
                  (step.status === "failed" && !(last && last.n === step.attempts)))) {
       attempts.push({ type: "attempt", n: step.attempts, status: step.status,
-        from: step.attempt_started_at ?? null, to: step.ended_at,
+        from: step.attempts === 1 ? step.started_at : null, to: step.ended_at,
         error: step.error, output: step.output });
     }
     attempts.forEach((attempt, i) => {
@@ -625,8 +654,8 @@ function tookText(h, prefix = "") {
   return prefix + duration(t.ms) + (t.unknown ? " + ?" : "");
 }
 
-const UNKNOWN_TOOK = "The start of an attempt is not known (a function body's, or a step " +
-  "retried before this release stored its last attempt's start), so its own time is not counted";
+const UNKNOWN_TOOK = "The start of an attempt that ran after a retry wait is not stored (a " +
+  "step keeps its first attempt's start), so its own time is not counted";
 
 /** The run's steps over its time span: each attempt a bar (red failed, green completed), the
  *  retry waits between them hatched grey, sleeps, waits and invokes hatched violet; steps a
@@ -983,17 +1012,6 @@ function keptFor(window) {
 const NO_POINTS = { show: false };
 const bars = typeof uPlot === "undefined" ? null : uPlot.paths.bars;
 
-/** A y axis as wide as its longest label ("1 min 20 s" too), measured in the chart's font. */
-function labelRoom(u, values, axisIndex, cycle) {
-  const axis = u.axes[axisIndex];
-  if (cycle > 1) return axis._size;  // uPlot asks again until the sizes settle
-  const longest = (values || []).reduce((a, v) => String(v).length > a.length ? String(v) : a,
-                                        "");
-  u.ctx.font = axis.font[0];
-  return Math.ceil(axis.ticks.size + axis.gap + 4 +
-                   u.ctx.measureText(longest).width / devicePixelRatio);
-}
-
 /** A small uPlot chart, created once and then fed new data. */
 function drawChart(charts, key, element, data, series, format, { step, integers = false }) {
   if (typeof uPlot === "undefined") { element.textContent = "(charts unavailable)"; return; }
@@ -1024,6 +1042,17 @@ async function pageApps() {
     // A function synced with options this server cannot honour: its runs fail naming them.
     const problems = Object.fromEntries(functions.filter(f => f.problems?.length)
       .map(f => [f.id, f.problems]));
+/** A y axis as wide as its longest label ("1 min 20 s" too), measured in the chart's font. */
+function labelRoom(u, values, axisIndex, cycle) {
+  const axis = u.axes[axisIndex];
+  if (cycle > 1) return axis._size;  // uPlot asks again until the sizes settle
+  const longest = (values || []).reduce((a, v) => String(v).length > a.length ? String(v) : a,
+                                        "");
+  u.ctx.font = axis.font[0];
+  return Math.ceil(axis.ticks.size + axis.gap + 4 +
+                   u.ctx.measureText(longest).width / devicePixelRatio);
+}
+
     $("#apps").innerHTML = apps.length ? html`<table id="app-list"><thead><tr><th>App</th>
       <th>SDK</th><th>Served at</th><th>Last sync</th><th>Functions changed</th>
       <th>Functions</th></tr></thead><tbody>
