@@ -316,7 +316,7 @@ def test_an_unknown_address_shows_the_dashboards_not_found_page(
     view.wait_for()
     assert view.locator("h1").inner_text() == "Page not found"
     assert "/no/such/page" in view.inner_text()
-    assert page.locator("header nav a").count() == 6  # in the dashboard's own frame
+    assert page.locator("header nav a").count() == 7  # in the dashboard's own frame
     shot(page, "not-found")
     page.click("#back-to-runs")
     page.wait_for_url(f"{shop.base}/runs")
@@ -377,23 +377,24 @@ def test_a_step_that_failed_twice_then_succeeded_lists_its_three_attempts(
     # The third succeeded: its end and its output.
     third = step.locator('tr.attempt[data-attempt="3"]')
     assert third.locator(".badge").inner_text() == "completed"
-    assert third.locator("time").last.get_attribute("datetime") == \
-        step_of(run, "count-shelf")["ended_at"]
+    counted = step_of(run, "count-shelf")
+    assert [t.get_attribute("datetime") for t in third.locator("time").all()] == [
+        counted["attempt_started_at"], counted["ended_at"]]
     assert json.loads(step.locator('[data-attempt-detail="3"] pre.output').inner_text()) == {
         "shelf": "A3", "count": 17}
-    # The backoff waits between the attempts are rows of their own, not attempts.
-    # The third's own start is not stored (a step keeps its first attempt's start), so the
-    # wait before it is shown with it.
+    # The backoff waits between the attempts are rows of their own, not attempts (the
+    # third's own start is stored, so the wait before it is its own too).
     waits = step.locator("tr.wait").all_inner_texts()
     assert len(waits) == 2
-    assert re.fullmatch(r"Retry wait: [\d.]+ m?s before attempt 2\.", waits[0]), waits
-    assert waits[1].startswith("Retry wait, then attempt 3: "), waits
+    for n, wait in ((2, waits[0]), (3, waits[1])):
+        assert re.fullmatch(rf"Retry wait: [\d.]+ m?s before attempt {n}\.", wait), waits
     # The timeline: two failed attempts, the waits after them, the attempt that succeeded.
     row = page.locator('#timeline [data-step="count-shelf"]')
     assert row.locator(".tl-bar.failed").count() == 2
     assert row.locator(".tl-wait").count() == 2
     assert row.locator(".tl-bar.completed").count() == 1
     assert row.locator(".tl-dur").inner_text().startswith("2 failed")
+    assert "?" not in row.locator(".tl-dur").inner_text()  # every attempt's time is known
     shot(page, "run-attempts")
     # On a phone: each attempt a card, the stack traces wrapped, no sideways scrolling.
     phone = pages.open(viewport={"width": 390, "height": 844})

@@ -83,11 +83,12 @@ async def test_a_run_waiting_to_retry_a_step_or_its_body_says_so(db: str) -> Non
         run = await h.run(run["id"])
         assert run["status"] == "completed" and run["waiting_to_retry"] is False
         [step] = run["steps"]
-        # The step's attempt that succeeded ended after the wait; its own start is not
-        # stored (a step keeps its first attempt's start).
+        # The step keeps its first attempt's start; the attempt that succeeded started after
+        # the wait (`attempt_started_at`) and ended after its start.
         assert step["status"] == "completed" and step["attempts"] == 2
         assert step["started_at"] == failure["started_at"]
-        assert at(step["ended_at"]) >= at(failure["ended_at"]) + timedelta(minutes=30)
+        assert at(step["attempt_started_at"]) >= at(failure["ended_at"]) + timedelta(minutes=30)
+        assert at(step["ended_at"]) >= at(step["attempt_started_at"])
         body = await h.run(body["id"])
         assert body["status"] == "completed" and body["waiting_to_retry"] is False
         # Lists do not carry it (the run's own URL does).

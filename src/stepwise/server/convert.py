@@ -197,7 +197,9 @@ def step_out(row: rows.StepRow) -> StepOut:
                    status=StepStatus(row["status"]), attempts=row["attempts"],
                    output=stored(row["output"]), error=stored(row["error"]),
                    started_at=iso(row["started_at"]), ended_at=iso(row["ended_at"]),
-                   kind=row.get("kind"))
+                   kind=row.get("kind"), attempt_started_at=iso(
+                       row["started_at"] if row["attempts"] <= 1
+                       else row.get("attempt_started_at")))
 
 
 def failure_out(row: rows.FailureRow) -> FailureOut:

@@ -62,6 +62,10 @@ class StepOut(BaseModel):
                           "timeout)")
     kind: str | None = Field(None, description="run (code), sleep, wait or invoke; null for "
                                                "steps stored before kinds were (0016)")
+    attempt_started_at: str | None = Field(
+        None, description="When the attempt whose result the step holds (its last) started: "
+                          "`started_at` for a step attempted once; null where not stored "
+                          "(steps retried before migration 0022)")
 
 
 class RunOut(BaseModel):

@@ -41,6 +41,8 @@ class StepRow(TypedDict):
     name: NotRequired[str | None]
     #: 'run', 'sleep', 'wait', 'invoke'; None: stored before kinds were (migration 0016).
     kind: NotRequired[str | None]
+    #: When the attempt whose result the row holds started, if not the first (migration 0022).
+    attempt_started_at: NotRequired[int | None]
 
 
 class EventRow(TypedDict):

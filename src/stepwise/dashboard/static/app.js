@@ -603,7 +603,7 @@ function histories(run) {
     if (step && (step.status === "completed" ||
                  (step.status === "failed" && !(last && last.n === step.attempts)))) {
       attempts.push({ type: "attempt", n: step.attempts, status: step.status,
-        from: step.attempts === 1 ? step.started_at : null, to: step.ended_at,
+        from: step.attempt_started_at ?? null, to: step.ended_at,
         error: step.error, output: step.output });
     }
     attempts.forEach((attempt, i) => {
@@ -654,8 +654,8 @@ function tookText(h, prefix = "") {
   return prefix + duration(t.ms) + (t.unknown ? " + ?" : "");
 }
 
-const UNKNOWN_TOOK = "The start of an attempt that ran after a retry wait is not stored (a " +
-  "step keeps its first attempt's start), so its own time is not counted";
+const UNKNOWN_TOOK = "The start of an attempt is not known (a function body's, or a step " +
+  "retried before this release stored its last attempt's start), so its own time is not counted";
 
 /** The run's steps over its time span: each attempt a bar (red failed, green completed), the
  *  retry waits between them hatched grey, sleeps, waits and invokes hatched violet; steps a
@@ -1012,6 +1012,17 @@ function keptFor(window) {
 const NO_POINTS = { show: false };
 const bars = typeof uPlot === "undefined" ? null : uPlot.paths.bars;
 
+/** A y axis as wide as its longest label ("1 min 20 s" too), measured in the chart's font. */
+function labelRoom(u, values, axisIndex, cycle) {
+  const axis = u.axes[axisIndex];
+  if (cycle > 1) return axis._size;  // uPlot asks again until the sizes settle
+  const longest = (values || []).reduce((a, v) => String(v).length > a.length ? String(v) : a,
+                                        "");
+  u.ctx.font = axis.font[0];
+  return Math.ceil(axis.ticks.size + axis.gap + 4 +
+                   u.ctx.measureText(longest).width / devicePixelRatio);
+}
+
 /** A small uPlot chart, created once and then fed new data. */
 function drawChart(charts, key, element, data, series, format, { step, integers = false }) {
   if (typeof uPlot === "undefined") { element.textContent = "(charts unavailable)"; return; }
@@ -1042,17 +1053,6 @@ async function pageApps() {
     // A function synced with options this server cannot honour: its runs fail naming them.
     const problems = Object.fromEntries(functions.filter(f => f.problems?.length)
       .map(f => [f.id, f.problems]));
-/** A y axis as wide as its longest label ("1 min 20 s" too), measured in the chart's font. */
-function labelRoom(u, values, axisIndex, cycle) {
-  const axis = u.axes[axisIndex];
-  if (cycle > 1) return axis._size;  // uPlot asks again until the sizes settle
-  const longest = (values || []).reduce((a, v) => String(v).length > a.length ? String(v) : a,
-                                        "");
-  u.ctx.font = axis.font[0];
-  return Math.ceil(axis.ticks.size + axis.gap + 4 +
-                   u.ctx.measureText(longest).width / devicePixelRatio);
-}
-
     $("#apps").innerHTML = apps.length ? html`<table id="app-list"><thead><tr><th>App</th>
       <th>SDK</th><th>Served at</th><th>Last sync</th><th>Functions changed</th>
       <th>Functions</th></tr></thead><tbody>

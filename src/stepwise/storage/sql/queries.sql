@@ -398,7 +398,8 @@ FROM runs WHERE id = :run_id;
 SELECT id, name, data, ts, received_at, trace, meta FROM events WHERE id = :id;
 
 -- name: get_steps
-SELECT id, seq, status, attempts, output, error, started_at, ended_at, name, kind
+SELECT id, seq, status, attempts, output, error, started_at, ended_at, name, kind,
+       attempt_started_at
 FROM steps WHERE run_id = :run_id ORDER BY seq;
 
 -- name: step_kept
@@ -406,7 +407,8 @@ FROM steps WHERE run_id = :run_id ORDER BY seq;
 -- or failed step is never overwritten, and an attempt reported twice is stored once.
 ON CONFLICT (run_id, id) DO UPDATE SET
     status = excluded.status, attempts = excluded.attempts, output = excluded.output,
-    error = excluded.error, ended_at = excluded.ended_at
+    error = excluded.error, ended_at = excluded.ended_at,
+    attempt_started_at = excluded.started_at
 WHERE steps.status NOT IN ({final_steps}) AND steps.attempts < excluded.attempts
 
 -- name: save_step
