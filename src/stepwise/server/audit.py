@@ -129,8 +129,9 @@ def _body(body: bytes) -> Any:
             responses=errors(400, 401))
 async def audit_log(server: ServerDep,
                     limit: int = Query(50, ge=1, le=500),
-                    before: str | None = Query(None, max_length=64, pattern=r"^\d+:[0-9A-Z]+$",
-                                               description="The `next` of the previous page")
+                    before: str | None = Query(
+                        None, max_length=64, pattern=r"^\d{1,16}:[0-9A-Z]{1,26}$",
+                        description="The `next` of the previous page")
                     ) -> AuditPage:
     cursor = None
     if before is not None:
