@@ -38,7 +38,7 @@ from graphql import (
 from ..engine import NotFound
 from ..engine.leasing import SDK_TIMER
 from ..payloads import PayloadError, dumps, loads
-from ..remote.protocol import sdk_event
+from ..remote.protocol import run_events
 from ..status import RunStatus, StepStatus
 from ..storage.rows import EventRow, RunDetail, RunRow, StepRow
 from .convert import iso, stored
@@ -319,9 +319,10 @@ class Reads:
             self._functions = {(str(f["app_id"]), str(f["id"])): f for f in rows}
         return self._functions
 
-    async def function_of(self, run: RunRow) -> Row | None:
+    async def function_of(self, run: RunRow) -> Row:
+        """The run's function (by its ids alone when no longer registered)."""
         found = (await self.functions()).get((run["app_id"], run["function_id"]))
-        return None if found is None else function_out(found)
+        return function_out(found or {"id": run["function_id"], "app_id": run["app_id"]})
 
     async def run(self, run_id: str) -> RunDetail | None:
         if run_id not in self._runs:
@@ -421,14 +422,7 @@ def function_run_v2(reads: Reads, run: RunRow) -> Row:
 
     async def trace() -> Row | None:
         found = await whole()
-        return None if found is None else await _named_trace(reads, found)
-
-    async def function() -> Row:
-        found = await reads.function_of(run)
-        return found if found is not None else {
-            "id": run["function_id"], "name": run["function_id"], "slug": run["function_id"],
-            "config": "{}", "concurrency": 0, "triggers": [], "url": "",
-            "appID": run["app_id"]}
+        return None if found is None else await _trace(reads, found)
 
     async def event_name() -> str | None:
         found = await whole()
@@ -436,7 +430,7 @@ def function_run_v2(reads: Reads, run: RunRow) -> Row:
         return None if event is None else event["name"]
 
     return {"id": run["id"], "appID": run["app_id"], "functionID": run["function_id"],
-            "function": _lazy(function), "traceID": run["id"],
+            "function": _lazy(lambda: reads.function_of(run)), "traceID": run["id"],
             "queuedAt": iso(run["created_at"]), "startedAt": iso(run["started_at"]),
             "endedAt": iso(run["ended_at"]), "status": run_status(run),
             "sourceID": run["parent_run_id"],
@@ -484,9 +478,9 @@ def _step_span(run: RunDetail, step: StepRow, names: set[str]) -> Row:
                  childrenSpans=attempts, stepOp=op, stepID=step["id"], stepType=op)
 
 
-def run_trace(run: RunDetail) -> Row:
-    """A run's trace: the run, its steps in order, then (once it completed or failed) the
-    `Finalization` span with the run's output."""
+def run_trace(run: RunDetail, name: str) -> Row:
+    """A run's trace: the run (named for its function), its steps in order, then (once it
+    completed or failed) the `Finalization` span with the run's output."""
     names = {s.get("name") or s["id"] for s in run["steps"]}
     children = [_step_span(run, s, names) for s in run["steps"]]
     ended = run["status"] in (RunStatus.completed, RunStatus.failed)
@@ -499,17 +493,14 @@ def run_trace(run: RunDetail) -> Row:
                               startedAt=iso(last), endedAt=iso(run["ended_at"]),
                               duration=_duration(last, run["ended_at"]),
                               outputID=output_id(run["id"]), stepType="FINALIZATION"))
-    return _span(run, run["id"], run["function_id"], status, isRoot=True, parentSpanID=None,
+    return _span(run, run["id"], name, status, isRoot=True, parentSpanID=None,
                  startedAt=iso(run["started_at"]), endedAt=iso(run["ended_at"]),
                  duration=_duration(run["started_at"], run["ended_at"]),
                  outputID=output_id(run["id"]) if ended else None, childrenSpans=children)
 
 
-async def _named_trace(reads: Reads, run: RunDetail) -> Row:
-    """The trace with its root named for the function, as Inngest names it."""
-    trace = run_trace(run)
-    function = await reads.function_of(run)
-    return {**trace, "name": function["name"]} if function is not None else trace
+async def _trace(reads: Reads, run: RunDetail) -> Row:
+    return run_trace(run, (await reads.function_of(run))["name"])
 
 
 def span_output(run: RunDetail, step_id: str | None, attempt: int | None) -> Row:
@@ -695,7 +686,7 @@ class Root:
         return None if found is None else function_run_v2(self.reads, found)
 
     async def runTrace(self, _info: Any, runID: str) -> Row:
-        return await _named_trace(self.reads, await self._run(runID))
+        return await _trace(self.reads, await self._run(runID))
 
     async def runTraceSpanOutputByID(self, _info: Any, outputID: str
                                      ) -> Row:
@@ -706,8 +697,7 @@ class Root:
         state = await self.reads.server.engine.load(runID)
         if state is None:
             raise GraphQLError(f"run {runID} not found")
-        events = [sdk_event(e) for e in state.batch] or (
-            [sdk_event(state.event)] if state.event is not None else [])
+        events = run_events(state)  # as the SDK read them
         first = events[0] if events else None
         return {"eventName": None if first is None else first["name"],
                 "IDs": [e["id"] for e in events],
