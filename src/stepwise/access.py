@@ -61,7 +61,7 @@ EVENT_PATHS = frozenset({"/api/v1/events"})
 SDK_EVENT_PREFIX = "/e/"
 #: What an SDK app calls with its signing key's hash as bearer: its sync, and its run data
 #: (`use_api`); the API key works there too.
-SDK_KEY_PATHS = ("/fn/register", "/v0/runs/", "/v1/signals")
+SDK_KEY_PATHS = ("/fn/register", "/v0/runs/", "/v1/signals", "/v1/checkpoint/")
 _BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH", b"DELETE"})
 
 

@@ -101,10 +101,11 @@ def list_apps(tx: Tx) -> list[dict[str, Any]]:
              "functions": functions.get(row["id"], [])} for row in tx.all("list_apps")]
 
 
-def app_changes(tx: Tx) -> dict[str, int]:
-    """When each app's definitions last changed: a process keeping something per app (the
-    SDK apps' executors) compares it to reload only the apps that changed."""
-    return {str(r["id"]): int(r["changed_at"]) for r in tx.all("list_apps")}
+def app_changes(tx: Tx) -> dict[str, tuple[int, str | None]]:
+    """When each app's definitions last changed, and the SDK its last sync named (an app
+    redeployed on a newer SDK may sync the same functions): a process keeping something per
+    app (the SDK apps' executors) compares them to reload only the apps that changed."""
+    return {str(r["id"]): (int(r["changed_at"]), r["sdk"]) for r in tx.all("list_apps")}
 
 
 def app_functions(tx: Tx, app_id: str) -> list[dict[str, Any]]:

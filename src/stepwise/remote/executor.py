@@ -2,7 +2,9 @@
 like any (same leases, takeovers and fencing); each run executes by calling the app's serve URL,
 and every answer becomes engine outcomes. A step's result is applied at once and the app is
 called again with it memoized, until the app answers with the run's end or a step that parks
-the run (a retry, a sleep, a wait)."""
+the run (a retry, a sleep, a wait). An SDK that checkpoints (inngest-js 4.x) runs several steps
+within one call, storing each through `POST /v1/checkpoint/{run}/async` under the call's lease
+(`remote.checkpoint`), and answers only what it could not run inline."""
 
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from ..executor import Job
 from ..payloads import dumps, new_id
 from ..storage import Storage
 from ..worker import Worker
-from . import protocol
+from . import checkpoint, protocol
 from .gateway import Gateway, GatewayCall
 
 log = logging.getLogger("stepwise.remote")
@@ -40,7 +42,7 @@ class HttpExecutor:
                  call_timeout_s: float = DEFAULT_CALL_TIMEOUT_S,
                  allowed_hosts: frozenset[str] | None = None,
                  client: httpx.AsyncClient | None = None,
-                 gateway: Gateway | None = None) -> None:
+                 gateway: Gateway | None = None, sdk: str | None = None) -> None:
         if call_timeout_s <= 0:
             raise ValueError("call_timeout_s must be positive")
         self.app_id = app_id
@@ -63,6 +65,9 @@ class HttpExecutor:
         self.gateway = gateway or Gateway()
         self._own_gateway = gateway is None
         self.version = -1
+        #: Discovery calls offer checkpointing (`ctx.fn_id`, `ctx.qi_id`): the app's last sync
+        #: named an SDK that checkpoints (`checkpoint.offered`).
+        self.checkpointing = checkpoint.offered(sdk)
         self._functions: list[str] = []
 
     def functions(self) -> list[str]:
@@ -71,9 +76,13 @@ class HttpExecutor:
     async def prepare(self) -> None:
         await self.refresh()
 
-    async def refresh(self, functions: list[dict[str, Any]] | None = None) -> None:
+    async def refresh(self, functions: list[dict[str, Any]] | None = None,
+                      sdk: str | None = None) -> None:
         """Take the app's functions as last synced (a re-sync may add or remove some), from
-        `functions` (this app's stored definitions) when the caller has read them already."""
+        `functions` (this app's stored definitions) when the caller has read them already,
+        and the SDK it synced with (`sdk`, when given)."""
+        if sdk is not None:
+            self.checkpointing = checkpoint.offered(sdk)
         if functions is None:
             functions = await self.engine.storage.read(definitions.app_functions, self.app_id)
         self.definitions = {f["id"]: FunctionDefinition.from_json(f) for f in functions
@@ -221,7 +230,9 @@ class HttpExecutor:
         reach it is a retried failure)."""
         # `stepId=step` asks the app to discover; a step's id runs that planned step alone.
         url = protocol.targeted(str(definition.url), step_id or "step")
-        body, headers = self._request(definition, state, calls, step_id)
+        offer = self.checkpointing and step_id is None and not calls.force_plan and \
+            state.lease is not None
+        body, headers = self._request(definition, state, calls, step_id, offer)
         started = self.engine.clock.now_ms()
         limit = self.call_timeout(definition)
         try:
@@ -241,11 +252,17 @@ class HttpExecutor:
         version = response.headers.get("x-inngest-req-version", "")
         if version.lstrip("-").isdigit():
             self.version = int(version)
+        ended = self.engine.clock.now_ms()
+        answered = {k.lower(): v for k, v in response.headers.items()}
         try:
-            return protocol.outcomes(response.status_code,
-                                     {k.lower(): v for k, v in response.headers.items()},
-                                     response.content, calls, started,
-                                     self.engine.clock.now_ms(), seq)
+            answer = protocol.outcomes(response.status_code, answered, response.content,
+                                       calls, started, ended, seq)
+            # Steps the app checkpointed during the call are stored: what it answered
+            # besides comes after them (its positions, the attempts it counts from).
+            if offer and _placed(answer) and await self._checkpointed(state, calls):
+                answer = protocol.outcomes(response.status_code, answered, response.content,
+                                           calls, started, ended, seq)
+            return answer
         except protocol.ProtocolError as exc:
             return [RunFailed({"name": "ProtocolError", "message": (
                 f"the app at {url} answered outside the protocol: {exc}")}, retriable=False)]
@@ -259,12 +276,29 @@ class HttpExecutor:
             limits.append(timeouts.finish_ms / 1000)
         return min(limits)
 
+    async def _checkpointed(self, state: RunState, calls: protocol.CallState) -> bool:
+        """Read the run's steps again after a call that offered checkpointing: the steps the
+        app checkpointed meanwhile join the memo (True when there were some)."""
+        fresh = await self.engine.load(state.run["id"])
+        if fresh is None:
+            return False
+        stored = protocol.memo(fresh)
+        if stored.stack == calls.stack:
+            return False
+        state.steps = fresh.steps
+        calls.steps, calls.stack, calls.attempts = stored.steps, stored.stack, stored.attempts
+        calls.attempt = stored.attempt
+        return True
+
     def _request(self, definition: FunctionDefinition, state: RunState,
-                 calls: protocol.CallState, step_id: str | None
+                 calls: protocol.CallState, step_id: str | None, offer: bool = False
                  ) -> tuple[bytes, dict[str, str]]:
-        """A call's body and headers, signed with a signing key."""
-        request = protocol.request_body(state, calls, definition.retry.retries + 1,
-                                        self.version, step_id)
+        """A call's body and headers, signed with a signing key; `offer`: the call offers
+        checkpointing."""
+        request = protocol.request_body(
+            state, calls, definition.retry.retries + 1, self.version, step_id,
+            checkpoint.context(definition.id, state.lease)
+            if offer and state.lease is not None else None)
         # Signed calls carry canonical (JCS) JSON, which is what the SDKs check the signature
         # against; unsigned ones (dev mode) plain compact JSON, several times faster to make.
         body = signing.canonical(request) if self.signing_key is not None else \
@@ -298,6 +332,13 @@ class HttpExecutor:
             ("it refused this server's signature: " if response.status_code == 401 else "") +
             "the app's INNGEST_SIGNING_KEY (or INNGEST_SIGNING_KEY_FALLBACK) must be this "
             "server's --signing-key (or --signing-key-fallback)")})
+
+
+def _placed(answer: list[Outcome | GatewayCall] | protocol.Planned) -> bool:
+    """Whether an answer holds steps, which are placed after the steps stored before them;
+    the run's end or a failed call is not."""
+    return isinstance(answer, protocol.Planned) or \
+        any(not isinstance(o, RunCompleted | RunFailed) for o in answer)
 
 
 def host_refused(url: str, hosts: frozenset[str] | None) -> str | None:
@@ -422,7 +463,8 @@ class RemoteApps:
         self.workers: dict[str, Worker] = {}
         self.executors: dict[str, HttpExecutor] = {}
         self._synced_at: dict[str, float] = {}  # URL -> when it last answered a sync
-        self._changed: dict[str, int] = {}  # app -> its definitions' change time, as loaded
+        #: app -> its definitions' change time and SDK, as loaded
+        self._changed: dict[str, tuple[int, str | None]] = {}
         self._down: set[str] = set()  # URLs that did not answer since they last did
 
     async def tick(self) -> None:
@@ -440,6 +482,7 @@ class RemoteApps:
         for app_id in sorted(changes):
             if self._changed.get(app_id) == changes[app_id]:
                 continue
+            sdk = changes[app_id][1]
             functions = await self.storage.read(definitions.app_functions, app_id)
             executor = self.executors.get(app_id)
             if executor is None and not any(f.get("url") for f in functions):
@@ -452,14 +495,14 @@ class RemoteApps:
                                         max_calls=self.max_calls,
                                         call_timeout_s=self.call_timeout_s,
                                         allowed_hosts=self.allowed_hosts,
-                                        gateway=self.gateway)
+                                        gateway=self.gateway, sdk=sdk)
                 worker = Worker(executor, self.storage, **self.worker_options)
                 await worker.start()
                 self.executors[app_id] = executor
                 self.workers[app_id] = worker
                 log.info("serving SDK app %s: %s", app_id, ", ".join(executor.definitions))
             else:
-                await executor.refresh(functions)
+                await executor.refresh(functions, sdk=sdk)
             self._changed[app_id] = changes[app_id]
 
     async def _sync(self, client: httpx.AsyncClient, url: str, now: float) -> None:

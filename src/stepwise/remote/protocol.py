@@ -126,9 +126,12 @@ def run_events(state: RunState) -> list[dict[str, Any]]:
 
 
 def request_body(state: RunState, calls: CallState, max_attempts: int, version: int,
-                 step_id: str | None = None) -> dict[str, Any]:
+                 step_id: str | None = None, checkpoint: dict[str, str] | None = None
+                 ) -> dict[str, Any]:
     """The call's body. When the memo and events are large (over `USE_API_BYTES`), they are
-    left out and `use_api` tells the SDK to fetch them (`/v0/runs/{id}/actions|batch`)."""
+    left out and `use_api` tells the SDK to fetch them (`/v0/runs/{id}/actions|batch`).
+    `checkpoint`: what offers checkpointing (`remote.checkpoint.context`), added to the ctx
+    of a discovery call that may run steps at once."""
     event = sdk_event(state.event) if state.event is not None else {
         "name": "inngest/function.invoked", "data": {}, "id": "", "ts": 0, "user": {}}
     events = run_events(state) or [event]
@@ -137,15 +140,16 @@ def request_body(state: RunState, calls: CallState, max_attempts: int, version: 
         *state.batch, *([state.event] if state.event is not None else [])]) > USE_API_BYTES
     if use_api:
         steps, events = {}, []
-    return {"event": event, "events": events, "steps": steps,
-            "ctx": {"run_id": state.run["id"], "step_id": step_id or "step",
-                    "attempt": calls.attempt if step_id is None else
-                    calls.attempts.get(step_id, 0),
-                    "max_attempts": max_attempts,
-                    # A planned step's own call runs that step only (as Inngest sends it).
-                    "disable_immediate_execution": step_id is not None or calls.force_plan,
-                    "use_api": use_api,
-                    "stack": {"stack": list(calls.stack), "current": len(calls.stack)}},
+    # A planned step's own call runs that step only (as Inngest sends it).
+    only_plan = step_id is not None or calls.force_plan
+    ctx = {"run_id": state.run["id"], "step_id": step_id or "step",
+           "attempt": calls.attempt if step_id is None else calls.attempts.get(step_id, 0),
+           "max_attempts": max_attempts, "disable_immediate_execution": only_plan,
+           "use_api": use_api,
+           "stack": {"stack": list(calls.stack), "current": len(calls.stack)}}
+    if checkpoint is not None and not only_plan:
+        ctx.update(checkpoint)
+    return {"event": event, "events": events, "steps": steps, "ctx": ctx,
             "version": version, "use_api": use_api}
 
 
@@ -298,7 +302,7 @@ def _op(op: Any, calls: CallState, started: int, now: int, seq: int, no_retry: b
             not isinstance(op.get("id"), str) or not op["id"]:
         raise ProtocolError(f"an opcode must be an object with op and id, got {op!r}"[:300])
     kind, sid = op["op"], op["id"]
-    name = _step_name(op)
+    name = step_name(op)
     opts = op.get("opts") or {}
     if not isinstance(opts, dict):
         raise ProtocolError(f"{kind} {sid}: opts must be an object, got {opts!r}"[:300])
@@ -355,7 +359,7 @@ def _op(op: Any, calls: CallState, started: int, now: int, seq: int, no_retry: b
                         f"{', '.join(SUPPORTED_OPS)})")
 
 
-def _step_name(op: dict[str, Any]) -> str | None:
+def step_name(op: dict[str, Any]) -> str | None:
     """The code's name for the step (its id is a hash): `displayName`, else `userland.id`;
     the n-th repeat of an id gets `:<n>`, as its hash does."""
     raw = op.get("userland")

@@ -16,9 +16,10 @@ from fastapi.responses import JSONResponse
 from .. import metrics
 from ..engine import RunState
 from ..engine.definitions import AppSource
+from ..errors import LeaseLost, RunCancelled
 from ..events import sessions_meta
 from ..payloads import PayloadError, dumps, loads
-from ..remote import inband, protocol, registration
+from ..remote import checkpoint, inband, protocol, registration
 from .errors import ApiError
 from .inputs import read_body, read_json, validate_events
 from .models import NO_NUL, JSONText, RunId
@@ -209,3 +210,40 @@ async def send_signal(request: Request, server: ServerDep) -> JSONResponse:
         raise ApiError(404, f"no run waits for signal {signal!r} now")
     log.info("signal %r resumed run %s", signal[:100], run_id)
     return JSONResponse({"data": {"run_id": run_id}})
+
+
+@router.post("/v1/checkpoint/{run_id}/async")
+async def checkpoint_steps(run_id: RunId, request: Request, server: ServerDep) -> JSONResponse:
+    """Steps an SDK ran within one call (checkpointing, inngest-js 4.x), stored as if the call
+    had answered them, under the lease of the execution that made the call (`ctx.qi_id`):
+    409 when that lease is lost (another worker took the run, or it was cancelled or has
+    ended), and nothing is stored."""
+    try:
+        raw = await read_body(request, server.limits.request_bytes)
+        body = loads(raw)
+    except ApiError as exc:
+        return _refused(exc.status, exc.message)
+    except PayloadError as exc:
+        return _refused(400, f"request body is not valid JSON: {exc}")
+    try:
+        found = checkpoint.parse(body, run_id, server.clock.now_ms(),
+                                 server.limits.step_output_bytes)
+    except checkpoint.CheckpointError as exc:
+        return _refused(exc.status, exc.message)
+    state = await server.engine.load_for_sdk(run_id)
+    if state is None:
+        return _refused(409, f"run {run_id} is not an SDK run executing now (it ended, waits, "
+                             "was cancelled or does not exist): nothing stored")
+    if found.function_id != state.run["function_id"]:
+        return _refused(400, f"fn_id {found.function_id[:200]!r} is not the function of run "
+                             f"{run_id}")
+    if not found.steps:
+        return JSONResponse({"run_id": run_id, "stored": 0})
+    calls = protocol.memo(state)
+    try:
+        await server.engine.apply(found.lease, found.outcomes(len(calls.stack), calls.attempts),
+                                  last=False)
+    except (LeaseLost, RunCancelled) as exc:
+        log.info("checkpoint of run %s refused: %s", run_id, exc)
+        return _refused(409, f"stale checkpoint, nothing stored: {exc}")
+    return JSONResponse({"run_id": run_id, "stored": len(found.steps)})
