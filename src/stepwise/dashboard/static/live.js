@@ -1,20 +1,31 @@
 // Live updates: the server says when something the dashboard shows changed, over server-sent
 // events (GET /api/v1/live), and the page re-reads the API then, instead of every 2 seconds.
 // app.js hands us its `tick` (refresh the page and the relative times) and `setLive` (the
-// header's indicator). Refreshes are coalesced (at most two a second, however often changes
-// come); a refresh every RESYNC_MS keeps "3 min ago" current and catches what no change
-// reports (a worker that stopped without a word shows as gone when its time is up). When the
-// stream fails FAILURES times in a row, or the browser has no EventSource, the page polls
-// every 2 seconds as before, and tries the stream again every RETRY_STREAM_MS.
-// The indicator says which: live, polling, offline (the stream or the API cannot be
-// reached) or paused (the tab is hidden: no stream, no requests).
+// header's indicator).
+//
+// One stream per browser, not per tab: a browser opens at most 6 connections to a server
+// over HTTP/1.1, so six tabs each holding a stream would leave a seventh unable to load. The
+// tab holding the Web Lock "stepwise-live" keeps the stream and passes what it hears to the
+// other tabs (BroadcastChannel); when it closes, another tab takes the lock and the stream.
+// A browser without either opens one stream per tab.
+//
+// Refreshes are coalesced: the first change after a quiet spell refreshes at once, and while
+// changes keep coming a tab refreshes at most every GAP_MS, so a busy server costs no more
+// than polling did (refreshing up to twice a second instead, 20 tabs cost 2.4 times what
+// polling did at one event a second: bench/live_tabs.py). One refresh every RESYNC_MS keeps
+// "3 min ago" current and catches what no change reports (a worker that stopped without a
+// word shows as gone when its time is up). When the stream fails FAILURES times in a row, or
+// the browser has no EventSource, every tab polls every 2 seconds as before, and the stream
+// is tried again every RETRY_STREAM_MS. A hidden tab makes no requests and catches up when
+// shown. The indicator says which: live, polling, offline (the stream or the API cannot be
+// reached) or paused (this tab is hidden).
 "use strict";
 
 window.stepwiseLive = (() => {
   const STREAM = "/api/v1/live";
-  const GAP_MS = 500;
-  const RESYNC_MS = 20000;
   const POLL_MS = 2000;
+  const GAP_MS = POLL_MS;
+  const RESYNC_MS = 30000;
   const FAILURES = 3;
   const RETRY_STREAM_MS = 30000;
   const TITLES = {
@@ -26,18 +37,24 @@ window.stepwiseLive = (() => {
 
   let tick = async () => {};
   let setLive = () => {};
-  let mode = "live";
+  let mode = "live";  // the stream's state, the same in every tab
+  const channel = typeof BroadcastChannel === "function" ?
+    new BroadcastChannel("stepwise-live") : null;
+  const shared = channel !== null && !!(navigator.locks && navigator.locks.request);
+  let leader = false;  // this tab holds the stream
   let source = null;
   let failures = 0;
-  let timers = { poll: null, resync: null, reconnect: null };
+  const timers = { poll: null, resync: null, reconnect: null };
   let running = false;
   let again = false;
   let pending = null;
   let last = 0;
 
+  const visible = () => document.visibilityState === "visible";
+
   /** Refresh now, or once the last refresh is GAP_MS old; requests meanwhile make one. */
   function refresh() {
-    if (document.visibilityState !== "visible") return;
+    if (!visible()) return;
     if (running) { again = true; return; }
     if (pending) return;
     pending = setTimeout(run, Math.max(0, last + GAP_MS - Date.now()));
@@ -54,11 +71,11 @@ window.stepwiseLive = (() => {
     }
   }
 
-  /** The indicator for `mode`, unless the last refresh failed (app.js says offline). */
+  /** The indicator for `mode`, unless this tab's last refresh failed (app.js: offline). */
   function show() {
     const live = document.getElementById("live");
     if (!live) return;
-    if (document.visibilityState !== "visible") {
+    if (!visible()) {
       setLive("paused");
       live.title = TITLES.paused;
       return;
@@ -75,22 +92,47 @@ window.stepwiseLive = (() => {
     timers[name] = null;
   }
 
+  /** Every tab's own timers: polling in polling mode, the resync; none while hidden. */
+  function schedule() {
+    stop("poll");
+    stop("resync");
+    if (!visible()) return;
+    timers.resync = setInterval(refresh, RESYNC_MS);
+    if (mode === "polling") timers.poll = setInterval(refresh, POLL_MS);
+  }
+
+  /** A new stream state: here, and (from the tab holding the stream) in the other tabs. */
+  function become(next) {
+    const was = mode;
+    mode = next;
+    if ((was === "polling") !== (next === "polling")) schedule();
+    show();
+    if (leader && channel) channel.postMessage({ mode });
+  }
+
+  /** Something changed (or may have, while nobody listened): refresh every tab. */
+  function changed() {
+    refresh();
+    if (leader && channel) channel.postMessage({ change: true });
+  }
+
+  // --- the stream, in the tab that holds it -------------------------------------------------
+
   function connect() {
     stop("reconnect");
-    if (source || document.visibilityState !== "visible") return;
-    if (typeof window.EventSource !== "function") { poll(); return; }
+    if (source) return;
+    if (typeof window.EventSource !== "function") { fallBack(); return; }
     const stream = new EventSource(STREAM);
     source = stream;
     stream.addEventListener("ready", () => {
       if (source !== stream) return;
       failures = 0;
-      stop("poll");
-      mode = "live";
-      refresh();  // what changed while we were not listening
+      become("live");
+      changed();  // what changed while nobody was listening
     });
-    stream.addEventListener("change", () => { if (source === stream) refresh(); });
-    // The server is stopping, or the stream broke: reconnect ourselves (backing off), and
-    // poll once it failed FAILURES times in a row.
+    stream.addEventListener("change", () => { if (source === stream) changed(); });
+    // The server is stopping, or the stream broke: reconnect (backing off), and fall back to
+    // polling once it failed FAILURES times in a row.
     stream.addEventListener("bye", () => lost(stream));
     stream.onerror = () => lost(stream);
   }
@@ -100,32 +142,25 @@ window.stepwiseLive = (() => {
     if (source !== stream) return;
     source = null;
     failures += 1;
-    if (failures >= FAILURES) { poll(); return; }
-    if (mode === "live") { mode = "offline"; show(); }
+    if (failures >= FAILURES) { fallBack(); return; }
+    if (mode === "live") become("offline");
     timers.reconnect = setTimeout(connect, 1000 * failures);
   }
 
-  /** The fallback: poll every 2 seconds, and try the stream again now and then. */
-  function poll() {
-    mode = "polling";
-    show();
-    if (timers.poll === null) timers.poll = setInterval(refresh, POLL_MS);
-    if (typeof window.EventSource === "function" && timers.reconnect === null) {
+  function fallBack() {
+    become("polling");
+    if (typeof window.EventSource === "function") {
       timers.reconnect = setTimeout(() => { failures = FAILURES - 1; connect(); },
                                     RETRY_STREAM_MS);
     }
   }
 
-  function hidden() {
-    if (source) { source.close(); source = null; }
-    stop("poll"); stop("resync"); stop("reconnect");
-    show();
+  function lead() {
+    leader = true;
+    connect();
   }
 
-  function visible() {
-    timers.resync = setInterval(refresh, RESYNC_MS);
-    if (mode === "polling") { poll(); refresh(); } else connect();  // `ready` refreshes
-  }
+  // --- every tab -------------------------------------------------------------------------------
 
   function start(appTick, appSetLive) {
     tick = appTick;
@@ -134,19 +169,29 @@ window.stepwiseLive = (() => {
     const live = document.getElementById("live");
     if (live && window.MutationObserver) {
       new MutationObserver(() => {
-        if (mode !== "live" && live.textContent === "live" &&
-            document.visibilityState === "visible") show();
+        if (mode !== "live" && live.textContent === "live" && visible()) show();
       }).observe(live, { childList: true });
     }
     document.addEventListener("visibilitychange", () => {
-      if (document.visibilityState === "visible") visible(); else hidden();
-    });
-    if (document.visibilityState === "visible") {
-      timers.resync = setInterval(refresh, RESYNC_MS);
-      connect();
-    } else {
+      schedule();
       show();
-    }
+      if (visible()) refresh();  // catch up on what changed while hidden
+    });
+    schedule();
+    if (!shared) { lead(); return; }
+    channel.onmessage = ({ data }) => {
+      if (data.hello) { if (leader) channel.postMessage({ mode }); return; }
+      if (leader) return;
+      if (data.mode) {
+        const was = mode;
+        become(data.mode);
+        if (data.mode === "live" && was !== "live") refresh();
+      }
+      if (data.change) refresh();
+    };
+    // Held until this tab closes; the next tab waiting for it then takes the stream over.
+    navigator.locks.request("stepwise-live", () => new Promise(() => lead()));
+    channel.postMessage({ hello: true });  // the stream's state, from the tab holding it
   }
 
   return { start };
