@@ -271,6 +271,7 @@ def find_runs(tx: Tx, filters: dict[str, Any], limit: int, *, q: str | None = No
     with `count`, how many match in all (`before` aside). With `preview`, `output` and
     `error` hold at most `preview + 1` characters (longer means cut), so a page of big
     outputs is never read whole."""
+    tx.one("search_plan")
     before = filters.get("before")
     plan = _plan(tx, {k: v for k, v in filters.items() if k != "before"}, q)
     output = ("r.output, r.error" if preview is None else
