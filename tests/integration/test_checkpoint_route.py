@@ -12,6 +12,7 @@ import stepwise
 from stepwise import signing
 from stepwise.access import Access
 from stepwise.engine import Lease
+from stepwise.engine.outcomes import StepFailed
 from stepwise.events import StoredEvent
 from stepwise.payloads import Limits
 from stepwise.remote import checkpoint, registration
@@ -73,10 +74,17 @@ async def test_checkpointed_steps_are_stored_under_the_calls_lease(db: str) -> N
         # The SDK retries a checkpoint it did not see answered: the first result stands.
         again = await h.http.post(url, json=body(lease, [op("load", {"user": "other"})]))
         assert again.status_code == 200
+        # A step being retried (its first attempt failed): checkpointed at its second.
+        retried = op("r", "ok")
+        await h.engine.apply(lease, [StepFailed(retried["id"], 3, {
+            "name": "Error", "message": "flaky"}, 0, 0, name="r")], last=False)
+        ok = await h.http.post(url, json=body(lease, [retried]))
+        assert ok.json()["stored"] == 1
         run = await h.engine.get_run(run_id)
         assert [(s["name"], s["status"], json.loads(s["output"]), s["attempts"])
                 for s in run["steps"]] == [("load", "completed", {"user": 1}, 1),
-                                           ("a", "completed", 1, 1), ("b", "completed", [2], 1)]
+                                           ("a", "completed", 1, 1), ("b", "completed", [2], 1),
+                                           ("r", "completed", "ok", 2)]
         # When the SDK says the step ran (`timing`: its start and duration in ns).
         assert (run["steps"][0]["started_at"], run["steps"][0]["ended_at"]) == (
             1_700_000_000_000, 1_700_000_000_005)
@@ -98,7 +106,7 @@ async def test_checkpointed_steps_are_stored_under_the_calls_lease(db: str) -> N
         answer = await h.http.post(url, json=body(lease, [op("c", 3)]))
         assert answer.status_code == 409
         assert [s["name"] for s in (await h.engine.get_run(run_id))["steps"]] == \
-            ["load", "a", "b"]
+            ["load", "a", "b", "r"]
         assert (await h.engine.get_run(runs["py-fn"]))["steps"] == []
 
 

@@ -145,6 +145,10 @@ class Engine:
         """`load` for an SDK's `use_api` read: only an SDK function's run executing now."""
         return await self.storage.read(runs.load_for_sdk, run_id, snapshot=False)
 
+    async def checkpoint_target(self, run_id: str) -> runs.CheckpointTarget | None:
+        """What an SDK's checkpoint needs of its run, if it is an SDK run executing now."""
+        return await self.storage.read(runs.checkpoint_target, run_id, snapshot=False)
+
     async def load(self, run_id: str) -> RunState | None:
         # No snapshot needed: the run is leased by the caller, its event is immutable, and a
         # step resolved meanwhile is only seen sooner.

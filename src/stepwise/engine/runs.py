@@ -83,6 +83,29 @@ def load_for_sdk(tx: Tx, run_id: str) -> RunState | None:
     return state if state is not None and state.run["status"] == RunStatus.running else None
 
 
+@dataclass(frozen=True)
+class CheckpointTarget:
+    """What an SDK's checkpoint needs of the run it stores steps in (`remote.checkpoint`):
+    its function, how many of its steps have ended, and the failed attempts of the steps
+    being retried."""
+
+    function_id: str
+    ended: int
+    retrying: dict[str, int]
+
+
+def checkpoint_target(tx: Tx, run_id: str) -> CheckpointTarget | None:
+    """`CheckpointTarget` for an SDK function's run that is executing (None for any other
+    run, as `load_for_sdk`); two small reads, whatever the run has stored (a checkpoint is
+    every step's path)."""
+    key = {"run_id": run_id}
+    found, retrying = tx.each([("checkpoint_target", key), ("retrying_steps", key)])
+    if not found or not found[0]["sdk"] or found[0]["status"] != RunStatus.running:
+        return None
+    return CheckpointTarget(str(found[0]["function_id"]), int(found[0]["ended"]),
+                            {str(r["id"]): int(r["attempts"]) for r in retrying})
+
+
 #: What `states` reads besides the runs (which `leasing.lease` has from starting them).
 STATE_READS = ("events_of_runs", "steps_of_runs")
 

@@ -13,6 +13,7 @@ the SDK reads as a stale dispatch: it stops running steps.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -60,10 +61,10 @@ class Checkpoint:
     function_id: str
     steps: list[StepCompleted]
 
-    def outcomes(self, stored: int, attempts: dict[str, int]) -> list[Outcome]:
-        """The steps as outcomes, placed after the `stored` steps the run has (their order
-        in the memo the SDK reads back) and with the attempt each one's stored retries say."""
-        return [replace(s, seq=stored + s.seq, attempt=attempts.get(s.step_id, 0))
+    def outcomes(self, ended: int, retrying: Mapping[str, int]) -> list[Outcome]:
+        """The steps as outcomes, placed after the run's `ended` steps (the memo's order) and
+        at the attempt a step being retried has reached (`retrying`: its failed attempts)."""
+        return [replace(s, seq=ended + s.seq, attempt=retrying.get(s.step_id, 0))
                 for s in self.steps]
 
 

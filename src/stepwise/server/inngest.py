@@ -230,18 +230,17 @@ async def checkpoint_steps(run_id: RunId, request: Request, server: ServerDep) -
                                  server.limits.step_output_bytes)
     except checkpoint.CheckpointError as exc:
         return _refused(exc.status, exc.message)
-    state = await server.engine.load_for_sdk(run_id)
-    if state is None:
+    target = await server.engine.checkpoint_target(run_id)
+    if target is None:
         return _refused(409, f"run {run_id} is not an SDK run executing now (it ended, waits, "
                              "was cancelled or does not exist): nothing stored")
-    if found.function_id != state.run["function_id"]:
+    if found.function_id != target.function_id:
         return _refused(400, f"fn_id {found.function_id[:200]!r} is not the function of run "
                              f"{run_id}")
     if not found.steps:
         return JSONResponse({"run_id": run_id, "stored": 0})
-    calls = protocol.memo(state)
     try:
-        await server.engine.apply(found.lease, found.outcomes(len(calls.stack), calls.attempts),
+        await server.engine.apply(found.lease, found.outcomes(target.ended, target.retrying),
                                   last=False)
     except (LeaseLost, RunCancelled) as exc:
         log.info("checkpoint of run %s refused: %s", run_id, exc)

@@ -734,6 +734,19 @@ SELECT id, definition FROM functions WHERE app_id = :app_id ORDER BY id;
 SELECT f.definition, f.sdk FROM runs r JOIN functions f ON f.app_id = r.app_id AND f.id = r.function_id
 WHERE r.id = :run_id;
 
+-- name: checkpoint_target
+-- What an SDK's checkpoint needs of its run: its function, whether that is an SDK function
+-- and the run executes, and how many of its steps have ended (the memo's order places the
+-- checkpointed steps after them), without reading any step's value.
+SELECT r.function_id, r.status, f.sdk,
+       (SELECT count(*) FROM steps s WHERE s.run_id = r.id
+          AND s.status IN ({step:completed}, {step:failed})) AS ended
+FROM runs r JOIN functions f ON f.app_id = r.app_id AND f.id = r.function_id
+WHERE r.id = :run_id;
+
+-- name: retrying_steps
+SELECT id, attempts FROM steps WHERE run_id = :run_id AND status = {step:retrying};
+
 -- name: event_of_run
 SELECT e.id, e.name, e.data, e.ts, e.received_at, e.trace, e.meta
 FROM runs r JOIN events e ON e.id = r.event_id WHERE r.id = :run_id;
