@@ -412,6 +412,12 @@ def test_a_step_retried_in_30_minutes_is_a_wait_and_the_run_says_it_waits_to_ret
                            "parked to retry")
     assert run["waiting_to_retry"] is True and run["steps"][0]["status"] == "retrying"
     due = step_of(run, "call-supplier")["ended_at"]
+    # The runs list says so too, not "queued".
+    page.goto(f"{shop.base}/runs?function=supplier-sync")
+    listed = page.locator(f'#runs tr[data-id="{run["id"]}"] .badge')
+    listed.wait_for()
+    assert listed.inner_text() == "waiting to retry"
+    shot(page, "runs-waiting-to-retry")
     page.goto(f"{shop.base}/runs/{run['id']}")
     badge = page.locator("h1 .badge.s-retrying")
     badge.wait_for()

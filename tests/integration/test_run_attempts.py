@@ -71,6 +71,13 @@ async def test_a_run_waiting_to_retry_a_step_or_its_body_says_so(db: str) -> Non
         body = await h.run_for(body_event, "body-retry")
         assert body["status"] == "queued" and body["waiting_to_retry"] is True
         assert [(f["step_id"], f["attempt"]) for f in body["failures"]] == [(None, 1)]
+        # Lists say it too (from the run's retry count), and the event's runs.
+        listed = {r["function_id"]: r for r in await h.runs()}
+        assert {f: (r["status"], r["waiting_to_retry"]) for f, r in listed.items()} == {
+            "step-retry": ("queued", True), "body-retry": ("queued", True),
+            "refused": ("failed", False)}
+        linked = (await h.http.get(f"/api/v1/events/{step_event}")).json()["runs"]
+        assert [r["waiting_to_retry"] for r in linked] == [True]
 
         failed = await h.run_for(refused_event, "refused")
         assert failed["status"] == "failed" and failed["waiting_to_retry"] is False
@@ -91,6 +98,5 @@ async def test_a_run_waiting_to_retry_a_step_or_its_body_says_so(db: str) -> Non
         assert at(step["ended_at"]) >= at(step["attempt_started_at"])
         body = await h.run(body["id"])
         assert body["status"] == "completed" and body["waiting_to_retry"] is False
-        # Lists do not carry it (the run's own URL does).
         listed = await h.runs(function="step-retry")
-        assert "waiting_to_retry" not in listed[0]
+        assert listed[0]["waiting_to_retry"] is False

@@ -169,7 +169,8 @@ def run_out(row: rows.RunRow, preview: int | None = None) -> RunOut:
     from another run or an event. List rows also count the run's failed attempts."""
     columns: Mapping[str, Any] = row
     failed = int(columns["failed_attempts"]) if "failed_attempts" in columns else None
-    return _run(RunOut, row, preview, failed)
+    return _run(RunOut, row, preview, failed,
+                waiting_to_retry=row["status"] == RunStatus.queued and row["retry"] > 0)
 
 
 def run_detail(row: rows.RunDetail) -> RunDetail:
@@ -187,7 +188,8 @@ def run_detail(row: rows.RunDetail) -> RunDetail:
 def waiting_to_retry(row: rows.RunDetail) -> bool:
     """Queued for a retry: the run's retry count (failed attempts in a row, set by a step's or
     the body's failure that is retried, reset when a step completes and by a replay) is not
-    zero, or a step is retrying (a parallel step may have completed since, resetting it)."""
+    zero, or a step is retrying (a parallel step may have completed since, resetting it; a
+    list, without the steps, reads the count alone)."""
     return row["status"] == RunStatus.queued and (
         row["retry"] > 0 or any(s["status"] == StepStatus.retrying for s in row["steps"]))
 

@@ -101,6 +101,11 @@ class RunOut(BaseModel):
         default=None, description=f"The error's first line, `name: message` (at most "
                                   f"{ERROR_TITLE_CHARS} characters); in lists too, where an "
                                   "error left out (error_truncated) still shows it")
+    waiting_to_retry: bool = Field(
+        default=False, description="Queued to retry a failed attempt, not yet due or not yet "
+                                   "taken: of a step (that step is `retrying`; its `ended_at` "
+                                   "is when) or of the function body. False for a run queued "
+                                   "for its first attempt or by a replay")
 
 
 class FailureOut(BaseModel):
@@ -139,11 +144,6 @@ class RunDetail(RunOut):
     children: list[RunOut] = Field(
         default_factory=list, description="Runs this one started: invoked runs and its "
                                           "on_failure handler (outputs left out)")
-    waiting_to_retry: bool = Field(
-        default=False, description="Queued to retry a failed attempt, not yet due or not yet "
-                                   "taken: of a step (that step is `retrying`; its `ended_at` "
-                                   "is when) or of the function body. False for a run queued "
-                                   "for its first attempt or by a replay")
 
 
 class Page(BaseModel):

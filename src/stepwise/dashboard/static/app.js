@@ -62,6 +62,9 @@ const STATUSES = ["queued", "running", "sleeping", "waiting", "completed", "fail
                   "cancelled", "skipped"];
 
 const badge = status => html`<span class="badge s-${status}">${status}</span>`;
+/** A run's status; "waiting to retry" for a run queued to retry a failed attempt. */
+const runBadge = run => run.waiting_to_retry ? html`<span class="badge s-retrying"
+  title="Status queued: waiting out a retry's wait">waiting to retry</span>` : badge(run.status);
 const ms = iso => iso ? Date.parse(iso) : null;
 
 // Times: lists say how long ago ("3 min ago"), with the exact date, time and zone on hover;
@@ -391,7 +394,7 @@ async function pageRuns({ failedOnly }) {
         <th>Error</th></tr></thead>
       <tbody>${runs.map(run => html`<tr data-id="${run.id}">
         <td>${runLink(run.id)}</td><td class="mono">${run.function_id}</td>
-        <td>${badge(run.status)}</td>
+        <td>${runBadge(run)}</td>
         <td class="num">${run.failed_attempts || ""}</td>
         <td>${when(run.created_at)}</td>
         <td class="num">${run.ended_at ? duration(ms(run.ended_at) - ms(run.created_at)) :
@@ -490,9 +493,7 @@ function runView(run) {
       at(dues[0]) : "after the function's retry backoff"}</div>`);
   }
   return html`
-    <h1><span class="title-id">${run.function_id}</span> ${retrying ? html`<span
-      class="badge s-retrying" title="Status queued: waiting out a retry's wait"
-      >waiting to retry</span>` : badge(run.status)}
+    <h1><span class="title-id">${run.function_id}</span> ${runBadge(run)}
       <span class="actions">
         ${REPLAYABLE.has(run.status) ? html`<button id="replay">Replay</button>` : ""}
         ${run.status === "sleeping" || run.status === "waiting" ? html`<button id="wake"
@@ -538,7 +539,7 @@ function runView(run) {
         <td class="mono">${child.function_id}</td>
         <td>${child.parent_run_id === run.id ? "invoked by this run" :
               child.origin_run_id === run.id ? "on_failure handler" : "re-run of this run"}</td>
-        <td>${badge(child.status)}</td><td>${when(child.created_at)}</td></tr>`)}
+        <td>${runBadge(child)}</td><td>${when(child.created_at)}</td></tr>`)}
       </tbody></table>` : ""}`;
 }
 
@@ -881,7 +882,7 @@ async function pageEvent(id) {
       ${event.runs.length ? html`<table id="event-runs"><thead><tr><th>Run</th><th>Function</th>
         <th>Status</th><th>Created</th><th class="num">Duration</th></tr></thead><tbody>
         ${event.runs.map(run => html`<tr><td>${runLink(run.id)}</td>
-          <td class="mono">${run.function_id}</td><td>${badge(run.status)}</td>
+          <td class="mono">${run.function_id}</td><td>${runBadge(run)}</td>
           <td>${when(run.created_at)}</td><td class="num">${run.ended_at ?
           duration(ms(run.ended_at) - ms(run.created_at)) : ""}</td></tr>`)}</tbody></table>`
         : html`<p class="muted">None: no function listens to <code>${event.name}</code>
