@@ -1,4 +1,4 @@
-"""A 20-step function on Inngest's Python SDK (FastAPI), for `bench/sdk_steps.py`."""
+"""A 10-step function on Inngest's Python SDK (FastAPI), for `bench/sdk_steps.py`."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import inngest
 import inngest.fast_api
 
 client = inngest.Inngest(app_id="bench-py", is_production=False)
-STEPS = 20
+STEPS = 10
 
 
 @client.create_function(fn_id="steps", trigger=inngest.TriggerEvent(event="bench.py"),

@@ -123,6 +123,9 @@ class Access:
     #: Host names an SDK app may be synced at (its URL and every function's): None, any.
     #: Whoever holds the signing key can sync; with a list, not point runs elsewhere.
     sdk_hosts: frozenset[str] | None = None
+    #: Store a posted SDK sync as posted (--allow-unconfirmed-sync), instead of asking the
+    #: app at its URL to confirm it in-band: for apps that cannot answer in-band.
+    unconfirmed_syncs: bool = False
 
     def sdk_host_refused(self, urls: list[str]) -> str | None:
         """The first host of `urls` this server does not allow SDK apps at, if any."""

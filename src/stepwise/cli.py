@@ -483,6 +483,13 @@ def _loopback(host: str) -> bool:
                        "URL and every function's must match): whoever holds the signing key "
                        "then cannot point runs, and the run data the workers send, elsewhere. "
                        "Without it, any host")
+@click.option("--allow-unconfirmed-sync", "unconfirmed_syncs", is_flag=True,
+              envvar="STEPWISE_ALLOW_UNCONFIRMED_SYNC",
+              help="Store an SDK app's posted sync as posted, without asking the app to "
+                   "confirm it in-band: for apps that cannot answer in-band (older SDKs, "
+                   "INNGEST_ALLOW_IN_BAND_SYNC=false). Then a captured sync can be replayed "
+                   "by whoever saw it; prefer --sdk-allow-host with it  "
+                   "[env STEPWISE_ALLOW_UNCONFIRMED_SYNC]")
 @signin_options
 @limits_options
 @max_in_flight_option
@@ -491,7 +498,7 @@ def server(db: str | None, port: int, host: str, api_key: str | None,
            api_key_file: str | None, event_key: str | None, event_key_file: str | None,
            signing_key: str | None, signing_key_file: str | None,
            signing_key_fallback: str | None, signing_key_fallback_file: str | None,
-           sdk_hosts: frozenset[str] | None,
+           sdk_hosts: frozenset[str] | None, unconfirmed_syncs: bool,
            insecure: bool, max_in_flight: int, retention: int | str | None,
            failed_retention: int | str | None, **options: Any) -> None:
     """The HTTP API and dashboard alone (run workers separately).
@@ -529,7 +536,8 @@ def server(db: str | None, port: int, host: str, api_key: str | None,
         raise click.UsageError("roles' keys and single sign-on need an --api-key (without "
                                "one, everything is open)")
     access = Access(api_key=api_key, event_key=event_key, signing_key=signing_key,
-                    signing_fallback=signing_fallback, sdk_hosts=sdk_hosts, **role_fields)
+                    signing_fallback=signing_fallback, sdk_hosts=sdk_hosts,
+                    unconfirmed_syncs=unconfirmed_syncs, **role_fields)
     asyncio.run(_serve(app=None, db=db, host=host, port=port, access=access,
                        concurrency=1, lease_seconds=30.0, poll_seconds=1.0, with_http=True,
                        limits=_limits(options), max_in_flight=max_in_flight,

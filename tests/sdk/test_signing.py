@@ -328,3 +328,36 @@ def test_a_posted_sync_is_confirmed_in_band_so_a_forged_or_replayed_one_stores_n
             fake.close()
         app.terminate()
         app.wait(10)
+
+
+def test_allow_unconfirmed_sync_stores_a_posted_sync_as_posted(tmp_path: Path) -> None:
+    """For apps that cannot answer in-band (older SDKs, INNGEST_ALLOW_IN_BAND_SYNC=false),
+    `--allow-unconfirmed-sync` stores the post as it is, still only with the signing key."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    silent = f"http://127.0.0.1:{free_port()}/api/inngest"  # nothing answers there
+    server = start(["server", "--port", str(port), "--host", "127.0.0.1", "--db",
+                    str(tmp_path / "s.db"), "--api-key", API_KEY, "--event-key", EVENT_KEY,
+                    "--signing-key", SIGNING_KEY, "--allow-unconfirmed-sync"], tmp_path)
+    sync = {"appName": "legacy", "url": silent, "v": "0.1", "sdk": "js:v3.0.0",
+            "framework": "express", "functions": [{
+                "id": "legacy-charge", "name": "charge", "triggers": [{"event": "pay"}],
+                "steps": {"step": {"id": "step", "name": "step",
+                                   "runtime": {"type": "http", "url": silent}}}}]}
+    try:
+        wait_healthy(base, server)
+        status, answer = _register(base, sync)
+        assert status == 200 and answer["app_id"] == "legacy", answer
+        functions = http("GET", base + "/api/v1/functions",
+                         headers={"Authorization": f"Bearer {API_KEY}"})["functions"]
+        assert [f["id"] for f in functions if f["app_id"] == "legacy"] == ["legacy-charge"]
+        # Still only with the signing key.
+        anonymous = urllib.request.Request(base + "/fn/register", method="POST",
+                                           data=json.dumps(sync).encode(),
+                                           headers={"content-type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(anonymous, timeout=10)
+        assert refused.value.code == 401
+        refused.value.close()
+    finally:
+        stop(server)

@@ -77,7 +77,7 @@ async def register_sdk_app(request: Request, server: ServerDep) -> JSONResponse:
     if refusal is not None:
         return refusal
     key = server.access.signing_key
-    if key is not None and not server.access.dev_mode:
+    if key is not None and not server.access.dev_mode and not server.access.unconfirmed_syncs:
         # The post proves only that its sender saw the key's hash once: the app at its URL
         # is asked, and its signed answer is what is stored (see `remote.inband`).
         try:
