@@ -59,8 +59,8 @@ READ_POSTS = frozenset({"/v0/gql"})
 EVENT_PATHS = frozenset({"/api/v1/events"})
 #: The Inngest SDKs' event route: `POST /e/<event key>`.
 SDK_EVENT_PREFIX = "/e/"
-#: What an SDK app calls with its signing key's hash as bearer: its sync, and its run data
-#: (`use_api`); the API key works there too.
+#: What an SDK app calls with its signing key's hash as bearer: its sync, its run data
+#: (`use_api`), signals and checkpoints; the API key works there too.
 SDK_KEY_PATHS = ("/fn/register", "/v0/runs/", "/v1/signals", "/v1/checkpoint/")
 _BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH", b"DELETE"})
 

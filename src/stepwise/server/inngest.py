@@ -1,6 +1,7 @@
 """The routes the Inngest SDKs call, in Inngest's protocol (not part of this API's schema):
 an app's sync (`/fn/register`), events as the SDKs send them (`/e/{key}`), a run's data
-for an SDK told `use_api` (`/v0/runs/...`) and signals (`/v1/signals`). Refusals carry
+for an SDK told `use_api` (`/v0/runs/...`), signals (`/v1/signals`) and the steps a 4.x
+TypeScript app ran within one call (`/v1/checkpoint/{run_id}/async`). Refusals carry
 `status` in their bodies too, as Inngest's do: the SDKs read the outcome from there."""
 
 from __future__ import annotations
