@@ -135,9 +135,7 @@ def _data(tx: Tx, plan: _Plan, path: str, value: str) -> None:
     """Runs whose event's data has `value` at `path`: the index, and the runs whose event had
     values left out of it at that depth or less (checked on the event), if any has."""
     markers = search.partial_markers(path)
-    if tx.raw_all("SELECT 1 AS x FROM run_terms WHERE term IN "
-                  f"({', '.join(f':m{i}' for i in range(len(markers)))}) LIMIT 1",
-                  {f"m{i}": m for i, m in enumerate(markers)}):
+    if tx.one("any_run_term", ids=markers) is not None:
         field_name, value_name = plan.param(path), plan.param(value)
         check = ("EXISTS (SELECT 1 FROM events e WHERE e.id = r.event_id AND "
                  + tx.text("event_field_equals").replace(":data_field", field_name)
@@ -167,9 +165,8 @@ def _read_q(tx: Tx, plan: _Plan, q: str) -> None:
             _data(tx, plan, data.group(1), data.group(2))
             continue
         if known is None:
-            known = ({r["id"] for r in tx.raw_all("SELECT DISTINCT id FROM functions", {})},
-                     {r["event_name"] for r in tx.raw_all(
-                         "SELECT DISTINCT event_name FROM function_triggers", {})})
+            known = ({r["id"] for r in tx.all("search_function_ids")},
+                     {r["event_name"] for r in tx.all("search_event_names")})
         if word in known[0]:
             _qualified(tx, plan, "function", word)
         elif word in known[1]:
@@ -200,8 +197,7 @@ def _qualified(tx: Tx, plan: _Plan, kind: str, text: str) -> None:
 
 
 def _id_exists(tx: Tx, prefix: str) -> bool:
-    return bool(tx.raw_all("SELECT id FROM runs WHERE id >= :low AND id < :high LIMIT 1",
-                           {"low": prefix, "high": prefix + "~"}))
+    return tx.one("run_with_id_prefix", low=prefix, high=prefix + "~") is not None
 
 
 def _driver(tx: Tx, plan: _Plan) -> _Term | None:
@@ -217,9 +213,8 @@ def _driver(tx: Tx, plan: _Plan) -> _Term | None:
         else:
             counted = []
             for position, term in enumerate(candidates):
-                row = tx.raw_all("SELECT COUNT(*) AS n FROM (SELECT 1 FROM run_terms WHERE "
-                                 f"term = :t LIMIT {PROBE_LIMIT}) x", {"t": term.term})
-                counted.append((int(row[0]["n"]), position))
+                row = tx.one("count_term_runs", term=term.term, limit=PROBE_LIMIT)
+                counted.append((int(row["n"]) if row else 0, position))
             plan.driver.append(candidates[min(counted)[1]])
     return plan.driver[0]
 

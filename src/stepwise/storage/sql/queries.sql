@@ -211,6 +211,25 @@ SELECT 1 AS planned;
 -- plan, 5.8 ms planned with the values).
 SELECT set_config('plan_cache_mode', 'force_custom_plan', true) AS planned;
 
+-- name: search_function_ids
+-- The search's vocabulary (engine/search.py): a word that is one of these names a function...
+SELECT DISTINCT id FROM functions;
+
+-- name: search_event_names
+-- ... or an event name a function is triggered by.
+SELECT DISTINCT event_name FROM function_triggers;
+
+-- name: run_with_id_prefix
+SELECT id FROM runs WHERE id >= :low AND id < :high LIMIT 1;
+
+-- name: any_run_term
+-- Whether any run has one of the terms :ids (the markers of events with values left out).
+SELECT 1 AS found FROM run_terms WHERE term IN {query:in_ids} LIMIT 1;
+
+-- name: count_term_runs
+-- How many runs have :term, counted up to :limit (to pick the rarest term of a search).
+SELECT COUNT(*) AS n FROM (SELECT 1 FROM run_terms WHERE term = :term LIMIT :limit) x;
+
 -- name: runs_to_index
 -- The search index's backfill (storage/search.py): runs after :after in id order, with what
 -- their terms are made of.
