@@ -1,15 +1,17 @@
 """Browser tests: Debian's /usr/bin/chromium driven by Playwright. Screenshots go to
-`test-artifacts/dashboard/` (look at them)."""
+`test-artifacts/dashboard/` (look at them). `shop`: a real `stepwise dev` of
+`tests/browser/shop.py`, one per test module."""
 
 from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.acceptance.procs import free_port, http, start, stop, wait_healthy, wait_until
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "dashboard"
@@ -99,3 +101,74 @@ def shot(page: Any, name: str) -> None:
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
 
 
+class Shop:
+    """A running `stepwise dev` of the shop app, and the switch that "deploys the fix"."""
+
+    def __init__(self, base: str, fixed: Path) -> None:
+        self.base = base
+        self.fixed = fixed
+
+    def fix(self, fixed: bool) -> None:
+        if fixed:
+            self.fixed.touch()
+        else:
+            self.fixed.unlink(missing_ok=True)
+
+    def send(self, data: dict[str, Any]) -> str:
+        return str(http("POST", self.base + "/api/v1/events",
+                        {"name": "order.placed", "data": data})["ids"][0])
+
+    def runs(self, **filters: str) -> list[dict[str, Any]]:
+        query = "&".join(f"{k}={v}" for k, v in filters.items())
+        return list(http("GET", f"{self.base}/api/v1/runs?limit=1000&{query}")["runs"])
+
+    def checkout_of(self, event_id: str) -> dict[str, Any]:
+        return self.run_of(event_id, "checkout")
+
+    def run_of(self, event_id: str, function_id: str) -> dict[str, Any]:
+        runs = http("GET", f"{self.base}/api/v1/events/{event_id}")["runs"]
+        return next(r for r in runs if r["function_id"] == function_id)
+
+    def failed_ledger_post(self, message: str) -> dict[str, Any]:
+        """A run of post-ledger failed with `message`."""
+        event_id = str(http("POST", self.base + "/api/v1/events",
+                            {"name": "ledger.post", "data": {"message": message}})["ids"][0])
+        return dict(wait_until(lambda: (run := self.run_of(event_id, "post-ledger"))["status"]
+                               == "failed" and run, 30, "post-ledger failed"))
+
+    def emit(self, name: str, data: dict[str, Any]) -> str:
+        """Send one event; its id."""
+        return str(http("POST", self.base + "/api/v1/events",
+                        {"name": name, "data": data})["ids"][0])
+
+    def detail(self, run_id: str) -> dict[str, Any]:
+        return dict(http("GET", f"{self.base}/api/v1/runs/{run_id}"))
+
+    def wait_detail(self, event_id: str, function_id: str,
+                    ready: Callable[[dict[str, Any]], bool], what: str) -> dict[str, Any]:
+        """The run of `function_id` that `event_id` started, once `ready` holds for its
+        detail."""
+        def found() -> dict[str, Any] | None:
+            run = self.detail(self.run_of(event_id, function_id)["id"])
+            return run if ready(run) else None
+        return dict(wait_until(found, 30, f"{function_id}: {what}"))
+
+    def wait_status(self, event_id: str, status: str) -> dict[str, Any]:
+        return dict(wait_until(lambda: (run := self.checkout_of(event_id))["status"] == status
+                               and run, 30, f"checkout of {event_id} {status}"))
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shop]:
+    tmp = tmp_path_factory.mktemp("shop")
+    port = free_port()
+    root = Path(__file__).resolve().parents[2]
+    proc = start(["dev", "tests.browser.shop:app", "--port", str(port), "--db",
+                  str(tmp / "shop.db")], cwd=tmp,
+                 env={"STEPWISE_TEST_FIXED": str(tmp / "fixed"), "PYTHONPATH": str(root)})
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(base, proc)
+        yield Shop(base, tmp / "fixed")
+    finally:
+        stop(proc)

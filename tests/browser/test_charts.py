@@ -3,34 +3,14 @@ label (long durations such as "1 min 35 s" were clipped to "nin 35 s" by a fixed
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import pytest
-from tests.acceptance.procs import free_port, start, stop, wait_healthy
-from tests.browser.conftest import Watched, shot
+from tests.browser.conftest import Shop, Watched, shot
 
 
-@pytest.fixture(scope="module")
-def dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    tmp = tmp_path_factory.mktemp("charts")
-    port = free_port()
-    root = Path(__file__).resolve().parents[2]
-    proc = start(["dev", "tests.browser.shop:app", "--port", str(port), "--db",
-                  str(tmp / "shop.db")], cwd=tmp,
-                 env={"STEPWISE_TEST_FIXED": str(tmp / "fixed"), "PYTHONPATH": str(root)})
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_healthy(base, proc)
-        yield base
-    finally:
-        stop(proc)
-
-
-def test_a_duration_axis_fits_its_longest_label(dev: str, pages: Watched) -> None:
+def test_a_duration_axis_fits_its_longest_label(shop: Shop, pages: Watched) -> None:
     page: Any = pages.open()
-    page.goto(f"{dev}/functions")
+    page.goto(f"{shop.base}/functions")
     page.locator("h1").wait_for()
     sizes = page.evaluate("""async () => {
       const box = document.createElement("div");
