@@ -318,7 +318,7 @@ class Gate:
                              "with (--signing-key) as 'Authorization: Bearer <hash>', so "
                              "set INNGEST_SIGNING_KEY in the app to that key"
                              ), [(b"www-authenticate", b'Bearer realm="stepwise sdk"')]
-            if _wants_page(scope, headers):
+            if wants_page(scope):
                 target = path + ("?" + scope["query_string"].decode("latin-1")
                                  if scope.get("query_string") else "")
                 return 303, "sign in first", [
@@ -348,12 +348,12 @@ def cookie(headers: dict[bytes, bytes], name: str) -> str | None:
     return None
 
 
-def _wants_page(scope: Scope, headers: dict[bytes, bytes]) -> bool:
-    """A browser navigating to a page (not a script's call to the API)."""
+def wants_page(scope: Scope) -> bool:
+    """A browser navigating to a page (not a script's call to the API, nor a program)."""
     path: str = scope["path"]
     if scope["method"] not in ("GET", "HEAD") or path == "/api" or path.startswith("/api/"):
         return False
-    return "text/html" in headers.get(b"accept", b"").decode("latin-1")
+    return "text/html" in dict(scope["headers"]).get(b"accept", b"").decode("latin-1")
 
 
 def _check_cross_site(headers: dict[bytes, bytes]

@@ -12,6 +12,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .. import dashboard as pages
+from ..access import wants_page
 
 router = APIRouter(include_in_schema=False)
 
@@ -42,17 +43,9 @@ class NotFoundPage:
         self.json_not_found: ASGIApp = router.not_found
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and _wants_page(scope):
+        if scope["type"] == "http" and wants_page(scope):
             response = HTMLResponse(pages.shell(), status_code=404,
                                     headers={"Cache-Control": "no-cache"})
             await response(scope, receive, send)
             return
         await self.json_not_found(scope, receive, send)
-
-
-def _wants_page(scope: Scope) -> bool:
-    path: str = scope["path"]
-    if scope["method"] not in ("GET", "HEAD") or path == "/api" or path.startswith("/api/"):
-        return False
-    accept = dict(scope["headers"]).get(b"accept", b"").decode("latin-1")
-    return "text/html" in accept
