@@ -20,7 +20,6 @@ condition the runs' own indexes drive it (by id, function, status, event, creati
 from __future__ import annotations
 
 import re
-import shlex
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -31,8 +30,12 @@ from ..storage.rows import RunRow
 COUNT_LIMIT = 1_000
 #: How far a term's matches are counted to pick the rarest as the one that drives the read.
 PROBE_LIMIT = 1_000
-#: The most conditions one `q` may hold.
+#: The most words one `q` may hold (`Q_PATTERN` says so in the API's schema).
 MAX_CONDITIONS = 16
+#: How many of a search's terms are counted to pick the rarest.
+PROBED_TERMS = 8
+#: A search of at most MAX_CONDITIONS words (separated by white space), without NUL.
+Q_PATTERN = r"^\s*(?:[^\s\x00]+\s+){0,%s}[^\s\x00]*\s*$".replace("%s", str(MAX_CONDITIONS - 1))
 QUALIFIERS = ("function", "event", "error", "id")
 #: A run id's start (Crockford base32, as `payloads.new_id` writes ids), in upper case.
 ID_PREFIX = re.compile(r"[0-9A-HJKMNP-TV-Z]{4,26}\Z")
@@ -47,10 +50,6 @@ _COLUMNS = ("r.id, r.app_id, r.function_id, r.event_id, r.status, {output}, "
             "r.attempts, r.retry, r.origin_run_id, r.parent_run_id, r.parent_step_id, "
             "r.rerun_of, r.created_at, r.started_at, r.ended_at, "
             "(SELECT COUNT(*) FROM failures f WHERE f.run_id = r.id) AS failed_attempts")
-
-
-class SearchError(ValueError):
-    """A search that cannot be read (unbalanced quotes, too many words): the message says why."""
 
 
 @dataclass
@@ -145,15 +144,31 @@ def _data(tx: Tx, plan: _Plan, path: str, value: str) -> None:
     plan.terms.append(_Term(search.data_term(path, value), markers, check))
 
 
+def _words(q: str) -> list[str]:
+    """The words of `q`, split at white space; quotes (" or ') group words with spaces into
+    one and are dropped, and a quote left open runs to the end (as the one typing meant)."""
+    words: list[str] = []
+    word: list[str] = []
+    in_word = False
+    quote = ""
+    for char in q:
+        if quote and char == quote:
+            quote = ""
+        elif quote or not (char.isspace() or char in "\"'"):
+            word.append(char)
+            in_word = True
+        elif char in "\"'":
+            quote, in_word = char, True
+        elif in_word:
+            words.append("".join(word))
+            word, in_word = [], False
+    if in_word:
+        words.append("".join(word))
+    return words
+
+
 def _read_q(tx: Tx, plan: _Plan, q: str) -> None:
-    try:
-        words = shlex.split(q)
-    except ValueError as exc:
-        why = str(exc)
-        raise SearchError(f"q: {why[:1].lower() + why[1:]} (quote a value with spaces as a "
-                          "whole: user.name=\"Ada L\")") from None
-    if len(words) > MAX_CONDITIONS:
-        raise SearchError(f"q: {len(words)} words, over the limit of {MAX_CONDITIONS}")
+    words = _words(q)  # at most MAX_CONDITIONS, as Q_PATTERN lets the API take
     known: tuple[set[str], set[str]] | None = None
     for word in words:
         kind, _, rest = word.partition(":")
@@ -175,9 +190,6 @@ def _read_q(tx: Tx, plan: _Plan, q: str) -> None:
             _qualified(tx, plan, "id", word)
         else:
             _qualified(tx, plan, "error", word)
-    if len(plan.terms) > MAX_CONDITIONS:
-        raise SearchError(f"q: {len(plan.terms)} words to find, over the limit of "
-                          f"{MAX_CONDITIONS}")
 
 
 def _qualified(tx: Tx, plan: _Plan, kind: str, text: str) -> None:
@@ -190,10 +202,8 @@ def _qualified(tx: Tx, plan: _Plan, kind: str, text: str) -> None:
         plan.where.append(f"r.id >= {plan.param(low)} AND r.id < {plan.param(low + '~')}")
         plan.narrow = True
     else:
-        words = search.words(text)
-        if not words:
-            raise SearchError(f"q: {text!r} has no word to search for")
-        plan.terms += [_Term(f"w:{w}") for w in words]
+        # A word with nothing to search for (only punctuation) asks for nothing.
+        plan.terms += [_Term(f"w:{w}") for w in search.words(text)]
 
 
 def _id_exists(tx: Tx, prefix: str) -> bool:
@@ -211,8 +221,8 @@ def _driver(tx: Tx, plan: _Plan) -> _Term | None:
         elif len(candidates) == 1:
             plan.driver.append(candidates[0])
         else:
-            counted = []
-            for position, term in enumerate(candidates):
+            counted = []  # the first few: a long search costs a few probes, not one a word
+            for position, term in enumerate(candidates[:PROBED_TERMS]):
                 row = tx.one("count_term_runs", term=term.term, limit=PROBE_LIMIT)
                 counted.append((int(row["n"]) if row else 0, position))
             plan.driver.append(candidates[min(counted)[1]])

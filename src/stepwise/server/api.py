@@ -14,7 +14,7 @@ from fastapi.responses import Response
 
 from .. import metrics, tracing
 from ..engine import FOREVER
-from ..engine.search import SearchError
+from ..engine.search import Q_PATTERN
 from ..status import RunStatus
 from ..storage import StorageUnavailable
 from . import convert
@@ -80,7 +80,8 @@ SEARCH_HELP = (
     "path (as `event_data`); `function:ID`, `event:NAME`, `error:WORD`, `id:PREFIX` say what "
     "a word is; any other word is a function's id, an event name a function is triggered "
     "by, the start of a run id (4 characters or more), else a word of the run's errors "
-    "(any case; failed attempts' errors count too), the first of these that applies")
+    "(any case; failed attempts' errors count too), the first of these that applies. At "
+    "most 16 words")
 
 
 @router.get("/api/v1/runs", response_model=RunList, summary="Search runs, newest first",
@@ -101,17 +102,14 @@ async def list_runs(
                     "path (strings, numbers, `true`/`false`), e.g. `user.id=42`"),
     since: CreatedSince = None,
     until: CreatedUntil = None,
-    q: str | None = Query(None, max_length=1024, pattern=NO_NUL, description=SEARCH_HELP),
+    q: str | None = Query(None, max_length=1024, pattern=Q_PATTERN, description=SEARCH_HELP),
 ) -> RunList:
     field, value = data_match(event_data)
-    try:
-        found = await server.engine.search_runs(
-            {"function": function, "status": status, "event_id": event_id, "before": before,
-             "event_name": event_name, "since": time_ms(since, "since"),
-             "until": time_ms(until, "until"), "data_field": field, "data_value": value},
-            q, limit, preview=LIST_PREVIEW_CHARS)
-    except SearchError as exc:
-        raise ApiError(400, str(exc)) from None
+    found = await server.engine.search_runs(
+        {"function": function, "status": status, "event_id": event_id, "before": before,
+         "event_name": event_name, "since": time_ms(since, "since"),
+         "until": time_ms(until, "until"), "data_field": field, "data_value": value},
+        q, limit, preview=LIST_PREVIEW_CHARS)
     rows = found.runs
     return RunList(runs=[convert.run_out(r, LIST_PREVIEW_CHARS) for r in rows],
                    next=rows[-1]["id"] if len(rows) == limit else None,
@@ -158,14 +156,11 @@ async def _bulk(action: str, request: Request, server: Server) -> BulkResult:
     """Replay or cancel the runs matching the body's filter (`Engine.bulk`)."""
     body = await read_model(request, RunFilter)
     field, value = data_match(body.event_data)
-    try:
-        result = await server.engine.bulk(action, {
-            "function": body.function, "app": body.app, "status": body.status,
-            "event_name": body.event_name, "data_field": field, "data_value": value,
-            "since": time_ms(body.since, "since"), "until": time_ms(body.until, "until"),
-            "q": body.q}, dry_run=body.dry_run)
-    except SearchError as exc:
-        raise ApiError(400, str(exc)) from None
+    result = await server.engine.bulk(action, {
+        "function": body.function, "app": body.app, "status": body.status,
+        "event_name": body.event_name, "data_field": field, "data_value": value,
+        "since": time_ms(body.since, "since"), "until": time_ms(body.until, "until"),
+        "q": body.q}, dry_run=body.dry_run)
     log.info("bulk %s%s: %d matched, %d changed", action, " (dry run)" if body.dry_run
              else "", result["matched"], result["changed"])
     if action == "cancel":

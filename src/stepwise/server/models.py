@@ -16,7 +16,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictBool
 
 from ..durations import PATTERN as DURATION_PATTERN
 from ..durations import WINDOW_PATTERN
-from ..engine.search import COUNT_LIMIT
+from ..engine.search import COUNT_LIMIT, Q_PATTERN
 from ..status import RunStatus, StepStatus
 
 #: In run lists, an output or error longer than this many characters of JSON is left out
@@ -203,7 +203,7 @@ class RunFilter(BaseModel):
     status: RunStatus | None = None
     event_name: str | None = Field(None, max_length=256, pattern=NO_NUL)
     event_data: str | None = Field(None, max_length=1024, pattern=DATA_MATCH)
-    q: str | None = Field(None, max_length=1024, pattern=NO_NUL,
+    q: str | None = Field(None, max_length=1024, pattern=Q_PATTERN,
                           description="A search, as `GET /api/v1/runs` takes it")
     since: str | None = Field(None, max_length=64, description="Created at or after (ISO 8601)",
                               json_schema_extra={"format": "date-time"})

@@ -373,8 +373,10 @@ async function pageRuns({ failedOnly }) {
     params.set("limit", "50");
     let answer;
     try { answer = await api("/api/v1/runs?" + params); } catch (error) {
-      if (!(error instanceof ApiError)) throw error;  // a search it cannot read: say why
-      $("#list").innerHTML = html`<div class="notice bad" id="search-error">${error.message}</div>`;
+      if (!(error instanceof ApiError)) throw error;  // a search it refuses: say why
+      const why = error.message.startsWith("query.q:") ?  // its pattern: the words' limit
+        "A search takes at most 16 words, separated by spaces." : error.message;
+      $("#list").innerHTML = html`<div class="notice bad" id="search-error">${why}</div>`;
       return;
     }
     const { runs, next, total, total_exact } = answer;
