@@ -25,7 +25,7 @@ def broken_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[s
     async def fails(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("a bug in the listing")
 
-    monkeypatch.setattr(Engine, "list_runs", fails)
+    monkeypatch.setattr(Engine, "search_runs", fails)  # what GET /api/v1/runs calls
     storage = open_storage(f"sqlite:///{tmp_path / 'k.db'}")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
