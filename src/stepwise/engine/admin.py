@@ -28,7 +28,7 @@ def get_run(tx: Tx, run_id: str) -> RunDetail:
     if run is None:
         raise NotFound(f"run {run_id} not found")
     event = tx.one("get_event", id=run["event_id"]) if run["event_id"] else None
-    return RunDetail(**run, steps=cast(list[StepRow], tx.all("get_steps", run_id=run_id)),
+    return RunDetail(**run, steps=cast(list[StepRow], tx.all("steps_of_run_detail", run_id=run_id)),
                      failures=cast(list[FailureRow], tx.all("get_failures", run_id=run_id)),
                      event=cast(EventRow | None, event),
                      children=cast(list[RunRow], tx.all("child_runs", run_id=run_id)),

@@ -429,6 +429,12 @@ FROM runs WHERE id = :run_id;
 SELECT id, name, data, ts, received_at, trace, meta FROM events WHERE id = :id;
 
 -- name: get_steps
+-- A run's steps as an executor reads them (as leasing does: steps_of_runs).
+SELECT id, seq, status, attempts, output, error, started_at, ended_at, name, kind
+FROM steps WHERE run_id = :run_id ORDER BY seq;
+
+-- name: steps_of_run_detail
+-- A run's steps as the API shows them: also when each one's last attempt started.
 SELECT id, seq, status, attempts, output, error, started_at, ended_at, name, kind,
        attempt_started_at
 FROM steps WHERE run_id = :run_id ORDER BY seq;
