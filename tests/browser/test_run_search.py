@@ -7,31 +7,11 @@ Screenshots: test-artifacts/dashboard/search-*.png (look at them)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import pytest
-from tests.acceptance.procs import free_port, http, start, stop, wait_healthy, wait_until
-from tests.browser.conftest import shot
-from tests.browser.test_dashboard import Shop
-
-
-@pytest.fixture(scope="module")
-def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shop]:
-    tmp = tmp_path_factory.mktemp("search")
-    port = free_port()
-    root = Path(__file__).resolve().parents[2]
-    proc = start(["dev", "tests.browser.shop:app", "--port", str(port), "--db",
-                  str(tmp / "shop.db")], cwd=tmp,
-                 env={"STEPWISE_TEST_FIXED": str(tmp / "fixed"), "PYTHONPATH": str(root)})
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_healthy(base, proc)
-        yield Shop(base, tmp / "fixed")
-    finally:
-        stop(proc)
+from tests.acceptance.procs import http, wait_until
+from tests.browser.conftest import Shop, shot
 
 
 def search(page: Any, words: str) -> None:
