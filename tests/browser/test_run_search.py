@@ -22,8 +22,10 @@ def search(page: Any, words: str) -> None:
 
 
 def listed(page: Any) -> list[str]:
+    """The listed runs' ids, read in one go: row by row, a live refresh that redraws the
+    table between the count and the reads left a read waiting 30 s for a row that was gone."""
     page.locator("#count").wait_for()
-    return [row.get_attribute("data-id") for row in page.locator("#runs tbody tr").all()]
+    return list(page.eval_on_selector_all("#runs tbody tr", "rows => rows.map(r => r.dataset.id)"))
 
 
 def test_search_by_an_error_word_on_the_runs_and_failed_pages(shop: Shop, page: Any) -> None:
